@@ -1,0 +1,479 @@
+"""Mean-field theory of deep fully connected networks (infinite width).
+
+Length map (Poole et al. 2016, eq. 3; CONVENTIONS.md "Forward"):
+
+    q^1 = sigma_w^2 q^0 + sigma_b^2,   q^l = sigma_w^2 E[phi(sqrt(q^{l-1}) z)^2] + sigma_b^2.
+
+Correlation map of two inputs of equal norm (Poole et al. 2016, eq. 5):
+
+    c^l = (sigma_w^2 E[phi(u_1) phi(u_2)] + sigma_b^2) / q^l,   u ~ N(0, q^{l-1} [[1, c], [c, 1]]).
+
+Backward (Schoenholz et al. 2017, eq. 14, with the width ratio of CONVENTIONS.md):
+
+    g^L = 1,   g^l = g^{l+1} (N_{l+1}/N_l) sigma_{w,l+1}^2 E[phi_l'(sqrt(q^l) z)^2],
+    G^l = g^l E[(x^{l-1})^2].
+
+Fixed points and depth scales (Schoenholz et al. 2017, eqs. 4-9): chi_1, chi_c, xi_q, xi_c,
+xi_grad = 1/|log chi_1|. Everything is carried in logarithms, so depth 10^5 neither overflows
+nor underflows: outside q in [1e-280, 1e280] the Gaussian integrals are continued as local power
+laws in q (exact for the positively homogeneous relu, leaky_relu and linear; for the others the
+relative error is O(q) at the small end and O(q^-1/2) at the large end, i.e. below 1e-140).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
+from .activations import Activation, activation as _activation
+from .network import Dense, Network
+from .results import FixedPoint, PhaseDiagram, Profile
+
+__all__ = ["predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
+           "length_map", "correlation_map"]
+
+_LQ_LO, _LQ_HI = math.log(1e-280), math.log(1e280)
+_LN10 = math.log(10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian integrals in log space
+
+
+def _log_moment(fn, log_q):
+    """log fn(q) for q = exp(log_q), continued as a power law outside [1e-280, 1e280]."""
+    log_q = np.asarray(log_q, float)
+    lc = np.clip(log_q, _LQ_LO, _LQ_HI)
+    with np.errstate(divide="ignore"):
+        val = np.log(fn(np.exp(lc)))
+    out_lo, out_hi = log_q < _LQ_LO, log_q > _LQ_HI
+    if np.any(out_lo | out_hi):
+        edge = np.where(out_lo, _LQ_LO + _LN10, _LQ_HI - _LN10)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = (val - np.log(fn(np.exp(edge)))) / (lc - edge)
+        alpha = np.where(np.isfinite(alpha), alpha, 0.0)
+        val = np.where(out_lo | out_hi, val + alpha * (log_q - lc), val)
+    return val
+
+
+def _log_affine(log_sw2, log_m, sb2):
+    """log(sigma_w^2 exp(log_m) + sigma_b^2)."""
+    with np.errstate(divide="ignore"):
+        return np.logaddexp(log_sw2 + log_m, np.log(sb2))
+
+
+def length_map(act, q, sigma_w2, sigma_b2):
+    """One step of the length map: sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (vectorised)."""
+    act = _activation(act)
+    return sigma_w2 * act.second_moment(q) + sigma_b2
+
+
+def _rho(act: Activation, q, c):
+    """Correlation of the post-activations, E[phi(u1) phi(u2)] / E[phi(u1)^2], at q clamped."""
+    q = np.clip(np.asarray(q, float), 1e-280, 1e280)
+    c = np.asarray(c, float)
+    rho = act.cross_moment(q, q, c) / act.second_moment(q)
+    return np.where(c == 1.0, 1.0, np.clip(rho, -1.0, 1.0))
+
+
+def correlation_map(act, q, c, sigma_w2, sigma_b2):
+    """c^{l+1} from (q^l, c^l): (sigma_w^2 E[phi(u1)phi(u2)] + sigma_b^2) / q^{l+1} (vectorised)."""
+    act = _activation(act)
+    num = sigma_w2 * act.cross_moment(q, q, c) + sigma_b2
+    return num / (sigma_w2 * act.second_moment(q) + sigma_b2)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer profile
+
+
+def _check_q0_c0(q0, c0):
+    q0 = float(check_positive("q0", q0))
+    if c0 is not None:
+        c0 = float(check_correlation("c0", c0))
+    return q0, c0
+
+
+def _layer_moments(act: Activation, lq: float) -> tuple[float, float]:
+    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e280]."""
+    if _LQ_LO <= lq <= _LQ_HI:
+        v, d = act.moments(math.exp(lq))
+        v, d = float(v), float(d)
+        return (math.log(v) if v > 0 else -math.inf), (math.log(d) if d > 0 else -math.inf)
+    return (float(_log_moment(act.second_moment, lq)), float(_log_moment(act.dphi_second_moment, lq)))
+
+
+def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
+    """Mean-field per-layer profile of ``network`` (CONVENTIONS.md "Forward" and "Backward").
+
+    ``q0``: input second moment ||x^0||^2 / N_0; ``c0``: correlation of a second input of the same
+    norm (``None``: one input, no ``c``). Returns a :class:`Profile` with ``layers, q, log_q, c,
+    log_g, log_G``.
+
+    Within a run of identical layers, once the per-layer increments of log q and log E[x^2], the
+    value of log E[phi'^2] and c repeat to 4e-16, the rest of the run is filled in by the same
+    increments (a fixed point, or the exact geometric growth/decay of a positively homogeneous map);
+    deep profiles are cheap and stay exact to rounding.
+    """
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
+                        f"got {type(network).__name__}")
+    q0, c0 = _check_q0_c0(q0, c0)
+    layers = network.layers
+    L = network.depth
+    widths = network.widths.astype(float)
+    log_q = np.empty(L)
+    log_x2 = np.empty(L + 1)   # log_x2[i] = log E[(x^i)^2]; x^0 is the input
+    log_d = np.empty(L)        # log E[phi_l'(h^l)^2]
+    c = np.empty(L) if c0 is not None else None
+    log_x2[0] = math.log(q0)
+    cx = c0                    # correlation of the post-activations feeding the next layer
+    i = 0
+    while i < L:
+        layer = layers[i]
+        if type(layer) is not Dense:
+            raise TypeError(f"layer {i + 1}: predict has no rule for {type(layer).__name__}")
+        act = layer.activation
+        lsw2 = math.log(layer.sigma_w2)
+        lq = float(_log_affine(lsw2, log_x2[i], layer.sigma_b2))
+        log_q[i] = lq
+        log_x2[i + 1], log_d[i] = _layer_moments(act, lq)
+        if c is not None:
+            t = math.exp(lsw2 + log_x2[i] - lq)        # share of the weights in q^l
+            c[i] = min(1.0, max(-1.0, t * cx + (1.0 - t)))
+            cx = float(_rho(act, math.exp(min(max(lq, _LQ_LO), _LQ_HI)), c[i]))
+        i += 1
+        if i >= 3 and i < L and layer.same_rule(layers[i - 2]) and layer.same_rule(layers[i - 3]):
+            k = i - 1                                    # the layer just computed
+            tol = 2e-15 * max(1.0, abs(lq), abs(log_x2[i]))
+            dq, dx = log_q[k] - log_q[k - 1], log_x2[k + 1] - log_x2[k]
+            steady = (abs(dq - (log_q[k - 1] - log_q[k - 2])) <= tol
+                      and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
+                      and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
+                      and (c is None or abs(c[k] - c[k - 1]) <= 4e-16))
+            if steady:
+                dq = 0.0 if abs(dq) <= tol else dq     # a fixed point: rounding noise, not drift
+                dx = 0.0 if abs(dx) <= tol else dx
+                end = i
+                while end < L and layer.same_rule(layers[end]):
+                    end += 1
+                n = np.arange(1, end - i + 1)
+                log_q[i:end] = log_q[k] + n * dq
+                log_x2[i + 1:end + 1] = log_x2[k + 1] + n * dx
+                log_d[i:end] = log_d[k]
+                if c is not None:
+                    c[i:end] = c[k]
+                i = end
+
+    # backward: log g^l = sum_{k=l}^{L-1} [log D_k + log(N_{k+1}/N_k) + log sigma_{w,k+1}^2]
+    lsw = np.log([la.sigma_w2 for la in layers])
+    terms = log_d[:-1] + np.log(widths[2:] / widths[1:-1]) + lsw[1:]
+    log_g = np.zeros(L)
+    log_g[:-1] = np.cumsum(terms[::-1])[::-1]
+    log_G = log_g + log_x2[:-1]
+    with np.errstate(over="ignore", under="ignore"):
+        q = np.exp(log_q)
+    meta = {"source": "theory", "q0": q0, "c0": c0, "depth": L}
+    if not np.all(np.isfinite(q)) or np.any(q == 0):
+        meta["note"] = "q over- or underflows float64 in some layers; log_q holds the exact values"
+    return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G, c=c,
+                   meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed points
+
+
+def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200):
+    """The stable fixed point of the length map reached from q0, vectorised over sw2, sb2.
+
+    Works on u = log q and G(u) = log T(e^u) - u with T(q) = sw2 V(q) + sb2. T is non-decreasing,
+    so from q0 the iteration moves monotonically to the first root of G in the direction of
+    sign G(log q0), or to 0 / inf when there is none: bracket by doubling steps in u (to
+    |u| = 700), then safeguarded Newton (G'(u) = q T'(q)/T(q) - 1, T' = sw2 V'(q)) with bisection.
+    Returns log q* (-inf or +inf when the map collapses or diverges).
+    """
+    sw2, sb2 = np.broadcast_arrays(np.asarray(sw2, float), np.asarray(sb2, float))
+    shape = sw2.shape
+    sw2, sb2 = sw2.ravel().copy(), sb2.ravel().copy()
+    lsw2 = np.log(sw2)
+
+    def G(u, idx):
+        return _log_affine(lsw2[idx], _log_moment(act.second_moment, u), sb2[idx]) - u
+
+    n = sw2.size
+    u0 = np.full(n, math.log(q0))
+    g0 = G(u0, np.arange(n))
+    direction = np.where(g0 > 0, 1.0, -1.0)
+    result = np.where(g0 == 0, u0, np.nan)
+    lo, hi = u0.copy(), u0.copy()        # lo: G has the sign of g0; hi: the opposite sign
+    glo = g0.copy()
+    active = np.flatnonzero(g0 != 0)
+    step = 0.5
+    found = np.zeros(n, bool)
+    while active.size:
+        cand = lo[active] + direction[active] * step
+        gc = G(cand, active)
+        cross = np.sign(gc) != np.sign(glo[active])
+        hi[active[cross]] = cand[cross]
+        found[active[cross]] = True
+        keep = ~cross
+        lo[active[keep]], glo[active[keep]] = cand[keep], gc[keep]
+        out = np.abs(cand) > 700.0
+        gone = keep & out
+        result[active[gone]] = direction[active[gone]] * np.inf
+        active = active[keep & ~out]
+        step *= 2.0
+    # refine [lo, hi] by safeguarded Newton
+    idx = np.flatnonzero(found)
+    a, b, ga = lo[idx], hi[idx], glo[idx]
+    u = 0.5 * (a + b)
+    for _ in range(max_iter):
+        if idx.size == 0:
+            break
+        q = np.exp(np.clip(u, _LQ_LO, _LQ_HI))
+        T = sw2[idx] * act.second_moment(q) + sb2[idx]
+        g = np.log(T) - u
+        dg = sw2[idx] * q * act.second_moment_slope(q) / T - 1.0
+        same = np.sign(g) == np.sign(ga)
+        a, ga = np.where(same, u, a), np.where(same, g, ga)
+        b = np.where(same, b, u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            un = u - g / dg
+        bad = ~np.isfinite(un) | (un <= np.minimum(a, b)) | (un >= np.maximum(a, b))
+        un = np.where(bad, 0.5 * (a + b), un)
+        done = (np.abs(un - u) <= tol * np.maximum(1.0, np.abs(u))) | (g == 0) | \
+               (np.abs(b - a) <= tol * np.maximum(1.0, np.abs(u)))
+        result[idx[done]] = np.where(g[done] == 0, u[done], un[done])
+        keep = ~done
+        idx, a, b, ga, u = idx[keep], a[keep], b[keep], ga[keep], un[keep]
+    result[idx] = u
+    return result.reshape(shape)
+
+
+def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=100):
+    """Largest fixed point c* < 1 of the correlation map at q = q* (vectorised; chaotic points).
+
+    F(c) = C(c) - c is negative just below c = 1 when chi_1 > 1 and F(-1) >= 0, so the largest
+    root below 1 is bracketed by scanning c from 1 downwards; it is the stable fixed point
+    (F' < 0 there). Refined by bisection-safeguarded secant steps.
+    """
+    q, sw2, sb2 = np.broadcast_arrays(*(np.asarray(v, float) for v in (q, sw2, sb2)))
+    q, sw2, sb2 = q.ravel(), sw2.ravel(), sb2.ravel()
+    n = q.size
+    out = np.empty(n)
+
+    def F(c, idx):
+        return correlation_map(act, q[idx], c, sw2[idx], sb2[idx]) - c
+
+    # scan c downwards from just below 1
+    grid = 1.0 - np.concatenate([2.0 ** -np.arange(20, 0, -1), np.linspace(0.5, 2.0, 7)[1:]])
+    hi = np.full(n, 1.0)
+    lo = np.full(n, np.nan)
+    idx = np.arange(n)
+    for cg in grid:
+        if idx.size == 0:
+            break
+        fv = F(np.full(idx.size, cg), idx)
+        pos = fv >= 0
+        lo[idx[pos]] = cg
+        hi[idx[~pos]] = cg
+        idx = idx[~pos]
+    lo[idx] = -1.0
+    a, b = lo.copy(), hi.copy()
+    fa, fb = F(a, np.arange(n)), F(b, np.arange(n))
+    idx = np.arange(n)
+    for _ in range(max_iter):
+        if idx.size == 0:
+            break
+        aa, bb, faa, fbb = a[idx], b[idx], fa[idx], fb[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cs = bb - fbb * (bb - aa) / (fbb - faa)
+        mid = 0.5 * (aa + bb)
+        bad = ~np.isfinite(cs) | (cs <= np.minimum(aa, bb)) | (cs >= np.maximum(aa, bb))
+        # alternate with bisection so the bracket always shrinks geometrically
+        cs = np.where(bad | (_ % 3 == 2), mid, cs)
+        fc = F(cs, idx)
+        left = np.sign(fc) == np.sign(faa)
+        a[idx] = np.where(left, cs, aa)
+        fa[idx] = np.where(left, fc, faa)
+        b[idx] = np.where(left, bb, cs)
+        fb[idx] = np.where(left, fbb, fc)
+        done = (np.abs(b[idx] - a[idx]) <= tol) | (fc == 0)
+        out[idx[done]] = cs[done]
+        idx = idx[~done]
+    out[idx] = 0.5 * (a[idx] + b[idx])
+    return out
+
+
+def _regime(chi_1, tol=1e-12):
+    if abs(chi_1 - 1.0) <= tol:
+        return "critical"
+    return "ordered" if chi_1 < 1.0 else "chaotic"
+
+
+def _depth(x):
+    """-1 / log x, inf at x = 1."""
+    lx = math.log(x) if x > 0 else -math.inf
+    return math.inf if lx == 0 else -1.0 / lx
+
+
+def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -> FixedPoint:
+    """Fixed point of the length and correlation maps and the depth scales (CONVENTIONS.md):
+
+    q* (the stable one reached from ``q0``), c*, chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2]
+    (Poole et al. 2016, eq. 7), chi_c = sigma_w^2 E[phi'(u1) phi'(u2)] at c* and
+    xi_q = -1/log(sigma_w^2 E[phi'^2 + phi phi'']), xi_c = -1/log chi_c (Schoenholz et al. 2017,
+    eqs. 4-9), xi_grad = 1/|log chi_1|. A vanishing (q* = 0) or diverging (q* = inf) length map
+    is reported as such, with the limiting chi_1; diverging depth scales are inf.
+    """
+    act = _activation(activation)
+    sw2 = float(check_positive("sigma_w2", sigma_w2))
+    sb2 = float(check_nonnegative("sigma_b2", sigma_b2))
+    q0 = float(check_positive("q0", q0))
+    lq = float(_q_star(act, sw2, sb2, q0))
+    q_star = math.exp(lq) if math.isfinite(lq) else (0.0 if lq < 0 else math.inf)
+    lq_eval = min(max(lq, _LQ_LO), _LQ_HI)
+    q_eval = math.exp(lq_eval)
+    chi_1 = sw2 * float(act.dphi_second_moment(q_eval))
+    slope = sw2 * float(act.second_moment_slope(q_eval))
+    regime = _regime(chi_1)
+    note = ""
+    if q_star == 0.0:
+        note = "the length map collapses to q* = 0; chi_1 is its limit there"
+    elif math.isinf(q_star):
+        note = "the length map diverges (q* = inf); chi_1 is its limit as q -> inf"
+    if regime == "chaotic" and math.isfinite(lq) and q_star > 0:
+        c_star = float(_c_star(act, q_eval, sw2, sb2)[0])
+        chi_c = sw2 * float(act.dphi_cross_moment(q_eval, q_eval, c_star))
+    else:
+        c_star, chi_c = 1.0, chi_1
+        if regime == "chaotic":
+            note += "; c* is not defined without a finite q*, reported as 1"
+    return FixedPoint(q_star=q_star, c_star=c_star, chi_1=chi_1, chi_c=chi_c,
+                      xi_q=_depth(slope), xi_c=_depth(chi_c),
+                      xi_grad=math.inf if chi_1 == 1.0 else 1.0 / abs(math.log(chi_1)),
+                      regime=regime, activation=act.name, sigma_w2=sw2, sigma_b2=sb2, note=note)
+
+
+def trainable_depth(activation, sigma_w2: float, sigma_b2: float) -> float:
+    """Schoenholz et al. 2017 (Sec. 5, Fig. 5-6): random networks train when L <~ 6 xi_c.
+
+    Returns 6 xi_c (inf at the edge of chaos). An empirical rule read off their MNIST/CIFAR-10
+    experiments, not a theorem.
+    """
+    return 6.0 * fixed_point(activation, sigma_w2, sigma_b2).xi_c
+
+
+# ---------------------------------------------------------------------------------------------
+# edge of chaos
+
+
+def _critical_line_q(act: Activation, sb2: np.ndarray, tol=1e-15):
+    """q* on the critical line for each sigma_b^2, from the parameterisation by q*:
+    sigma_w^2(q) = 1 / E[phi'(sqrt(q) z)^2], sigma_b^2(q) = q - sigma_w^2(q) E[phi(sqrt(q) z)^2]
+    (Schoenholz et al. 2017, Sec. 3; Pennington et al. 2017, Sec. 2.3). The smallest q whose
+    sigma_b^2(q) equals the target is taken; nan where no q in [1e-12, 1e8] reaches it."""
+    def h(lq):
+        q = np.exp(lq)
+        return q - act.second_moment(q) / act.dphi_second_moment(q)
+
+    grid = np.linspace(math.log(1e-12), math.log(1e8), 241)
+    hg = h(grid)
+    out = np.full(sb2.shape, np.nan)
+    for k, target in np.ndenumerate(sb2):
+        f = hg - target
+        cross = np.flatnonzero(np.sign(f[:-1]) * np.sign(f[1:]) <= 0)
+        if cross.size == 0:
+            continue
+        j = cross[0]
+        a, b, fa, fb = grid[j], grid[j + 1], f[j], f[j + 1]
+        if fa == 0:
+            out[k] = a
+            continue
+        for it in range(200):
+            m = b - fb * (b - a) / (fb - fa) if fb != fa and it % 3 != 2 else 0.5 * (a + b)
+            if not min(a, b) < m < max(a, b):
+                m = 0.5 * (a + b)
+            fm = float(h(np.array(m))) - target
+            if np.sign(fm) == np.sign(fa):
+                a, fa = m, fm
+            else:
+                b, fb = m, fm
+            if abs(b - a) <= tol * max(1.0, abs(m)) or fm == 0:
+                break
+        out[k] = m
+    return out
+
+
+def critical_sigma_w2(activation, sigma_b2) -> np.ndarray:
+    """The edge of chaos: the sigma_w^2 with chi_1 = 1 at q* (Poole et al. 2016, Fig. 2D;
+    Schoenholz et al. 2017, eq. 6), vectorised over ``sigma_b2``.
+
+    At sigma_b^2 = 0 the line ends at q* -> 0 (sigma_w^2 = 1 / phi'(0)^2) for activations with
+    phi(0) = 0; for relu-like activations the only critical point is sigma_w^2 = 2/(1 + slope^2)
+    at sigma_b^2 = 0. Where no critical point exists (e.g. relu with sigma_b^2 > 0, softplus),
+    the entry is nan and a RuntimeWarning says so.
+    """
+    act = _activation(activation)
+    sb2 = check_nonnegative("sigma_b2", sigma_b2)
+    scalar = sb2.ndim == 0
+    sb2 = np.atleast_1d(sb2)
+    out = np.full(sb2.shape, np.nan)
+    if act.name in ("linear", "relu", "leaky_relu"):
+        d = float(act.dphi_second_moment(1.0))
+        out[sb2 == 0] = 1.0 / d
+    else:
+        pos = sb2 > 0
+        if np.any(pos):
+            lq = _critical_line_q(act, sb2[pos])
+            q = np.exp(lq)
+            out[pos] = 1.0 / act.dphi_second_moment(q)
+        zero = ~pos
+        if np.any(zero):
+            phi0 = float(act.phi(np.array(0.0)))
+            if phi0 == 0.0:
+                out[zero] = 1.0 / float(act.dphi(np.array(0.0))) ** 2
+            else:
+                lq = _critical_line_q(act, sb2[zero])
+                out[zero] = 1.0 / act.dphi_second_moment(np.exp(lq))
+    if np.any(np.isnan(out)):
+        warnings.warn(f"{act.name}: no edge of chaos (chi_1 = 1 with a finite q*) at sigma_b2 = "
+                      f"{sb2[np.isnan(out)].tolist()[:5]}; returned nan there", RuntimeWarning,
+                      stacklevel=2)
+    return out[0] if scalar else out
+
+
+# ---------------------------------------------------------------------------------------------
+# phase diagram
+
+
+def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
+    """q*, chi_1, c* and xi_c on the grid ``sigma_w2`` x ``sigma_b2`` (1-D arrays), vectorised,
+    with the critical line at each ``sigma_b2`` (Poole et al. 2016, Fig. 2; Schoenholz et al.
+    2017, Fig. 1). Arrays have shape (len(sigma_b2), len(sigma_w2)).
+    """
+    act = _activation(activation)
+    sw = np.atleast_1d(check_positive("sigma_w2", sigma_w2)).astype(float)
+    sb = np.atleast_1d(check_nonnegative("sigma_b2", sigma_b2)).astype(float)
+    SW, SB = np.meshgrid(sw, sb)
+    lq = _q_star(act, SW, SB)
+    q_star = np.exp(lq)
+    qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
+    chi_1 = SW * act.dphi_second_moment(qe)
+    c_star = np.ones_like(q_star)
+    chi_c = chi_1.copy()
+    chaotic = (chi_1 > 1.0 + 1e-12) & np.isfinite(lq)
+    if np.any(chaotic):
+        c_star[chaotic] = _c_star(act, qe[chaotic], SW[chaotic], SB[chaotic])
+        chi_c[chaotic] = SW[chaotic] * act.dphi_cross_moment(qe[chaotic], qe[chaotic], c_star[chaotic])
+    with np.errstate(divide="ignore"):
+        xi_c = np.where(np.abs(np.log(chi_c)) > 0, -1.0 / np.log(chi_c), np.inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        crit = np.atleast_1d(critical_sigma_w2(act, sb))
+    return PhaseDiagram(activation=act.name, sigma_w2=sw, sigma_b2=sb, q_star=q_star, chi_1=chi_1,
+                        xi_c=xi_c, c_star=c_star, critical_sigma_w2=crit)

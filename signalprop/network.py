@@ -1,0 +1,159 @@
+"""The description of a network that theory (``predict``) and simulation (``simulate``) both read.
+
+A :class:`Network` is an input width ``N_0`` and a tuple of layers. A layer knows its own rules:
+how it maps the forward kernel (``mean_field``) and how it scales the backward gradient variance.
+Today there is one kind, :class:`Dense` (CONVENTIONS.md, "Fully connected network"):
+
+    h^l = W^l x^{l-1} + b^l,    x^l = phi_l(h^l),
+    W^l_ij ~ N(0, sigma_w^2 / N_{l-1}) (gaussian; uniform with the same variance),
+    W^l = sigma_w O, O Haar (semi-)orthogonal scaled so E[W_ij^2] = sigma_w^2 / N_{l-1} (orthogonal),
+    b^l_i ~ N(0, sigma_b^2).
+
+Residual blocks, normalisation layers and recurrent cells are further layer kinds with the same
+two rules; ``predict`` and ``simulate`` do not change when one is added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ._validate import check_finite, check_int, check_nonnegative, check_positive
+from .activations import Activation, activation
+
+_activation = activation
+
+__all__ = ["Dense", "Network", "mlp", "init_sigma_w2", "WEIGHTS", "INITS"]
+
+WEIGHTS = ("gaussian", "orthogonal", "uniform")
+INITS = ("lecun", "he", "kaiming", "xavier", "glorot", "orthogonal")
+
+
+def init_sigma_w2(init: str, fan_in: int, fan_out: int, gain: float = 1.0) -> float:
+    """sigma_w^2 of a named initialisation (CONVENTIONS.md table; variance = sigma_w^2 / fan_in).
+
+    lecun: 1 (LeCun et al. 1998); he/kaiming: 2 (He et al. 2015, eq. 10);
+    xavier/glorot: 2 fan_in / (fan_in + fan_out) (Glorot & Bengio 2010, eq. 16);
+    orthogonal: gain^2 (Saxe et al. 2014). ``gain`` multiplies the standard deviation of every scheme.
+    """
+    key = init.lower() if isinstance(init, str) else init
+    g2 = float(gain) ** 2
+    if key == "lecun":
+        return g2
+    if key in ("he", "kaiming"):
+        return 2.0 * g2
+    if key in ("xavier", "glorot"):
+        return 2.0 * fan_in / (fan_in + fan_out) * g2
+    if key == "orthogonal":
+        return g2
+    raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully connected layer ``l``: width ``N_l``, activation ``phi_l``, ``sigma_w^2``, ``sigma_b^2``
+    and the weight distribution (``gaussian``, ``orthogonal`` or ``uniform``)."""
+
+    width: int
+    activation: Activation
+    sigma_w2: float
+    sigma_b2: float = 0.0
+    weights: str = "gaussian"
+
+    def __post_init__(self):
+        object.__setattr__(self, "width", check_int("width", self.width, 1))
+        if not isinstance(self.activation, Activation):
+            object.__setattr__(self, "activation", activation(self.activation))
+        object.__setattr__(self, "sigma_w2", float(check_positive("sigma_w2", self.sigma_w2)))
+        object.__setattr__(self, "sigma_b2", float(check_nonnegative("sigma_b2", self.sigma_b2)))
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+
+    def same_rule(self, other: "Dense") -> bool:
+        """True when both layers map kernels identically (used to skip converged runs)."""
+        return (type(other) is Dense and other.activation is self.activation
+                and other.sigma_w2 == self.sigma_w2 and other.sigma_b2 == self.sigma_b2)
+
+
+@dataclass(frozen=True)
+class Network:
+    """An input width ``N_0`` and a tuple of layers (``layers[l-1]`` is layer ``l``)."""
+
+    input_width: int
+    layers: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_width", check_int("input_width", self.input_width, 1))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers:
+            raise ValueError("depth must be an integer >= 1, got a network with no layers")
+
+    @property
+    def depth(self) -> int:
+        """L, the number of layers."""
+        return len(self.layers)
+
+    @property
+    def widths(self) -> np.ndarray:
+        """``[N_0, N_1, ..., N_L]``."""
+        return np.array([self.input_width] + [layer.width for layer in self.layers])
+
+    def with_width(self, width: int) -> "Network":
+        """The same network with every width (N_0..N_L) set to ``width``."""
+        width = check_int("width", width, 1)
+        return Network(width, tuple(Dense(width, la.activation, la.sigma_w2, la.sigma_b2, la.weights)
+                                    for la in self.layers))
+
+
+def _per_layer(name: str, value, depth: int) -> list:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != depth:
+            raise ValueError(f"{name} has {len(value)} entries; it needs one per layer ({depth})")
+        return list(value)
+    return [value] * depth
+
+
+def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", *,
+        sigma_w2: Union[float, Sequence[float]] = 1.0, sigma_b2: Union[float, Sequence[float]] = 0.0,
+        init: Optional[str] = None, gain: float = 1.0, weights: Optional[str] = None) -> Network:
+    """A fully connected network of ``depth`` layers.
+
+    ``width``: an int (N_0 = ... = N_L), L entries (N_1..N_L; N_0 = N_1) or L + 1 entries (N_0..N_L).
+    ``activation``, ``sigma_w2``, ``sigma_b2``: one value or one per layer.
+    ``init``: a named scheme (lecun, he/kaiming, xavier/glorot, orthogonal) that sets ``sigma_w2``
+    per layer from its fan-in and fan-out (``gain`` scales its standard deviation); ``orthogonal``
+    also selects orthogonal weights. ``weights``: gaussian (default), orthogonal or uniform.
+    """
+    depth = check_int("depth", depth, 1)
+    if isinstance(width, (list, tuple, np.ndarray)):
+        ws = [check_int("width", w, 1) for w in width]
+        if len(ws) == depth:
+            ws = [ws[0]] + ws
+        elif len(ws) != depth + 1:
+            raise ValueError(f"width needs 1, {depth} or {depth + 1} entries, got {len(ws)}")
+    else:
+        ws = [check_int("width", width, 1)] * (depth + 1)
+    built: dict = {}  # one Activation object per distinct spec, so equal layers share it
+    acts = []
+    for a in _per_layer("activation", activation, depth):
+        key = a if isinstance(a, str) else id(a)
+        if key not in built:
+            built[key] = _activation(a)
+        acts.append(built[key])
+    sb2 = _per_layer("sigma_b2", sigma_b2, depth)
+    if init is not None:
+        if not isinstance(init, str) or init.lower() not in INITS:
+            raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+        check_finite("gain", gain)
+        sw2 = [init_sigma_w2(init, ws[i], ws[i + 1], gain) for i in range(depth)]
+        if init.lower() == "orthogonal":
+            if weights not in (None, "orthogonal"):
+                raise ValueError("init='orthogonal' implies weights='orthogonal'")
+            weights = "orthogonal"
+    else:
+        sw2 = _per_layer("sigma_w2", sigma_w2, depth)
+    weights = weights or "gaussian"
+    layers = tuple(Dense(ws[i + 1], acts[i], sw2[i], sb2[i], weights) for i in range(depth))
+    return Network(ws[0], layers)
