@@ -260,6 +260,39 @@ def _sig(x):
     return special.expit(x)
 
 
+# erf is entire but grows like exp(y^2) off the real axis: for the quadrature rules it behaves
+# like a function analytic in a strip of this half-width (erf(x) = 2 Phi(sqrt(2) x) - 1, and
+# gelu = x Phi(x) uses 2.0); tau = inf would make Gauss-Hermite use 24 nodes at any q.
+_ERF_TAU = 1.4
+
+
+def _gelu_tanh_funcs():
+    """gelu_tanh and its derivatives with 1 + tanh(y) = 2 sigmoid(2 y) and sech^2 y =
+    4 sigmoid(2 y) sigmoid(-2 y): no cancellation in the tails (lambdified sympy loses all digits
+    of phi(-10) ~ -1e-37 and of phi', phi'' for |x| >~ 5)."""
+    k3 = 0.044715
+
+    def parts(v):
+        v = np.asarray(v, float)
+        y = _GELU_K * (v + k3 * v**3)
+        y1 = _GELU_K * (1.0 + 3.0 * k3 * v * v)        # y'
+        return v, y, y1, _sig(2.0 * y), _sig(-2.0 * y)
+
+    def f0(v):
+        v, _, _, s, _ = parts(v)
+        return v * s
+
+    def f1(v):
+        v, _, y1, s, t = parts(v)
+        return s + 2.0 * v * y1 * s * t
+
+    def f2(v):
+        v, y, y1, s, t = parts(v)
+        y2 = 6.0 * _GELU_K * k3 * v                    # y''
+        return s * t * (4.0 * y1 + 2.0 * v * y2 - 4.0 * v * y1 * y1 * np.tanh(y))
+    return f0, f1, f2
+
+
 def _make(name: str, **params) -> Activation:
     x = _X
     if name == "linear":
@@ -280,7 +313,7 @@ def _make(name: str, **params) -> Activation:
     if name == "erf":
         return _Erf(name, special.erf, lambda v: 2.0 / math.sqrt(math.pi) * np.exp(-np.square(v)),
                     lambda v: -4.0 / math.sqrt(math.pi) * v * np.exp(-np.square(v)),
-                    expr=sp.erf(x), tau=math.inf)
+                    expr=sp.erf(x), tau=_ERF_TAU)
     if name == "tanh":
         return Activation(name, np.tanh, _sech2, lambda v: -2.0 * np.tanh(v) * _sech2(v),
                           expr=sp.tanh(x), tau=math.pi / 2)
@@ -288,7 +321,8 @@ def _make(name: str, **params) -> Activation:
         def d1(v):
             s = _sig(v)
             return s * _sig(-v)
-        return Activation(name, _sig, d1, lambda v: d1(v) * (1.0 - 2.0 * _sig(v)),
+        # 1 - 2 sigmoid(v) = -tanh(v / 2), without the cancellation near v = 0
+        return Activation(name, _sig, d1, lambda v: -d1(v) * np.tanh(0.5 * np.asarray(v, float)),
                           expr=1 / (1 + sp.exp(-x)), tau=math.pi)
     if name == "softplus":
         return Activation(name, lambda v: np.logaddexp(0.0, v), _sig,
@@ -310,8 +344,7 @@ def _make(name: str, **params) -> Activation:
                           expr=x * (1 + sp.erf(x / sp.sqrt(2))) / 2, tau=2.0)
     if name == "gelu_tanh":
         e = x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))) / 2
-        f0, f1, f2 = (sp.lambdify(x, sp.diff(e, x, k), "numpy") for k in range(3))
-        return Activation(name, f0, f1, f2, expr=e, tau=2.5)
+        return Activation(name, *_gelu_tanh_funcs(), expr=e, tau=2.5)
     if name in ("elu", "selu"):
         if name == "elu":
             alpha, scale = float(params.get("alpha", 1.0)), 1.0

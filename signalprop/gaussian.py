@@ -29,6 +29,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, Optional
 
 import numpy as np
+from scipy import special
 
 __all__ = ["expect", "expect2", "expect2_smoothed", "hermite_rule", "graded_rule"]
 
@@ -45,13 +46,33 @@ _CHUNK_ELEMS = 4_000_000
 @lru_cache(maxsize=64)
 def hermite_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Probabilists' Gauss-Hermite nodes and weights normalised to sum to 1 (E over N(0, 1))."""
-    x, w = np.polynomial.hermite_e.hermegauss(n)
+    x, w = special.roots_hermitenorm(n)
     return x, w / w.sum()
 
 
-@lru_cache(maxsize=1)
-def _legendre():
-    return np.polynomial.legendre.leggauss(_GL_ORDER)
+@lru_cache(maxsize=4)
+def _legendre(order: int = _GL_ORDER):
+    return np.polynomial.legendre.leggauss(order)
+
+
+def _sorted_breakpoints(parts, shape) -> np.ndarray:
+    """Breakpoints (arrays broadcastable to ``shape + (k,)``), nan -> 0 and +-inf -> +-Z_MAX, clipped
+    to [-Z_MAX, Z_MAX], sorted, with the ends -Z_MAX and Z_MAX added."""
+    bp = np.concatenate([np.nan_to_num(np.broadcast_to(p, shape + np.shape(p)[-1:]), nan=0.0,
+                                       posinf=Z_MAX, neginf=-Z_MAX) for p in parts], axis=-1)
+    bp = np.sort(np.clip(bp, -Z_MAX, Z_MAX), axis=-1)
+    ends = np.full(shape + (1,), Z_MAX)
+    return np.concatenate([-ends, bp, ends], axis=-1)
+
+
+def _panel_rule(bp: np.ndarray, order: int = _GL_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre rule for E over N(0, 1) on the sorted breakpoints ``bp[..., :]``."""
+    t, wt = _legendre(order)
+    half = 0.5 * np.diff(bp, axis=-1)
+    mid = 0.5 * (bp[..., 1:] + bp[..., :-1])
+    z = (mid[..., None] + half[..., None] * t).reshape(bp.shape[:-1] + (-1,))
+    w = (half[..., None] * wt).reshape(bp.shape[:-1] + (-1,))
+    return z, w * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
 
 
 def graded_rule(scale, extra: Iterable[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -62,22 +83,10 @@ def graded_rule(scale, extra: Iterable[np.ndarray] = ()) -> tuple[np.ndarray, np
     Returns nodes and weights of shape ``scale.shape + (n,)``.
     """
     scale = np.asarray(scale, float)
-    parts = [np.broadcast_to(_UNIFORM, scale.shape + _UNIFORM.shape)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        parts.append(_GRADED_X / scale[..., None])
-    parts.extend(np.broadcast_to(np.asarray(e, float), scale.shape + np.shape(e)[-1:])
-                 for e in extra)
-    bp = np.concatenate([np.nan_to_num(p, nan=0.0, posinf=Z_MAX, neginf=-Z_MAX) for p in parts],
-                        axis=-1)
-    bp = np.sort(np.clip(bp, -Z_MAX, Z_MAX), axis=-1)
-    bp = np.concatenate([np.full(scale.shape + (1,), -Z_MAX), bp, np.full(scale.shape + (1,), Z_MAX)],
-                        axis=-1)
-    t, wt = _legendre()
-    half = 0.5 * np.diff(bp, axis=-1)
-    mid = 0.5 * (bp[..., 1:] + bp[..., :-1])
-    z = (mid[..., None] + half[..., None] * t).reshape(scale.shape + (-1,))
-    w = (half[..., None] * wt).reshape(scale.shape + (-1,))
-    return z, w * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        parts = [_UNIFORM, _GRADED_X / scale[..., None]]
+    parts.extend(np.asarray(e, float) for e in extra)
+    return _panel_rule(_sorted_breakpoints(parts, scale.shape))
 
 
 def _gh_size(q_max: float, tau: Optional[float]) -> Optional[int]:
@@ -134,44 +143,153 @@ def expect(f, q, *, kinks: tuple = (), tau: Optional[float] = None):
     return res if isinstance(f, tuple) else res[0]
 
 
-def _dim_rule(qeff, tau):
-    """Rule for one rotated direction: shared GH nodes (1-D) or per-row graded nodes (2-D)."""
-    n = _gh_size(float(np.max(qeff, initial=0.0)), tau)
-    if n is not None:
-        z, w = hermite_rule(n)
-        return z[None, :], w[None, :]
-    return graded_rule(np.sqrt(qeff))
+# truncated trapezoidal rule for the bivariate tensor rule: for F analytic in |Im x| < tau its
+# error is ~exp(-2 pi delta / h), delta = tau / sqrt(q), plus exp(-L^2 / 2) for the truncation;
+# h = min(0.5, 0.1 delta) and L = 9 give < 1e-15 relative for phi^2, phi'^2 and phi'^4 of every
+# smooth built-in over q in [1e-6, 1e4] (measured). n ~ 180 sqrt(q) / tau nodes, against
+# Gauss-Hermite's 400 q / tau^2. Steps are rounded down to h0 2^(-k/4), so rules are shared.
+_TRAP_H0 = 0.5
+_TRAP_KAPPA = 0.1
+_TRAP_L = 9.0
+_COND_OUT = _GL_ORDER * (_UNIFORM.size + 2 * _GRADED_X.size + 1)  # outer nodes, conditional form
+_COND_IN = _GL_ORDER * (_UNIFORM.size + _GRADED_X.size + 1)       # inner nodes when graded
+
+
+def _trap_level(qeff, tau) -> np.ndarray:
+    """Level k of the trapezoidal rule (step h0 2^(-k/4)) for E[F(sqrt(qeff) z)]; tau not None."""
+    qeff = np.asarray(qeff, float)
+    with np.errstate(divide="ignore"):
+        h = np.minimum(_TRAP_H0, _TRAP_KAPPA * tau / np.sqrt(qeff))
+    return np.maximum(0, np.ceil(4.0 * np.log2(_TRAP_H0 / h) - 1e-9)).astype(int)
+
+
+def _trap_size(level) -> np.ndarray:
+    h = _TRAP_H0 * 2.0 ** (-np.asarray(level) / 4.0)
+    return 2 * np.ceil(_TRAP_L / h).astype(int) + 1
+
+
+@lru_cache(maxsize=128)
+def trapezoid_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truncated trapezoidal rule for E over N(0, 1): step h0 2^(-level/4) on [-L, L]."""
+    h = _TRAP_H0 * 2.0 ** (-level / 4.0)
+    n = int(math.ceil(_TRAP_L / h))
+    z = np.arange(-n, n + 1) * h
+    w = np.exp(-0.5 * z * z)
+    return z, w / w.sum()
 
 
 def expect2(f: Callable, g: Callable, q1, q2, c, *, tau: Optional[float] = None,
             kinks: tuple = ()) -> np.ndarray:
     """E[f(u1) g(u2)] with (u1, u2) ~ N(0, [[q1, r], [r, q2]]), r = c sqrt(q1 q2), broadcast.
 
-    Tensor-product rule in the rotated coordinates described in the module docstring; for
-    smooth f, g. (Kinked activations go through :func:`expect2_smoothed`.)
+    Per entry, the cheaper of two rules that are both accurate to ~1e-13:
+
+    * f, g analytic in a strip (``tau`` known, no kinks): the tensor-product trapezoidal rule in
+      the rotated coordinates of the module docstring, with the step of each direction set by
+      its own variance (``q a^2``, ``q b^2``);
+    * otherwise, and where that would need too many nodes (large q away from c = +-1): the
+      conditional form ``E_z[f(sqrt(q1) z) G(sqrt(q2) c z)]``, ``G(m) = E[g(m + sd W)]``,
+      ``sd = sqrt(q2 (1 - c^2))``, with the larger variance outside; the outer rule is split at
+      the features of f and of G, the inner one is the trapezoidal rule (narrow ``sd``) or, node
+      by node, a composite Gauss-Legendre rule split at that node's features of g.
     """
     q1, q2, c = np.broadcast_arrays(*(np.asarray(v, float) for v in (q1, q2, c)))
     shape = q1.shape
     q1, q2, c = q1.ravel(), q2.ravel(), np.clip(c.ravel(), -1.0, 1.0)
-    a, b = np.sqrt(0.5 * (1.0 + c)), np.sqrt(0.5 * (1.0 - c))
-    s1, s2 = np.sqrt(q1), np.sqrt(q2)
-    qm = np.maximum(q1, q2)
     out = np.empty(q1.shape)
-    zs, ws = _dim_rule(qm * a * a, tau)
-    zd, wd = _dim_rule(qm * b * b, tau)
-    # With f = g and q1 = q2 the integrand is f(X + Y) f(X - Y) on a d-grid symmetric about 0
-    # (both rules are), so one evaluation of f serves both factors: f(X - Y_j) = f(X + Y_{n-1-j}).
-    mirror = f is g and np.array_equal(q1, q2)
-    for sl in _chunks(q1.size, zs.shape[-1] * zd.shape[-1]):
-        def rows(arr):
-            return arr if arr.shape[0] == 1 else arr[sl]
-        S = (a[sl, None] * rows(zs))[:, :, None]
-        D = (b[sl, None] * rows(zd))[:, None, :]
-        F = f(s1[sl, None, None] * (S + D))
-        G = F[:, :, ::-1] if mirror else g(s2[sl, None, None] * (S - D))
-        inner = np.einsum("ijk,ik->ij", F * G, np.broadcast_to(rows(wd), (S.shape[0], D.shape[2])))
-        out[sl] = np.einsum("ij,ij->i", inner, np.broadcast_to(rows(ws), S.shape[:2]))
+    if tau is not None and not kinks:
+        a, b = np.sqrt(0.5 * (1.0 + c)), np.sqrt(0.5 * (1.0 - c))
+        qm = np.maximum(q1, q2)
+        ls, ld = _trap_level(qm * a * a, tau), _trap_level(qm * b * b, tau)
+        sd2 = np.minimum(q1, q2) * (1.0 - c) * (1.0 + c)
+        cost_cond = _COND_OUT * np.minimum(_trap_size(_trap_level(sd2, tau)), _COND_IN)
+        tensor = _trap_size(ls) * _trap_size(ld) <= cost_cond
+    else:
+        tensor = np.zeros(q1.shape, bool)
+    if tensor.any():
+        key = np.where(tensor, ls * 1000 + ld, -1)
+        for k in np.unique(key[tensor]):
+            i = np.flatnonzero(key == k)
+            out[i] = _expect2_tensor(f, g, q1[i], q2[i], a[i], b[i], int(k // 1000), int(k % 1000))
+    # the conditional form with the larger variance outside (the inner smoothing is then narrower)
+    for keep in (True, False):
+        i = np.flatnonzero(~tensor & ((q1 >= q2) == keep))
+        if i.size:
+            out[i] = (_expect2_conditional(f, g, q1[i], q2[i], c[i], tau, kinks) if keep else
+                      _expect2_conditional(g, f, q2[i], q1[i], c[i], tau, kinks))
     return out.reshape(shape)
+
+
+def _expect2_tensor(f, g, q1, q2, a, b, ls, ld):
+    """Trapezoidal tensor rule in the rotated coordinates (flat arrays, one pair of levels)."""
+    s1, s2 = np.sqrt(q1), np.sqrt(q2)
+    zs, ws = trapezoid_rule(ls)
+    zd, wd = trapezoid_rule(ld)
+    out = np.empty(q1.shape)
+    for sl in _chunks(q1.size, zs.size * zd.size):
+        S = (a[sl, None] * zs)[:, :, None]
+        D = (b[sl, None] * zd)[:, None, :]
+        F = f(s1[sl, None, None] * (S + D)) * g(s2[sl, None, None] * (S - D))
+        out[sl] = np.einsum("ijk,j,k->i", F, ws, wd)
+    return out
+
+
+_COND_OFFS = np.concatenate([[0.0], 4.0 ** np.arange(-2, 4), -(4.0 ** np.arange(-2, 4))])
+
+
+def _expect2_conditional(f, g, q1, q2, c, tau, kinks):
+    """E[f(u1) g(u2)] = E_z[f(s1 z) G(s2 c z)], G(m) = E[g(m + sd W)], sd = s2 sqrt(1 - c^2).
+
+    Outer: the graded rule in z (features of f at x / s1), split further where the conditional
+    mean s2 c z crosses a feature x of g (z = x / (s2 c)) and, around kinks of g, graded on the
+    smoothing width sd / (s2 |c|). Inner, for every outer node: g(m) itself when sd = 0, the
+    trapezoidal rule when g(m + sd W) is analytic in a wide enough strip (``sd`` small against
+    ``tau``), otherwise a composite Gauss-Legendre rule in W split at that node's own features
+    ``(x - m) / sd`` of g. Every panel then sees a smooth integrand, whatever q1, q2 and c
+    (flat arrays).
+    """
+    s1, s2 = np.sqrt(q1), np.sqrt(q2)
+    sd = s2 * np.sqrt((1.0 - c) * (1.0 + c))
+    kk = np.asarray(kinks, float)
+    feats = np.concatenate([_GRADED_X, kk])
+    out = np.empty(q1.shape)
+    # inner rule per row: -2 = g(m) itself (sd = 0), k >= 0 = trapezoidal rule of level k,
+    # -1 = per-node graded Gauss-Legendre
+    mode = np.full(q1.shape, -1)
+    if tau is not None and not kinks:
+        lev = _trap_level(sd * sd, tau)
+        mode = np.where(_trap_size(lev) <= _COND_IN, lev, -1)
+    mode = np.where(sd == 0, -2, mode)
+    n_out = _COND_OUT + _GL_ORDER * kk.size * (2 + _COND_OFFS.size)
+    for m_ in np.unique(mode):
+        rows = np.flatnonzero(mode == m_)
+        n_in = 1 if m_ == -2 else (_COND_IN + _GL_ORDER * kk.size if m_ == -1 else
+                                   int(_trap_size(m_)))
+        for sl in _chunks(rows.size, n_out * n_in):
+            r = rows[sl]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kz = feats[None, :] / (s2[r, None] * c[r, None])          # features of G in z
+                width = sd[r] / (s2[r] * np.abs(c[r]))
+            extra = [kz]
+            if kk.size:
+                kzk = kz[:, _GRADED_X.size:]
+                extra.append((kzk[:, :, None] + width[:, None, None] * _COND_OFFS).reshape(r.size, -1))
+                extra += _kink_points(kinks, s1[r])
+            z, w = graded_rule(s1[r], extra)
+            m = (s2[r] * c[r])[:, None] * z
+            if m_ == -2:
+                G = g(m)
+            elif m_ >= 0:
+                zt, wt = trapezoid_rule(int(m_))
+                G = g(m[..., None] + sd[r, None, None] * zt) @ wt
+            else:
+                sdr = sd[r, None, None]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    parts = [_UNIFORM, (feats - m[..., None]) / sdr]
+                zi, wi = _panel_rule(_sorted_breakpoints(parts, m.shape))
+                G = np.einsum("ijk,ijk->ij", g(m[..., None] + sdr * zi), wi)
+            out[r] = np.einsum("ij,ij->i", f(s1[r, None] * z) * G, w)
+    return out
 
 
 def expect2_smoothed(f: Callable, smooth_g: Callable, q1, q2, c, *, kinks: tuple = ()) -> np.ndarray:
@@ -200,3 +318,26 @@ def expect2_smoothed(f: Callable, smooth_g: Callable, q1, q2, c, *, kinks: tuple
         vals = f(s1[sl, None] * z) * smooth_g(s2[sl, None] * c[sl, None] * z, (s2[sl] * sc[sl])[:, None])
         out[sl] = np.einsum("ij,ij->i", vals, w)
     return out.reshape(shape)
+
+
+def hermite_coefficients(f: Callable, q, kmax: int, n: int = 1024) -> np.ndarray:
+    """a_k(q) = E[f(sqrt(q) z) He_k(z)] / sqrt(k!), k = 0..kmax, for every entry of ``q``.
+
+    Mehler's formula then gives E[f(u1) f(u2)] = sum_k a_k^2 c^k for u ~ N(0, q [[1, c], [c, 1]])
+    (e.g. O'Donnell 2014, Prop. 11.31; Daniely et al. 2016, Sec. 4), and Parseval's identity
+    sum_k a_k^2 = E[f(sqrt(q) z)^2] checks both the truncation and the quadrature.
+    Computed with an n-node Gauss-Hermite rule and the stable recurrence of the normalised
+    Hermite polynomials p_{k+1} = (z p_k - sqrt(k) p_{k-1}) / sqrt(k+1). Shape ``q.shape + (kmax+1,)``.
+    """
+    z, w = hermite_rule(n)
+    q = np.asarray(q, float)
+    sw = np.sqrt(w)
+    F = f(np.sqrt(q.ravel())[:, None] * z) * sw           # (m, n)
+    # rows P[k] = sqrt(w) p_k(z) are orthonormal for k < n: no overflow at the outer nodes
+    P = np.empty((kmax + 1, n))
+    P[0] = sw
+    if kmax >= 1:
+        P[1] = z * sw
+    for k in range(1, kmax):
+        P[k + 1] = (z * P[k] - math.sqrt(k) * P[k - 1]) / math.sqrt(k + 1)
+    return (F @ P.T).reshape(q.shape + (kmax + 1,))
