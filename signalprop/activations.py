@@ -16,8 +16,11 @@ lists them, ``activation(sympy_expr_or_string)`` and ``activation(callable)`` ma
 
 from __future__ import annotations
 
+import io
 import math
+import tokenize
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,7 +28,7 @@ import sympy as sp
 from scipy import special
 
 from . import gaussian
-from ._validate import check_finite
+from ._validate import check_finite, check_positive
 
 __all__ = ["Activation", "activation", "activations", "normalising_constants"]
 
@@ -110,7 +113,22 @@ class Activation:
         for kinked activations as well (Schoenholz et al. 2017, the xi_q integral).
         """
         q = np.asarray(q, float)
-        return self._e1(lambda x: x * self.phi(x) * self.dphi(x), q) / q
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = self._e1(lambda x: x * self.phi(x) * self.dphi(x), q) / q
+        if np.any(q == 0):  # the limit q -> 0+: E[phi'^2 + phi phi''] at x = 0, one-sided at a kink
+            t = np.array([-np.finfo(float).tiny, np.finfo(float).tiny])
+            lim = np.mean(self.dphi(t) ** 2 + self.phi(np.zeros(2)) * self.d2phi(t))
+            out = np.where(q == 0, lim, out)
+        return out
+
+    def mehler_coefficients(self, q: float) -> Optional[Array]:
+        """a_k with E[phi(u1) phi(u2)] = sum_k a_k^2 c^k for u ~ N(0, q [[1, c], [c, 1]]) (Mehler's
+        formula), or None where the series is not the right tool (kinks, unknown analyticity,
+        closed forms, or q so large that it would need more than 640 terms)."""
+        if (self.tau is None or self.kinks or self.smooth is not None
+                or type(self).cross_moment is not Activation.cross_moment):
+            return None
+        return gaussian.mehler_coefficients(self.phi, float(q), self.tau)
 
     # -- bivariate expectations ------------------------------------------------------------
     def cross_moment(self, q1, q2, c) -> Array:
@@ -148,6 +166,17 @@ class _LeakyReLU(Activation):
         A, B = self._ab
         return B * _SQRT_2_PI * np.sqrt(np.asarray(q, float))
 
+    def scalar_kernel(self, q: float, c: Optional[float]) -> tuple:
+        """(E[phi^2], E[phi'^2], E[phi(u1)phi(u2)] / E[phi^2]) at one (q, c), in plain floats:
+        the same closed forms as the array methods, for the layer-by-layer loop of ``predict``."""
+        A, B = self._ab
+        s = A * A + B * B
+        rho = None
+        if c is not None:
+            rho = (A * A * c + B * B * (2.0 / math.pi) * (math.sqrt(max(0.0, 1.0 - c * c))
+                                                          + c * math.asin(c))) / s
+        return s * q, s, rho
+
     def second_moment(self, q):
         A, B = self._ab
         return (A * A + B * B) * np.asarray(q, float)
@@ -167,6 +196,7 @@ class _LeakyReLU(Activation):
     def cross_moment(self, q1, q2, c):
         A, B = self._ab
         q1, q2, c = np.broadcast_arrays(*(np.asarray(v, float) for v in (q1, q2, c)))
+        c = np.clip(c, -1.0, 1.0)  # as the numerical engine: c = 1 + 1e-16 from rounding is c = 1
         s = np.sqrt(q1) * np.sqrt(q2)
         abs_k = (2.0 / math.pi) * s * (np.sqrt(np.clip(1.0 - c * c, 0.0, None)) + c * np.arcsin(c))
         return A * A * c * s + B * B * abs_k
@@ -174,7 +204,7 @@ class _LeakyReLU(Activation):
     def dphi_cross_moment(self, q1, q2, c):
         A, B = self._ab
         c = np.broadcast_arrays(np.asarray(q1, float), np.asarray(q2, float), np.asarray(c, float))[2]
-        return A * A + B * B * (2.0 / math.pi) * np.arcsin(c)
+        return A * A + B * B * (2.0 / math.pi) * np.arcsin(np.clip(c, -1.0, 1.0))
 
 
 class _Erf(Activation):
@@ -186,6 +216,12 @@ class _Erf(Activation):
 
     def mean(self, q):
         return np.zeros(np.shape(q))
+
+    def scalar_kernel(self, q: float, c: Optional[float]) -> tuple:
+        """(E[erf^2], E[erf'^2], E[erf(u1)erf(u2)] / E[erf^2]) at one (q, c), in plain floats."""
+        v = math.asin(2.0 * q / (1.0 + 2.0 * q))
+        rho = None if c is None else math.asin(2.0 * q * c / (1.0 + 2.0 * q)) / v
+        return (2.0 / math.pi) * v, (4.0 / math.pi) / math.sqrt(1.0 + 4.0 * q), rho
 
     def second_moment(self, q):
         q = np.asarray(q, float)
@@ -204,12 +240,12 @@ class _Erf(Activation):
 
     def cross_moment(self, q1, q2, c):
         q1, q2, c = (np.asarray(v, float) for v in (q1, q2, c))
-        r = c * np.sqrt(q1 * q2)
+        r = np.clip(c, -1.0, 1.0) * np.sqrt(q1 * q2)
         return (2.0 / math.pi) * np.arcsin(2.0 * r / np.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)))
 
     def dphi_cross_moment(self, q1, q2, c):
         q1, q2, c = (np.asarray(v, float) for v in (q1, q2, c))
-        r2 = c * c * q1 * q2
+        r2 = np.minimum(c * c, 1.0) * q1 * q2
         return (4.0 / math.pi) / np.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2) - 4.0 * r2)
 
 
@@ -385,6 +421,10 @@ def _from_expr(expr: sp.Expr, name: str = "custom") -> Activation:
     if not free <= {_X}:
         extra = ", ".join(sorted(str(s) for s in free - {_X}))
         raise ValueError(f"activation expression must depend on x only; it also uses {extra}")
+    undefined = expr.atoms(sp.core.function.AppliedUndef)
+    if undefined:
+        names = ", ".join(sorted(str(f.func) for f in undefined))
+        raise ValueError(f"activation expression uses unknown functions: {names}")
     d1, d2 = sp.diff(expr, _X), sp.diff(expr, _X, 2)
     fs = [sp.lambdify(_X, e, modules=["numpy", "scipy"]) for e in (expr, d1, d2)]
 
@@ -416,6 +456,39 @@ def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Calla
     return Activation(getattr(fn, "__name__", "custom"), f0, f1, f2, expr=None, tau=None)
 
 
+@lru_cache(maxsize=1)
+def _sympy_names() -> frozenset:
+    names = {"x", "True", "False", "sqrt", "cbrt", "root"}
+    for n in dir(sp):
+        obj = getattr(sp, n)
+        if not n.startswith("_") and (isinstance(obj, sp.Basic) or
+                                      (isinstance(obj, type) and issubclass(obj, sp.Basic))):
+            names.add(n)
+    return frozenset(names)
+
+
+_OPS = {"(", ")", "+", "-", "*", "/", "**", ",", "<", ">", "<=", ">=", "==", "!="}
+
+
+def _unsafe_token(spec: str) -> Optional[str]:
+    """The first token of ``spec`` that a formula in x has no use for, else None.
+
+    ``sympify`` evaluates its string with ``eval``, so ``activation("__import__('os')...")`` would
+    run code: only x, numbers, arithmetic and comparison operators and the names of sympy
+    functions and constants pass (no attribute access, strings, keywords or other names).
+    """
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(spec).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None  # unbalanced or unterminated: sympify reports it as unparseable
+    for t in toks:
+        if t.type == tokenize.STRING or (t.type == tokenize.OP and t.string not in _OPS):
+            return t.string
+        if t.type == tokenize.NAME and t.string not in _sympy_names():
+            return t.string
+    return None
+
+
 def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Callable] = None,
                **params) -> Activation:
     """Build an activation.
@@ -440,9 +513,14 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
             return _make(key, **params)
         if params:
             raise TypeError("parameters are only accepted with a built-in activation name")
+        bad_token = _unsafe_token(spec)
+        if bad_token is not None:
+            raise ValueError(f"unknown activation {spec!r}: not a built-in name "
+                             f"({', '.join(_NAMES)}) and not a sympy expression in x "
+                             f"({bad_token!r} is not a sympy function or constant)")
         try:
             expr = sp.sympify(spec, locals={"x": _X})
-        except (sp.SympifyError, SyntaxError, TypeError, ValueError):
+        except Exception:  # sympify evaluates the string: any failure means 'not an expression'
             raise ValueError(f"unknown activation {spec!r}: not a built-in name "
                              f"({', '.join(_NAMES)}) and not a sympy expression in x") from None
         if not isinstance(expr, sp.Expr) or _X not in expr.free_symbols:
@@ -460,6 +538,12 @@ def normalising_constants(act, q: float = 1.0) -> dict:
     ``mean`` = E[phi(sqrt(q) z)], ``std`` = sqrt(Var[phi(sqrt(q) z)]), ``gain`` = 1 / std, by quadrature
     (closed forms for linear, relu, leaky_relu, erf), not by Monte Carlo."""
     a = activation(act)
+    q = float(check_positive("q", q))
     mu = float(a.mean(q))
-    var = float(a.second_moment(q)) - mu * mu
+    if isinstance(a, (_LeakyReLU, _Erf)):  # closed forms: E phi^2 - mu^2 has no cancellation
+        var = float(a.second_moment(q)) - mu * mu
+    else:  # E[(phi - mu)^2]: E phi^2 - mu^2 loses digits when mu^2 >> Var (sigmoid at small q)
+        var = float(a._e1(lambda x: (a.phi(x) - mu) ** 2, q))
+    if not var > 0:
+        raise ValueError(f"{a!r} has zero variance at q={q!r}: no normalising gain")
     return {"mean": mu, "std": math.sqrt(var), "gain": 1.0 / math.sqrt(var)}

@@ -320,24 +320,45 @@ def expect2_smoothed(f: Callable, smooth_g: Callable, q1, q2, c, *, kinks: tuple
     return out.reshape(shape)
 
 
+@lru_cache(maxsize=16)
+def _hermite_functions(n: int) -> np.ndarray:
+    """Rows k = 0..n-1: sqrt(w_i) p_k(z_i) on the n-node rule, p_k = He_k / sqrt(k!) (orthonormal).
+
+    Built by the stable recurrence p_{k+1} = (z p_k - sqrt(k) p_{k-1}) / sqrt(k+1); the rows are
+    orthonormal vectors, so nothing overflows at the outer nodes."""
+    z, w = hermite_rule(n)
+    P = np.empty((n, n))
+    P[0] = np.sqrt(w)
+    P[1] = z * P[0]
+    for k in range(1, n - 1):
+        P[k + 1] = (z * P[k] - math.sqrt(k) * P[k - 1]) / math.sqrt(k + 1)
+    return P
+
+
 def hermite_coefficients(f: Callable, q, kmax: int, n: int = 1024) -> np.ndarray:
     """a_k(q) = E[f(sqrt(q) z) He_k(z)] / sqrt(k!), k = 0..kmax, for every entry of ``q``.
 
     Mehler's formula then gives E[f(u1) f(u2)] = sum_k a_k^2 c^k for u ~ N(0, q [[1, c], [c, 1]])
-    (e.g. O'Donnell 2014, Prop. 11.31; Daniely et al. 2016, Sec. 4), and Parseval's identity
+    (Mehler 1866; e.g. O'Donnell 2014, Prop. 11.31), and Parseval's identity
     sum_k a_k^2 = E[f(sqrt(q) z)^2] checks both the truncation and the quadrature.
-    Computed with an n-node Gauss-Hermite rule and the stable recurrence of the normalised
-    Hermite polynomials p_{k+1} = (z p_k - sqrt(k) p_{k-1}) / sqrt(k+1). Shape ``q.shape + (kmax+1,)``.
+    Computed with an n-node Gauss-Hermite rule (n > kmax). Shape ``q.shape + (kmax+1,)``.
     """
     z, w = hermite_rule(n)
     q = np.asarray(q, float)
-    sw = np.sqrt(w)
-    F = f(np.sqrt(q.ravel())[:, None] * z) * sw           # (m, n)
-    # rows P[k] = sqrt(w) p_k(z) are orthonormal for k < n: no overflow at the outer nodes
-    P = np.empty((kmax + 1, n))
-    P[0] = sw
-    if kmax >= 1:
-        P[1] = z * sw
-    for k in range(1, kmax):
-        P[k + 1] = (z * P[k] - math.sqrt(k) * P[k - 1]) / math.sqrt(k + 1)
-    return (F @ P.T).reshape(q.shape + (kmax + 1,))
+    F = f(np.sqrt(q.ravel())[:, None] * z) * np.sqrt(w)    # (m, n)
+    return (F @ _hermite_functions(n)[:kmax + 1].T).reshape(q.shape + (kmax + 1,))
+
+
+_MEHLER_MAX = 640
+
+
+def mehler_coefficients(f: Callable, q: float, tau: float) -> Optional[np.ndarray]:
+    """Hermite coefficients a_0..a_{n-1} of f(sqrt(q) z) on an n-node rule with n twice what
+    Gauss-Hermite needs for f at variance q (see the module docstring), so that
+    sum_k a_k^2 c^k = E[f(u1) f(u2)] to ~1e-13 for every c in [-1, 1] (checked against the
+    rotated-coordinate rule in tests/test_gaussian.py). None when n would exceed 640."""
+    n0 = _gh_size(q, tau)
+    if n0 is None or 2 * n0 + 16 > _MEHLER_MAX:
+        return None
+    n = 2 * n0 + 16
+    return hermite_coefficients(f, q, n - 1, n)

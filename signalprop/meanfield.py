@@ -15,9 +15,9 @@ Backward (Schoenholz et al. 2017, eq. 14, with the width ratio of CONVENTIONS.md
 
 Fixed points and depth scales (Schoenholz et al. 2017, eqs. 4-9): chi_1, chi_c, xi_q, xi_c,
 xi_grad = 1/|log chi_1|. Everything is carried in logarithms, so depth 10^5 neither overflows
-nor underflows: outside q in [1e-280, 1e280] the Gaussian integrals are continued as local power
+nor underflows: outside q in [1e-280, 1e100] the Gaussian integrals are continued as local power
 laws in q (exact for the positively homogeneous relu, leaky_relu and linear; for the others the
-relative error is O(q) at the small end and O(q^-1/2) at the large end, i.e. below 1e-140).
+relative error is O(q) at the small end and O(q^-1/2) at the large end, i.e. below 1e-50).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .results import FixedPoint, PhaseDiagram, Profile
 __all__ = ["predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
            "length_map", "correlation_map"]
 
-_LQ_LO, _LQ_HI = math.log(1e-280), math.log(1e280)
+_LQ_LO, _LQ_HI = math.log(1e-280), math.log(1e100)
 _LN10 = math.log(10.0)
 
 
@@ -45,7 +45,7 @@ _LN10 = math.log(10.0)
 
 
 def _log_moment(fn, log_q):
-    """log fn(q) for q = exp(log_q), continued as a power law outside [1e-280, 1e280]."""
+    """log fn(q) for q = exp(log_q), continued as a power law outside [1e-280, 1e100]."""
     log_q = np.asarray(log_q, float)
     lc = np.clip(log_q, _LQ_LO, _LQ_HI)
     with np.errstate(divide="ignore"):
@@ -74,7 +74,7 @@ def length_map(act, q, sigma_w2, sigma_b2):
 
 def _rho(act: Activation, q, c):
     """Correlation of the post-activations, E[phi(u1) phi(u2)] / E[phi(u1)^2], at q clamped."""
-    q = np.clip(np.asarray(q, float), 1e-280, 1e280)
+    q = np.clip(np.asarray(q, float), 1e-280, 1e100)
     c = np.asarray(c, float)
     rho = act.cross_moment(q, q, c) / act.second_moment(q)
     return np.where(c == 1.0, 1.0, np.clip(rho, -1.0, 1.0))
@@ -99,12 +99,21 @@ def _check_q0_c0(q0, c0):
 
 
 def _layer_moments(act: Activation, lq: float) -> tuple[float, float]:
-    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e280]."""
+    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e100]."""
     if _LQ_LO <= lq <= _LQ_HI:
         v, d = act.moments(math.exp(lq))
         v, d = float(v), float(d)
         return (math.log(v) if v > 0 else -math.inf), (math.log(d) if d > 0 else -math.inf)
     return (float(_log_moment(act.second_moment, lq)), float(_log_moment(act.dphi_second_moment, lq)))
+
+
+def _runs(layers) -> list[int]:
+    """run_end[i]: one past the last layer of the run of identical rules that contains layer i."""
+    L = len(layers)
+    end = [L] * L
+    for i in range(L - 2, -1, -1):
+        end[i] = end[i + 1] if layers[i].same_rule(layers[i + 1]) else i + 1
+    return end
 
 
 def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
@@ -115,59 +124,81 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
     log_g, log_G``.
 
     Within a run of identical layers, once the per-layer increments of log q and log E[x^2], the
-    value of log E[phi'^2] and c repeat to 4e-16, the rest of the run is filled in by the same
-    increments (a fixed point, or the exact geometric growth/decay of a positively homogeneous map);
-    deep profiles are cheap and stay exact to rounding.
+    value of log E[phi'^2] and c repeat to a few ulps, the rest of the run is filled in with the
+    same increments (0 at a fixed point; the exact growth rate of a positively homogeneous map),
+    so deep profiles are cheap and stay exact to rounding.
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     q0, c0 = _check_q0_c0(q0, c0)
     layers = network.layers
+    for i, layer in enumerate(layers):
+        if type(layer) is not Dense:
+            raise TypeError(f"layer {i + 1}: predict has no rule for {type(layer).__name__}")
     L = network.depth
-    widths = network.widths.astype(float)
-    log_q = np.empty(L)
-    log_x2 = np.empty(L + 1)   # log_x2[i] = log E[(x^i)^2]; x^0 is the input
-    log_d = np.empty(L)        # log E[phi_l'(h^l)^2]
-    c = np.empty(L) if c0 is not None else None
+    run_end = _runs(layers)
+    # plain Python lists in the loop (numpy scalars are slow there); arrays at the end
+    log_q = [0.0] * L
+    log_x2 = [0.0] * (L + 1)   # log_x2[i] = log E[(x^i)^2]; x^0 is the input
+    log_d = [0.0] * L          # log E[phi_l'(h^l)^2]
+    c = [0.0] * L if c0 is not None else None
     log_x2[0] = math.log(q0)
     cx = c0                    # correlation of the post-activations feeding the next layer
+    series = None              # (activation, q, Mehler coefficients a_k^2) of the last layer
     i = 0
     while i < L:
         layer = layers[i]
-        if type(layer) is not Dense:
-            raise TypeError(f"layer {i + 1}: predict has no rule for {type(layer).__name__}")
         act = layer.activation
         lsw2 = math.log(layer.sigma_w2)
-        lq = float(_log_affine(lsw2, log_x2[i], layer.sigma_b2))
+        lq = lsw2 + log_x2[i] if layer.sigma_b2 == 0 else \
+            float(np.logaddexp(lsw2 + log_x2[i], math.log(layer.sigma_b2)))
         log_q[i] = lq
-        log_x2[i + 1], log_d[i] = _layer_moments(act, lq)
         if c is not None:
             t = math.exp(lsw2 + log_x2[i] - lq)        # share of the weights in q^l
             c[i] = min(1.0, max(-1.0, t * cx + (1.0 - t)))
-            cx = float(_rho(act, math.exp(min(max(lq, _LQ_LO), _LQ_HI)), c[i]))
+        kernel = getattr(act, "scalar_kernel", None)
+        if kernel is not None and _LQ_LO <= lq <= _LQ_HI:   # closed forms in plain floats
+            v, d, rho = kernel(math.exp(lq), None if c is None else c[i])
+            log_x2[i + 1], log_d[i] = math.log(v), math.log(d)
+            if c is not None:
+                cx = min(1.0, max(-1.0, rho))
+        else:
+            log_x2[i + 1], log_d[i] = _layer_moments(act, lq)
+            if c is not None:
+                qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
+                if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
+                    coef = act.mehler_coefficients(qe)
+                    series = (act, qe, None if coef is None else coef * coef)
+                b = series[2]
+                if b is None or c[i] == 1.0:
+                    cx = float(_rho(act, qe, c[i]))
+                else:                                  # Mehler: rho = sum a_k^2 c^k / sum a_k^2
+                    cx = min(1.0, max(-1.0, float(b @ c[i] ** np.arange(b.size) / b.sum())))
         i += 1
-        if i >= 3 and i < L and layer.same_rule(layers[i - 2]) and layer.same_rule(layers[i - 3]):
-            k = i - 1                                    # the layer just computed
+        end = run_end[i - 1]
+        if 3 <= i < end and run_end[i - 3] == end:
+            # the last three layers share the rule: steady state reached?
+            k = i - 1
             tol = 2e-15 * max(1.0, abs(lq), abs(log_x2[i]))
             dq, dx = log_q[k] - log_q[k - 1], log_x2[k + 1] - log_x2[k]
-            steady = (abs(dq - (log_q[k - 1] - log_q[k - 2])) <= tol
-                      and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
-                      and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
-                      and (c is None or abs(c[k] - c[k - 1]) <= 4e-16))
-            if steady:
-                dq = 0.0 if abs(dq) <= tol else dq     # a fixed point: rounding noise, not drift
+            if (abs(dq - (log_q[k - 1] - log_q[k - 2])) <= tol
+                    and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
+                    and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
+                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)):
+                dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
-                end = i
-                while end < L and layer.same_rule(layers[end]):
-                    end += 1
-                n = np.arange(1, end - i + 1)
-                log_q[i:end] = log_q[k] + n * dq
-                log_x2[i + 1:end + 1] = log_x2[k + 1] + n * dx
-                log_d[i:end] = log_d[k]
-                if c is not None:
-                    c[i:end] = c[k]
+                for j in range(i, end):
+                    n = j - k
+                    log_q[j] = log_q[k] + n * dq
+                    log_x2[j + 1] = log_x2[k + 1] + n * dx
+                    log_d[j] = log_d[k]
+                    if c is not None:
+                        c[j] = c[k]
                 i = end
+    log_q, log_x2, log_d = np.array(log_q), np.array(log_x2), np.array(log_d)
+    c = None if c is None else np.array(c)
+    widths = network.widths.astype(float)
 
     # backward: log g^l = sum_{k=l}^{L-1} [log D_k + log(N_{k+1}/N_k) + log sigma_{w,k+1}^2]
     lsw = np.log([la.sigma_w2 for la in layers])
