@@ -288,58 +288,36 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
     return result.reshape(shape)
 
 
-def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=100):
-    """Largest fixed point c* < 1 of the correlation map at q = q* (vectorised; chaotic points).
+def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
+    """The fixed point c* < 1 of the correlation map at q = q* (vectorised; chaotic points).
 
-    F(c) = C(c) - c is negative just below c = 1 when chi_1 > 1 and F(-1) >= 0, so the largest
-    root below 1 is bracketed by scanning c from 1 downwards; it is the stable fixed point
-    (F' < 0 there). Refined by bisection-safeguarded secant steps.
+    F(c) = C(c) - c is negative just below c = 1 when chi_1 > 1 and F(-1) >= 0; C is
+    increasing with C'(c) = sigma_w^2 E[phi'(u1) phi'(u2)] (Price's theorem), and the chaotic
+    root in [-1, 1) is unique for the activations here, so safeguarded Newton from c = 0 on the
+    bracket [-1, 1) converges quadratically (bisection when a step leaves the bracket).
     """
     q, sw2, sb2 = np.broadcast_arrays(*(np.asarray(v, float) for v in (q, sw2, sb2)))
     q, sw2, sb2 = q.ravel(), sw2.ravel(), sb2.ravel()
-    n = q.size
-    out = np.empty(n)
-
-    def F(c, idx):
-        return correlation_map(act, q[idx], c, sw2[idx], sb2[idx]) - c
-
-    # scan c downwards from just below 1
-    grid = 1.0 - np.concatenate([2.0 ** -np.arange(20, 0, -1), np.linspace(0.5, 2.0, 7)[1:]])
-    hi = np.full(n, 1.0)
-    lo = np.full(n, np.nan)
-    idx = np.arange(n)
-    for cg in grid:
-        if idx.size == 0:
-            break
-        fv = F(np.full(idx.size, cg), idx)
-        pos = fv >= 0
-        lo[idx[pos]] = cg
-        hi[idx[~pos]] = cg
-        idx = idx[~pos]
-    lo[idx] = -1.0
-    a, b = lo.copy(), hi.copy()
-    fa, fb = F(a, np.arange(n)), F(b, np.arange(n))
-    idx = np.arange(n)
+    out = np.empty(q.size)
+    idx = np.arange(q.size)
+    lo, hi, c = np.full(q.size, -1.0), np.ones(q.size), np.zeros(q.size)
     for _ in range(max_iter):
         if idx.size == 0:
             break
-        aa, bb, faa, fbb = a[idx], b[idx], fa[idx], fb[idx]
+        qi, wi, bi, ci = q[idx], sw2[idx], sb2[idx], c[idx]
+        F = correlation_map(act, qi, ci, wi, bi) - ci
+        dC = wi * act.dphi_cross_moment(qi, qi, ci) * qi / (wi * act.second_moment(qi) + bi)
+        lo[idx] = np.where(F > 0, ci, lo[idx])
+        hi[idx] = np.where(F <= 0, ci, hi[idx])
         with np.errstate(divide="ignore", invalid="ignore"):
-            cs = bb - fbb * (bb - aa) / (fbb - faa)
-        mid = 0.5 * (aa + bb)
-        bad = ~np.isfinite(cs) | (cs <= np.minimum(aa, bb)) | (cs >= np.maximum(aa, bb))
-        # alternate with bisection so the bracket always shrinks geometrically
-        cs = np.where(bad | (_ % 3 == 2), mid, cs)
-        fc = F(cs, idx)
-        left = np.sign(fc) == np.sign(faa)
-        a[idx] = np.where(left, cs, aa)
-        fa[idx] = np.where(left, fc, faa)
-        b[idx] = np.where(left, bb, cs)
-        fb[idx] = np.where(left, fbb, fc)
-        done = (np.abs(b[idx] - a[idx]) <= tol) | (fc == 0)
-        out[idx[done]] = cs[done]
+            cn = ci - F / (dC - 1.0)
+        bad = ~np.isfinite(cn) | (cn <= lo[idx]) | (cn >= hi[idx])
+        cn = np.where(bad, 0.5 * (lo[idx] + hi[idx]), cn)
+        done = (np.abs(cn - ci) <= tol) | (hi[idx] - lo[idx] <= tol) | (F == 0)
+        c[idx] = cn
+        out[idx[done]] = np.where(F[done] == 0, ci[done], cn[done])
         idx = idx[~done]
-    out[idx] = 0.5 * (a[idx] + b[idx])
+    out[idx] = c[idx]
     return out
 
 
