@@ -509,20 +509,23 @@ class _LogQTable:
         cw = self.w / d
         rows = hit.any(axis=1)
         cw[rows] = hit[rows]
-        res = np.empty((ui.size,) + self.vals.shape[2:])
         den = cw.sum(axis=1)
         flat = self.vals.reshape(self.n, self.vals.shape[1], -1)
-        for p in np.unique(k):
-            sel = k == p
-            res[sel] = ((cw[sel] @ flat[p]) / den[sel, None]).reshape((-1,) + self.vals.shape[2:])
-        out[inside] = res
+        if flat.shape[2] <= 8:                     # few functions: gather and contract at once
+            res = np.einsum("ij,ijm->im", cw, flat[k]) / den[:, None]
+        else:                                      # long coefficient vectors: panel by panel
+            res = np.empty((ui.size, flat.shape[2]))
+            for p in np.unique(k):
+                sel = k == p
+                res[sel] = (cw[sel] @ flat[p]) / den[sel, None]
+        out[inside] = res.reshape((-1,) + self.vals.shape[2:])
         return out.reshape(q.shape + self.vals.shape[2:])
 
 
 _MEHLER_N, _MEHLER_K = 1024, 600
 
 
-def _c_star_mehler(act: Activation, q, sw2, sb2, tol=1e-15):
+def _c_star_mehler(act: Activation, q, sw2, sb2, tol=4e-15):
     """c* and E[phi'(u1) phi'(u2)] at c* for many chaotic points, by Mehler's series.
 
     E[phi(u1) phi(u2)] = sum_k a_k(q)^2 c^k and E[phi'(u1) phi'(u2)] = sum_k k a_k^2 c^(k-1) / q
@@ -543,31 +546,37 @@ def _c_star_mehler(act: Activation, q, sw2, sb2, tol=1e-15):
     ok = np.abs(b.sum(axis=1) - V) <= 1e-12 * V          # Parseval: truncation + quadrature
     kb = b * np.arange(kmax + 1)                   # k a_k^2
 
-    def C_and_slope(c):
-        K = np.zeros_like(c)
-        dK = np.zeros_like(c)
-        for j in range(kmax, -1, -1):              # Horner
-            K = K * c + b[:, j]
-            if j >= 1:
-                dK = dK * c + kb[:, j]
-        return (sw2 * K + sb2) / q, sw2 * dK / q   # C(c), C'(c) = sw2 E[phi'phi']
+    def C_and_slope(c, rows):
+        pw = np.cumprod(np.broadcast_to(c[:, None], (c.size, kmax)), axis=1)   # c^1..c^kmax
+        K = b[rows, 0] + np.einsum("ij,ij->i", b[rows, 1:], pw)
+        dK = kb[rows, 1] + np.einsum("ij,ij->i", kb[rows, 2:], pw[:, :-1])
+        return (sw2[rows] * K + sb2[rows]) / q[rows], sw2[rows] * dK / q[rows]
 
     lo_c, hi_c = np.full(q.shape, -1.0), np.ones(q.shape)
     c = np.zeros(q.shape)
-    for _ in range(60):
-        Cc, dC = C_and_slope(c)
-        F = Cc - c
-        lo_c = np.where(F > 0, c, lo_c)
-        hi_c = np.where(F <= 0, c, hi_c)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cn = c - F / (dC - 1.0)
-        bad = ~np.isfinite(cn) | (cn <= lo_c) | (cn >= hi_c)
-        cn = np.where(bad, 0.5 * (lo_c + hi_c), cn)
-        step = np.abs(cn - c)
-        c = cn
-        if np.all((step <= tol) | (hi_c - lo_c <= tol)):
+    rows = np.arange(q.size)
+    for _ in range(60):                            # safeguarded Newton on unconverged points only
+        if rows.size == 0:
             break
-    _, dC = C_and_slope(c)
+        cr = c[rows]
+        Cc, dC = C_and_slope(cr, rows)
+        F = Cc - cr
+        lo_c[rows] = np.where(F > 0, cr, lo_c[rows])
+        hi_c[rows] = np.where(F <= 0, cr, hi_c[rows])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cn = cr - F / (dC - 1.0)
+        bad = ~np.isfinite(cn) | (cn <= lo_c[rows]) | (cn >= hi_c[rows])
+        cn = np.where(bad, 0.5 * (lo_c[rows] + hi_c[rows]), cn)
+        c[rows] = cn
+        # quadratic convergence: once a step is below 1e-8 the next one is at rounding level
+        rows = rows[(np.abs(cn - cr) > 1e-8) & (hi_c[rows] - lo_c[rows] > tol)]
+    every = np.arange(q.size)
+    for _ in range(2):                             # two polishing Newton steps for every point
+        Cc, dC = C_and_slope(c, every)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cn = c - (Cc - c) / (dC - 1.0)
+        c = np.where(np.isfinite(cn) & (cn >= lo_c) & (cn <= hi_c), cn, c)
+    _, dC = C_and_slope(c, np.arange(q.size))
     return np.where(ok, c, np.nan), np.where(ok, dC / sw2, np.nan)
 
 
