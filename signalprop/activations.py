@@ -166,6 +166,8 @@ class _LeakyReLU(Activation):
         A, B = self._ab
         return B * _SQRT_2_PI * np.sqrt(np.asarray(q, float))
 
+    homogeneous = True   # phi(a x) = a phi(x) for a > 0: E[phi^2] scales with q, the rest not
+
     def scalar_kernel(self, q: float, c: Optional[float]) -> tuple:
         """(E[phi^2], E[phi'^2], E[phi(u1)phi(u2)] / E[phi^2]) at one (q, c), in plain floats:
         the same closed forms as the array methods, for the layer-by-layer loop of ``predict``."""
@@ -245,8 +247,10 @@ class _Erf(Activation):
 
     def dphi_cross_moment(self, q1, q2, c):
         q1, q2, c = (np.asarray(v, float) for v in (q1, q2, c))
-        r2 = np.minimum(c * c, 1.0) * q1 * q2
-        return (4.0 / math.pi) / np.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2) - 4.0 * r2)
+        c = np.clip(c, -1.0, 1.0)
+        # (1 + 2 q1)(1 + 2 q2) - 4 r^2 without its cancellation as |c| -> 1 at large q
+        det = 1.0 + 2.0 * q1 + 2.0 * q2 + 4.0 * q1 * q2 * (1.0 - c) * (1.0 + c)
+        return (4.0 / math.pi) / np.sqrt(det)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +421,8 @@ def activations() -> tuple[str, ...]:
 
 
 def _from_expr(expr: sp.Expr, name: str = "custom") -> Activation:
+    # a user's sp.Symbol("x") carries no assumptions and so is not _X: identify them by name
+    expr = expr.subs({s: _X for s in expr.free_symbols if s.name == "x" and s != _X})
     free = expr.free_symbols
     if not free <= {_X}:
         extra = ", ".join(sorted(str(s) for s in free - {_X}))
@@ -544,6 +550,6 @@ def normalising_constants(act, q: float = 1.0) -> dict:
         var = float(a.second_moment(q)) - mu * mu
     else:  # E[(phi - mu)^2]: E phi^2 - mu^2 loses digits when mu^2 >> Var (sigmoid at small q)
         var = float(a._e1(lambda x: (a.phi(x) - mu) ** 2, q))
-    if not var > 0:
+    if not var > (8.0 * np.finfo(float).eps * mu) ** 2:  # zero up to the rounding of mu
         raise ValueError(f"{a!r} has zero variance at q={q!r}: no normalising gain")
     return {"mean": mu, "std": math.sqrt(var), "gain": 1.0 / math.sqrt(var)}

@@ -158,9 +158,11 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
             t = math.exp(lsw2 + log_x2[i] - lq)        # share of the weights in q^l
             c[i] = min(1.0, max(-1.0, t * cx + (1.0 - t)))
         kernel = getattr(act, "scalar_kernel", None)
-        if kernel is not None and _LQ_LO <= lq <= _LQ_HI:   # closed forms in plain floats
-            v, d, rho = kernel(math.exp(lq), None if c is None else c[i])
-            log_x2[i + 1], log_d[i] = math.log(v), math.log(d)
+        inside = _LQ_LO <= lq <= _LQ_HI
+        if kernel is not None and (inside or getattr(act, "homogeneous", False)):
+            # closed forms in plain floats; a homogeneous map is evaluated at q = 1 and scaled
+            v, d, rho = kernel(math.exp(lq) if inside else 1.0, None if c is None else c[i])
+            log_x2[i + 1], log_d[i] = math.log(v) + (0.0 if inside else lq), math.log(d)
             if c is not None:
                 cx = min(1.0, max(-1.0, rho))
         else:
@@ -439,6 +441,11 @@ def critical_sigma_w2(activation, sigma_b2, *, _V=None, _D=None) -> np.ndarray:
     phi(0) = 0; for relu-like activations the only critical point is sigma_w^2 = 2/(1 + slope^2)
     at sigma_b^2 = 0. Where no critical point exists (e.g. relu with sigma_b^2 > 0, softplus),
     the entry is nan and a RuntimeWarning says so.
+
+    The line is traced by the parameterisation by q* (a fixed point with chi_1 = 1, the definition
+    of Hayou et al. 2019). For tanh-like activations that fixed point is stable; for silu and gelu
+    with sigma_w^2 > 2 it can be an unstable fixed point of the length map (slope > 1), which a
+    network started at another q0 never reaches: check ``fixed_point(...).regime``.
     """
     act = _activation(activation)
     sb2 = check_nonnegative("sigma_b2", sigma_b2)
