@@ -1,15 +1,18 @@
 """signalprop: signal propagation in randomly initialised deep networks.
 
-Mean-field theory (``predict``, ``fixed_point``, ``critical_sigma_w2``, ``phase_diagram``),
-built on one network description (``mlp``, ``Network``, ``Dense``) and one Gaussian-expectation
-engine (``signalprop.gaussian``). Notation and output names: CONVENTIONS.md.
+Mean-field theory (``predict``, ``fixed_point``, ``critical_sigma_w2``, ``phase_diagram``) and
+Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, ``Network``,
+``Dense``); ``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
 """
 
 from .activations import Activation, activation, activations, normalising_constants
+from .compare import Comparison, compare
+from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
 from .meanfield import (correlation_map, critical_sigma_w2, fixed_point, length_map, phase_diagram,
                         predict, trainable_depth)
 from .network import Dense, Network, init_sigma_w2, mlp
 from .results import FixedPoint, PhaseDiagram, Profile
+from .simulate import simulate
 
 __version__ = "0.1.0"
 
@@ -19,4 +22,5 @@ __all__ = [
     "predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
     "length_map", "correlation_map",
     "Profile", "FixedPoint", "PhaseDiagram",
+    "simulate", "compare", "Comparison", "jacobian", "jacobian_singular_values", "JacobianSpectrum",
 ]

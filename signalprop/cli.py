@@ -1,0 +1,783 @@
+"""The ``signalprop`` command line: parse, call the public API, print.
+
+Every command prints a readable table, or with ``--json`` one JSON object whose keys are those of
+CONVENTIONS.md (scalars ``q_star, c_star, chi_1, chi_c, xi_q, xi_c, xi_grad, regime``; profiles
+``layers, q, c, log_g, log_G``; inf/nan as the strings "inf"/"nan"). Bad input (a ValueError or
+TypeError from the API, or a malformed command line) is one line on stderr,
+``signalprop: error: ...``, and exit status 2.
+
+Adding a command
+----------------
+Write ``_add_<name>(parser)`` (its options; reuse :func:`add_activation_options`,
+:func:`add_network_options`, ...) and ``_run_<name>(args) -> dict`` (calls the API, prints the
+text output unless ``args.json``, and returns the JSON-able result), then add one line to
+:data:`COMMANDS`. ``--json`` is added to every command, and printing the returned dict is done by
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from .activations import Activation, activation, activations, normalising_constants
+from .meanfield import critical_sigma_w2, fixed_point, phase_diagram, predict
+from .network import Network, init_sigma_w2, mlp, INITS
+from .results import to_jsonable
+
+__all__ = ["main", "COMMANDS", "Command", "build_parser"]
+
+PROG = "signalprop"
+
+
+class UsageError(Exception):
+    """A malformed command line (raised instead of argparse's print-usage-and-exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block; main() turns it into exit 2
+        raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options
+
+
+def add_activation_options(p: argparse.ArgumentParser, default: str = "tanh") -> None:
+    """``--activation`` (a built-in name or a sympy expression in x), ``--slope``, ``--alpha``."""
+    p.add_argument("--activation", default=default, metavar="NAME|EXPR",
+                   help=f"built-in name ({', '.join(activations())}) or a sympy expression in x, "
+                        f"e.g. 'x*tanh(x)' (default: {default})")
+    p.add_argument("--slope", type=float, default=None, help="leaky_relu slope (default 0.01)")
+    p.add_argument("--alpha", type=float, default=None, help="elu alpha (default 1)")
+
+
+def activation_from(args: argparse.Namespace) -> Activation:
+    """The activation named by ``--activation`` with its ``--slope`` / ``--alpha``."""
+    params = {k: getattr(args, k) for k in ("slope", "alpha") if getattr(args, k) is not None}
+    return activation(args.activation, **params)
+
+
+def add_weight_options(p: argparse.ArgumentParser, *, sigma_w2: Optional[float] = 1.0,
+                       sigma_b2: float = 0.0, init: bool = True, many_sigma_b2: bool = False) -> None:
+    """``--sigma-w2``, ``--sigma-b2`` (several values if ``many_sigma_b2``) and ``--init``."""
+    if sigma_w2 is not None or init:
+        p.add_argument("--sigma-w2", type=float, default=None, metavar="S",
+                       help=f"weight variance sigma_w^2 (times 1/fan_in) (default: {sigma_w2})")
+        p.set_defaults(default_sigma_w2=sigma_w2)
+    if many_sigma_b2:
+        p.add_argument("--sigma-b2", type=float, nargs="+", default=[sigma_b2], metavar="B",
+                       help=f"one or more bias variances sigma_b^2 (default: {sigma_b2})")
+    else:
+        p.add_argument("--sigma-b2", type=float, default=sigma_b2, metavar="B",
+                       help=f"bias variance sigma_b^2 (default: {sigma_b2})")
+    if init:
+        p.add_argument("--init", default=None, choices=INITS,
+                       help="named initialisation setting sigma_w^2 (instead of --sigma-w2)")
+
+
+def sigma_w2_from(args: argparse.Namespace, fan_in: int = 1, fan_out: int = 1) -> float:
+    """``--sigma-w2``, or the value ``--init`` implies for the given fans, or the default."""
+    init = getattr(args, "init", None)
+    if init is not None:
+        if args.sigma_w2 is not None:
+            raise ValueError("give either --sigma-w2 or --init, not both")
+        return init_sigma_w2(init, fan_in, fan_out)
+    return args.default_sigma_w2 if args.sigma_w2 is None else args.sigma_w2
+
+
+def add_network_options(p: argparse.ArgumentParser, *, depth: int = 50, width: int = 1000,
+                        sigma_w2: float = 1.0, sigma_b2: float = 0.0, activation_name: str = "tanh",
+                        c0: Optional[float] = None) -> None:
+    """Everything :func:`mlp` and :func:`predict` take: activation, weights, depth, width, q0, c0."""
+    add_activation_options(p, activation_name)
+    add_weight_options(p, sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+    p.add_argument("--depth", type=int, default=depth, metavar="L",
+                   help=f"number of layers L (default: {depth})")
+    p.add_argument("--width", type=int, default=width, metavar="N",
+                   help=f"width of every layer N_0..N_L (default: {width})")
+    p.add_argument("--q0", type=float, default=1.0, help="input second moment ||x||^2/N_0 (default: 1)")
+    p.add_argument("--c0", type=float, default=c0,
+                   help="correlation of a second input, in [-1, 1] (default: "
+                        + ("one input, no c" if c0 is None else str(c0)) + ")")
+
+
+def network_from(args: argparse.Namespace) -> Network:
+    """The :class:`Network` described by :func:`add_network_options`' options."""
+    act = activation_from(args)
+    if args.init is not None:
+        if args.sigma_w2 is not None:
+            raise ValueError("give either --sigma-w2 or --init, not both")
+        return mlp(args.depth, args.width, act, init=args.init, sigma_b2=args.sigma_b2)
+    return mlp(args.depth, args.width, act, sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2)
+
+
+# ---------------------------------------------------------------------------------------------
+# printing
+
+
+def _fmt(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.6g}"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence], out=None) -> None:
+    """Right-aligned columns under ``headers``."""
+    out = out or sys.stdout
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)), file=out)
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)), file=out)
+
+
+_SCALARS = ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad", "regime")
+
+
+def _print_fixed_point(fp) -> None:
+    for key in _SCALARS:
+        print(f"  {key:<8} {_fmt(getattr(fp, key))}")
+    if fp.note:
+        print(f"  note: {fp.note}")
+
+
+def _fixed_point_dict(fp) -> dict:
+    d = fp.to_dict()
+    if not d.get("note"):
+        d.pop("note", None)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed-point
+
+
+def _add_fixed_point(p: argparse.ArgumentParser) -> None:
+    add_activation_options(p)
+    add_weight_options(p, sigma_w2=1.0, sigma_b2=0.0)
+    p.add_argument("--q0", type=float, default=1.0,
+                   help="start of the length map; q* is the stable fixed point reached from it")
+
+
+def _run_fixed_point(args: argparse.Namespace) -> dict:
+    act = activation_from(args)
+    fp = fixed_point(act, sigma_w2_from(args), args.sigma_b2, q0=args.q0)
+    if not args.json:
+        print(f"fixed point of {args.activation}, sigma_w2={fp.sigma_w2:g}, sigma_b2={fp.sigma_b2:g}")
+        _print_fixed_point(fp)
+    return {**_fixed_point_dict(fp), "activation": args.activation}
+
+
+# ---------------------------------------------------------------------------------------------
+# critical
+
+
+def _add_critical(p: argparse.ArgumentParser) -> None:
+    add_activation_options(p)
+    add_weight_options(p, sigma_w2=None, sigma_b2=0.05, init=False, many_sigma_b2=True)
+
+
+def _run_critical(args: argparse.Namespace) -> dict:
+    act = activation_from(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        crit = np.atleast_1d(critical_sigma_w2(act, args.sigma_b2))
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    sb2 = np.asarray(args.sigma_b2, float)
+    if not args.json:
+        print(f"edge of chaos (chi_1 = 1) of {args.activation}")
+        print_table(["sigma_b2", "sigma_w2"], list(zip(sb2, crit)))
+        for n in notes:
+            print(f"note: {n}")
+    out = {"activation": args.activation, "sigma_b2": sb2, "critical_sigma_w2": crit}
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and demo
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    add_network_options(p)
+    p.add_argument("--every", type=int, default=0, metavar="K",
+                   help="print every K-th layer (text only; default: about 50 rows)")
+
+
+def _profile_rows(prof, every: int) -> list:
+    L = prof.depth
+    if every <= 0:
+        every = max(1, math.ceil(L / 50))
+    idx = sorted(set(range(0, L, every)) | {L - 1})
+    rows = []
+    for i in idx:
+        row = [int(prof.layers[i]), prof.q[i]]
+        if prof.c is not None:
+            row.append(prof.c[i])
+        rows += [row + [prof.log_g[i], prof.log_G[i]]]
+    return rows
+
+
+def _predict(args: argparse.Namespace, title: str) -> tuple[dict, object]:
+    net = network_from(args)
+    prof = predict(net, q0=args.q0, c0=args.c0)
+    layer = net.layers[0]
+    # the stable fixed point the network's own sequence q^1, q^2, ... approaches (from q^1)
+    fp = fixed_point(layer.activation, layer.sigma_w2, layer.sigma_b2,
+                     q0=prof.q[0] if 0 < prof.q[0] < math.inf else 1.0)
+    if not args.json:
+        print(f"{title}: {args.activation}, sigma_w2={layer.sigma_w2:g}, "
+              f"sigma_b2={layer.sigma_b2:g}, depth={net.depth}, width={args.width}, "
+              f"q0={args.q0:g}" + ("" if args.c0 is None else f", c0={args.c0:g}"))
+        _print_fixed_point(fp)
+        headers = ["layer", "q"] + (["c"] if prof.c is not None else []) + ["log_g", "log_G"]
+        print_table(headers, _profile_rows(prof, getattr(args, "every", 0)))
+        if prof.meta.get("note"):
+            print(f"note: {prof.meta['note']}")
+    out = {"activation": args.activation, "sigma_w2": layer.sigma_w2, "sigma_b2": layer.sigma_b2,
+           "depth": net.depth, "width": args.width, "q0": args.q0, "c0": args.c0}
+    out.update({k: getattr(fp, k) for k in _SCALARS})
+    d = prof.to_dict()
+    out.update({k: d[k] for k in ("layers", "q", "log_q", "c", "log_g", "log_G") if k in d})
+    return out, prof
+
+
+def _run_predict(args: argparse.Namespace) -> dict:
+    return _predict(args, "mean-field profile")[0]
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    add_network_options(p, depth=50, width=1000, sigma_w2=1.5, sigma_b2=0.05, c0=0.5)
+    p.add_argument("--out", default="signalprop-demo.png",
+                   help="figure of q^l, c^l and log g^l against layer (default: %(default)s)")
+
+
+def _run_demo(args: argparse.Namespace) -> dict:
+    args.every = 0
+    out, prof = _predict(args, "signalprop demo")
+    from .plot_meanfield import plot_profile
+    fig, axes = _figure(3, width=3.3, height=2.6)
+    title = f"{args.activation}, $\\sigma_w^2$={out['sigma_w2']:g}, $\\sigma_b^2$={out['sigma_b2']:g}"
+    for ax, field in zip(axes, ("q", "c", "log_g")):
+        if field == "c" and prof.c is None:
+            ax.set_visible(False)
+            continue
+        plot_profile(prof, ax, field=field, color="black")
+        ax.set_title(title if field == "q" else "", loc="left")
+    path = _save(fig, args.out)
+    if not args.json:
+        print(f"wrote {path}")
+    out["figure"] = str(path)
+    return out
+
+
+def _figure(n: int, width: float, height: float):
+    """A row of ``n`` axes on a Figure rendered by Agg (no pyplot, no global backend)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from .plot_meanfield import STYLE
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(width * n, height), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, n)
+    return fig, np.atleast_1d(axes)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib
+    from .plot_meanfield import STYLE
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# phase
+
+
+def _add_phase(p: argparse.ArgumentParser) -> None:
+    add_activation_options(p)
+    p.add_argument("--sigma-w2-range", type=float, nargs=2, default=[1.0, 4.0], metavar=("LO", "HI"),
+                   help="sigma_w^2 grid range (default: 1 4)")
+    p.add_argument("--sigma-b2-range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                   help="sigma_b^2 grid range (default: 0 1)")
+    p.add_argument("--n", type=int, default=64, help="grid points per axis (default: 64)")
+    p.add_argument("--out", default="signalprop-phase", metavar="PREFIX",
+                   help="writes PREFIX.<format> (chi_1, q*, xi_c with the edge of chaos), "
+                        "PREFIX.csv (the grid) and PREFIX-critical.csv (default: %(default)s)")
+    p.add_argument("--format", default="png", choices=("png", "pdf", "svg"),
+                   help="figure format (default: png)")
+
+
+def _grid(name: str, lo: float, hi: float, n: int) -> np.ndarray:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {lo!r} {hi!r}")
+    if not lo <= hi:
+        raise ValueError(f"{name} needs LO <= HI, got {lo!r} {hi!r}")
+    return np.linspace(lo, hi, n)
+
+
+def _run_phase(args: argparse.Namespace) -> dict:
+    if args.n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {args.n}")
+    act = activation_from(args)
+    sw = _grid("sigma_w2_range", *args.sigma_w2_range, args.n)
+    sb = _grid("sigma_b2_range", *args.sigma_b2_range, args.n)
+    pd = phase_diagram(act, sw, sb)
+    prefix = Path(args.out)
+    fig_path = Path(f"{prefix}.{args.format}")
+    csv_path, crit_path = Path(f"{prefix}.csv"), Path(f"{prefix}-critical.csv")
+    if fig_path.parent != Path(""):
+        fig_path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ("q_star", "chi_1", "c_star", "xi_c")
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sigma_w2", "sigma_b2", *fields])
+        for i, b in enumerate(pd.sigma_b2):
+            for j, s in enumerate(pd.sigma_w2):
+                w.writerow([repr(float(s)), repr(float(b))]
+                           + [repr(float(getattr(pd, f)[i, j])) for f in fields])
+    with open(crit_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sigma_b2", "critical_sigma_w2"])
+        for b, s in zip(pd.sigma_b2, pd.critical_sigma_w2):
+            w.writerow([repr(float(b)), repr(float(s))])
+    fig_path = _save(plot_phase_figure(pd), fig_path)
+    if not args.json:
+        chi = pd.chi_1
+        print(f"phase diagram of {args.activation} on {len(sb)} x {len(sw)} "
+              f"(sigma_b2 x sigma_w2): {int(np.sum(chi < 1))} ordered, "
+              f"{int(np.sum(chi > 1))} chaotic cells")
+        print_table(["sigma_b2", "critical sigma_w2"],
+                    [(b, s) for b, s in zip(pd.sigma_b2, pd.critical_sigma_w2)][:: max(1, len(sb) // 10)])
+        print(f"wrote {fig_path}, {csv_path}, {crit_path}")
+    return {**pd.to_dict(), "activation": args.activation,
+            "files": [str(fig_path), str(csv_path), str(crit_path)]}
+
+
+def plot_phase_figure(pd):
+    """chi_1, q* and xi_c of a :class:`PhaseDiagram` side by side, edge of chaos overlaid."""
+    from .plot_meanfield import plot_phase_diagram
+    fig, axes = _figure(3, width=3.4, height=2.8)
+    for ax, field in zip(axes, ("chi_1", "q_star", "xi_c")):
+        limits = {}
+        if field == "xi_c":  # xi_c diverges on the edge of chaos: cap the colour scale at 1000
+            xi = np.asarray(pd.xi_c, float)
+            xi = xi[np.isfinite(xi) & (xi > 0)]
+            if xi.size and xi.max() > 1e3:
+                limits = {"vmin": min(float(xi.min()), 1.0), "vmax": 1e3}
+        plot_phase_diagram(pd, field, ax=ax, **limits)
+    fig.suptitle(r"dashed: the edge of chaos, $\chi_1 = 1$", x=0.01, ha="left", fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+
+
+#: points where the source article (shared/seed) says phi' is "about 1e-4"; it is not.
+ARTICLE_SATURATION = {"sigmoid": 5.0, "tanh": 4.0}
+ARTICLE_LEVEL = 1e-4
+_PLATEAU_RTOL = 1e-9
+_GRID = np.linspace(-40.0, 40.0, 80001)
+
+
+def dphi_max(act: Activation) -> tuple[float, str]:
+    """sup_x phi'(x) on [-40, 40], numerically, and where it is reached: one point refined to
+    ~1e-9, several points, or a range where phi' stays within 1e-9 (relative) of its maximum."""
+    from scipy.optimize import minimize_scalar
+
+    def d(x):
+        with np.errstate(all="ignore"):
+            return np.asarray(act.dphi(np.asarray(x, float)), float)
+
+    y = np.nan_to_num(d(_GRID), nan=-np.inf)
+    top = float(np.max(y))
+    tol = _PLATEAU_RTOL * max(1.0, abs(top))
+    near = np.flatnonzero(y >= top - tol)
+    groups = np.split(near, np.flatnonzero(np.diff(near) > 1) + 1)
+    h = _GRID[1] - _GRID[0]
+    locs = []
+    for g in groups[:3]:
+        i, j = g[0], g[-1]
+        if j - i <= 2 and 0 < i and j < _GRID.size - 1:
+            res = minimize_scalar(lambda x: -float(d(x)), bounds=(_GRID[i] - h, _GRID[j] + h),
+                                  method="bounded", options={"xatol": 1e-10})
+            top = max(top, -float(res.fun))
+            locs.append(f"{res.x:.4f}")
+        else:
+            lo = "-inf" if i == 0 else f"{_edge(d, _GRID[i - 1], _GRID[i], top - tol):.4f}"
+            hi = "inf" if j == _GRID.size - 1 else f"{_edge(d, _GRID[j + 1], _GRID[j], top - tol):.4f}"
+            locs.append(f"[{lo}, {hi}]")
+    if len(groups) > 3:
+        locs.append("...")
+    return top, ", ".join(locs)
+
+
+def _edge(d, out: float, inside: float, level: float) -> float:
+    """Bisect for where phi' crosses ``level`` between a point below it and one above it."""
+    for _ in range(60):
+        mid = 0.5 * (out + inside)
+        if d(mid) >= level:
+            inside = mid
+        else:
+            out = mid
+    return inside
+
+
+def dphi_crossing(act: Activation, level: float, start: float = 0.0, stop: float = 60.0) -> float:
+    """The x > ``start`` where phi' first falls to ``level`` (brentq on a scan of [start, stop])."""
+    from scipy.optimize import brentq
+
+    def f(x):
+        return float(act.dphi(np.asarray(x, float))) - level
+
+    xs = np.linspace(start, stop, 601)
+    ys = np.array([f(x) for x in xs])
+    k = np.flatnonzero((ys[:-1] > 0) & (ys[1:] <= 0))
+    if k.size == 0:
+        return math.nan
+    return brentq(f, xs[k[0]], xs[k[0] + 1], xtol=1e-14, rtol=1e-15)
+
+
+def _add_activations(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--activation", action="append", default=None, metavar="NAME|EXPR",
+                   help="only these activations (repeatable; default: every built-in one)")
+    p.add_argument("--q", type=float, default=1.0,
+                   help="variance of the Gaussian input for the normalising constants (default: 1)")
+
+
+def _run_activations(args: argparse.Namespace) -> dict:
+    names = args.activation or [n for n in activations() if activation(n).name == n]
+    rows = []
+    for name in names:
+        act = activation(name)
+        top, where = dphi_max(act)
+        nc = normalising_constants(act, q=args.q)
+        rows.append({"activation": name, "max_dphi": top, "argmax_dphi": where, **nc})
+    sat = []
+    for name, x in ARTICLE_SATURATION.items():
+        act = activation(name)
+        sat.append({"activation": name, "x": x, "article_dphi": ARTICLE_LEVEL,
+                    "dphi": float(act.dphi(np.asarray(x))),
+                    "x_where_dphi_is_1e-4": dphi_crossing(act, ARTICLE_LEVEL)})
+    if not args.json:
+        print(f"phi' maximum (numerical, x in [-40, 40]) and the normalising constants "
+              f"(Brock et al. 2021) at q = {args.q:g}")
+        print_table(["activation", "max phi'", "at x", "mean", "std", "gain"],
+                    [[r["activation"], r["max_dphi"], r["argmax_dphi"], r["mean"], r["std"],
+                      r["gain"]] for r in rows])
+        print("(a range [a, b]: phi' is within 1e-9 of its maximum there)")
+        print()
+        print("saturation: the source article says phi' is about 1e-4 at these points; it is not")
+        print_table(["activation", "x", "article", "phi'(x)", "phi' = 1e-4 at x"],
+                    [[s["activation"], s["x"], "~1e-4", f"{s['dphi']:.4g}",
+                      f"{s['x_where_dphi_is_1e-4']:.4f}"] for s in sat])
+    return {"activations": rows, "q": args.q, "saturation": sat}
+
+
+# ---------------------------------------------------------------------------------------------
+# simulate and validate
+
+
+def _add_simulate(p: argparse.ArgumentParser) -> None:
+    add_network_options(p, depth=20, width=256)
+    p.add_argument("--weights", default=None, choices=("gaussian", "orthogonal", "uniform"),
+                   help="weight distribution (default: gaussian; orthogonal with --init orthogonal)")
+    p.add_argument("--samples", type=int, default=100, help="sample networks (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="root seed, an int >= 0 (default: 0)")
+    p.add_argument("--engine", default="dense", choices=("dense", "matrix-free"),
+                   help="dense weight matrices, or the exact O(N)-per-layer matrix-free sampler "
+                        "(gaussian and orthogonal weights) (default: dense)")
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                   help="floating point type of the networks (default: float64)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--compare", action="store_true",
+                   help="also compare with mean-field theory (signalprop.compare) and report it")
+    p.add_argument("--every", type=int, default=0, metavar="K",
+                   help="print every K-th layer (text only; default: about 50 rows)")
+
+
+def _simulated_network(args: argparse.Namespace) -> Network:
+    act = activation_from(args)
+    if args.init is not None:
+        if args.sigma_w2 is not None:
+            raise ValueError("give either --sigma-w2 or --init, not both")
+        return mlp(args.depth, args.width, act, init=args.init, sigma_b2=args.sigma_b2,
+                   weights=args.weights)
+    return mlp(args.depth, args.width, act, sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2,
+               weights=args.weights)
+
+
+def _run_simulate(args: argparse.Namespace) -> dict:
+    from .simulate import simulate
+    net = _simulated_network(args)
+    prof = simulate(net, args.samples, args.seed, engine=args.engine, q0=args.q0, c0=args.c0,
+                    dtype=args.dtype, workers=args.workers)
+    layer = net.layers[0]
+    out = {"activation": args.activation, "sigma_w2": layer.sigma_w2, "sigma_b2": layer.sigma_b2,
+           "depth": net.depth, "width": args.width, "weights": layer.weights, "q0": args.q0,
+           "c0": args.c0, "samples": args.samples, "seed": args.seed, "engine": args.engine,
+           "dtype": args.dtype}
+    d = prof.to_dict()
+    keys = ("layers", "q", "q_se", "log_q", "c", "c_se", "log_g", "log_g_se", "log_G", "log_G_se")
+    out.update({k: d[k] for k in keys if k in d})
+    comp = None
+    if args.compare:
+        from .compare import compare
+        comp = compare(predict(net, q0=args.q0, c0=args.c0), prof)
+        field, lay, z, excess = comp.worst()
+        out["comparison"] = {"verdict": comp.verdict, "max_abs_z": comp.max_abs_z,
+                             "max_excess": comp.max_excess, "worst_field": field,
+                             "worst_layer": lay, "rule": comp.rule}
+    if not args.json:
+        print(f"Monte Carlo profile: {args.activation}, sigma_w2={layer.sigma_w2:g}, "
+              f"sigma_b2={layer.sigma_b2:g}, {layer.weights} weights, depth={net.depth}, "
+              f"width={args.width}, q0={args.q0:g}" + ("" if args.c0 is None else f", c0={args.c0:g}")
+              + f"; {args.samples} samples, seed {args.seed}, {args.engine} engine")
+        L = prof.depth
+        every = args.every if args.every > 0 else max(1, math.ceil(L / 50))
+        idx = sorted(set(range(0, L, every)) | {L - 1})
+        headers = ["layer", "q", "q_se"] + (["c", "c_se"] if prof.c is not None else []) + \
+            ["log_g", "log_g_se", "log_G", "log_G_se"]
+        rows = []
+        for i in idx:
+            row = [int(prof.layers[i]), prof.q[i], prof.q_se[i]]
+            if prof.c is not None:
+                row += [prof.c[i], prof.c_se[i]]
+            rows.append(row + [prof.log_g[i], prof.log_g_se[i], prof.log_G[i], prof.log_G_se[i]])
+        print_table(headers, rows)
+        if comp is not None:
+            c = out["comparison"]
+            print(f"theory vs simulation: {c['verdict']} (max |z| {c['max_abs_z']:.2f}; worst "
+                  f"{c['worst_field']} at layer {c['worst_layer']}); rule: {c['rule']}")
+    return out
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="the small quick subset (seconds)")
+    p.add_argument("--out", default=None,
+                   help="folder for report.md and figures/ (default: the validation folder; "
+                        "<tmp>/signalprop-validation-quick with --quick)")
+    p.add_argument("--family", action="append", default=None,
+                   help="only cases of this family (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="cases run in parallel (default: 1)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+
+def _run_validate(args: argparse.Namespace) -> dict:
+    """Runs ``python -m validation`` (the suite lives in the source tree, next to the package).
+    Exit status 1 (SystemExit) when a case that is expected to agree does not."""
+    import contextlib
+    import io
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "validation" / "__init__.py").exists():
+        raise ValueError(f"signalprop validate needs a source checkout: no validation/ folder "
+                         f"next to the package ({root})")
+    if args.jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {args.jobs}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import validation
+    unknown = [f for f in args.family or [] if f not in validation.FAMILIES]
+    if unknown:
+        raise ValueError(f"family must be among {', '.join(validation.FAMILIES)}, got {unknown[0]!r}")
+    argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else [])
+    argv += sum((["--family", f] for f in args.family or []), []) + ["--jobs", str(args.jobs)]
+    argv += ["--no-figures"] if args.no_figures else []
+    sink, errs = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(sink) if args.json else contextlib.nullcontext(), \
+            contextlib.redirect_stderr(errs):
+        status = validation.main(argv)
+    if status == 2:
+        raise ValueError("no validation case matches the selection (see python -m validation --list)")
+    from validation.__main__ import QUICK_OUT
+    out_dir = Path(args.out) if args.out else (QUICK_OUT if args.quick else root / "validation")
+    result = {"exit_status": status, "report": str(out_dir / "report.md"),
+              "summary": sink.getvalue().strip().splitlines()[-1] if args.json else ""}
+    if status != 0:
+        if args.json:
+            print(json.dumps(to_jsonable(result)))
+        raise SystemExit(status)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# finite-width and clip
+
+
+def _add_finite_network(p: argparse.ArgumentParser, depth: int = 20, width: int = 100) -> None:
+    add_activation_options(p, "relu")
+    add_weight_options(p, sigma_w2=2.0, sigma_b2=0.0)
+    p.add_argument("--depth", type=int, default=depth, metavar="L",
+                   help=f"number of layers L (default: {depth})")
+    p.add_argument("--width", type=int, default=width, metavar="N",
+                   help=f"width of every layer (default: {width})")
+    p.add_argument("--widths", type=int, nargs="+", default=None, metavar="N",
+                   help="per-layer widths N_1..N_L or N_0..N_L (instead of --width)")
+    p.add_argument("--q0", type=float, default=1.0, help="input second moment (default: 1)")
+
+
+def _finite_network(args: argparse.Namespace, depth: Optional[int] = None) -> Network:
+    act = activation_from(args)
+    depth = args.depth if depth is None else depth
+    width = args.widths if args.widths else args.width
+    if args.init is not None:
+        if args.sigma_w2 is not None:
+            raise ValueError("give either --sigma-w2 or --init, not both")
+        return mlp(depth, width, act, init=args.init, sigma_b2=args.sigma_b2)
+    return mlp(depth, width, act, sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2)
+
+
+def _run_finite_width(args: argparse.Namespace) -> dict:
+    from .finite import finite_width
+    fw = finite_width(_finite_network(args), q0=args.q0)
+    if not args.json:
+        print(f"finite-width laws: {args.activation}, depth={fw.depth}, widths="
+              f"{fw.meta['widths'] if args.widths else args.width}; exact: "
+              f"{', '.join(fw.exact) or 'none (approximation)'}")
+        every = max(1, math.ceil(fw.depth / 40))
+        rows = [[int(fw.layers[i]), int(fw.widths[i + 1]), fw.log_g[i], fw.log_g_mean[i],
+                 fw.log_g_var[i], fw.beta[i], fw.log_q_mean[i], fw.log_q_var[i]]
+                for i in sorted(set(range(0, fw.depth, every)) | {fw.depth - 1})]
+        print_table(["layer", "N", "log_g", "E log g_hat", "Var log g_hat", "beta", "E log q_hat",
+                     "Var log q_hat"], rows)
+        print(f"regime: {fw.regime}. {fw.note}")
+    return {"activation": args.activation, **fw.to_dict()}
+
+
+def _add_clip(p: argparse.ArgumentParser) -> None:
+    _add_finite_network(p)
+    p.add_argument("--clip-value", type=float, nargs="+", default=[1.0], metavar="C",
+                   help="clip value(s) c > 0 of g <- g min(1, c/||g||) (default: 1)")
+    p.add_argument("--no-biases", action="store_true",
+                   help="leave bias gradients out of ||g|| (default: weights and biases)")
+    p.add_argument("--output-grad-var", type=float, default=1.0, metavar="S",
+                   help="E[(dloss/dh^L_i)^2] of the loss (default: 1, the loss <v, h^L>)")
+    p.add_argument("--depths", type=int, nargs="+", default=None, metavar="L",
+                   help="also sweep these depths at the first clip value")
+
+
+def _run_clip(args: argparse.Namespace) -> dict:
+    from .clipping import clipping
+    kw = {"biases": not args.no_biases, "output_grad_var": args.output_grad_var}
+    r = clipping(_finite_network(args), args.clip_value, args.q0, **kw)
+    out = {"activation": args.activation, **r.to_dict()}
+    sweep = []
+    for d in args.depths or []:
+        rd = clipping(_finite_network(args, d), args.clip_value[0], args.q0, **kw)
+        sweep.append({"depth": d, "p_clip": float(rd.p_clip.ravel()[0]),
+                      "expected_norm": float(rd.expected_norm.ravel()[0]),
+                      "shrink": float(rd.shrink.ravel()[0]), "median_norm": rd.median_norm})
+    if sweep:
+        out["depth_sweep"] = sweep
+    if not args.json:
+        print(f"total gradient norm at init: median {r.median_norm:.4g}, 90% in "
+              f"[{r.norm_q05:.4g}, {r.norm_q95:.4g}], mean-field sqrt(E||g||^2) "
+              f"{r.mean_field_norm:.4g}; regime: {r.regime}")
+        print_table(["c", "P(clip)", "E[min(||g||, c)]", "E[min(1, c/||g||)]"],
+                    [[c, p, e, sh] for c, p, e, sh in zip(r.clip_value.ravel(), r.p_clip.ravel(),
+                                                          r.expected_norm.ravel(), r.shrink.ravel())])
+        for v in r.verdict:
+            print(v)
+        if sweep:
+            print(f"depth sweep at c = {args.clip_value[0]:g}")
+            print_table(["depth", "P(clip)", "E[min(||g||, c)]", "shrink", "median ||g||"],
+                        [[w["depth"], w["p_clip"], w["expected_norm"], w["shrink"],
+                          w["median_norm"]] for w in sweep])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, a function adding its options, and one running it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict]
+
+
+#: name -> Command. To add a command, write its two functions and add one entry here.
+COMMANDS: dict[str, Command] = {
+    "finite-width": Command("finite-width laws of log ||h^l||^2 and log ||delta^l||^2, beta, regime",
+                            _add_finite_network, _run_finite_width),
+    "clip": Command("gradient clipping at init: P(clip), E[min(||g||, c)], shrink, verdict",
+                    _add_clip, _run_clip),
+    "fixed-point": Command("q*, c*, chi_1, chi_c and the depth scales", _add_fixed_point,
+                           _run_fixed_point),
+    "critical": Command("the edge of chaos sigma_w^2 at one or more sigma_b^2", _add_critical,
+                        _run_critical),
+    "predict": Command("per-layer mean-field profile q, c, log g, log G", _add_predict,
+                       _run_predict),
+    "phase": Command("phase diagram on a (sigma_w^2, sigma_b^2) grid: figure and CSV", _add_phase,
+                     _run_phase),
+    "activations": Command("built-in activations: max phi', saturation, normalising constants",
+                           _add_activations, _run_activations),
+    "demo": Command("a worked example: table and figure of q, c, log g against layer", _add_demo,
+                    _run_demo),
+    "simulate": Command("Monte Carlo profile q, c, log g, log G with standard errors",
+                        _add_simulate, _run_simulate),
+    "validate": Command("theory vs simulation over the validation catalogue: report and figures",
+                        _add_validate, _run_validate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = _Parser(prog=PROG, description="Signal propagation in randomly initialised deep "
+                                            "networks (mean-field theory). Notation: CONVENTIONS.md.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print one JSON object (CONVENTIONS.md keys)")
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        result = args.run(args)
+        if args.json:
+            print(json.dumps(to_jsonable(result)))
+    except (UsageError, ValueError, TypeError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `signalprop predict | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Theory against simulation: :func:`compare` applies the agreement rule of CONVENTIONS.md.
+
+A theory value ``t`` (e.g. from :func:`~signalprop.meanfield.predict`) and a Monte Carlo mean
+``m`` with standard error ``se`` (from :func:`~signalprop.simulate.simulate`) agree at a layer when
+
+    |m - t| <= sigmas * se + allowance,        sigmas = 4 (CONVENTIONS.md).
+
+``allowance`` is the finite-width bias of the theory. Mean-field theory is the N -> infinity limit
+and predicts no bias of its own, so the rule uses its order, O(1/N) per layer ("or O(1/N) where
+it predicts none"), with an explicit constant:
+
+    q:      kappa * |t| * beta_fwd(l)      beta_fwd(l) = sum_{k=1..l} 1/N_k
+    c:      kappa * beta_fwd(l)            (absolute; c is a correlation)
+    log_g:  kappa * beta_bwd(l)            beta_bwd(l) = sum_{k=l..L} 1/N_k   (log units)
+    log_G:  kappa * beta                   beta = sum_{k=1..L} 1/N_k          (log units)
+
+with ``kappa = 2`` by default. Where the terms come from (Gaussian weights; orthogonal ones
+fluctuate less):
+
+* forward. Given ``x^{l-1}``, the units of ``h^l`` are i.i.d. N(0, qt^l) with the empirical
+  ``qt^l = sigma_w^2 ||x^{l-1}||^2 / N_{l-1} + sigma_b^2``, so ``E[q_hat^l] = E[qt^l]`` and
+  ``E[qt^{l+1}] = sigma_w^2 E[V(qt^l)] + sigma_b^2`` with ``V(q) = E_z[phi(sqrt(q) z)^2]``. The only
+  bias is Jensen's, ``sigma_w^2 V''(q) Var(qt^l) / 2``, with ``Var(qt^l) / q^2 = O(1/N_{l-1})``
+  (``2/N`` for a linear layer); it is carried to later layers by the slope of the length map, which
+  is below 1 at a stable fixed point, so the biases of the layers add up to ``O(beta_fwd)``. The
+  empirical correlation ``c_hat`` is a ratio of such sums: its bias is ``(1 - c^2) O(1/N)`` per layer.
+* backward. ``(W^{l+1})^T delta^{l+1}`` is not independent of ``h^l`` at finite width (the
+  "gradient independence" assumption of Schoenholz et al. 2017, section 4, is exact only as
+  N -> infinity): conditioning on ``W^{l+1} x^l`` removes one direction and adds a rank-one term
+  (:mod:`signalprop.sampling`), each changing ``E||delta^l||^2`` by a relative ``O(1/N_l)``; the
+  factor ``E[phi'(h^l)^2]`` also has a Jensen bias ``O(1/N)``. The layers ``l..L`` that the
+  gradient has crossed give ``beta_bwd``; ``log_G`` adds the forward part.
+* the constant. Measured per-layer coefficients (bias / beta, with 4000 samples at N = 32 and
+  128, L = 16 and 64, at the ordered, critical and chaotic points of ``validation/``) are at most
+  about 1.2 in absolute value (selu and sigmoid, chaotic, L = 64; most are below 0.7) for linear,
+  relu, leaky_relu, tanh, erf, sigmoid, elu, selu and hard_tanh; ``kappa = 2`` keeps a margin. For relu and linear networks with
+  Gaussian weights and no bias the means are exact at any width (Hanin & Rolnick 2018; Hanin
+  2018). The O(1/N) coefficient is *not* bounded in general: where the length map decays slower
+  than the gradient and the activation has a large mean (softplus at sigma_b^2 = 0), or where the
+  length map is marginal (gelu at sigma_w^2 = 2), it grows with depth (the correction behaves like
+  L^2/N) and the rule fails at depths far below the width; ``validation/report.md`` documents it.
+
+The rule is first order in ``beta``. When depth is comparable to width (``beta`` of order one) the
+fluctuations are log-normal with variance growing like ``5 beta`` for relu (Hanin & Nica 2019)
+and mean-field theory is no longer the right reference: such cases should be marked as expected
+to disagree *before* comparing (see ``validation/``); :func:`expected_to_agree` states the
+threshold used there.
+
+A theory profile that predicts its own finite-width bias can pass it as ``allowance={field:
+array}``, which replaces the default for that field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .results import Profile, _Result
+
+__all__ = ["compare", "Comparison", "beta", "expected_to_agree", "FIELDS", "BETA_LIMIT"]
+
+FIELDS = ("q", "c", "log_g", "log_G")
+BETA_LIMIT = 0.5
+
+
+def beta(widths: Sequence[int]) -> float:
+    """``sum_{l=1..L} 1/N_l`` of widths ``[N_0, ..., N_L]`` (Hanin 2018's finite-width parameter)."""
+    w = np.asarray(widths, float)
+    return float(np.sum(1.0 / w[1:]))
+
+
+def expected_to_agree(widths: Sequence[int], limit: float = BETA_LIMIT) -> bool:
+    """The a-priori criterion of the validation suite: mean-field theory is expected to match the
+    finite-width means within the O(1/N) allowance when ``beta = sum 1/N_l < limit`` (0.5, i.e.
+    depth below about half the width); beyond, depth is comparable to width and the first-order
+    rule is not expected to hold."""
+    return beta(widths) < limit
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison(_Result):
+    """Per-layer comparison of a theory profile with a Monte Carlo profile.
+
+    For each compared field (keys of the dicts): ``theory``, ``simulation``, ``se`` (the Monte
+    Carlo standard error), ``diff = simulation - theory``, ``z = diff / se``, ``allowance`` (the
+    finite-width allowance), ``agree`` (boolean per layer; layers where either value is not finite
+    are excluded and counted in ``skipped``). ``max_abs_z``: the largest ``|z|``;
+    ``max_excess``: the largest ``(|diff| - allowance) / se`` (the rule passes when it is
+    <= ``sigmas``). ``verdict``: "agree", "disagree" or "inconclusive" (no finite standard error).
+    ``rule``: the rule in words."""
+
+    layers: np.ndarray
+    fields: tuple
+    theory: dict
+    simulation: dict
+    se: dict
+    diff: dict
+    z: dict
+    allowance: dict
+    agree: dict
+    skipped: dict
+    max_abs_z: float
+    max_excess: float
+    verdict: str
+    rule: str
+    sigmas: float
+    kappa: float
+    beta: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def agrees(self) -> bool:
+        return self.verdict == "agree"
+
+    def worst(self) -> tuple:
+        """(field, layer, z, excess) of the largest excess over the allowance."""
+        best = (None, None, 0.0, -math.inf)
+        for f in self.fields:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ex = (np.abs(self.diff[f]) - self.allowance[f]) / self.se[f]
+            ex = np.where(np.isnan(ex), -np.inf, ex)
+            i = int(np.argmax(ex))
+            if ex[i] > best[3]:
+                best = (f, int(self.layers[i]), float(self.z[f][i]), float(ex[i]))
+        return best
+
+
+def _betas(widths, L):
+    inv = 1.0 / np.asarray(widths, float)[1:]
+    fwd = np.cumsum(inv)
+    bwd = np.cumsum(inv[::-1])[::-1]
+    return fwd, bwd, float(inv.sum())
+
+
+def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[str]] = None,
+            sigmas: float = 4.0, kappa: float = 2.0, widths: Optional[Sequence[int]] = None,
+            allowance: Optional[dict] = None) -> Comparison:
+    """Compare ``theory`` (no standard errors needed) with ``simulation`` (a Monte Carlo profile).
+
+    fields: which of ``q``, ``c``, ``log_g``, ``log_G`` to compare (default: all that both have).
+    sigmas: standard errors allowed (4, CONVENTIONS.md). kappa: the allowance constant (module
+    docstring). widths: ``[N_0..N_L]`` (default: ``simulation.meta["widths"]``). allowance: optional
+    ``{field: per-layer array}`` replacing the default allowance of those fields.
+    Raises ValueError when the profiles have different layers or the simulation lacks standard
+    errors for a requested field."""
+    if not isinstance(theory, Profile) or not isinstance(simulation, Profile):
+        raise TypeError("compare needs two Profile objects (theory, simulation)")
+    layers = np.asarray(simulation.layers)
+    if len(theory.layers) != len(layers) or np.any(np.asarray(theory.layers) != layers):
+        raise ValueError(f"theory has layers 1..{len(theory.layers)} and simulation 1..{len(layers)}; "
+                         "they must describe the same network")
+    if not (isinstance(sigmas, (int, float)) and sigmas > 0):
+        raise ValueError(f"sigmas must be > 0, got {sigmas!r}")
+    if not (isinstance(kappa, (int, float)) and kappa >= 0):
+        raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+    if fields is None:
+        fields = [f for f in FIELDS if getattr(theory, f) is not None
+                  and getattr(simulation, f) is not None]
+    else:
+        fields = list(fields)
+        for f in fields:
+            if f not in FIELDS:
+                raise ValueError(f"fields must be among {', '.join(FIELDS)}, got {f!r}")
+            if getattr(theory, f) is None or getattr(simulation, f) is None:
+                raise ValueError(f"field {f!r} is missing from the theory or the simulation profile")
+    for f in fields:
+        if getattr(simulation, f + "_se") is None:
+            raise ValueError(f"simulation has no {f}_se: it is not a Monte Carlo profile")
+    if widths is None:
+        widths = simulation.meta.get("widths") if isinstance(simulation.meta, dict) else None
+        if widths is None:
+            raise ValueError("widths are needed for the finite-width allowance: pass widths=[N_0..N_L] "
+                             "or a simulation whose meta has 'widths'")
+    widths = [int(w) for w in widths]
+    L = len(layers)
+    if len(widths) != L + 1:
+        raise ValueError(f"widths must have L + 1 = {L + 1} entries, got {len(widths)}")
+    bfwd, bbwd, btot = _betas(widths, L)
+    base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot)}
+    allowance = dict(allowance or {})
+    out = {k: {} for k in ("theory", "simulation", "se", "diff", "z", "allowance", "agree", "skipped")}
+    max_z, max_ex, any_se, disagree = 0.0, -math.inf, False, False
+    for f in fields:
+        t = np.asarray(getattr(theory, f), float)
+        m = np.asarray(getattr(simulation, f), float)
+        se = np.asarray(getattr(simulation, f + "_se"), float)
+        if f in allowance:
+            a = np.broadcast_to(np.asarray(allowance[f], float), (L,)).copy()
+        elif f == "q":
+            a = kappa * np.abs(t) * base[f]
+        else:
+            a = kappa * base[f]
+        ok = np.isfinite(t) & np.isfinite(m)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = m - t
+            z = np.where(se > 0, d / se, np.where(d == 0, 0.0, np.sign(d) * np.inf))
+            good = np.abs(d) <= sigmas * se + a
+            excess = np.where(se > 0, (np.abs(d) - a) / se, np.where(np.abs(d) <= a, -np.inf, np.inf))
+        good = np.where(ok, good, True)
+        has_se = ok & np.isfinite(se)
+        any_se = any_se or bool(has_se.any())
+        if np.any(~good & has_se):
+            disagree = True
+        if has_se.any():
+            max_z = max(max_z, float(np.max(np.abs(z[has_se]))))
+            max_ex = max(max_ex, float(np.max(excess[has_se])))
+        for key, val in (("theory", t), ("simulation", m), ("se", se), ("diff", d), ("z", z),
+                         ("allowance", a), ("agree", good)):
+            out[key][f] = val
+        out["skipped"][f] = int((~ok).sum())
+    verdict = "disagree" if disagree else ("agree" if any_se else "inconclusive")
+    rule = (f"|simulation - theory| <= {sigmas:g} se + allowance, allowance = kappa beta_l with "
+            f"kappa = {kappa:g} (times |theory| for q; log units for log_g, log_G; absolute for c); "
+            "beta_l = sum of 1/N_k over k = 1..l (q, c), k = l..L (log_g), k = 1..L (log_G)")
+    if allowance:
+        rule += f"; allowance given by the caller for {', '.join(sorted(allowance))}"
+    return Comparison(layers=layers, fields=tuple(fields), max_abs_z=max_z,
+                      max_excess=max_ex if math.isfinite(max_ex) else 0.0, verdict=verdict,
+                      rule=rule, sigmas=float(sigmas), kappa=float(kappa), beta=btot,
+                      meta={"widths": widths,
+                            "theory": dict(theory.meta) if isinstance(theory.meta, dict) else {},
+                            "simulation": dict(simulation.meta)
+                            if isinstance(simulation.meta, dict) else {}},
+                      **out)

@@ -1,0 +1,390 @@
+"""Monte Carlo simulation of finite random networks: :func:`simulate`.
+
+``simulate(network, samples, seed)`` draws ``samples`` independent finite networks from the same
+:class:`~signalprop.network.Network` description that :func:`~signalprop.meanfield.predict`
+reads, propagates one input (or two) forward and the gradient of the loss ``<v, h^L>``,
+``v ~ N(0, I)``, backward, and returns a :class:`~signalprop.results.Profile` with the fields of
+CONVENTIONS.md and their standard errors.
+
+Estimators (CONVENTIONS.md, "Monte Carlo estimators"), per sample network ``s`` and layer ``l``:
+
+* ``q_hat = ||h^l_a||^2 / N_l`` (input a);
+* ``c_hat = <h^l_a, h^l_b> / (||h^l_a|| ||h^l_b||)`` (two inputs; the empirical correlation);
+* ``g_hat = ||delta^l||^2 / N_l``, ``delta^l = d<v, h^L_a>/dh^l_a``;
+* ``G_hat = g_hat ||x^{l-1}_a||^2 / N_{l-1}``: the mean square entry of the weight gradient
+  ``delta^l (x^{l-1})^T``, whose expectation is ``G^l = g^l E[(x^{l-1}_j)^2]``.
+
+Reported: ``q``, ``c`` = sample means, ``q_se``, ``c_se`` = their standard errors
+(``std(ddof=1)/sqrt(S)``); ``log_g``, ``log_G`` = logs of the sample means, ``*_se`` = standard
+error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)``. Gradients are
+renormalised at every layer and their scale is carried as a logarithm, so ``log_g`` does not
+under- or overflow at any depth; the forward pass is not rescaled (``q`` is a float).
+
+Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly, ``x_a = sqrt(q0) (1, ..., 1)`` and,
+with ``c0``, ``x_b = c0 x_a + sqrt(1 - c0^2) sqrt(q0) e`` where ``e`` is the alternating-sign
+vector made orthogonal to ``(1, ..., 1)`` and scaled to ``||e||^2 = N_0``. (Gaussian and
+orthogonal weights are rotation invariant, so only the norms and the inner product matter; for
+uniform weights the all-ones direction keeps the first layer close to Gaussian.)
+
+Engines: ``dense`` draws every weight matrix; ``matrix-free`` samples the same joint law of all
+``(h^l, delta^l)`` with O(N) work per layer (:mod:`signalprop.sampling` has the construction and
+the proof). Both are batched over a chunk of samples and bounded in memory: when the stored
+per-layer state of a chunk exceeds ``max_memory``, the backward pass replays the forward pass from
+checkpoints (every ``m`` layers) with the very same random numbers.
+
+Reproducibility: sample ``s`` uses the ``s``-th child of the root ``SeedSequence``
+(``spawn_key = root.spawn_key + (s,)``), which seeds two PCG64 streams (forward: weights and
+biases; backward: ``v`` and the matrix-free backward draws). Every sample consumes its
+streams in a fixed order, so the numbers are the same whatever the chunk size, the checkpointing
+or the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
+
+import numpy as np
+
+from ._validate import check_correlation, check_finite, check_int
+from .network import Network
+from .results import Profile
+from .sampling import ENGINES, Streams, sampler
+
+__all__ = ["simulate", "root_seed", "sample_streams", "network_inputs", "ENGINES"]
+
+_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+
+def root_seed(seed) -> np.random.SeedSequence:
+    """The root ``SeedSequence`` of a ``seed``: an int >= 0, a ``SeedSequence`` (used as is) or a
+    ``Generator`` (128 bits are drawn from it, so it advances)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence([int(v) for v in seed.integers(0, 2**32, size=4)])
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError("seed must be an int >= 0, a numpy SeedSequence or a numpy Generator, "
+                        f"got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return np.random.SeedSequence(int(seed))
+
+
+def _child(root: np.random.SeedSequence, *key) -> np.random.SeedSequence:
+    return np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + tuple(key),
+                                  pool_size=root.pool_size)
+
+
+def _pcg_state(words) -> dict:
+    return {"bit_generator": "PCG64",
+            "state": {"state": (int(words[0]) << 64) | int(words[1]),
+                      "inc": ((int(words[2]) << 64) | int(words[3])) | 1},
+            "has_uint32": 0, "uinteger": 0}
+
+
+def sample_streams(root: np.random.SeedSequence, start: int, stop: int, pool=None):
+    """Forward and backward :class:`~signalprop.sampling.Streams` of samples ``start..stop-1``.
+
+    Sample ``s`` gets the ``SeedSequence`` child with spawn key ``root.spawn_key + (s,)``; its
+    first 256 bits of output seed the PCG64 state of the forward stream, the next 256 bits the
+    backward stream. ``pool``: optional list of Generators to reuse (its length must be at
+    least ``2 (stop - start)``)."""
+    n = stop - start
+    if pool is None:
+        pool = [np.random.Generator(np.random.PCG64(0)) for _ in range(2 * n)]
+    fwd, bwd = pool[:n], pool[n:2 * n]
+    for i, s in enumerate(range(start, stop)):
+        words = _child(root, s).generate_state(8, np.uint64)
+        fwd[i].bit_generator.state = _pcg_state(words[:4])
+        bwd[i].bit_generator.state = _pcg_state(words[4:])
+    return Streams(fwd), Streams(bwd)
+
+
+def network_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None) -> np.ndarray:
+    """The fixed input vectors, shape ``(k, n0)``: ``x_a`` and (with ``c0``) ``x_b`` (module doc)."""
+    xa = np.full(n0, math.sqrt(q0))
+    if c0 is None:
+        return xa[None, :]
+    c0 = float(c0)
+    if abs(c0) == 1.0:
+        return np.stack([xa, c0 * xa])
+    if n0 < 2:
+        raise ValueError(f"two inputs with |c0| < 1 need an input width >= 2, got {n0}")
+    e = np.where(np.arange(n0) % 2 == 0, 1.0, -1.0)
+    e -= e.mean()
+    e *= math.sqrt(n0) / np.linalg.norm(e)
+    xb = c0 * xa + math.sqrt(1.0 - c0 * c0) * math.sqrt(q0) * e
+    return np.stack([xa, xb])
+
+
+def _check_args(network, samples, engine, q0, c0, dtype, chunk, workers, max_memory):
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a signalprop Network (see mlp), got {type(network).__name__}")
+    samples = check_int("samples", samples, 1)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    check_finite("q0", q0)
+    if not float(q0) > 0:
+        raise ValueError(f"q0 must be > 0, got {q0!r}")
+    if c0 is not None:
+        check_correlation("c0", c0)
+        c0 = float(c0)
+    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if key not in _DTYPES:
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if chunk is not None:
+        chunk = check_int("chunk", chunk, 1)
+    workers = check_int("workers", workers, 1)
+    max_memory = check_int("max_memory", max_memory, 1 << 20)
+    return samples, float(q0), c0, np.dtype(_DTYPES[key]), chunk, workers, max_memory
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+def _sq(a: np.ndarray) -> np.ndarray:
+    """Row-wise squared norms, accumulated in float64 (the same rounding for every row whatever
+    the number of rows)."""
+    return np.sum(a * a, axis=-1, dtype=np.float64)
+
+
+class _Job:
+    """Everything a chunk of samples needs: samplers, activations, inputs, seeds, memory plan."""
+
+    def __init__(self, network: Network, engine: str, X0: np.ndarray, dtype: np.dtype,
+                 root: np.random.SeedSequence, max_memory: int):
+        widths = network.widths
+        self.network, self.engine, self.dtype, self.root = network, engine, dtype, root
+        self.rules = [sampler(layer, int(widths[i]), engine) for i, layer in enumerate(network.layers)]
+        self.acts = [layer.activation for layer in network.layers]
+        self.widths = [int(w) for w in widths]
+        self.X0 = X0.astype(dtype)
+        self.k = X0.shape[0]
+        self.L = network.depth
+        self.max_memory = max_memory
+        self._pool: list = []
+        item = dtype.itemsize
+        self.per_layer = [r.ctx_nbytes(self.k, item) + r.n_out * item for r in self.rules]
+        self.work = 24 * self.k * max(self.widths) * item + 48 * self.L
+
+    def chunk_size(self, samples: int) -> int:
+        """Samples per chunk: the preferred batch that keeps all layers' state in memory, else 1."""
+        if self.engine == "dense":
+            biggest = max(r.n_out * r.n_in for r in self.rules)
+            pref = max(1, min(16, (1 << 21) // biggest))
+        else:
+            pref = max(16, min(512, (1 << 18) // (self.k * max(self.widths))))
+        per_sample = sum(self.per_layer) + self.work
+        return max(1, min(samples, pref, self.max_memory // per_sample))
+
+    def segment_length(self, S: int) -> int:
+        """Layers per checkpoint segment for a chunk of S samples (L: no replay)."""
+        if S * (sum(self.per_layer) + self.work) <= self.max_memory:
+            return self.L
+        avail = self.max_memory / S - self.work
+        return int(min(self.L, max(1, avail // max(self.per_layer))))
+
+    def _phi(self, l, h):
+        return np.asarray(self.acts[l].phi(h), dtype=self.dtype)
+
+    def run(self, start: int, stop: int) -> dict:
+        """Per-sample estimators of samples ``start..stop-1`` (arrays of shape (S, L))."""
+        S, L, k, dt = stop - start, self.L, self.k, self.dtype
+        while len(self._pool) < 2 * S:
+            self._pool.append(np.random.Generator(np.random.PCG64(0)))
+        fwd, bwd = sample_streams(self.root, start, stop, self._pool)
+        q = np.empty((S, L))
+        c = np.empty((S, L)) if k == 2 else None
+        lx2 = np.empty((S, L))
+        lg = np.empty((S, L))
+        m = self.segment_length(S)
+        nseg = -(-L // m)
+        last = nseg - 1
+        ckpt, store = [], {}
+        x = np.array(np.broadcast_to(self.X0, (S,) + self.X0.shape))
+        h_prev = None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for l in range(L):
+                seg = l // m
+                if l % m == 0:
+                    ckpt.append((x, h_prev, fwd.get_state() if seg < last else None))
+                n_in, n_out = self.widths[l], self.widths[l + 1]
+                xa = x[:, 0]
+                lx2[:, l] = np.log(_sq(xa) / n_in)
+                h, ctx = self.rules[l].forward(x, fwd)
+                ha = np.ascontiguousarray(h[:, 0])
+                qa = _sq(ha)
+                q[:, l] = qa / n_out
+                if k == 2:
+                    hb = h[:, 1]
+                    qb = _sq(hb)
+                    c[:, l] = np.sum(ha * hb, axis=-1, dtype=np.float64) / np.sqrt(qa * qb)
+                if seg == last:
+                    store[l] = (ha, ctx)
+                h_prev = ha
+                x = self._phi(l, h)
+            del x, h, ctx
+            # backward: delta^L = v, then delta^{l-1} = phi'(h^{l-1}) * (W^l)^T delta^l
+            delta = bwd.normal((self.widths[-1],), dt)
+            lscale = np.zeros(S)
+            for si in range(last, -1, -1):
+                l0, l1 = si * m, min(L, (si + 1) * m)
+                xs, hp, state = ckpt[si]
+                if si != last:
+                    fwd.set_state(state)
+                    xx = xs
+                    for l in range(l0, l1):
+                        h, ctx = self.rules[l].forward(xx, fwd)
+                        store[l] = (np.ascontiguousarray(h[:, 0]), ctx)
+                        xx = self._phi(l, h)
+                    del xx, h, ctx
+                for l in range(l1 - 1, l0 - 1, -1):
+                    ha, ctx = store.pop(l)
+                    n2 = _sq(delta)
+                    lg[:, l] = np.log(n2 / self.widths[l + 1]) + 2.0 * lscale
+                    if l == 0:
+                        break
+                    y = self.rules[l].backward(delta, ctx, bwd)
+                    hprev = store[l - 1][0] if l - 1 >= l0 else hp
+                    delta = np.asarray(self.acts[l - 1].dphi(hprev), dtype=dt) * y
+                    n2 = _sq(delta)
+                    s = np.sqrt(n2 / self.widths[l])
+                    s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+                    delta /= s[:, None].astype(dt)
+                    lscale += np.log(s)
+                ckpt[si] = None
+        out = {"q": q, "log_g": lg, "log_x2": lx2}
+        if c is not None:
+            out["c"] = c
+        return out
+
+
+_WORKER_JOB: Optional[_Job] = None
+
+
+def _init_worker(job):
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _run_in_worker(bounds):
+    return _WORKER_JOB.run(*bounds)
+
+
+def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int) -> dict:
+    size = chunk or job.chunk_size(samples)
+    if workers > 1 and chunk is None:
+        size = max(1, min(size, -(-samples // workers)))
+    bounds = [(a, min(samples, a + size)) for a in range(0, samples, size)]
+    if workers > 1 and len(bounds) > 1:
+        try:
+            ctx = mp.get_context("fork")
+        except ValueError:
+            raise ValueError("workers > 1 needs the 'fork' start method (Linux, macOS); "
+                             "use workers=1 on this platform") from None
+        with ProcessPoolExecutor(max_workers=min(workers, len(bounds)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(job,)) as pool:
+            parts = list(pool.map(_run_in_worker, bounds))
+    else:
+        parts = [job.run(a, b) for a, b in bounds]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries
+
+
+def _mean_se(a: np.ndarray):
+    S = a.shape[0]
+    mean = a.mean(axis=0)
+    se = a.std(axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.full(a.shape[1:], np.nan)
+    return mean, se
+
+
+def log_mean_se(log_values: np.ndarray):
+    """log of the sample mean of ``exp(log_values)`` over axis 0 and the standard error of that log
+    (delta method, ``se(mean) / mean``), computed without over- or underflow."""
+    S = log_values.shape[0]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        top = np.max(log_values, axis=0)
+        finite = np.isfinite(top)
+        shift = np.where(finite, top, 0.0)
+        w = np.exp(log_values - shift)
+        mw = w.mean(axis=0)
+        log_mean = np.where(finite, shift + np.log(mw), top)
+        if S > 1:
+            se = w.std(axis=0, ddof=1) / math.sqrt(S) / mw
+        else:
+            se = np.full(log_values.shape[1:], np.nan)
+        se = np.where(finite, se, np.nan)
+    return log_mean, se
+
+
+def _profile(per: dict, network: Network, samples: int, meta: dict, return_samples: bool) -> Profile:
+    L = network.depth
+    q, q_se = _mean_se(per["q"])
+    log_G_samples = per["log_g"] + per["log_x2"]
+    log_g, log_g_se = log_mean_se(per["log_g"])
+    log_G, log_G_se = log_mean_se(log_G_samples)
+    c = c_se = None
+    if "c" in per:
+        c, c_se = _mean_se(per["c"])
+    kept = None
+    if return_samples:
+        kept = {"q": per["q"], "log_g": per["log_g"], "log_G": log_G_samples}
+        if "c" in per:
+            kept["c"] = per["c"]
+    with np.errstate(divide="ignore"):
+        log_q = np.log(q)
+    return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G, c=c,
+                   q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
+                   meta=meta)
+
+
+def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: float = 1.0,
+             c0: Optional[float] = None, *, dtype="float64", return_samples: bool = False,
+             chunk: Optional[int] = None, workers: int = 1, max_memory: int = 1 << 30) -> Profile:
+    """Monte Carlo profile of ``network`` over ``samples`` independent finite networks.
+
+    Parameters
+    ----------
+    network: a :class:`~signalprop.network.Network` (e.g. from :func:`~signalprop.network.mlp`).
+    samples: number of sample networks, an int >= 1 (standard errors need >= 2).
+    seed: an int >= 0, a ``numpy.random.SeedSequence`` or a ``numpy.random.Generator``.
+    engine: ``"dense"`` (full weight matrices; every weight kind) or ``"matrix-free"`` (exact
+        O(N)-per-layer conditional sampler; gaussian and orthogonal weights, any widths).
+    q0: input second moment ``||x^0||^2 / N_0`` (> 0). c0: correlation of a second input in
+        [-1, 1] (then ``c`` is reported), or None for one input.
+    dtype: ``"float64"`` (default) or ``"float32"``; estimators are accumulated in float64.
+    return_samples: keep the per-sample values in ``profile.samples`` (arrays of shape
+        (samples, L): ``q``, ``c``, ``log_g`` = log g_hat, ``log_G`` = log G_hat).
+    chunk: samples per batch (default: chosen from ``max_memory``). Results do not depend on it.
+    workers: worker processes (fork); results do not depend on it.
+    max_memory: bytes of per-chunk state before checkpointing kicks in (default 1 GiB).
+
+    Returns a :class:`~signalprop.results.Profile` with ``q``, ``log_q``, ``log_g``, ``log_G``
+    (``c`` with two inputs) and ``q_se``, ``log_g_se``, ``log_G_se`` (``c_se``); ``meta`` records
+    engine, samples, seed, q0, c0, dtype and widths. Estimators: see the module docstring.
+    """
+    samples, q0, c0, dt, chunk, workers, max_memory = _check_args(
+        network, samples, engine, q0, c0, dtype, chunk, workers, max_memory)
+    root = root_seed(seed)
+    X0 = network_inputs(network.input_width, q0, c0)
+    job = _Job(network, engine, X0, dt, root, max_memory)
+    per = _run_job(job, samples, chunk, workers)
+    meta = {"source": "simulate", "engine": engine, "samples": samples,
+            "seed": int(seed) if isinstance(seed, numbers.Integral) else repr(seed),
+            "q0": q0, "c0": c0, "dtype": dt.name,
+            "widths": [int(w) for w in network.widths],
+            "weights": sorted({getattr(la, "weights", "?") for la in network.layers}),
+            "loss": "<v, h^L>, v ~ N(0, I)"}
+    return _profile(per, network, samples, meta, return_samples)

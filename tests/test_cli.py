@@ -1,0 +1,280 @@
+"""The command line: exit codes, one-line errors, JSON keys, and numbers identical to the API's.
+
+Most tests call ``main([...])`` in-process; two run the installed ``signalprop`` entry point.
+CLI numbers are compared with the API's for exact equality: the CLI calls the same functions with
+the same arguments, and JSON round-trips float64 exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import signalprop as sp
+from signalprop.cli import COMMANDS, main
+
+SCALARS = {"q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad", "regime"}
+PROFILE = {"layers", "q", "c", "log_g", "log_G"}
+
+
+def _strict_loads(text: str) -> dict:
+    """json.loads that refuses NaN/Infinity tokens (the CLI must write them as strings)."""
+    def bad(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=bad)
+
+
+def run_json(capsys, *argv) -> dict:
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.count("\n") == 1, "--json prints exactly one line"
+    return _strict_loads(out)
+
+
+def _num(v):
+    return float(v) if isinstance(v, str) else v
+
+
+# --------------------------------------------------------------------------------------------
+# numbers equal the API's
+
+
+def test_fixed_point_json_equals_api(capsys):
+    d = run_json(capsys, "fixed-point", "--activation", "tanh", "--sigma-w2", "2.5",
+                 "--sigma-b2", "0.1")
+    assert SCALARS <= d.keys()
+    fp = sp.fixed_point("tanh", 2.5, 0.1)
+    for k in SCALARS - {"regime"}:
+        assert d[k] == getattr(fp, k), k
+    assert d["regime"] == fp.regime == "chaotic"
+
+
+def test_fixed_point_inf_is_a_string(capsys):
+    d = run_json(capsys, "fixed-point", "--activation", "relu", "--sigma-w2", "2")
+    assert d["regime"] == "critical"
+    assert d["xi_c"] == "inf" and d["xi_grad"] == "inf"
+
+
+def test_fixed_point_init_sets_sigma_w2(capsys):
+    d = run_json(capsys, "fixed-point", "--activation", "relu", "--init", "he")
+    assert d["sigma_w2"] == 2.0 and d["chi_1"] == 1.0
+
+
+def test_activation_parameters(capsys):
+    d = run_json(capsys, "fixed-point", "--activation", "leaky_relu", "--slope", "0.2",
+                 "--sigma-w2", "1.5")
+    assert d["chi_1"] == pytest.approx(1.5 * (1 + 0.2**2) / 2, rel=1e-14)
+    d = run_json(capsys, "fixed-point", "--activation", "elu", "--alpha", "0.5", "--sigma-w2", "1.2",
+                 "--sigma-b2", "0.1")
+    assert d["q_star"] == sp.fixed_point(sp.activation("elu", alpha=0.5), 1.2, 0.1).q_star
+
+
+def test_custom_expression(capsys):
+    d = run_json(capsys, "fixed-point", "--activation", "x*tanh(x)", "--sigma-w2", "0.6",
+                 "--sigma-b2", "0.1")
+    assert d["q_star"] == sp.fixed_point("x*tanh(x)", 0.6, 0.1).q_star
+    assert d["activation"] == "x*tanh(x)"
+
+
+def test_critical_vectorised(capsys):
+    d = run_json(capsys, "critical", "--activation", "erf", "--sigma-b2", "0", "0.05", "0.3")
+    assert d["sigma_b2"] == [0.0, 0.05, 0.3]
+    np.testing.assert_array_equal(d["critical_sigma_w2"],
+                                  sp.critical_sigma_w2("erf", [0.0, 0.05, 0.3]))
+
+
+def test_critical_without_edge_reports_nan(capsys):
+    d = run_json(capsys, "critical", "--activation", "relu", "--sigma-b2", "0", "0.1")
+    assert d["critical_sigma_w2"] == [2.0, "nan"]
+    assert "no edge of chaos" in d["note"]
+
+
+def test_predict_json_equals_api(capsys):
+    d = run_json(capsys, "predict", "--activation", "tanh", "--sigma-w2", "1.5", "--sigma-b2",
+                 "0.05", "--depth", "30", "--width", "500", "--q0", "2", "--c0", "0.3")
+    assert SCALARS | PROFILE <= d.keys()
+    prof = sp.predict(sp.mlp(30, 500, "tanh", sigma_w2=1.5, sigma_b2=0.05), q0=2.0, c0=0.3)
+    for k in PROFILE:
+        np.testing.assert_array_equal(d[k], getattr(prof, k), err_msg=k)
+    assert d["log_g"][-1] == 0.0 and d["layers"] == list(range(1, 31))
+    fp = sp.fixed_point("tanh", 1.5, 0.05, q0=prof.q[0])
+    assert d["q_star"] == fp.q_star and d["chi_1"] == fp.chi_1
+
+
+def test_predict_one_input_has_no_c(capsys):
+    d = run_json(capsys, "predict", "--depth", "5", "--init", "xavier")
+    assert "c" not in d and d["sigma_w2"] == 1.0
+    assert len(d["q"]) == 5
+
+
+def test_predict_text_table(capsys):
+    assert main(["predict", "--depth", "200", "--sigma-w2", "1.2", "--c0", "0.5"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0].isdigit()]
+    assert rows[0][0] == "1" and rows[-1][0] == "200"
+    assert 40 <= len(rows) <= 60                  # about 50 rows for a deep network
+    assert "regime" in out and "log_G" in out
+
+
+def test_demo_writes_figure(capsys, tmp_path):
+    path = tmp_path / "sub" / "demo.png"
+    d = run_json(capsys, "demo", "--out", str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert d["figure"] == str(path)
+    assert d["activation"] == "tanh" and d["sigma_w2"] == 1.5 and d["depth"] == 50
+    prof = sp.predict(sp.mlp(50, 1000, "tanh", sigma_w2=1.5, sigma_b2=0.05), c0=0.5)
+    np.testing.assert_array_equal(d["q"], prof.q)
+    np.testing.assert_array_equal(d["log_g"], prof.log_g)
+
+
+def test_phase_writes_figure_and_csv(capsys, tmp_path):
+    prefix = tmp_path / "ph"
+    d = run_json(capsys, "phase", "--activation", "erf", "--sigma-w2-range", "1", "3",
+                 "--sigma-b2-range", "0.05", "0.5", "--n", "4", "--out", str(prefix))
+    pd = sp.phase_diagram("erf", np.linspace(1, 3, 4), np.linspace(0.05, 0.5, 4))
+    for k in ("q_star", "chi_1", "xi_c", "c_star", "critical_sigma_w2"):
+        np.testing.assert_array_equal(np.asarray(d[k], float), getattr(pd, k), err_msg=k)
+    assert (tmp_path / "ph.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (tmp_path / "ph.csv").read_text().splitlines()
+    assert lines[0] == "sigma_w2,sigma_b2,q_star,chi_1,c_star,xi_c" and len(lines) == 1 + 16
+    row = [float(v) for v in lines[1 + 4 * 2 + 3].split(",")]   # sigma_b2 index 2, sigma_w2 index 3
+    assert row[:4] == [3.0, pd.sigma_b2[2], pd.q_star[2, 3], pd.chi_1[2, 3]]
+    crit = (tmp_path / "ph-critical.csv").read_text().splitlines()
+    assert len(crit) == 5 and float(crit[1].split(",")[1]) == pd.critical_sigma_w2[0]
+
+
+def test_activations_table(capsys):
+    d = run_json(capsys, "activations")
+    rows = {r["activation"]: r for r in d["activations"]}
+    assert {"tanh", "sigmoid", "relu", "gelu", "silu", "selu"} <= rows.keys()
+    # maxima: closed forms (tolerance 1e-12 absolute on the value, 1e-6 on the location)
+    assert rows["tanh"]["max_dphi"] == pytest.approx(1.0, abs=1e-12)
+    assert rows["sigmoid"]["max_dphi"] == pytest.approx(0.25, abs=1e-12)
+    s2 = math.sqrt(2.0)
+    gelu_max = 0.5 * (1 + math.erf(1.0)) + s2 * math.exp(-1.0) / math.sqrt(2 * math.pi)
+    assert rows["gelu"]["max_dphi"] == pytest.approx(gelu_max, abs=1e-12)
+    assert float(rows["gelu"]["argmax_dphi"]) == pytest.approx(s2, abs=1e-4)
+    assert rows["relu"]["argmax_dphi"].endswith("inf]")          # a plateau, x > 0
+    # normalising constants are the API's
+    for name in ("tanh", "relu", "selu"):
+        nc = sp.normalising_constants(name)
+        assert {k: rows[name][k] for k in ("mean", "std", "gain")} == nc
+    # the article's saturation numbers: true values and where phi' really is 1e-4
+    sat = {s["activation"]: s for s in d["saturation"]}
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))                       # noqa: E731
+    assert sat["sigmoid"]["dphi"] == pytest.approx(sig(5) * sig(-5), rel=1e-12)
+    assert sat["tanh"]["dphi"] == pytest.approx(1.0 / math.cosh(4.0) ** 2, rel=1e-12)
+    assert sat["sigmoid"]["dphi"] == pytest.approx(6.648e-3, rel=1e-3)
+    assert sat["tanh"]["dphi"] == pytest.approx(1.341e-3, rel=1e-3)
+    s_hi = (1 + math.sqrt(1 - 4e-4)) / 2                              # s (1 - s) = 1e-4
+    assert sat["sigmoid"]["x_where_dphi_is_1e-4"] == pytest.approx(math.log(s_hi / (1 - s_hi)), abs=1e-9)
+    assert sat["tanh"]["x_where_dphi_is_1e-4"] == pytest.approx(math.acosh(100.0), abs=1e-9)
+
+
+def test_activations_text(capsys):
+    assert main(["activations", "--activation", "sigmoid", "--activation", "tanh"]) == 0
+    out = capsys.readouterr().out
+    assert "9.2101" in out and "5.2983" in out and "0.006648" in out and "0.001341" in out
+
+
+def test_every_command_has_json_and_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert "--json" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: exit 2, one line on stderr, nothing on stdout
+
+
+BAD = [
+    (["fixed-point", "--sigma-w2", "0"], "sigma_w2"),
+    (["fixed-point", "--sigma-w2", "-1"], "sigma_w2"),
+    (["fixed-point", "--sigma-w2", "nan"], "sigma_w2"),
+    (["predict", "--sigma-w2", "inf"], "sigma_w2"),
+    (["fixed-point", "--sigma-b2", "-0.1"], "sigma_b2"),
+    (["predict", "--sigma-b2", "nan"], "sigma_b2"),
+    (["critical", "--sigma-b2", "0.1", "-1"], "sigma_b2"),
+    (["critical", "--sigma-b2", "inf"], "sigma_b2"),
+    (["predict", "--depth", "0"], "depth"),
+    (["predict", "--depth", "2.5"], "depth"),
+    (["predict", "--width", "0"], "width"),
+    (["demo", "--width", "-3"], "width"),
+    (["predict", "--q0", "0"], "q0"),
+    (["predict", "--q0", "-1"], "q0"),
+    (["predict", "--q0", "nan"], "q0"),
+    (["fixed-point", "--q0", "0"], "q0"),
+    (["predict", "--c0", "1.5"], "c0"),
+    (["predict", "--c0", "-1.01"], "c0"),
+    (["predict", "--c0", "nan"], "c0"),
+    (["fixed-point", "--activation", "foo"], "tanh"),       # lists the known names
+    (["predict", "--activation", "x**"], "x**"),
+    (["critical", "--activation", "tanh(x"], "tanh(x"),
+    (["fixed-point", "--activation", "x*y"], "x"),
+    (["fixed-point", "--activation", "tanh", "--slope", "0.1"], "slope"),
+    (["fixed-point", "--activation", "leaky_relu", "--slope", "nan"], "slope"),
+    (["predict", "--init", "he", "--sigma-w2", "2"], "--init"),
+    (["predict", "--init", "bogus"], "init"),
+    (["phase", "--n", "0"], "n"),
+    (["phase", "--sigma-w2-range", "0", "1", "--n", "2"], "sigma_w2"),
+    (["phase", "--sigma-b2-range", "1", "0", "--n", "2"], "sigma_b2"),
+    (["phase", "--sigma-b2-range", "1"], "sigma-b2-range"),
+    (["no-such-command"], "no-such-command"),
+    ([], "COMMAND"),
+]
+
+
+@pytest.mark.parametrize("argv,word", BAD, ids=[" ".join(a) or "<none>" for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, argv, word):
+    if argv and argv[0] == "phase":
+        argv = argv + ["--out", str(tmp_path / "p")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("signalprop: error: ")
+    assert word in err
+    assert "Traceback" not in err
+
+
+def test_unknown_activation_lists_names(capsys):
+    assert main(["predict", "--activation", "tanhh"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in sp.activations())
+
+
+# --------------------------------------------------------------------------------------------
+# the installed entry point
+
+
+def _entry_point() -> str:
+    exe = shutil.which("signalprop")
+    assert exe, "the `signalprop` entry point is not installed (pip install -e '.[dev]')"
+    return exe
+
+
+def test_entry_point_json(tmp_path):
+    res = subprocess.run([_entry_point(), "predict", "--depth", "20", "--c0", "0.5", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = _strict_loads(res.stdout)
+    assert SCALARS | PROFILE <= d.keys()
+    prof = sp.predict(sp.mlp(20, 1000, "tanh"), c0=0.5)
+    np.testing.assert_array_equal(d["c"], prof.c)
+    np.testing.assert_array_equal(d["log_G"], prof.log_G)
+
+
+def test_entry_point_bad_input(tmp_path):
+    res = subprocess.run([_entry_point(), "fixed-point", "--sigma-w2", "-1"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr == "signalprop: error: sigma_w2 must be > 0, got -1.0\n"
