@@ -270,7 +270,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> dict:
     args.every = 0
     out, prof = _predict(args, "signalprop demo")
-    from .plot_meanfield import plot_profile
+    from .plot import plot_profile
     fig, axes = _figure(3, width=3.3, height=2.6)
     title = f"{args.activation}, $\\sigma_w^2$={out['sigma_w2']:g}, $\\sigma_b^2$={out['sigma_b2']:g}"
     for ax, field in zip(axes, ("q", "c", "log_g")):
@@ -291,7 +291,7 @@ def _figure(n: int, width: float, height: float):
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from .plot_meanfield import STYLE
+    from .plot import STYLE
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(width * n, height), layout="constrained")
         FigureCanvasAgg(fig)
@@ -301,7 +301,7 @@ def _figure(n: int, width: float, height: float):
 
 def _save(fig, path) -> Path:
     import matplotlib
-    from .plot_meanfield import STYLE
+    from .plot import STYLE
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def _run_phase(args: argparse.Namespace) -> dict:
 
 def plot_phase_figure(pd):
     """chi_1, q* and xi_c of a :class:`PhaseDiagram` side by side, edge of chaos overlaid."""
-    from .plot_meanfield import plot_phase_diagram
+    from .plot import plot_phase_diagram
     fig, axes = _figure(3, width=3.4, height=2.8)
     for ax, field in zip(axes, ("chi_1", "q_star", "xi_c")):
         limits = {}

@@ -7,7 +7,7 @@
    strict xfail, and our value is checked against an independent nested scipy.integrate.quad
    computation (done once for this file; values below) to 1e-10.
 3. The tables in papers/*/README.md are exactly what reproduce.py computes now.
-4. The plotting helpers of signalprop.plot_meanfield draw and save (tiny inputs).
+4. The plotting helpers of signalprop.plot draw and save (tiny inputs).
 
 Set SIGNALPROP_RUN_PAPERS=1 to also run each reproduce.py in its --quick mode (~10 s of CPU).
 """
@@ -202,8 +202,8 @@ def test_reproduce_quick(name, tmp_path):
 # -- 4. plotting helpers -------------------------------------------------------------------------
 
 
-def test_plot_meanfield(tmp_path):
-    from signalprop.plot_meanfield import plot_phase_diagram, plot_profile
+def test_plot(tmp_path):
+    from signalprop.plot import plot_phase_diagram, plot_profile
     pd = sp.phase_diagram("tanh", [1.0, 1.5, 2.0], [0.0, 0.05])
     for field, units in (("chi_1", "variance"), ("q_star", "std"), ("xi_c", "variance"),
                          ("c_star", "std")):

@@ -27,7 +27,7 @@ import numpy as np
 
 import signalprop as sp
 from signalprop.gaussian import expect
-from signalprop.plot_meanfield import STYLE, plot_phase_diagram, plot_profile
+from signalprop.plot import STYLE, plot_phase_diagram, plot_profile
 
 HERE = pathlib.Path(__file__).resolve().parent
 ACT = "tanh"

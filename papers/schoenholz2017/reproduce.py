@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import signalprop as sp
-from signalprop.plot_meanfield import STYLE
+from signalprop.plot import STYLE
 
 HERE = pathlib.Path(__file__).resolve().parent
 ACT = "tanh"
