@@ -6,7 +6,10 @@ Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, 
 """
 
 from .activations import Activation, activation, activations, normalising_constants
+from .clipping import ClipResult, clipping, clipping_sweep, total_gradient_law
 from .compare import Comparison, compare
+from .finite import (DeadNetwork, FiniteWidthProfile, LogNormalLaw, dead_probability, finite_width,
+                     hanin_nica_beta)
 from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
 from .meanfield import (correlation_map, critical_sigma_w2, fixed_point, length_map, phase_diagram,
                         predict, trainable_depth)
@@ -23,4 +26,6 @@ __all__ = [
     "length_map", "correlation_map",
     "Profile", "FixedPoint", "PhaseDiagram",
     "simulate", "compare", "Comparison", "jacobian", "jacobian_singular_values", "JacobianSpectrum",
+    "finite_width", "FiniteWidthProfile", "LogNormalLaw", "dead_probability", "DeadNetwork",
+    "hanin_nica_beta", "clipping", "ClipResult", "total_gradient_law", "clipping_sweep",
 ]
