@@ -366,19 +366,20 @@ def hermite_coefficients(f: Callable, q, kmax: int, n: int = 1024) -> np.ndarray
     return (F @ _hermite_functions(n)[:kmax + 1].T).reshape(q.shape + (kmax + 1,))
 
 
-_MEHLER_MAX = 800
+_MEHLER_SIZES = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536)
 
 
 def mehler_coefficients(f: Callable, q: float, tau: float) -> Optional[np.ndarray]:
     """Hermite coefficients a_0..a_{n-1} of f(sqrt(q) z) on an n-node rule with n = 2 n0 + 16,
     n0 = max(24, ceil(1100 q / tau^2)) the Gauss-Hermite size for f at variance q (module
     docstring), so that sum_k a_k^2 c^k = E[f(u1) f(u2)] to ~1e-13 for every c in [-1, 1]
-    (checked against the rotated-coordinate rule in tests/test_gaussian.py). None when n would
-    exceed 800 (tanh: q > 0.85)."""
+    (checked against the rotated-coordinate rule in tests/test_gaussian.py). n is rounded up to
+    the ladder 64, 96, ..., 1536; None beyond it (tanh: q > 1.7)."""
     if tau is None or math.isinf(tau):
         return None
     n0 = max(_GH_MIN, int(math.ceil(_GH_CONST * q / tau**2)))
-    n = 8 * ((2 * n0 + 16 + 7) // 8)
-    if n > _MEHLER_MAX:
+    sizes = [n for n in _MEHLER_SIZES if n >= 2 * n0 + 16]
+    if not sizes:
         return None
+    n = sizes[0]          # a short ladder of sizes, so the cached Hermite matrices are few
     return hermite_coefficients(f, q, n - 1, n)
