@@ -16,6 +16,7 @@ from .meanfield import (correlation_map, critical_sigma_w2, fixed_point, length_
 from .network import Dense, Network, init_sigma_w2, mlp
 from .results import FixedPoint, PhaseDiagram, Profile
 from .simulate import simulate
+from .spectrum import Isometry, Spectrum, isometry, spectrum
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "simulate", "compare", "Comparison", "jacobian", "jacobian_singular_values", "JacobianSpectrum",
     "finite_width", "FiniteWidthProfile", "LogNormalLaw", "dead_probability", "DeadNetwork",
     "hanin_nica_beta", "clipping", "ClipResult", "total_gradient_law", "clipping_sweep",
+    "spectrum", "Spectrum", "isometry", "Isometry",
 ]

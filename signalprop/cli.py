@@ -721,6 +721,80 @@ class Command:
 
 
 #: name -> Command. To add a command, write its two functions and add one entry here.
+# ---------------------------------------------------------------------------------------------
+# spectrum
+
+
+def _add_spectrum(p: argparse.ArgumentParser) -> None:
+    add_activation_options(p)
+    add_weight_options(p, sigma_w2=1.0, sigma_b2=0.0)
+    p.add_argument("--weights", default="gaussian", choices=("gaussian", "orthogonal", "uniform"),
+                   help="weight distribution (default: gaussian)")
+    p.add_argument("--depth", type=int, default=10, metavar="L", help="number of layers (default: 10)")
+    p.add_argument("--width", type=int, default=1000, metavar="N",
+                   help="width of every layer (only the aspect ratios matter; default: 1000)")
+    p.add_argument("--q0", type=float, default=1.0, help="input second moment ||x||^2/N_0 (default: 1)")
+    p.add_argument("--at-fixed-point", action="store_true",
+                   help="put every layer at the fixed point q* (overrides --q0)")
+    p.add_argument("--moments", type=int, default=8, metavar="K", help="print m_1..m_K (default: 8)")
+    p.add_argument("--points", type=int, default=0, metavar="P",
+                   help="also give the density on P points of the support (default: 0)")
+    p.add_argument("--plot", default=None, metavar="FILE", help="save the density to FILE (PNG)")
+
+
+def _run_spectrum(args: argparse.Namespace) -> dict:
+    from .spectrum import spectrum
+    act = activation_from(args)
+    if args.init is not None:
+        if args.sigma_w2 is not None:
+            raise ValueError("give either --sigma-w2 or --init, not both")
+        net = mlp(args.depth, args.width, act, init=args.init, sigma_b2=args.sigma_b2,
+                  weights=None if args.init == "orthogonal" else args.weights)
+    else:
+        net = mlp(args.depth, args.width, act, sigma_w2=sigma_w2_from(args),
+                  sigma_b2=args.sigma_b2, weights=args.weights)
+    q0 = args.q0
+    if args.at_fixed_point:
+        la = net.layers[0]
+        q_star = fixed_point(act, la.sigma_w2, la.sigma_b2, q0=args.q0).q_star
+        if not (math.isfinite(q_star) and q_star > la.sigma_b2):
+            raise ValueError(f"no finite fixed point q* > sigma_b^2 to start from (q* = {q_star})")
+        q0 = (q_star - la.sigma_b2) / la.sigma_w2
+    if args.moments < 1 or args.points < 0:
+        raise ValueError("--moments must be >= 1 and --points >= 0")
+    s = spectrum(net, q0)
+    out = s.to_dict(condition=True)
+    out["moments"] = s.moments(args.moments).tolist()
+    out["activation"] = args.activation
+    if args.points or args.plot:
+        x = s.grid(max(args.points, 400) if args.plot else args.points)
+        rho = s.density(x)
+        if args.points:
+            out["x"], out["density"] = x.tolist(), rho.tolist()
+        if args.plot:
+            from .plot import new_figure, save
+            fig, ax = new_figure(1, 1, width=4.0, height=2.8)
+            ax[0, 0].plot(x, rho, color="k")
+            ax[0, 0].set_xlabel(r"$\lambda$ (squared singular value of J)")
+            ax[0, 0].set_ylabel("density (continuous part)")
+            ax[0, 0].set_title(f"{args.activation}, {args.weights}, L={args.depth}")
+            save(fig, args.plot)
+    if not args.json:
+        print(f"spectrum of J J^T: {args.activation}, {args.weights} weights, depth {args.depth}, "
+              f"q0 = {q0:.6g}")
+        rows = [("mean m_1", out["mean"]), ("normalised variance", out["normalised_variance"]),
+                ("upper edge", out["upper_edge"]), ("lower edge", out["lower_edge"]),
+                ("mass of the atom at 0", out["zero_mass"]),
+                ("condition number", out["condition_number"]),
+                ("condition number (tail 1e-3)", out["condition_number_tail_1e-3"])]
+        rows += [(f"atom at {a:.6g}", m) for a, m in out["atoms"]]
+        rows += [(f"m_{k}", v) for k, v in enumerate(out["moments"], 1)]
+        print_table(("quantity", "value"), rows)
+        for n in out["notes"]:
+            print(f"note: {n}")
+    return out
+
+
 COMMANDS: dict[str, Command] = {
     "finite-width": Command("finite-width laws of log ||h^l||^2 and log ||delta^l||^2, beta, regime",
                             _add_finite_network, _run_finite_width),
@@ -740,6 +814,8 @@ COMMANDS: dict[str, Command] = {
                     _run_demo),
     "simulate": Command("Monte Carlo profile q, c, log g, log G with standard errors",
                         _add_simulate, _run_simulate),
+    "spectrum": Command("random-matrix law of the squared singular values of the Jacobian",
+                        _add_spectrum, _run_spectrum),
     "validate": Command("theory vs simulation over the validation catalogue: report and figures",
                         _add_validate, _run_validate),
 }
