@@ -89,7 +89,7 @@ def _weight_factor(layer: Dense, n_in: int, n_out: int) -> fp.ClosedFactor:
         if a >= 1.0:
             return fp.point_mass(sw2 * a, label="orthogonal")
         return fp.bernoulli(sw2, a, label="orthogonal")
-    raise NotImplementedError(f"no S-transform is implemented for weights={layer.weights!r}; "
+    raise ValueError(f"weights: no S-transform is implemented for weights={layer.weights!r}; "
                               f"known: {', '.join(WEIGHT_LAWS)}")
 
 
@@ -102,7 +102,7 @@ def _check_network(network):
             raise TypeError(f"layer {i + 1}: spectrum has no free-probability factor for "
                             f"{type(layer).__name__} layers (only Dense)")
         if layer.weights not in WEIGHT_LAWS:
-            raise NotImplementedError(f"layer {i + 1}: no S-transform is implemented for "
+            raise ValueError(f"layer {i + 1}: no S-transform is implemented for "
                                       f"weights={layer.weights!r}; known: {', '.join(WEIGHT_LAWS)}")
 
 
@@ -118,7 +118,7 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
 
     To put every layer at the fixed point ``q*`` (Pennington et al.'s setting) pass
     ``q0 = (q* - sigma_b^2)/sigma_w^2``.
-    Raises TypeError / NotImplementedError for layers or weight laws without an S-transform, and
+    Raises TypeError / ValueError for layers or weight laws without an S-transform, and
     ValueError when the mean-field profile degenerates (``q^l`` = 0 or inf).
     """
     _check_network(network)
@@ -541,7 +541,7 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
     """
     act = _activation(activation)
     if weights not in WEIGHT_LAWS:
-        raise NotImplementedError(f"no S-transform is implemented for weights={weights!r}; "
+        raise ValueError(f"weights: no S-transform is implemented for weights={weights!r}; "
                                   f"known: {', '.join(WEIGHT_LAWS)}")
     qs = np.logspace(-4, 1, 41) if q_star is None else np.asarray(q_star, float)
     if qs.ndim != 1 or qs.size == 0 or np.any(~np.isfinite(qs)) or np.any(qs <= 0):

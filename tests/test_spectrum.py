@@ -448,7 +448,7 @@ def test_bad_input():
     net = sp.mlp(3, 16, "tanh")
     bad = Dense(16, sp.activation("tanh"), 1.0)
     object.__setattr__(bad, "weights", "sparse")
-    with pytest.raises(NotImplementedError, match="S-transform"):
+    with pytest.raises(ValueError, match="S-transform"):
         spectrum(Network(16, (bad,)))
 
     class Other:
