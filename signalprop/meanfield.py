@@ -297,6 +297,17 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
     return result.reshape(shape)
 
 
+def _newton_step_c(c, F, dC, lo, hi):
+    """One safeguarded Newton step for F(c) = C(c) - c = 0 with C'(c) = dC: the bracket [lo, hi]
+    shrinks to the side of c where F changes sign, and a step leaving it becomes a bisection."""
+    lo = np.where(F > 0, c, lo)
+    hi = np.where(F <= 0, c, hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cn = c - F / (dC - 1.0)
+    bad = ~np.isfinite(cn) | (cn <= lo) | (cn >= hi)
+    return np.where(bad, 0.5 * (lo + hi), cn), lo, hi
+
+
 def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
     """The fixed point c* < 1 of the correlation map at q = q* (vectorised; chaotic points).
 
@@ -316,12 +327,7 @@ def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
         qi, wi, bi, ci = q[idx], sw2[idx], sb2[idx], c[idx]
         F = correlation_map(act, qi, ci, wi, bi) - ci
         dC = wi * act.dphi_cross_moment(qi, qi, ci) * qi / (wi * act.second_moment(qi) + bi)
-        lo[idx] = np.where(F > 0, ci, lo[idx])
-        hi[idx] = np.where(F <= 0, ci, hi[idx])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cn = ci - F / (dC - 1.0)
-        bad = ~np.isfinite(cn) | (cn <= lo[idx]) | (cn >= hi[idx])
-        cn = np.where(bad, 0.5 * (lo[idx] + hi[idx]), cn)
+        cn, lo[idx], hi[idx] = _newton_step_c(ci, F, dC, lo[idx], hi[idx])
         done = (np.abs(cn - ci) <= tol) | (hi[idx] - lo[idx] <= tol) | (F == 0)
         c[idx] = cn
         out[idx[done]] = np.where(F[done] == 0, ci[done], cn[done])
@@ -580,12 +586,7 @@ def _c_star_mehler(act: Activation, q, sw2, sb2, tol=4e-15):
         cr = c[rows]
         Cc, dC = C_and_slope(cr, rows)
         F = Cc - cr
-        lo_c[rows] = np.where(F > 0, cr, lo_c[rows])
-        hi_c[rows] = np.where(F <= 0, cr, hi_c[rows])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cn = cr - F / (dC - 1.0)
-        bad = ~np.isfinite(cn) | (cn <= lo_c[rows]) | (cn >= hi_c[rows])
-        cn = np.where(bad, 0.5 * (lo_c[rows] + hi_c[rows]), cn)
+        cn, lo_c[rows], hi_c[rows] = _newton_step_c(cr, F, dC, lo_c[rows], hi_c[rows])
         c[rows] = cn
         # quadratic convergence: once a step is below 1e-8 the next one is at rounding level
         rows = rows[(np.abs(cn - cr) > 1e-8) & (hi_c[rows] - lo_c[rows] > tol)]

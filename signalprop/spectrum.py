@@ -90,7 +90,7 @@ def _weight_factor(layer: Dense, n_in: int, n_out: int) -> fp.ClosedFactor:
             return fp.point_mass(sw2 * a, label="orthogonal")
         return fp.bernoulli(sw2, a, label="orthogonal")
     raise ValueError(f"weights: no S-transform is implemented for weights={layer.weights!r}; "
-                              f"known: {', '.join(WEIGHT_LAWS)}")
+                     f"known: {', '.join(WEIGHT_LAWS)}")
 
 
 def _check_network(network):
@@ -542,7 +542,7 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
     act = _activation(activation)
     if weights not in WEIGHT_LAWS:
         raise ValueError(f"weights: no S-transform is implemented for weights={weights!r}; "
-                                  f"known: {', '.join(WEIGHT_LAWS)}")
+                     f"known: {', '.join(WEIGHT_LAWS)}")
     qs = np.logspace(-4, 1, 41) if q_star is None else np.asarray(q_star, float)
     if qs.ndim != 1 or qs.size == 0 or np.any(~np.isfinite(qs)) or np.any(qs <= 0):
         raise ValueError("q_star must be a non-empty 1-D array of positive numbers")
