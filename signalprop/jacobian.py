@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validate import check_finite, check_int
-from .network import Network
+from .network import Network, require_dense
 from .results import _Result
 from .sampling import sampler
 from .simulate import network_inputs, root_seed, sample_streams
@@ -191,6 +191,7 @@ def graded_singular_values(ell: np.ndarray, T: np.ndarray, max_iter: int = 500) 
 def _check(network, samples, engine, q0, wrt):
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network, got {type(network).__name__}")
+    require_dense(network, "jacobian")
     samples = check_int("samples", samples, 1)
     if engine != "dense":
         if engine == "matrix-free":
@@ -214,11 +215,10 @@ def _layers(network: Network, root, s: int, q0: float, wrt: str):
     x = network_inputs(network.input_width, q0)[None, :, :]
     L = network.depth
     for l, (rule, layer) in enumerate(zip(rules, network.layers)):
-        h, ctx = rule.forward(x, fwd)
-        W = rule.weights_of(ctx)
+        h, x, ctx = rule.forward(x, fwd)
+        W = rule.linear.weights_of(ctx[0])
         d = None if (l == L - 1 and wrt == "pre") else np.asarray(layer.activation.dphi(h[0, 0]), float)
         yield d, W[0]
-        x = np.asarray(layer.activation.phi(h), float)
 
 
 def jacobian(network: Network, samples: int, seed, q0: float = 1.0, *, wrt: str = "post",

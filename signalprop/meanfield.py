@@ -30,7 +30,7 @@ import numpy as np
 from . import gaussian
 from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
 from .activations import Activation, activation as _activation
-from .network import Dense, Network
+from .network import Dense, Network, Step
 from .results import FixedPoint, PhaseDiagram, Profile
 
 __all__ = ["predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
@@ -114,6 +114,57 @@ def _layer_moments(act: Activation, lq: float) -> tuple[float, float]:
     return (float(_log_moment(act.second_moment, lq)), float(_log_moment(act.dphi_second_moment, lq)))
 
 
+def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
+    """Mean-field step of a :class:`~signalprop.network.Dense` layer (CONVENTIONS.md).
+
+    q^l = sigma_w^2 q_x + sigma_b^2 (Poole et al. 2016, eq. 3),
+    c^l = (sigma_w^2 q_x c_x + sigma_b^2) / q^l and c_x' = E[phi(u_1) phi(u_2)] / E[phi(u)^2]
+    (eq. 5; Mehler's series where the activation has one), the tracked gradient factor
+    E[phi'(h^l)^2] and the input factor (N_l / N_{l-1}) sigma_w^2 (Schoenholz et al. 2017, eq. 14).
+    Closed forms in plain floats where the activation has them; a positively homogeneous map is
+    evaluated at q = 1 and scaled outside [1e-280, 1e100].
+    """
+    log_x2, cx, mu = state
+    act = layer.activation
+    lsw2 = math.log(layer.sigma_w2)
+    lq = lsw2 + log_x2 if layer.sigma_b2 == 0 else \
+        float(np.logaddexp(lsw2 + log_x2, math.log(layer.sigma_b2)))
+    c = None
+    if cx is not None:
+        t = math.exp(lsw2 + log_x2 - lq)             # share of the weights in q^l
+        c = min(1.0, max(-1.0, t * cx + (1.0 - t)))
+    kernel = getattr(act, "scalar_kernel", None)
+    inside = _LQ_LO <= lq <= _LQ_HI
+    homogeneous = getattr(act, "homogeneous", False)
+    rho = None
+    if kernel is not None and (inside or homogeneous):
+        v, d, r = kernel(math.exp(lq) if inside else 1.0, c)
+        lv, ld = math.log(v) + (0.0 if inside else lq), math.log(d)
+        if c is not None:
+            rho = min(1.0, max(-1.0, r))
+    else:
+        lv, ld = _layer_moments(act, lq)
+        if c is not None:
+            qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
+            series = cache.get("mehler")
+            if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
+                coef = act.mehler_coefficients(qe)
+                series = (act, qe, None if coef is None else coef * coef)
+                cache["mehler"] = series
+            bk = series[2]
+            if bk is None or c == 1.0:
+                rho = float(_rho(act, qe, c))
+            else:                                      # Mehler: rho = sum a_k^2 c^k / sum a_k^2
+                rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
+    mu_out = None
+    if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
+        qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, _LQ_LO), _LQ_HI))
+        m = float(act.mean(qm))
+        mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
+    log_back = lsw2 + math.log(layer.width / n_in)
+    return Step(lq, c, (lv, rho, mu_out), ld, log_back)
+
+
 def _runs(layers) -> list[int]:
     """run_end[i]: one past the last layer of the run of identical rules that contains layer i."""
     L = len(layers)
@@ -128,90 +179,72 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
 
     ``q0``: input second moment ||x^0||^2 / N_0; ``c0``: correlation of a second input of the same
     norm (``None``: one input, no ``c``). Returns a :class:`Profile` with ``layers, q, log_q, c,
-    log_g, log_G``.
+    log_g, log_G``. Every layer kind supplies its own step (``layer.mean_field``; see
+    :mod:`signalprop.network`); the input has mean zero over its units.
 
-    Within a run of identical layers, once the per-layer increments of log q and log E[x^2], the
-    value of log E[phi'^2] and c repeat to a few ulps, the rest of the run is filled in with the
-    same increments (0 at a fixed point; the exact growth rate of a positively homogeneous map),
-    so deep profiles are cheap and stay exact to rounding.
+    Within a run of identical layers, once the per-layer increments of log q and log E[x^2] and
+    the values of the backward factors, c and the mean repeat to a few ulps, the rest of the run
+    is filled in with the same increments (0 at a fixed point; the exact growth rate of a
+    positively homogeneous map), so deep profiles are cheap and stay exact to rounding.
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     q0, c0 = _check_q0_c0(q0, c0)
     layers = network.layers
-    for i, layer in enumerate(layers):
-        if type(layer) is not Dense:
-            raise TypeError(f"layer {i + 1}: predict has no rule for {type(layer).__name__}")
     L = network.depth
+    widths = [int(w) for w in network.widths]
     run_end = _runs(layers)
+    cache = {"means": network.needs_mean}
     # plain Python lists in the loop (numpy scalars are slow there); arrays at the end
     log_q = [0.0] * L
     log_x2 = [0.0] * (L + 1)   # log_x2[i] = log E[(x^i)^2]; x^0 is the input
-    log_d = [0.0] * L          # log E[phi_l'(h^l)^2]
+    log_d = [0.0] * L          # log(g_t^l / g_x^l)
+    log_b = [0.0] * L          # log(g_x^{l-1} / g_t^l)
     c = [0.0] * L if c0 is not None else None
     log_x2[0] = math.log(q0)
-    cx = c0                    # correlation of the post-activations feeding the next layer
-    series = None              # (activation, q, Mehler coefficients a_k^2) of the last layer
+    state = (log_x2[0], c0, 0.0 if cache["means"] else None)
     i = 0
     while i < L:
-        layer = layers[i]
-        act = layer.activation
-        lsw2 = math.log(layer.sigma_w2)
-        lq = lsw2 + log_x2[i] if layer.sigma_b2 == 0 else \
-            float(np.logaddexp(lsw2 + log_x2[i], math.log(layer.sigma_b2)))
-        log_q[i] = lq
+        step = layers[i].mean_field(state, widths[i], cache)
+        log_q[i], log_d[i], log_b[i] = step.log_q, step.log_d, step.log_back
         if c is not None:
-            t = math.exp(lsw2 + log_x2[i] - lq)        # share of the weights in q^l
-            c[i] = min(1.0, max(-1.0, t * cx + (1.0 - t)))
-        kernel = getattr(act, "scalar_kernel", None)
-        inside = _LQ_LO <= lq <= _LQ_HI
-        if kernel is not None and (inside or getattr(act, "homogeneous", False)):
-            # closed forms in plain floats; a homogeneous map is evaluated at q = 1 and scaled
-            v, d, rho = kernel(math.exp(lq) if inside else 1.0, None if c is None else c[i])
-            log_x2[i + 1], log_d[i] = math.log(v) + (0.0 if inside else lq), math.log(d)
-            if c is not None:
-                cx = min(1.0, max(-1.0, rho))
-        else:
-            log_x2[i + 1], log_d[i] = _layer_moments(act, lq)
-            if c is not None:
-                qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-                if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
-                    coef = act.mehler_coefficients(qe)
-                    series = (act, qe, None if coef is None else coef * coef)
-                b = series[2]
-                if b is None or c[i] == 1.0:
-                    cx = float(_rho(act, qe, c[i]))
-                else:                                  # Mehler: rho = sum a_k^2 c^k / sum a_k^2
-                    cx = min(1.0, max(-1.0, float(b @ c[i] ** np.arange(b.size) / b.sum())))
+            c[i] = step.c
+        state = step.out
+        log_x2[i + 1] = state[0]
         i += 1
         end = run_end[i - 1]
         if 3 <= i < end and run_end[i - 3] == end:
             # the last three layers share the rule: steady state reached?
             k = i - 1
+            lq = log_q[k]
             tol = 2e-15 * max(1.0, abs(lq), abs(log_x2[i]))
             dq, dx = log_q[k] - log_q[k - 1], log_x2[k + 1] - log_x2[k]
             if (abs(dq - (log_q[k - 1] - log_q[k - 2])) <= tol
                     and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
                     and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
-                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)):
+                    and abs(log_b[k] - log_b[k - 1]) <= 2e-15 * max(1.0, abs(log_b[k]))
+                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)
+                    and (state[1] is None or abs(state[1] - cache.get("_prev_cx", 2.0)) <= 4e-16)
+                    and (state[2] is None or abs(state[2] - cache.get("_prev_mu", 2.0)) <= 4e-16)):
                 dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
                 for j in range(i, end):
                     n = j - k
                     log_q[j] = log_q[k] + n * dq
                     log_x2[j + 1] = log_x2[k + 1] + n * dx
-                    log_d[j] = log_d[k]
+                    log_d[j], log_b[j] = log_d[k], log_b[k]
                     if c is not None:
                         c[j] = c[k]
+                state = (log_x2[end], state[1], state[2])
                 i = end
-    log_q, log_x2, log_d = np.array(log_q), np.array(log_x2), np.array(log_d)
+        cache["_prev_cx"], cache["_prev_mu"] = state[1], state[2]
+    log_q, log_x2 = np.array(log_q), np.array(log_x2)
+    log_d, log_b = np.array(log_d), np.array(log_b)
     c = None if c is None else np.array(c)
-    widths = network.widths.astype(float)
 
-    # backward: log g^l = sum_{k=l}^{L-1} [log D_k + log(N_{k+1}/N_k) + log sigma_{w,k+1}^2]
-    lsw = np.log([la.sigma_w2 for la in layers])
-    terms = log_d[:-1] + np.log(widths[2:] / widths[1:-1]) + lsw[1:]
+    # backward: log g^l = sum_{k=l}^{L-1} [log_d_k + log_back_{k+1}]   (layers 1-based)
+    terms = log_d[:-1] + log_b[1:]
     log_g = np.zeros(L)
     log_g[:-1] = np.cumsum(terms[::-1])[::-1]
     log_G = log_g + log_x2[:-1]

@@ -1,22 +1,42 @@
 """The description of a network that theory (``predict``) and simulation (``simulate``) both read.
 
-A :class:`Network` is an input width ``N_0`` and a tuple of layers. A layer knows its own rules:
-how it maps the forward kernel (``mean_field``) and how it scales the backward gradient variance.
-Today there is one kind, :class:`Dense` (CONVENTIONS.md, "Fully connected network"):
+A :class:`Network` is an input width ``N_0`` and a tuple of layers. Every layer kind keeps its
+rules with it, so ``predict`` and ``simulate`` never test for a kind:
+
+* ``layer.width``: its output width ``N_l``; ``layer.check_input(n_in)`` rejects an input width
+  it cannot take (e.g. a residual block whose branch changes the width);
+* ``layer.mean_field(state, n_in, cache) -> Step`` (theory): from the mean-field state of its input
+  vector, ``state = (log q_x, c_x, mu_x)`` (log second moment per unit, correlation of the two
+  inputs or ``None``, and the mean per unit in units of ``sqrt(q_x)``, ``None`` when no layer
+  needs it), it returns the :class:`Step`: the tracked variable ``t^l`` whose ``q^l``, ``c^l``
+  and gradient ``g^l`` the profile reports, the state of its output, and two backward factors;
+* ``sampling.register(kind, engine)`` (simulation): its Monte Carlo samplers.
+
+The backward rules are two logarithmic factors per layer (mean field: gradient independence,
+Schoenholz et al. 2017 sec. 4):
+
+    g_t^l = g_x^l exp(log_d_l)          (tracked variable from the layer's output)
+    g_x^{l-1} = g_t^l exp(log_back_l)   (the layer's input from its tracked variable)
+
+so ``log g^l = log g^{l+1} + log_back_{l+1} + log_d_l`` with ``g^L = 1`` (the loss is
+``<v, t^L>``). ``G^l = g^l E[(x^{l-1})^2]`` for every kind (for layers without a weight matrix
+reading ``x^{l-1}`` it is the same product, no weight gradient implied).
+
+:class:`Dense` is CONVENTIONS.md's fully connected layer, tracked variable the pre-activation:
 
     h^l = W^l x^{l-1} + b^l,    x^l = phi_l(h^l),
     W^l_ij ~ N(0, sigma_w^2 / N_{l-1}) (gaussian; uniform with the same variance),
     W^l = sigma_w O, O Haar (semi-)orthogonal scaled so E[W_ij^2] = sigma_w^2 / N_{l-1} (orthogonal),
     b^l_i ~ N(0, sigma_b^2).
 
-Residual blocks, normalisation layers and recurrent cells are further layer kinds with the same
-two rules; ``predict`` and ``simulate`` do not change when one is added.
+Residual blocks (:mod:`signalprop.residual`) and normalisation layers (:mod:`signalprop.norm`)
+are further kinds with the same rules.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +45,17 @@ from .activations import Activation, activation
 
 _activation = activation
 
-__all__ = ["Dense", "Network", "mlp", "init_sigma_w2", "WEIGHTS", "INITS"]
+__all__ = ["Dense", "Nonlinearity", "Network", "Step", "mlp", "init_sigma_w2", "WEIGHTS", "INITS"]
+
+
+class Step(NamedTuple):
+    """One layer's mean-field step (see the module docstring)."""
+
+    log_q: float            # log q^l of the tracked variable t^l
+    c: Optional[float]      # c^l of t^l (None with one input)
+    out: tuple              # (log q_x, c_x, mu_x) of the output vector fed to layer l + 1
+    log_d: float            # log(g_t^l / g_x^l)
+    log_back: float         # log(g_x^{l-1} / g_t^l)
 
 WEIGHTS = ("gaussian", "orthogonal", "uniform")
 INITS = ("lecun", "he", "kaiming", "xavier", "glorot", "orthogonal")
@@ -71,10 +101,66 @@ class Dense:
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
 
-    def same_rule(self, other: "Dense") -> bool:
+    needs_mean = False
+
+    def same_rule(self, other) -> bool:
         """True when both layers map kernels identically (used to skip converged runs)."""
         return (type(other) is Dense and other.activation is self.activation
                 and other.sigma_w2 == self.sigma_w2 and other.sigma_b2 == self.sigma_b2)
+
+    def check_input(self, n_in: int) -> None:
+        """Any input width is fine for a fully connected layer."""
+
+    def with_width(self, width: int) -> "Dense":
+        return Dense(width, self.activation, self.sigma_w2, self.sigma_b2, self.weights)
+
+    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
+        """Poole et al. 2016 eqs. 3, 5; Schoenholz et al. 2017 eq. 14 (see meanfield.dense_step)."""
+        from .meanfield import dense_step
+        return dense_step(self, state, n_in, cache)
+
+
+@dataclass(frozen=True)
+class Nonlinearity:
+    """The activation alone, ``x^l = phi(x^{l-1})`` (no weights): with a linear :class:`Dense`
+    layer before it, ``Dense(linear) + Nonlinearity`` is ``Dense``, and a normalisation layer can
+    sit between the two (pre-activation placement). Like ``Dense``, its tracked variable is its
+    input (the pre-activation); the mean-field theory treats that input as a centred Gaussian,
+    which holds after a linear ``Dense`` layer and after a norm layer applied to one."""
+
+    width: int
+    activation: Activation
+
+    def __post_init__(self):
+        object.__setattr__(self, "width", check_int("width", self.width, 1))
+        if not isinstance(self.activation, Activation):
+            object.__setattr__(self, "activation", activation(self.activation))
+
+    needs_mean = False
+
+    def same_rule(self, other) -> bool:
+        return type(other) is Nonlinearity and other.activation is self.activation
+
+    def check_input(self, n_in: int) -> None:
+        if n_in != self.width:
+            raise ValueError(f"Nonlinearity keeps the width: it has width {self.width} but its "
+                             f"input has width {n_in}")
+
+    def with_width(self, width: int) -> "Nonlinearity":
+        return Nonlinearity(width, self.activation)
+
+    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
+        """The Dense step with sigma_w^2 = 1, sigma_b^2 = 0 and no weights: q^l = q_x, c^l = c_x."""
+        from .meanfield import dense_step
+        mu = state[2]
+        if mu is not None and abs(mu) > 1e-12:
+            raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
+                             f"after a linear Dense or a LayerNorm); its input has mean/rms {mu:.3g}")
+        return dense_step(_AS_DENSE(self), state, n_in, cache)
+
+
+def _AS_DENSE(layer: Nonlinearity) -> Dense:
+    return Dense(layer.width, layer.activation, 1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +175,21 @@ class Network:
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             raise ValueError("depth must be an integer >= 1, got a network with no layers")
+        n_in = self.input_width
+        for i, layer in enumerate(self.layers):
+            if not callable(getattr(layer, "mean_field", None)):
+                raise TypeError(f"layer {i + 1}: {type(layer).__name__} is not a signalprop layer "
+                                f"(Dense, Residual, LayerNorm, ...)")
+            try:
+                layer.check_input(n_in)
+            except ValueError as e:
+                raise ValueError(f"layer {i + 1}: {e}") from None
+            n_in = layer.width
+
+    @property
+    def needs_mean(self) -> bool:
+        """Whether some layer reads the mean of its input (mean-subtracting normalisation)."""
+        return any(layer.needs_mean for layer in self.layers)
 
     @property
     def depth(self) -> int:
@@ -103,8 +204,16 @@ class Network:
     def with_width(self, width: int) -> "Network":
         """The same network with every width (N_0..N_L) set to ``width``."""
         width = check_int("width", width, 1)
-        return Network(width, tuple(Dense(width, la.activation, la.sigma_w2, la.sigma_b2, la.weights)
-                                    for la in self.layers))
+        return Network(width, tuple(la.with_width(width) for la in self.layers))
+
+
+def require_dense(network: Network, what: str) -> None:
+    """ValueError unless every layer of ``network`` is :class:`Dense` (for the parts of the
+    package whose theory is that of fully connected networks only)."""
+    for i, layer in enumerate(network.layers):
+        if type(layer) is not Dense:
+            raise ValueError(f"{what} supports fully connected (Dense) layers only; layer {i + 1} "
+                             f"is {type(layer).__name__}")
 
 
 def _per_layer(name: str, value, depth: int) -> list:

@@ -2,23 +2,30 @@
 engines of :mod:`signalprop.simulate` (and of the Jacobian products of :mod:`signalprop.jacobian`).
 
 A *sampler* is bound to one layer and one engine. It draws the layer's random parameters for a
-batch of independent sample networks and offers the two products the engines need:
+batch of independent sample networks and offers what the engines need:
 
-    forward(x, rng)          -> (h, ctx)   h = W x + b for every input row of x
-    backward(delta, ctx, rng) -> W^T delta  (one gradient row per sample)
+    forward(x, rng)           -> (t, y, ctx)   t: the tracked variable (q_hat, c_hat are measured
+                                               on it), y: the output fed to the next layer
+    backward(gt, ctx, rng)    -> gx            gradient w.r.t. the layer's input from the gradient
+                                               w.r.t. its tracked variable
+    to_tracked(gy, ctx)       -> gt            gradient w.r.t. the tracked variable from the
+                                               gradient w.r.t. the output
 
-``x`` has shape ``(S, k, N_{l-1})`` (S sample networks, k = 1 or 2 inputs), ``h`` has shape
-``(S, k, N_l)``, ``delta`` has shape ``(S, N_l)``. ``ctx`` is whatever the backward product needs
-(the weights for the dense engine, O(N) vectors for the matrix-free one). ``rng`` is a
-:class:`Streams`: one numpy Generator per sample, so every sample consumes its own random numbers
-in a fixed order whatever the batch size (the engines' reproducibility rests on this). Forward
-draws come from the sample's forward stream, backward draws (matrix-free only) from its backward
-stream.
+``x`` has shape ``(S, k, N_{l-1})`` (S sample networks, k inputs), ``t`` and ``y`` have shape
+``(S, k, N_l)``. Gradients have shape ``(S, N)`` (input a only) or ``(S, kd, N)`` when a layer
+couples the inputs (``couples_inputs = True``, batch normalisation): then all k rows are carried.
+``ctx`` is whatever the backward products need (the weights for the dense engine, O(N) vectors
+for the matrix-free one). ``rng`` is a :class:`Streams`: one numpy Generator per sample, so every
+sample consumes its own random numbers in a fixed order whatever the batch size (the engines'
+reproducibility rests on this). Forward draws come from the sample's forward stream, backward
+draws (matrix-free only) from its backward stream.
 
 Adding a layer kind (residual, normalisation, ...) means writing its samplers and registering
 them with :func:`register`; the engines dispatch on ``(type(layer), engine)`` and do not change.
 
-Two engines exist for :class:`~signalprop.network.Dense` layers.
+A :class:`~signalprop.network.Dense` layer is a linear sampler (``h = W x + b``; ``forward(x)
+-> (h, ctx)``, ``backward(delta) -> W^T delta``) followed by the activation (:class:`DenseRule`).
+Two engines exist for its linear part.
 
 **dense**: the weight matrix is drawn in full (CONVENTIONS.md, "Fully connected network"):
 gaussian ``W_ij ~ N(0, sigma_w^2/N_{l-1})``; uniform ``W_ij ~ U(-a, a)`` with
@@ -42,9 +49,9 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from .network import Dense
+from .network import Dense, Nonlinearity
 
-__all__ = ["Streams", "register", "sampler", "DenseSampler", "MatrixFreeGaussian",
+__all__ = ["Streams", "register", "sampler", "DenseRule", "DenseSampler", "MatrixFreeGaussian",
            "MatrixFreeOrthogonal", "ENGINES"]
 
 ENGINES = ("dense", "matrix-free")
@@ -185,7 +192,55 @@ def _span(c: np.ndarray, U: np.ndarray) -> np.ndarray:
 # dense engine
 
 
-@register(Dense, "dense")
+class DenseRule:
+    """A :class:`~signalprop.network.Dense` layer in the engines: its linear sampler
+    (``h = W x + b``), then ``x^l = phi(h)``. The tracked variable is ``h``;
+    ``to_tracked`` multiplies by ``phi'(h)`` (CONVENTIONS.md, "Backward")."""
+
+    couples_inputs = False
+
+    def __init__(self, linear, activation):
+        self.linear, self.act = linear, activation
+        self.n_in, self.n_out, self.engine = linear.n_in, linear.n_out, linear.engine
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return self.linear.ctx_nbytes(k, itemsize) + k * self.n_out * itemsize
+
+    def forward(self, x: np.ndarray, rng: Streams):
+        h, ctx = self.linear.forward(x, rng)
+        return h, np.asarray(self.act.phi(h), dtype=x.dtype), (ctx, h)
+
+    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        return self.linear.backward(gt, ctx[0], rng)
+
+    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
+        h = ctx[1]
+        h = np.ascontiguousarray(h[:, 0]) if gy.ndim == 2 else h[:, :gy.shape[1]]
+        return np.asarray(self.act.dphi(h), dtype=gy.dtype) * gy
+
+
+class _Identity:
+    """The linear part of a :class:`~signalprop.network.Nonlinearity`: none."""
+
+    def __init__(self, n: int, engine: str):
+        self.n_in = self.n_out = n
+        self.engine = engine
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return 0
+
+    def forward(self, x, rng):
+        return x, None
+
+    def backward(self, delta, ctx, rng):
+        return delta
+
+
+for _engine in ENGINES:
+    register(Nonlinearity, _engine)(
+        lambda layer, n_in, _e=_engine: DenseRule(_Identity(n_in, _e), layer.activation))
+
+
 class DenseSampler:
     """Dense sampling of a :class:`~signalprop.network.Dense` layer: the full ``N_l x N_{l-1}``
     weight matrix per sample (gaussian, uniform or Haar (semi-)orthogonal), then ``h = W x + b``.
@@ -244,7 +299,7 @@ class DenseSampler:
 
     def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:
         M, c = ctx
-        out = np.matmul(delta[:, None, :], M)[:, 0, :]
+        out = np.matmul(delta, M) if delta.ndim == 3 else np.matmul(delta[:, None, :], M)[:, 0, :]
         if c != 1.0:
             out *= delta.dtype.type(c)
         return out
@@ -416,12 +471,17 @@ class MatrixFreeOrthogonal:
         return out
 
 
+@register(Dense, "dense")
+def _dense_dense(layer: Dense, n_in: int) -> DenseRule:
+    return DenseRule(DenseSampler(layer, n_in), layer.activation)
+
+
 @register(Dense, "matrix-free")
-def _matrix_free_dense(layer: Dense, n_in: int):
+def _matrix_free_dense(layer: Dense, n_in: int) -> DenseRule:
     if layer.weights == "gaussian":
-        return MatrixFreeGaussian(layer, n_in)
+        return DenseRule(MatrixFreeGaussian(layer, n_in), layer.activation)
     if layer.weights == "orthogonal":
-        return MatrixFreeOrthogonal(layer, n_in)
+        return DenseRule(MatrixFreeOrthogonal(layer, n_in), layer.activation)
     raise ValueError(f"engine='matrix-free' supports gaussian and orthogonal weights, not "
                      f"{layer.weights!r} (its conditional law given W x is not rotation invariant); "
                      "use engine='dense'")

@@ -20,11 +20,13 @@ error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)
 renormalised at every layer and their scale is carried as a logarithm, so ``log_g`` does not
 under- or overflow at any depth; the forward pass is not rescaled (``q`` is a float).
 
-Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly, ``x_a = sqrt(q0) (1, ..., 1)`` and,
-with ``c0``, ``x_b = c0 x_a + sqrt(1 - c0^2) sqrt(q0) e`` where ``e`` is the alternating-sign
-vector made orthogonal to ``(1, ..., 1)`` and scaled to ``||e||^2 = N_0``. (Gaussian and
-orthogonal weights are rotation invariant, so only the norms and the inner product matter; for
-uniform weights the all-ones direction keeps the first layer close to Gaussian.)
+Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly and mean zero over their units (the
+theory's convention; it matters to mean-subtracting normalisation layers): ``x_a = sqrt(q0)
+(1, -1, 1, ...)`` (the alternating signs, centred when ``N_0`` is odd) and, with ``c0``, further
+inputs of pairwise correlation ``c0`` built from ``x_a`` and the cosine vectors
+``cos(pi i (j + 1/2) / N_0)`` (:func:`network_inputs`). Gaussian and orthogonal weights are
+rotation invariant, so only the norms and inner products matter; for uniform weights entries of
+equal magnitude keep the first layer close to Gaussian.
 
 Engines: ``dense`` draws every weight matrix; ``matrix-free`` samples the same joint law of all
 ``(h^l, delta^l)`` with O(N) work per layer (:mod:`signalprop.sampling` has the construction and
@@ -108,21 +110,44 @@ def sample_streams(root: np.random.SeedSequence, start: int, stop: int, pool=Non
     return Streams(fwd), Streams(bwd)
 
 
-def network_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None) -> np.ndarray:
-    """The fixed input vectors, shape ``(k, n0)``: ``x_a`` and (with ``c0``) ``x_b`` (module doc)."""
-    xa = np.full(n0, math.sqrt(q0))
-    if c0 is None:
-        return xa[None, :]
-    c0 = float(c0)
-    if abs(c0) == 1.0:
-        return np.stack([xa, c0 * xa])
-    if n0 < 2:
-        raise ValueError(f"two inputs with |c0| < 1 need an input width >= 2, got {n0}")
-    e = np.where(np.arange(n0) % 2 == 0, 1.0, -1.0)
-    e -= e.mean()
-    e *= math.sqrt(n0) / np.linalg.norm(e)
-    xb = c0 * xa + math.sqrt(1.0 - c0 * c0) * math.sqrt(q0) * e
-    return np.stack([xa, xb])
+def network_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None,
+                   k: Optional[int] = None) -> np.ndarray:
+    """The fixed input vectors, shape ``(k, n0)`` (module doc): ``k`` vectors (default 1 without
+    ``c0``, 2 with it) of second moment ``q0``, pairwise correlation ``c0`` and mean zero over
+    their units (``n0 >= k + 1`` needed for that; with fewer units the mean is not removed)."""
+    if k is None:
+        k = 1 if c0 is None else 2
+    j = np.arange(n0)
+    s = np.where(j % 2 == 0, 1.0, -1.0)                       # x_a: alternating signs
+    if c0 is not None and float(c0) == 1.0 or k == 1:
+        xa = math.sqrt(q0 * n0) * _unit(s, [np.ones(n0)] if n0 >= 2 else [])
+        return np.repeat(xa[None, :], k, axis=0)
+    c0 = 0.0 if c0 is None else float(c0)
+    if k == 2 and c0 == -1.0:
+        xa = math.sqrt(q0 * n0) * _unit(s, [np.ones(n0)] if n0 >= 2 else [])
+        return np.stack([xa, -xa])
+    if n0 < k:
+        raise ValueError(f"{k} inputs with |c0| < 1 need an input width >= {k}, got {n0}")
+    if c0 < -1.0 / (k - 1):
+        raise ValueError(f"c0 must be >= -1/(k-1) = {-1.0 / (k - 1):.6g} for {k} inputs with equal "
+                         f"pairwise correlation, got {c0}")
+    # an orthonormal frame: x_a's alternating signs, then the cosine vectors
+    # cos(pi i (j + 1/2) / n0), i = 1, 2, ..., all made orthogonal to (1, ..., 1) when there is room
+    basis = [np.ones(n0)] if n0 >= k + 1 else []
+    frame = [_unit(s, basis)]
+    for i in range(1, k):
+        frame.append(_unit(np.cos(np.pi * i * (j + 0.5) / n0), basis + frame))
+    gram = q0 * n0 * ((1.0 - c0) * np.eye(k) + c0 * np.ones((k, k)))
+    return np.linalg.cholesky(gram) @ np.stack(frame)
+
+
+def _unit(v: np.ndarray, against: list) -> np.ndarray:
+    """``v`` made orthogonal to the vectors ``against`` (twice, for accuracy) and normalised."""
+    v = np.array(v, float)
+    for _ in range(2):
+        for u in against:
+            v -= (u @ v) / (u @ u) * u
+    return v / np.linalg.norm(v)
 
 
 def _check_args(network, samples, engine, q0, c0, dtype, chunk, workers, max_memory):
@@ -165,10 +190,10 @@ class _Job:
         widths = network.widths
         self.network, self.engine, self.dtype, self.root = network, engine, dtype, root
         self.rules = [sampler(layer, int(widths[i]), engine) for i, layer in enumerate(network.layers)]
-        self.acts = [layer.activation for layer in network.layers]
         self.widths = [int(w) for w in widths]
         self.X0 = X0.astype(dtype)
         self.k = X0.shape[0]
+        self.kd = self.k if any(r.couples_inputs for r in self.rules) else 1
         self.L = network.depth
         self.max_memory = max_memory
         self._pool: list = []
@@ -193,9 +218,6 @@ class _Job:
         avail = self.max_memory / S - self.work
         return int(min(self.L, max(1, avail // max(self.per_layer))))
 
-    def _phi(self, l, h):
-        return np.asarray(self.acts[l].phi(h), dtype=self.dtype)
-
     def run(self, start: int, stop: int) -> dict:
         """Per-sample estimators of samples ``start..stop-1`` (arrays of shape (S, L))."""
         S, L, k, dt = stop - start, self.L, self.k, self.dtype
@@ -203,7 +225,7 @@ class _Job:
             self._pool.append(np.random.Generator(np.random.PCG64(0)))
         fwd, bwd = sample_streams(self.root, start, stop, self._pool)
         q = np.empty((S, L))
-        c = np.empty((S, L)) if k == 2 else None
+        c = np.empty((S, L)) if k >= 2 else None
         lx2 = np.empty((S, L))
         lg = np.empty((S, L))
         m = self.segment_length(S)
@@ -211,56 +233,53 @@ class _Job:
         last = nseg - 1
         ckpt, store = [], {}
         x = np.array(np.broadcast_to(self.X0, (S,) + self.X0.shape))
-        h_prev = None
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for l in range(L):
                 seg = l // m
                 if l % m == 0:
-                    ckpt.append((x, h_prev, fwd.get_state() if seg < last else None))
+                    ckpt.append((x, fwd.get_state() if seg < last else None))
                 n_in, n_out = self.widths[l], self.widths[l + 1]
-                xa = x[:, 0]
-                lx2[:, l] = np.log(_sq(xa) / n_in)
-                h, ctx = self.rules[l].forward(x, fwd)
-                ha = np.ascontiguousarray(h[:, 0])
-                qa = _sq(ha)
+                lx2[:, l] = np.log(_sq(x[:, 0]) / n_in)
+                t, x, ctx = self.rules[l].forward(x, fwd)
+                ta = np.ascontiguousarray(t[:, 0])
+                qa = _sq(ta)
                 q[:, l] = qa / n_out
-                if k == 2:
-                    hb = h[:, 1]
-                    qb = _sq(hb)
-                    c[:, l] = np.sum(ha * hb, axis=-1, dtype=np.float64) / np.sqrt(qa * qb)
+                if c is not None:
+                    tb = t[:, 1]
+                    c[:, l] = np.sum(ta * tb, axis=-1, dtype=np.float64) / np.sqrt(qa * _sq(tb))
                 if seg == last:
-                    store[l] = (ha, ctx)
-                h_prev = ha
-                x = self._phi(l, h)
-            del x, h, ctx
-            # backward: delta^L = v, then delta^{l-1} = phi'(h^{l-1}) * (W^l)^T delta^l
-            delta = bwd.normal((self.widths[-1],), dt)
+                    store[l] = ctx
+            del x, t, ctx
+            # backward: the loss <v, t^L_a>; gt^l = to_tracked_l(backward_{l+1}(gt^{l+1}))
+            v = bwd.normal((self.widths[-1],), dt)
+            if self.kd > 1:
+                gt = np.zeros((S, self.kd, self.widths[-1]), dtype=dt)
+                gt[:, 0] = v
+            else:
+                gt = v
+            gx = None                   # gradient w.r.t. x^l waiting for layer l's ctx
             lscale = np.zeros(S)
             for si in range(last, -1, -1):
                 l0, l1 = si * m, min(L, (si + 1) * m)
-                xs, hp, state = ckpt[si]
+                xs, state = ckpt[si]
                 if si != last:
                     fwd.set_state(state)
                     xx = xs
                     for l in range(l0, l1):
-                        h, ctx = self.rules[l].forward(xx, fwd)
-                        store[l] = (np.ascontiguousarray(h[:, 0]), ctx)
-                        xx = self._phi(l, h)
-                    del xx, h, ctx
+                        _, xx, store[l] = self.rules[l].forward(xx, fwd)
+                    del xx
                 for l in range(l1 - 1, l0 - 1, -1):
-                    ha, ctx = store.pop(l)
-                    n2 = _sq(delta)
-                    lg[:, l] = np.log(n2 / self.widths[l + 1]) + 2.0 * lscale
+                    ctx = store.pop(l)
+                    if gx is not None:
+                        gt = self.rules[l].to_tracked(gx, ctx)
+                        s = np.sqrt(_sq(gt.reshape(S, -1)) / self.widths[l + 1])
+                        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+                        gt /= s.reshape((S,) + (1,) * (gt.ndim - 1)).astype(dt)
+                        lscale += np.log(s)
+                    lg[:, l] = np.log(_sq(gt.reshape(S, -1)) / self.widths[l + 1]) + 2.0 * lscale
                     if l == 0:
                         break
-                    y = self.rules[l].backward(delta, ctx, bwd)
-                    hprev = store[l - 1][0] if l - 1 >= l0 else hp
-                    delta = np.asarray(self.acts[l - 1].dphi(hprev), dtype=dt) * y
-                    n2 = _sq(delta)
-                    s = np.sqrt(n2 / self.widths[l])
-                    s = np.where((s > 0) & np.isfinite(s), s, 1.0)
-                    delta /= s[:, None].astype(dt)
-                    lscale += np.log(s)
+                    gx = self.rules[l].backward(gt, ctx, bwd)
                 ckpt[si] = None
         out = {"q": q, "log_g": lg, "log_x2": lx2}
         if c is not None:

@@ -198,7 +198,8 @@ def test_matrix_free_gradient_needs_the_conditioning_term():
 
     key = (sampling.Dense, "matrix-free")
     old = sampling._REGISTRY[key]
-    sampling._REGISTRY[key] = lambda layer, n: Independent(layer, n)
+    sampling._REGISTRY[key] = lambda layer, n: sampling.DenseRule(Independent(layer, n),
+                                                                    layer.activation)
     try:
         wrong = simulate(net, S, 4, engine="matrix-free")
     finally:

@@ -1,0 +1,208 @@
+"""Residual blocks: ``x^l = alpha x^{l-1} + beta F_l(x^{l-1})``, in theory and simulation.
+
+``F_l`` (the *branch*) is any stack of layers (``Dense``, normalisation layers, even residual
+blocks) that maps the width back to itself; ``alpha``, ``beta`` are constants of the block
+(depth-dependent scalings such as ``beta = 1/sqrt(L)`` or ReZero's ``beta = 0`` are values the
+constructor :func:`resnet` sets per block). The tracked variable of a block is its output, the
+residual stream ``x^l``: ``q^l = ||x^l||^2 / N``, ``g^l = E[(d loss / d x^l_i)^2]``.
+
+Mean field (Yang & Schoenholz 2017, "Mean field residual networks: on the edge of chaos", sec. 3,
+the recursions of their full residual network ``x^l = V phi(W x^{l-1} + b) + a + x^{l-1}``, with
+the branch and skip scalings of Hayou et al. 2021, "Stable ResNet", AISTATS, eq. 1): the stream
+and the branch output are uncorrelated unit by unit except through their means (the branch's
+first weights are independent of the stream), so with ``q_F``, ``c_F``, ``m_F`` the branch's
+output kernel and mean,
+
+    q^l  = alpha^2 q^{l-1} + beta^2 q_F + 2 alpha beta m^{l-1} m_F
+    q^l c^l = alpha^2 q^{l-1} c^{l-1} + beta^2 q_F c_F + 2 alpha beta m^{l-1} m_F
+    m^l  = alpha m^{l-1} + beta m_F,
+
+and backward (gradient independence; the cross term ``2 alpha beta E<delta, J_F^T delta>``
+vanishes because ``J_F`` has zero-mean weights independent of ``delta``)
+
+    g^{l-1} = g^l (alpha^2 + beta^2 kappa_F),   kappa_F = prod over the branch of its layers'
+    factors exp(log_d + log_back) (for YS's branch: sigma_v^2 sigma_w^2 E[phi'(h)^2]).
+
+Monte Carlo: the branch layers' own samplers (dense or matrix-free), composed; the block's
+backward product is ``alpha delta + beta J_F^T delta``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ._validate import check_int
+from .network import Dense, Network, Step, _per_layer, mlp
+from .sampling import ENGINES, Streams, register, sampler
+
+__all__ = ["Residual", "resnet"]
+
+
+def _check_scale(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number >= 0, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A residual block ``x^l = alpha x^{l-1} + beta F(x^{l-1})``; ``F`` = the layers of ``branch``
+    applied in order. ``alpha``, ``beta``: finite numbers >= 0 (``beta = 0``: ReZero / SkipInit
+    at initialisation)."""
+
+    branch: tuple
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    def __post_init__(self):
+        branch = tuple(self.branch) if isinstance(self.branch, (list, tuple)) else (self.branch,)
+        if not branch:
+            raise ValueError("branch must hold at least one layer")
+        for la in branch:
+            if not callable(getattr(la, "mean_field", None)):
+                raise TypeError(f"branch layers must be signalprop layers, got {type(la).__name__}")
+        object.__setattr__(self, "branch", branch)
+        object.__setattr__(self, "alpha", _check_scale("alpha", self.alpha))
+        object.__setattr__(self, "beta", _check_scale("beta", self.beta))
+
+    needs_mean = True     # the stream's mean meets the branch's (2 alpha beta m m_F)
+
+    @property
+    def width(self) -> int:
+        return self.branch[-1].width
+
+    def check_input(self, n_in: int) -> None:
+        n = n_in
+        for j, la in enumerate(self.branch):
+            la.check_input(n)
+            n = la.width
+        if n != n_in:
+            raise ValueError(f"the residual block's branch maps width {n_in} to {n}; the skip path "
+                             f"needs equal widths (add a projection: a branch ending at width {n_in})")
+
+    def with_width(self, width: int) -> "Residual":
+        return Residual(tuple(la.with_width(width) for la in self.branch), self.alpha, self.beta)
+
+    def same_rule(self, other) -> bool:
+        return (type(other) is Residual and other.alpha == self.alpha and other.beta == self.beta
+                and len(other.branch) == len(self.branch)
+                and all(a.same_rule(b) for a, b in zip(self.branch, other.branch)))
+
+    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
+        """Yang & Schoenholz 2017 sec. 3 (module docstring)."""
+        lq, c, mu = state
+        st, n, log_kappa = state, n_in, 0.0
+        for la in self.branch:
+            step = la.mean_field(st, n, cache)
+            log_kappa += step.log_d + step.log_back
+            st, n = step.out, la.width
+        lqF, cF, muF = st
+        a2, b2 = self.alpha ** 2, self.beta ** 2
+        qx, qF = math.exp(lq), math.exp(lqF)
+        mm = 2.0 * self.alpha * self.beta * math.sqrt(qx * qF) * (mu or 0.0) * (muF or 0.0)
+        if a2 == 0.0 and b2 == 0.0:
+            raise ValueError("a residual block with alpha = beta = 0 outputs zero")
+        # log q^l, kept exact when q spans many decades (log-sum-exp of the positive terms)
+        terms = [t for t in (math.log(a2) + lq if a2 else None, math.log(b2) + lqF if b2 else None)
+                 if t is not None]
+        top = max(terms)
+        s = sum(math.exp(t - top) for t in terms) + mm / math.exp(top)
+        lq_out = top + math.log(s)
+        q_out = math.exp(lq_out)
+        c_out = None
+        if c is not None:
+            c_out = (a2 * qx * c + b2 * qF * cF + mm) / q_out
+            c_out = min(1.0, max(-1.0, c_out))
+        mu_out = None
+        if mu is not None and muF is not None:
+            mu_out = (self.alpha * math.sqrt(qx) * mu + self.beta * math.sqrt(qF) * muF) / math.sqrt(q_out)
+        log_back = math.log(a2 + b2 * math.exp(log_kappa)) if (a2 or b2 * math.exp(log_kappa)) \
+            else -math.inf
+        return Step(lq_out, c_out, (lq_out, c_out, mu_out), 0.0, log_back)
+
+
+class ResidualRule:
+    """Monte Carlo of a :class:`Residual` block: the branch's samplers composed; tracked variable
+    = output; backward ``alpha gt + beta J_F^T gt``."""
+
+    def __init__(self, block: Residual, n_in: int, engine: str):
+        self.block, self.engine = block, engine
+        self.rules, n = [], n_in
+        for la in block.branch:
+            self.rules.append(sampler(la, n, engine))
+            n = la.width
+        self.n_in, self.n_out = n_in, block.width
+        self.alpha, self.beta = block.alpha, block.beta
+        self.couples_inputs = any(r.couples_inputs for r in self.rules)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return sum(r.ctx_nbytes(k, itemsize) + r.n_out * k * itemsize for r in self.rules)
+
+    def forward(self, x: np.ndarray, rng: Streams):
+        st, ctxs = x, []
+        for r in self.rules:
+            _, st, ctx = r.forward(st, rng)
+            ctxs.append(ctx)
+        dt = x.dtype.type
+        y = st * dt(self.beta) if self.beta != 1.0 else st.copy()
+        if self.alpha != 0.0:
+            y += x * dt(self.alpha) if self.alpha != 1.0 else x
+        return y, y, ctxs
+
+    def backward(self, gt: np.ndarray, ctxs, rng: Streams) -> np.ndarray:
+        dt = gt.dtype.type
+        g = gt * dt(self.beta)
+        for r, ctx in zip(self.rules[::-1], ctxs[::-1]):
+            g = r.backward(r.to_tracked(g, ctx), ctx, rng)
+        if self.alpha != 0.0:
+            g += gt * dt(self.alpha)
+        return g
+
+    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
+        return gy
+
+
+for _engine in ENGINES:
+    register(Residual, _engine)(lambda block, n_in, _e=_engine: ResidualRule(block, n_in, _e))
+
+
+def resnet(depth: int, width: int = 1000, activation="relu", *, branch_depth: int = 2,
+           alpha: Union[float, Sequence[float]] = 1.0, beta: Union[float, Sequence[float]] = 1.0,
+           sigma_w2: float = 1.0, sigma_b2: float = 0.0, init: Optional[str] = None,
+           weights: Optional[str] = None, norm: Optional[str] = None) -> Network:
+    """A residual network of ``depth`` blocks of constant ``width``.
+
+    Each block is ``x^l = alpha x^{l-1} + beta F(x^{l-1})`` with the branch
+    ``branch_depth = 1``: ``F(x) = phi(W x + b)``;
+    ``branch_depth = 2``: ``F(x) = V phi(W x + b) + a`` (Yang & Schoenholz 2017's full residual
+    network), ``V`` a linear Dense layer with the same ``sigma_w2``, ``sigma_b2``;
+    deeper branches: ``branch_depth - 1`` activated Dense layers then a linear one.
+    ``alpha``, ``beta``: one value or one per block (e.g. ``beta = 1/np.sqrt(depth)``; ``beta = 0``
+    for ReZero/SkipInit). ``init`` / ``weights``: as in :func:`~signalprop.network.mlp`, for the
+    branch layers. ``norm``: ``None``, ``"layer"`` or ``"rms"`` -- a normalisation layer at the
+    start of every branch (the "pre-norm" placement of transformers); post-norm networks
+    (``LN(x + F(x))``) are built by interleaving :class:`~signalprop.norm.LayerNorm` layers.
+    """
+    from .norm import LayerNorm, RMSNorm
+
+    depth = check_int("depth", depth, 1)
+    width = check_int("width", width, 1)
+    branch_depth = check_int("branch_depth", branch_depth, 1)
+    if norm not in (None, "layer", "rms"):
+        raise ValueError(f"norm must be None, 'layer' or 'rms', got {norm!r}")
+    alphas = _per_layer("alpha", alpha, depth)
+    betas = _per_layer("beta", beta, depth)
+    acts = [activation] * (branch_depth - 1) + ["linear"] if branch_depth > 1 else [activation]
+    template = mlp(branch_depth, width, acts, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init,
+                   weights=weights).layers
+    head = () if norm is None else ((LayerNorm if norm == "layer" else RMSNorm)(width),)
+    blocks = tuple(Residual(head + template, alphas[i], betas[i]) for i in range(depth))
+    return Network(width, blocks)
