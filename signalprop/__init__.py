@@ -1,8 +1,9 @@
 """signalprop: signal propagation in randomly initialised deep networks.
 
 Mean-field theory (``predict``, ``fixed_point``, ``critical_sigma_w2``, ``phase_diagram``) and
-Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, ``Network``,
-``Dense``); ``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
+Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, ``resnet``,
+``Network`` of ``Dense``, ``Residual``, ``LayerNorm``, ``RMSNorm``, ``Nonlinearity`` layers);
+``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
 """
 
 from .activations import Activation, activation, activations, normalising_constants
@@ -13,7 +14,9 @@ from .finite import (DeadNetwork, FiniteWidthProfile, LogNormalLaw, dead_probabi
 from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
 from .meanfield import (correlation_map, critical_sigma_w2, fixed_point, length_map, phase_diagram,
                         predict, trainable_depth)
-from .network import Dense, Network, init_sigma_w2, mlp
+from .network import Dense, Network, Nonlinearity, init_sigma_w2, mlp
+from .norm import LayerNorm, RMSNorm
+from .residual import Residual, resnet
 from .results import FixedPoint, PhaseDiagram, Profile
 from .simulate import simulate
 from .spectrum import Isometry, Spectrum, isometry, spectrum
@@ -22,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "activation", "activations", "normalising_constants",
-    "Dense", "Network", "mlp", "init_sigma_w2",
+    "Dense", "Nonlinearity", "Network", "mlp", "init_sigma_w2",
+    "Residual", "resnet", "LayerNorm", "RMSNorm",
     "predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
     "length_map", "correlation_map",
     "Profile", "FixedPoint", "PhaseDiagram",

@@ -1004,7 +1004,8 @@ def _check_network(network) -> None:
                         f"got {type(network).__name__}")
     for i, la in enumerate(network.layers):
         if type(la) is not Dense:
-            raise TypeError(f"layer {i + 1}: finite-width laws have no rule for {type(la).__name__}")
+            raise ValueError(f"layer {i + 1}: finite-width laws are not supported for "
+                             f"{type(la).__name__} layers (only Dense)")
         if la.weights != "gaussian":
             raise ValueError(f"layer {i + 1} has {la.weights} weights: the finite-width laws are "
                              "derived for gaussian weights (chi-square structure); use "

@@ -105,27 +105,26 @@ class Residual:
             log_kappa += step.log_d + step.log_back
             st, n = step.out, la.width
         lqF, cF, muF = st
-        a2, b2 = self.alpha ** 2, self.beta ** 2
-        qx, qF = math.exp(lq), math.exp(lqF)
-        mm = 2.0 * self.alpha * self.beta * math.sqrt(qx * qF) * (mu or 0.0) * (muF or 0.0)
-        if a2 == 0.0 and b2 == 0.0:
+        if self.alpha == 0.0 and self.beta == 0.0:
             raise ValueError("a residual block with alpha = beta = 0 outputs zero")
-        # log q^l, kept exact when q spans many decades (log-sum-exp of the positive terms)
-        terms = [t for t in (math.log(a2) + lq if a2 else None, math.log(b2) + lqF if b2 else None)
-                 if t is not None]
-        top = max(terms)
-        s = sum(math.exp(t - top) for t in terms) + mm / math.exp(top)
+        # logs of the positive terms (alpha^2 q, beta^2 q_F), so tiny scalings do not underflow
+        la2 = 2.0 * math.log(self.alpha) if self.alpha > 0 else -math.inf
+        lb2 = 2.0 * math.log(self.beta) if self.beta > 0 else -math.inf
+        ta, tb = la2 + lq, lb2 + lqF
+        top = max(ta, tb)
+        mm = 0.0                                       # 2 alpha beta m m_F / exp(top)
+        if mu and muF and self.alpha > 0 and self.beta > 0:
+            mm = 2.0 * mu * muF * math.exp(0.5 * (ta + tb) - top)
+        s = math.exp(ta - top) + math.exp(tb - top) + mm
         lq_out = top + math.log(s)
-        q_out = math.exp(lq_out)
         c_out = None
         if c is not None:
-            c_out = (a2 * qx * c + b2 * qF * cF + mm) / q_out
+            c_out = (c * math.exp(ta - top) + cF * math.exp(tb - top) + mm) / s
             c_out = min(1.0, max(-1.0, c_out))
         mu_out = None
         if mu is not None and muF is not None:
-            mu_out = (self.alpha * math.sqrt(qx) * mu + self.beta * math.sqrt(qF) * muF) / math.sqrt(q_out)
-        log_back = math.log(a2 + b2 * math.exp(log_kappa)) if (a2 or b2 * math.exp(log_kappa)) \
-            else -math.inf
+            mu_out = (mu * math.exp(0.5 * (ta - top)) + muF * math.exp(0.5 * (tb - top))) / math.sqrt(s)
+        log_back = float(np.logaddexp(la2, lb2 + log_kappa))
         return Step(lq_out, c_out, (lq_out, c_out, mu_out), 0.0, log_back)
 
 

@@ -99,8 +99,9 @@ def _check_network(network):
                         f"got {type(network).__name__}")
     for i, layer in enumerate(network.layers):
         if type(layer) is not Dense:
-            raise TypeError(f"layer {i + 1}: spectrum has no free-probability factor for "
-                            f"{type(layer).__name__} layers (only Dense)")
+            raise ValueError(f"layer {i + 1}: spectrum is not supported for {type(layer).__name__} "
+                             f"layers (only Dense): a residual Jacobian I + beta J_F is not a "
+                             f"product of freely independent factors")
         if layer.weights not in WEIGHT_LAWS:
             raise ValueError(f"layer {i + 1}: no S-transform is implemented for "
                                       f"weights={layer.weights!r}; known: {', '.join(WEIGHT_LAWS)}")
