@@ -100,27 +100,94 @@ def sigma_w2_from(args: argparse.Namespace, fan_in: int = 1, fan_out: int = 1) -
 def add_network_options(p: argparse.ArgumentParser, *, depth: int = 50, width: int = 1000,
                         sigma_w2: float = 1.0, sigma_b2: float = 0.0, activation_name: str = "tanh",
                         c0: Optional[float] = None) -> None:
-    """Everything :func:`mlp` and :func:`predict` take: activation, weights, depth, width, q0, c0."""
+    """Everything :func:`mlp`, :func:`resnet` and :func:`predict` take: activation, weights, depth,
+    width, architecture (residual blocks, normalisation), q0, c0."""
     add_activation_options(p, activation_name)
     add_weight_options(p, sigma_w2=sigma_w2, sigma_b2=sigma_b2)
     p.add_argument("--depth", type=int, default=depth, metavar="L",
-                   help=f"number of layers L (default: {depth})")
+                   help=f"number of layers (residual blocks with --residual) L (default: {depth})")
     p.add_argument("--width", type=int, default=width, metavar="N",
                    help=f"width of every layer N_0..N_L (default: {width})")
+    p.add_argument("--residual", action="store_true",
+                   help="residual blocks x + beta F(x) (signalprop.resnet) instead of plain layers")
+    p.add_argument("--branch-depth", type=int, default=2, metavar="K",
+                   help="Dense layers per residual branch, the last one linear when K >= 2 (default: 2)")
+    p.add_argument("--branch-scale", default="1", metavar="BETA",
+                   help="residual branch scale beta: a number >= 0 or '1/sqrt(L)' (default: 1)")
+    p.add_argument("--norm", default=None, choices=("layer", "rms"),
+                   help="normalisation: after every layer (plain) or at the head of every "
+                        "residual branch (pre-norm) (default: none)")
     p.add_argument("--q0", type=float, default=1.0, help="input second moment ||x||^2/N_0 (default: 1)")
     p.add_argument("--c0", type=float, default=c0,
                    help="correlation of a second input, in [-1, 1] (default: "
                         + ("one input, no c" if c0 is None else str(c0)) + ")")
 
 
+def _branch_scale(text: str, depth: int) -> float:
+    t = text.replace(" ", "").lower()
+    if t in ("1/sqrt(l)", "l^-1/2", "l**-0.5"):
+        return 1.0 / math.sqrt(depth)
+    try:
+        return float(t)
+    except ValueError:
+        raise ValueError(f"branch-scale must be a number >= 0 or '1/sqrt(L)', got {text!r}") from None
+
+
 def network_from(args: argparse.Namespace) -> Network:
-    """The :class:`Network` described by :func:`add_network_options`' options."""
+    """The :class:`Network` described by :func:`add_network_options`' options (and ``--weights``
+    where the command has it)."""
+    from .norm import LayerNorm, RMSNorm
+    from .residual import resnet
     act = activation_from(args)
+    weights = getattr(args, "weights", None)
     if args.init is not None:
         if args.sigma_w2 is not None:
             raise ValueError("give either --sigma-w2 or --init, not both")
-        return mlp(args.depth, args.width, act, init=args.init, sigma_b2=args.sigma_b2)
-    return mlp(args.depth, args.width, act, sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2)
+        kw = dict(init=args.init, sigma_b2=args.sigma_b2, weights=weights)
+    else:
+        kw = dict(sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2, weights=weights)
+    norm = getattr(args, "norm", None)
+    if getattr(args, "residual", False):
+        return resnet(args.depth, args.width, act, branch_depth=args.branch_depth,
+                      beta=_branch_scale(args.branch_scale, args.depth), norm=norm, **kw)
+    if getattr(args, "branch_scale", "1") != "1" or getattr(args, "branch_depth", 2) != 2:
+        raise ValueError("--branch-scale and --branch-depth need --residual")
+    net = mlp(args.depth, args.width, act, **kw)
+    if norm is None:
+        return net
+    kind = LayerNorm if norm == "layer" else RMSNorm
+    return Network(net.input_width, tuple(x for la in net.layers for x in (la, kind(la.width))))
+
+
+def _sigma_w2_out(args: argparse.Namespace, net: Network):
+    """sigma_w^2 for the JSON output: the value, or that of the first layer under --init."""
+    if args.init is None:
+        return sigma_w2_from(args)
+    first = net.layers[0]
+    while not hasattr(first, "sigma_w2"):
+        first = first.branch[0] if hasattr(first, "branch") else None
+        if first is None:
+            return args.init
+    return first.sigma_w2
+
+
+def is_plain(net: Network) -> bool:
+    """True for a fully connected network of Dense layers only (where fixed points apply)."""
+    from .network import Dense
+    return all(type(la) is Dense for la in net.layers)
+
+
+def describe(args: argparse.Namespace, net: Network) -> str:
+    """One line naming the network the options built."""
+    sw2 = sigma_w2_from(args) if args.init is None else f"{args.init} init"
+    text = f"{args.activation}, sigma_w2={sw2 if isinstance(sw2, str) else format(sw2, 'g')}, " \
+           f"sigma_b2={args.sigma_b2:g}"
+    if getattr(args, "residual", False):
+        text += f", residual (branch depth {args.branch_depth}, beta={args.branch_scale})"
+    if getattr(args, "norm", None):
+        text += f", {args.norm} norm"
+    return text + f", {net.depth} layers, width={args.width}, q0={args.q0:g}" + \
+        ("" if args.c0 is None else f", c0={args.c0:g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,22 +303,25 @@ def _profile_rows(prof, every: int) -> list:
 def _predict(args: argparse.Namespace, title: str) -> tuple[dict, object]:
     net = network_from(args)
     prof = predict(net, q0=args.q0, c0=args.c0)
-    layer = net.layers[0]
-    # the stable fixed point the network's own sequence q^1, q^2, ... approaches (from q^1)
-    fp = fixed_point(layer.activation, layer.sigma_w2, layer.sigma_b2,
-                     q0=prof.q[0] if 0 < prof.q[0] < math.inf else 1.0)
+    fp = None
+    if is_plain(net):
+        layer = net.layers[0]
+        # the stable fixed point the network's own sequence q^1, q^2, ... approaches (from q^1)
+        fp = fixed_point(layer.activation, layer.sigma_w2, layer.sigma_b2,
+                         q0=prof.q[0] if 0 < prof.q[0] < math.inf else 1.0)
     if not args.json:
-        print(f"{title}: {args.activation}, sigma_w2={layer.sigma_w2:g}, "
-              f"sigma_b2={layer.sigma_b2:g}, depth={net.depth}, width={args.width}, "
-              f"q0={args.q0:g}" + ("" if args.c0 is None else f", c0={args.c0:g}"))
-        _print_fixed_point(fp)
+        print(f"{title}: {describe(args, net)}")
+        if fp is not None:
+            _print_fixed_point(fp)
         headers = ["layer", "q"] + (["c"] if prof.c is not None else []) + ["log_g", "log_G"]
         print_table(headers, _profile_rows(prof, getattr(args, "every", 0)))
         if prof.meta.get("note"):
             print(f"note: {prof.meta['note']}")
-    out = {"activation": args.activation, "sigma_w2": layer.sigma_w2, "sigma_b2": layer.sigma_b2,
-           "depth": net.depth, "width": args.width, "q0": args.q0, "c0": args.c0}
-    out.update({k: getattr(fp, k) for k in _SCALARS})
+    out = {"activation": args.activation, "sigma_w2": _sigma_w2_out(args, net), "sigma_b2": args.sigma_b2,
+           "depth": net.depth, "width": args.width, "q0": args.q0, "c0": args.c0,
+           "residual": bool(getattr(args, "residual", False)), "norm": getattr(args, "norm", None)}
+    if fp is not None:
+        out.update({k: getattr(fp, k) for k in _SCALARS})
     d = prof.to_dict()
     out.update({k: d[k] for k in ("layers", "q", "log_q", "c", "log_g", "log_G") if k in d})
     return out, prof
@@ -517,25 +587,15 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
                    help="print every K-th layer (text only; default: about 50 rows)")
 
 
-def _simulated_network(args: argparse.Namespace) -> Network:
-    act = activation_from(args)
-    if args.init is not None:
-        if args.sigma_w2 is not None:
-            raise ValueError("give either --sigma-w2 or --init, not both")
-        return mlp(args.depth, args.width, act, init=args.init, sigma_b2=args.sigma_b2,
-                   weights=args.weights)
-    return mlp(args.depth, args.width, act, sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2,
-               weights=args.weights)
-
-
 def _run_simulate(args: argparse.Namespace) -> dict:
     from .simulate import simulate
-    net = _simulated_network(args)
+    net = network_from(args)
     prof = simulate(net, args.samples, args.seed, engine=args.engine, q0=args.q0, c0=args.c0,
                     dtype=args.dtype, workers=args.workers)
-    layer = net.layers[0]
-    out = {"activation": args.activation, "sigma_w2": layer.sigma_w2, "sigma_b2": layer.sigma_b2,
-           "depth": net.depth, "width": args.width, "weights": layer.weights, "q0": args.q0,
+    weights = args.weights or ("orthogonal" if args.init == "orthogonal" else "gaussian")
+    out = {"activation": args.activation, "sigma_w2": _sigma_w2_out(args, net),
+           "sigma_b2": args.sigma_b2, "residual": args.residual, "norm": args.norm,
+           "depth": net.depth, "width": args.width, "weights": weights, "q0": args.q0,
            "c0": args.c0, "samples": args.samples, "seed": args.seed, "engine": args.engine,
            "dtype": args.dtype}
     d = prof.to_dict()
@@ -550,10 +610,8 @@ def _run_simulate(args: argparse.Namespace) -> dict:
                              "max_excess": comp.max_excess, "worst_field": field,
                              "worst_layer": lay, "rule": comp.rule}
     if not args.json:
-        print(f"Monte Carlo profile: {args.activation}, sigma_w2={layer.sigma_w2:g}, "
-              f"sigma_b2={layer.sigma_b2:g}, {layer.weights} weights, depth={net.depth}, "
-              f"width={args.width}, q0={args.q0:g}" + ("" if args.c0 is None else f", c0={args.c0:g}")
-              + f"; {args.samples} samples, seed {args.seed}, {args.engine} engine")
+        print(f"Monte Carlo profile: {describe(args, net)}, {weights} weights; "
+              f"{args.samples} samples, seed {args.seed}, {args.engine} engine")
         L = prof.depth
         every = args.every if args.every > 0 else max(1, math.ceil(L / 50))
         idx = sorted(set(range(0, L, every)) | {L - 1})

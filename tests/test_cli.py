@@ -122,6 +122,22 @@ def test_predict_text_table(capsys):
     assert "regime" in out and "log_G" in out
 
 
+def test_residual_and_norm_options_build_the_api_networks(capsys):
+    d = run_json(capsys, "predict", "--residual", "--branch-scale", "1/sqrt(L)", "--depth", "16",
+                 "--activation", "relu", "--init", "he", "--width", "64", "--norm", "layer", "--c0", "0.2")
+    net = sp.resnet(16, 64, "relu", beta=0.25, init="he", norm="layer")
+    prof = sp.predict(net, c0=0.2)
+    for k in PROFILE:
+        np.testing.assert_array_equal(d[k], getattr(prof, k), err_msg=k)
+    assert not SCALARS & d.keys()              # no fixed point for a residual network
+    d = run_json(capsys, "predict", "--norm", "rms", "--depth", "3", "--width", "32")
+    assert d["layers"] == list(range(1, 7)) and d["q"][1] == 1.0
+    d = run_json(capsys, "simulate", "--residual", "--depth", "4", "--width", "64", "--samples", "3",
+                 "--engine", "matrix-free", "--seed", "5")
+    mc = sp.simulate(sp.resnet(4, 64, "tanh"), 3, 5, engine="matrix-free")
+    np.testing.assert_array_equal(d["log_g"], mc.log_g)
+
+
 def test_demo_writes_figure(capsys, tmp_path):
     path = tmp_path / "sub" / "demo.png"
     d = run_json(capsys, "demo", "--out", str(path))
@@ -227,6 +243,11 @@ BAD = [
     (["phase", "--sigma-w2-range", "0", "1", "--n", "2"], "sigma_w2"),
     (["phase", "--sigma-b2-range", "1", "0", "--n", "2"], "sigma_b2"),
     (["phase", "--sigma-b2-range", "1"], "sigma-b2-range"),
+    (["predict", "--residual", "--branch-scale", "-1"], "beta"),
+    (["predict", "--residual", "--branch-scale", "big"], "branch-scale"),
+    (["predict", "--branch-scale", "0.5"], "--residual"),
+    (["predict", "--norm", "group"], "norm"),
+    (["simulate", "--residual", "--branch-depth", "0"], "branch_depth"),
     (["no-such-command"], "no-such-command"),
     ([], "COMMAND"),
 ]
