@@ -1,7 +1,7 @@
 """The catalogue of validation cases: networks on which theory and simulation are compared.
 
-Every case is a fully connected network (:func:`signalprop.mlp`), an engine, a number of samples
-and a fixed seed (derived from the case name, so adding cases never changes the others). Whether
+Every case is a network (a fully connected :func:`signalprop.mlp`, or with ``arch`` a residual
+or normalised one, see :meth:`Case.network`), an engine, a number of samples and a fixed seed (derived from the case name, so adding cases never changes the others). Whether
 a case is *expected* to agree is decided a priori from its widths alone
 (:func:`signalprop.compare.expected_to_agree`: ``beta = sum_l 1/N_l < 0.5``), never from its
 result.
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from signalprop.compare import beta, expected_to_agree
-from signalprop.network import mlp
+from signalprop.network import Dense, Network, Nonlinearity, mlp
+from signalprop.norm import LayerNorm, RMSNorm
+from signalprop.residual import Residual, resnet
 
 __all__ = ["Case", "point", "catalogue", "quick_catalogue", "ACTIVATIONS", "FAMILIES"]
 
@@ -44,6 +46,11 @@ FAMILIES = {
     "engines": "the dense and the matrix-free engine on the same networks, N = 256, L = 30",
     "inputs": "one and two inputs, c0 from -0.5 to 0.95, and a non-constant widths profile",
     "quick": "a small subset of the other families (small widths and depths), run by the tests",
+    "residual": "residual networks x + beta F(x) (F = V phi(W x + b), Yang & Schoenholz 2017): "
+                "tanh, relu unscaled and scaled (beta = 1/sqrt(L)), erf with two inputs, a relu-ended "
+                "one-layer branch; N = 256-512, L = 50-200, matrix-free",
+    "normalisation": "layer norm (post- and pre-activation), RMS norm, pre-LN and post-LN residual "
+                     "networks; N = 512, L = 100-200 (profile layers), matrix-free and dense",
     "finite-width": "depth comparable to width (beta = sum 1/N_l >= 0.5): mean-field theory is "
                     "expected to fail here",
 }
@@ -81,6 +88,11 @@ _THEORY_FAILURE = (
     "and predict(network, c0=0.5) asks gaussian.expect2 for a trapezoid rule with ~1.6e10 nodes. "
     "With one input the same network agrees (max |z| 2.9, 1.6, 1.8, 2.0 for gelu, gelu_tanh, "
     "silu, softplus; 200 samples, same seed).")
+NOTES["resnet1-relu-L20"] = (
+    "A branch ending in relu adds a mean to the stream, and mean field's gradient independence "
+    "misses the rank-one term the forward pass fixes (as for softplus). The gap in log g^1 shrinks "
+    "like 1/N: 0.55, 0.20, 0.056, 0.015 at N = 256, 1024, 4096, 16384 (200 samples, matrix-free; "
+    "tests/test_layers.py checks the decrease).")
 NOTES.update({f"{a}-chaotic": _THEORY_FAILURE for a in ("gelu", "gelu_tanh", "silu", "softplus")})
 
 
@@ -116,21 +128,43 @@ class Case:
     samples: int = 200
     engine: str = "matrix-free"
     regime: str = ""
+    arch: str = "mlp"
+    branch_scale: float = 1.0
 
     @property
     def seed(self) -> int:
         return zlib.crc32(self.name.encode())
 
     def network(self):
+        """The case's network. ``arch``: ``mlp``; ``resnet`` (blocks V phi(W x + b) + x scaled by
+        ``branch_scale``), ``resnet1`` (one-layer branch phi(W x + b)), ``resnet-preln`` (LayerNorm
+        at the head of every branch), ``resnet-postln`` (LayerNorm after every block);
+        ``mlp-ln`` / ``mlp-rms`` (a norm after every activated layer), ``mlp-preln``
+        (``phi(LN(W x + b))``). ``depth`` counts blocks, or Dense layers for the mlp variants."""
         w = list(self.width) if isinstance(self.width, tuple) else self.width
-        return mlp(self.depth, w, self.activation, sigma_w2=self.sigma_w2,
-                   sigma_b2=self.sigma_b2, weights=self.weights)
+        kw = dict(sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2, weights=self.weights)
+        if self.arch == "mlp":
+            return mlp(self.depth, w, self.activation, **kw)
+        n = int(self.width)
+        if self.arch.startswith("resnet"):
+            net = resnet(self.depth, n, self.activation, beta=self.branch_scale,
+                         branch_depth=1 if self.arch == "resnet1" else 2,
+                         norm="layer" if self.arch == "resnet-preln" else None, **kw)
+            if self.arch == "resnet-postln":
+                net = Network(n, tuple(x for b in net.layers for x in (b, LayerNorm(n))))
+            return net
+        if self.arch == "mlp-preln":
+            return Network(n, tuple(x for la in mlp(self.depth, n, "linear", **kw).layers
+                                    for x in (la, LayerNorm(n), Nonlinearity(n, self.activation))))
+        kind = {"mlp-ln": LayerNorm, "mlp-rms": RMSNorm}[self.arch]
+        return Network(n, tuple(x for la in mlp(self.depth, n, self.activation, **kw).layers
+                                for x in (la, kind(n))))
 
     @property
     def widths(self):
         if isinstance(self.width, tuple):
             return [int(v) for v in self.width]
-        return [int(self.width)] * (self.depth + 1)
+        return [int(self.width)] * (self.network().depth + 1)
 
     @property
     def beta(self) -> float:
@@ -187,12 +221,47 @@ def catalogue() -> list:
     for w in ("gaussian", "orthogonal"):
         cases.append(_c(f"tanh-critical-profile-{w}", "inputs", "tanh", "critical", prof, 40,
                         weights=w, c0=0.5))
+    cases += _residual_cases() + _norm_cases()
     for act, reg, n, L in (("relu", "critical", 16, 64), ("tanh", "critical", 32, 64),
                            ("tanh", "chaotic", 16, 32), ("gelu", "chaotic", 24, 48),
                            ("tanh", "critical", 64, 500), ("relu", "critical", 256, 1000)):
         cases.append(_c(f"{act}-{reg}-N{n}-L{L}", "finite-width", act, reg, n, L,
                         samples=1000 if n * L < 20000 else 300))
     return cases
+
+
+def _residual_cases() -> list:
+    def r(name, act, sw2, sb2, n, L, **kw):
+        arch = kw.pop("arch", "resnet")
+        return Case(name=name, family="residual", activation=act, sigma_w2=sw2, sigma_b2=sb2,
+                    width=n, depth=L, arch=arch, regime=arch, **kw)
+    return [
+        r("resnet-tanh-L50", "tanh", 1.0, 0.05, 256, 50, c0=0.5),
+        r("resnet-tanh-L200", "tanh", 1.0, 0.05, 1024, 200, samples=100),
+        r("resnet-relu-he-L50", "relu", 2.0, 0.0, 256, 50),
+        r("resnet-relu-he-scaled-L200", "relu", 2.0, 0.0, 1024, 200, branch_scale=200 ** -0.5,
+          c0=0.5, samples=100),
+        r("resnet-erf-half-L100", "erf", 1.5, 0.1, 512, 100, branch_scale=0.5, c0=0.2),
+        r("resnet-tanh-orthogonal-L50", "tanh", 1.0, 0.05, 256, 50, weights="orthogonal"),
+        r("resnet-tanh-dense-L20", "tanh", 1.5, 0.05, 256, 20, engine="dense", samples=60),
+        r("resnet1-relu-L20", "relu", 1.0, 0.0, 256, 20, arch="resnet1", branch_scale=0.5),
+    ]
+
+
+def _norm_cases() -> list:
+    def r(name, arch, act, sw2, sb2, n, L, **kw):
+        return Case(name=name, family="normalisation", activation=act, sigma_w2=sw2, sigma_b2=sb2,
+                    width=n, depth=L, arch=arch, regime=arch, **kw)
+    return [
+        r("ln-post-relu-L100", "mlp-ln", "relu", 2.0, 0.0, 512, 100, c0=0.5),
+        r("ln-post-tanh-L100", "mlp-ln", "tanh", 2.0, 0.05, 512, 100, c0=0.5),
+        r("ln-pre-tanh-L60", "mlp-preln", "tanh", 1.0, 0.1, 512, 60, c0=0.5),
+        r("rms-post-relu-L100", "mlp-rms", "relu", 2.0, 0.0, 512, 100),
+        r("ln-post-gelu-dense-L20", "mlp-ln", "gelu", 1.5, 0.0, 256, 20, engine="dense",
+          samples=60, c0=0.5),
+        r("resnet-preln-relu-L100", "resnet-preln", "relu", 2.0, 0.0, 1024, 100, c0=0.5),
+        r("resnet-postln-tanh-L100", "resnet-postln", "tanh", 1.5, 0.1, 1024, 100, c0=0.5),
+    ]
 
 
 def quick_catalogue() -> list:
@@ -208,4 +277,8 @@ def quick_catalogue() -> list:
         _c("quick-selu-critical-dense", "quick", "selu", "critical", 64, 8, engine="dense",
            c0=0.3, samples=64),
         _c("quick-relu-N16-L48", "finite-width", "relu", "critical", 16, 48, samples=300),
+        Case(name="quick-resnet-tanh", family="quick", activation="tanh", sigma_w2=1.0,
+             sigma_b2=0.05, width=256, depth=20, arch="resnet", c0=0.5, samples=100),
+        Case(name="quick-ln-post-relu", family="quick", activation="relu", sigma_w2=2.0,
+             sigma_b2=0.0, width=256, depth=20, arch="mlp-ln", c0=0.5, samples=100),
     ]
