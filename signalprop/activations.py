@@ -64,6 +64,8 @@ class Activation:
         Gauss-Hermite and graded Gauss-Legendre quadrature (:mod:`signalprop.gaussian`).
     smooth: ``smooth(m, s, k)`` = E[phi^(k)(m + s Z)] in closed form, k = 0, 1 (kinked activations):
         turns the bivariate expectation into a one-dimensional integral split at the kinks.
+    odd: phi(-x) = -phi(x), so E[phi(sqrt(q) z)] = 0 exactly (tanh, erf, hard_tanh, linear, and
+        custom expressions that are odd term by term).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Activation:
     kinks: tuple = ()
     tau: Optional[float] = None
     smooth: Optional[Callable] = None
+    odd: bool = False
 
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -85,7 +88,9 @@ class Activation:
         return gaussian.expect(f, q, kinks=self.kinks, tau=self.tau)
 
     def mean(self, q) -> Array:
-        """E[phi(sqrt(q) z)]."""
+        """E[phi(sqrt(q) z)] (0 for an odd phi)."""
+        if self.odd:
+            return np.zeros(np.shape(q))
         return self._e1(self.phi, q)
 
     def second_moment(self, q) -> Array:
@@ -338,7 +343,7 @@ def _make(name: str, **params) -> Activation:
     if name == "linear":
         return _LeakyReLU(name, lambda v: np.asarray(v, float) * 1.0,
                           lambda v: np.ones(np.shape(v)), lambda v: np.zeros(np.shape(v)),
-                          expr=x, tau=math.inf)
+                          expr=x, tau=math.inf, odd=True)
     if name in ("relu", "leaky_relu"):
         a = float(params.get("slope", 0.01)) if name == "leaky_relu" else 0.0
         if name == "leaky_relu":
@@ -353,10 +358,10 @@ def _make(name: str, **params) -> Activation:
     if name == "erf":
         return _Erf(name, special.erf, lambda v: 2.0 / math.sqrt(math.pi) * np.exp(-np.square(v)),
                     lambda v: -4.0 / math.sqrt(math.pi) * v * np.exp(-np.square(v)),
-                    expr=sp.erf(x), tau=_ERF_TAU)
+                    expr=sp.erf(x), tau=_ERF_TAU, odd=True)
     if name == "tanh":
         return Activation(name, np.tanh, _sech2, lambda v: -2.0 * np.tanh(v) * _sech2(v),
-                          expr=sp.tanh(x), tau=math.pi / 2)
+                          expr=sp.tanh(x), tau=math.pi / 2, odd=True)
     if name == "sigmoid":
         def d1(v):
             s = _sig(v)
@@ -406,7 +411,7 @@ def _make(name: str, **params) -> Activation:
                           lambda v: np.where(np.abs(v) < 1.0, 1.0, 0.0),
                           lambda v: np.zeros(np.shape(v)),
                           expr=sp.Piecewise((-1, x < -1), (x, x < 1), (1, True)),
-                          kinks=(-1.0, 1.0), smooth=_smooth_hard_tanh)
+                          kinks=(-1.0, 1.0), smooth=_smooth_hard_tanh, odd=True)
     raise KeyError(name)
 
 
@@ -436,7 +441,8 @@ def _from_expr(expr: sp.Expr, name: str = "custom") -> Activation:
 
     def vec(f):
         return lambda v: np.broadcast_to(np.asarray(f(np.asarray(v, float)), float), np.shape(v)) * 1.0
-    return Activation(name, *(vec(f) for f in fs), expr=expr, tau=None)
+    odd = sp.expand(expr.subs(_X, -_X) + expr) == 0        # structural: no simplify
+    return Activation(name, *(vec(f) for f in fs), expr=expr, tau=None, odd=bool(odd))
 
 
 def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Callable]) -> Activation:
