@@ -338,10 +338,10 @@ def test_normalising_constants_bad_input():
         normalising_constants(lambda v: 0.0 * v + 1.0)  # a constant: no gain exists
 
 
-@pytest.mark.parametrize("name", [n for n in sp.activations() if sp.activation(n).odd])
+@pytest.mark.parametrize("name", [n for n in activations() if activation(n).odd])
 def test_odd_flag_is_true_oddness(name):
     """The ``odd`` flag (which makes the mean exactly 0) holds pointwise: phi(-x) = -phi(x)."""
-    a = sp.activation(name)
+    a = activation(name)
     x = np.linspace(-30, 30, 2001)
     np.testing.assert_array_equal(a.phi(-x), -a.phi(x))
     assert float(a._e1(a.phi, 2.0)) == pytest.approx(0.0, abs=1e-15)
