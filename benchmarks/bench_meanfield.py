@@ -9,6 +9,9 @@ Run from the repository root (prints everything; nothing is written unless ``--j
 (a) a 256 x 256 tanh ``phase_diagram`` (q*, chi_1, c*, xi_c and the critical line); target < 2 s.
 (b) a depth-10^4 ``predict`` profile (the network is built outside the timing); target < 50 ms.
 (c) ``critical_sigma_w2`` at 100 values of sigma_b^2.
+(e) the table evaluators of ``signalprop.tables`` (log moments, Mehler coefficients, the
+    post-activation correlation) per call, against the direct routes they replace, and the time
+    to build the tables a depth-100 tanh profile touches.
 (d) depth-100 per-layer q^l and c^l of erf and tanh (sigma_w^2 = 1.5, sigma_b^2 = 0.1, c^0 = 0.5)
     against neural-tangents' analytic kernels (the anchor script ``nt_meanfield.py``, run in a
     subprocess of the anchors' own virtualenv in this same run; its timings are measured inside
@@ -359,6 +362,35 @@ def part_d(repeats: int, venv: Path, anchors: Path, use_anchors: bool) -> dict:
             "comparisons": rows}
 
 
+def part_e(repeats: int) -> dict:
+    """The table evaluators of signalprop.tables (what predict's per-layer loop calls)."""
+    from signalprop import tables
+    net = sp.mlp(DEPTH_D, 1000, "tanh", sigma_w2=SW2, sigma_b2=SB2)
+    qs = [float(v) for v in sp.predict(net, c0=C0).q]
+    print(f"(e) table evaluators (signalprop.tables) on the depth-{DEPTH_D} tanh trajectory of (d)")
+    act = sp.activation("tanh")
+    tables._SHARED.pop(tables._key(act), None)     # a cold table for this activation object
+    t0 = time.perf_counter()
+    for q in qs:
+        tables.moments(act, math.log(q))
+        tables.mehler_sq(act, q)
+    build = time.perf_counter() - t0
+    q, lq, n = qs[-1], math.log(qs[-1]), 2000
+    out = {"build_s": build}
+    rows = [("moments(act, lq)", lambda: tables.moments(act, lq)),
+            ("mehler_sq(act, q)", lambda: tables.mehler_sq(act, q)),
+            ("mehler_rho(act, q, c)", lambda: tables.mehler_rho(act, q, 0.7)),
+            ("direct act.moments(q)", lambda: act.moments(q)),
+            ("direct act.mehler_coefficients(q)", lambda: act.mehler_coefficients(q))]
+    print(f"    build (first touches of the whole trajectory, both tables): {fmt_s(build)}")
+    for label, f in rows:
+        k = n if not label.startswith("direct") else 20
+        t = bench(lambda: [f() for _ in range(k)], repeats=repeats, budget_s=10.0)
+        out[label] = t["median_s"] / k
+        print(f"    {label:<36} {fmt_s(t['median_s'] / k):>9} per call (median of {t['repeats']})")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timed repeats after warm-up (default 7)")
@@ -367,7 +399,7 @@ def main(argv=None) -> int:
                    help="the anchors' virtualenv (setup.sh); default $SIGNALPROP_ANCHORS_VENV or "
                         "~/.cache/signalprop-anchors-venv")
     p.add_argument("--no-anchors", action="store_true", help="do not run neural-tangents")
-    p.add_argument("--only", default="abcd", help="which parts to run (default: abcd)")
+    p.add_argument("--only", default="abcde", help="which parts to run (default: abcde)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     import numpy, scipy
@@ -378,7 +410,8 @@ def main(argv=None) -> int:
     parts = {"a": lambda: part_a(args.repeats), "b": lambda: part_b(args.repeats),
              "c": lambda: part_c(args.repeats),
              "d": lambda: part_d(args.repeats, args.anchors_venv, args.anchors_dir,
-                                 not args.no_anchors)}
+                                 not args.no_anchors),
+             "e": lambda: part_e(args.repeats)}
     for key in args.only:
         results[key] = parts[key]()
     print(f"load average at end: {loadavg()}")

@@ -114,9 +114,12 @@ def add_network_options(p: argparse.ArgumentParser, *, depth: int = 50, width: i
                    help="Dense layers per residual branch, the last one linear when K >= 2 (default: 2)")
     p.add_argument("--branch-scale", default="1", metavar="BETA",
                    help="residual branch scale beta: a number >= 0 or '1/sqrt(L)' (default: 1)")
-    p.add_argument("--norm", default=None, choices=("layer", "rms"),
+    p.add_argument("--norm", default=None, choices=("layer", "rms", "batch"),
                    help="normalisation: after every layer (plain) or at the head of every "
-                        "residual branch (pre-norm) (default: none)")
+                        "residual branch (pre-norm); 'batch': phi(BN(W x)) layers over a batch of "
+                        "--batch-size inputs (plain networks) (default: none)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="batch size B >= 4 for --norm batch")
     p.add_argument("--q0", type=float, default=1.0, help="input second moment ||x||^2/N_0 (default: 1)")
     p.add_argument("--c0", type=float, default=c0,
                    help="correlation of a second input, in [-1, 1] (default: "
@@ -136,7 +139,6 @@ def _branch_scale(text: str, depth: int) -> float:
 def network_from(args: argparse.Namespace) -> Network:
     """The :class:`Network` described by :func:`add_network_options`' options (and ``--weights``
     where the command has it)."""
-    from .norm import LayerNorm, RMSNorm
     from .residual import resnet
     act = activation_from(args)
     weights = getattr(args, "weights", None)
@@ -147,16 +149,15 @@ def network_from(args: argparse.Namespace) -> Network:
     else:
         kw = dict(sigma_w2=sigma_w2_from(args), sigma_b2=args.sigma_b2, weights=weights)
     norm = getattr(args, "norm", None)
+    batch = getattr(args, "batch_size", None)
     if getattr(args, "residual", False):
+        if norm == "batch" or batch is not None:
+            raise ValueError("--norm batch applies to plain networks, not --residual")
         return resnet(args.depth, args.width, act, branch_depth=args.branch_depth,
                       beta=_branch_scale(args.branch_scale, args.depth), norm=norm, **kw)
     if getattr(args, "branch_scale", "1") != "1" or getattr(args, "branch_depth", 2) != 2:
         raise ValueError("--branch-scale and --branch-depth need --residual")
-    net = mlp(args.depth, args.width, act, **kw)
-    if norm is None:
-        return net
-    kind = LayerNorm if norm == "layer" else RMSNorm
-    return Network(net.input_width, tuple(x for la in net.layers for x in (la, kind(la.width))))
+    return mlp(args.depth, args.width, act, norm=norm, batch_size=batch, **kw)
 
 
 def _sigma_w2_out(args: argparse.Namespace, net: Network):
@@ -185,7 +186,7 @@ def describe(args: argparse.Namespace, net: Network) -> str:
     if getattr(args, "residual", False):
         text += f", residual (branch depth {args.branch_depth}, beta={args.branch_scale})"
     if getattr(args, "norm", None):
-        text += f", {args.norm} norm"
+        text += f", {args.norm} norm" + (f" (B = {args.batch_size})" if args.norm == "batch" else "")
     return text + f", {net.depth} layers, width={args.width}, q0={args.q0:g}" + \
         ("" if args.c0 is None else f", c0={args.c0:g}")
 

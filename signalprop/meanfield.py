@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from . import gaussian
+from . import gaussian, tables
 from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
 from .activations import Activation, activation as _activation
 from .network import Dense, Network, Step
@@ -127,8 +127,10 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
     log_x2, cx, mu = state
     act = layer.activation
     lsw2 = math.log(layer.sigma_w2)
-    lq = lsw2 + log_x2 if layer.sigma_b2 == 0 else \
-        float(np.logaddexp(lsw2 + log_x2, math.log(layer.sigma_b2)))
+    lq = lsw2 + log_x2
+    if layer.sigma_b2 > 0:                         # log(sigma_w^2 q_x + sigma_b^2), no overflow
+        lb = math.log(layer.sigma_b2)
+        lq = max(lq, lb) + math.log1p(math.exp(-abs(lq - lb)))
     c = None
     if cx is not None:
         t = math.exp(lsw2 + log_x2 - lq)             # share of the weights in q^l
@@ -143,19 +145,25 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
         if c is not None:
             rho = min(1.0, max(-1.0, r))
     else:
-        lv, ld = _layer_moments(act, lq)
+        # Chebyshev tables in log q (signalprop.tables) where they exist, else the direct rules
+        tm = tables.moments(act, lq)
+        lv, ld = tm if tm is not None else _layer_moments(act, lq)
         if c is not None:
             qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-            series = cache.get("mehler")
-            if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
-                coef = act.mehler_coefficients(qe)
-                series = (act, qe, None if coef is None else coef * coef)
-                cache["mehler"] = series
-            bk = series[2]
-            if bk is None or c == 1.0:
-                rho = float(_rho(act, qe, c))
-            else:                                      # Mehler: rho = sum a_k^2 c^k / sum a_k^2
-                rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
+            r = tables.mehler_rho(act, qe, c) if c != 1.0 else None
+            if r is not None:
+                rho = min(1.0, max(-1.0, r))
+            else:
+                series = cache.get("mehler")
+                if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
+                    coef = act.mehler_coefficients(qe)
+                    series = (act, qe, None if coef is None else coef * coef)
+                    cache["mehler"] = series
+                bk = series[2]
+                if bk is None or c == 1.0:
+                    rho = float(_rho(act, qe, c))
+                else:                                  # Mehler: rho = sum a_k^2 c^k / sum a_k^2
+                    rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
     mu_out = None
     if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
         qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, _LQ_LO), _LQ_HI))
@@ -191,6 +199,9 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     q0, c0 = _check_q0_c0(q0, c0)
+    if network.batch_size is not None:
+        from ._bnlayer import predict_batch
+        return predict_batch(network, q0, c0)
     layers = network.layers
     L = network.depth
     widths = [int(w) for w in network.widths]
@@ -224,9 +235,7 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                     and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
                     and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
                     and abs(log_b[k] - log_b[k - 1]) <= 2e-15 * max(1.0, abs(log_b[k]))
-                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)
-                    and (state[1] is None or abs(state[1] - cache.get("_prev_cx", 2.0)) <= 4e-16)
-                    and (state[2] is None or abs(state[2] - cache.get("_prev_mu", 2.0)) <= 4e-16)):
+                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)):
                 dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
                 for j in range(i, end):
@@ -238,7 +247,6 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                         c[j] = c[k]
                 state = (log_x2[end], state[1], state[2])
                 i = end
-        cache["_prev_cx"], cache["_prev_mu"] = state[1], state[2]
     log_q, log_x2 = np.array(log_q), np.array(log_x2)
     log_d, log_b = np.array(log_d), np.array(log_b)
     c = None if c is None else np.array(c)
@@ -261,17 +269,20 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
 # fixed points
 
 
-def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, dV=None):
+def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, dV=None,
+            VdV=None):
     """The stable fixed point of the length map reached from q0, vectorised over sw2, sb2.
 
     Works on u = log q and G(u) = log T(e^u) - u with T(q) = sw2 V(q) + sb2. T is non-decreasing,
     so from q0 the iteration moves monotonically to the first root of G in the direction of
     sign G(log q0), or to 0 / inf when there is none: bracket by doubling steps in u (to
     |u| = 700), then safeguarded Newton (G'(u) = q T'(q)/T(q) - 1, T' = sw2 V'(q)) with bisection.
-    Returns log q* (-inf or +inf when the map collapses or diverges).
+    Returns log q* (-inf or +inf when the map collapses or diverges). ``VdV(q)``, when given,
+    returns (V(q), V'(q)) in one call (a table evaluates both at the cost of one).
     """
     V = V or act.second_moment
     dV = dV or act.second_moment_slope
+    VdV = VdV or (lambda q: (V(q), dV(q)))
     sw2, sb2 = np.broadcast_arrays(np.asarray(sw2, float), np.asarray(sb2, float))
     shape = sw2.shape
     sw2, sb2 = sw2.ravel().copy(), sb2.ravel().copy()
@@ -293,11 +304,18 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
     while active.size:
         cand = lo[active] + direction[active] * step
         gc = G(cand, active)
-        cross = np.sign(gc) != np.sign(glo[active])
+        flip = np.sign(gc) != np.sign(glo[active])
+        # a sign change between two values of G at its rounding level (|G| ~ eps |u|, and the
+        # integrals' ~1e-15) is noise, not a root: a near-neutral map far out (gelu with
+        # sigma_w^2 = 2 at q ~ 1e20, G ~ sigma_b^2 / q) would otherwise stop there
+        noise = flip & (np.maximum(np.abs(gc), np.abs(glo[active]))
+                        <= 1e-13 * np.maximum(1.0, np.abs(cand)))
+        cross = flip & ~noise
         hi[active[cross]] = cand[cross]
         found[active[cross]] = True
         keep = ~cross
-        lo[active[keep]], glo[active[keep]] = cand[keep], gc[keep]
+        lo[active[keep]] = cand[keep]
+        glo[active[keep & ~noise]] = gc[keep & ~noise]     # glo keeps the sign of g0
         out = np.abs(cand) > 700.0
         gone = keep & out
         result[active[gone]] = direction[active[gone]] * np.inf
@@ -311,9 +329,10 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
         if idx.size == 0:
             break
         q = np.exp(np.clip(u, _LQ_LO, _LQ_HI))
-        T = sw2[idx] * V(q) + sb2[idx]
+        v, dv = VdV(q)
+        T = sw2[idx] * v + sb2[idx]
         g = np.log(T) - u
-        dg = sw2[idx] * q * dV(q) / T - 1.0
+        dg = sw2[idx] * q * dv / T - 1.0
         same = np.sign(g) == np.sign(ga)
         a, ga = np.where(same, u, a), np.where(same, g, ga)
         b = np.where(same, b, u)
@@ -513,7 +532,8 @@ def critical_sigma_w2(activation, sigma_b2, *, _V=None, _D=None) -> np.ndarray:
         if np.any(zero):
             phi0 = float(act.phi(np.array(0.0)))
             if phi0 == 0.0:
-                out[zero] = 1.0 / float(act.dphi(np.array(0.0))) ** 2
+                d0 = float(act.dphi(np.array(0.0)))
+                out[zero] = 1.0 / d0 ** 2 if d0 != 0.0 else np.nan   # phi'(0) = 0: none
             else:
                 lq = _critical_line_q(act, sb2[zero], V=_V, D=_D)
                 ok = np.isfinite(lq)
@@ -531,106 +551,152 @@ def critical_sigma_w2(activation, sigma_b2, *, _V=None, _D=None) -> np.ndarray:
 # phase diagram
 
 
-class _LogQTable:
-    """Piecewise Chebyshev interpolant of q -> fn(q) in u = log q on [lo, hi].
+from . import tables as _tables  # noqa: E402  (the Chebyshev tables in log q)
+from .tables import _LogQTable  # noqa: E402,F401  (re-exported: it lived here)
 
-    fn(q) is analytic for Re q > 0 (a Gaussian integral of an analytic activation; kinks only
-    lower the order at q = 0), hence analytic in u in the strip |Im u| < pi/2: on panels of
-    width 0.25 the degree-16 interpolant is accurate to ~1e-16 relative (Bernstein ellipse
-    parameter > 12). Values outside [lo, hi] are computed directly with ``fn``.
-    """
-
-    def __init__(self, fn, lo: float, hi: float, width: float = 0.25, deg: int = 16):
-        self.fn, self.lo, self.width = fn, lo, width
-        self.n = max(1, int(math.ceil((hi - lo) / width)))
-        self.hi = lo + self.n * width
-        self.x = np.cos(np.pi * np.arange(deg + 1) / deg)           # Chebyshev-Lobatto points
-        self.w = (-1.0) ** np.arange(deg + 1)
-        self.w[[0, -1]] *= 0.5
-        u = lo + (np.arange(self.n)[:, None] + 0.5 * (self.x[None, :] + 1.0)) * width
-        vals = np.asarray(fn(np.exp(u)))
-        self.vals = vals                                             # (n, deg+1, ...)
-
-    def __call__(self, q):
-        q = np.asarray(q, float)
-        u = np.log(q.ravel())
-        inside = (u >= self.lo) & (u <= self.hi)
-        out = np.empty(u.shape + self.vals.shape[2:])
-        if np.any(~inside):
-            out[~inside] = np.asarray(self.fn(np.exp(u[~inside])))
-        ui = u[inside]
-        k = np.clip(((ui - self.lo) / self.width).astype(int), 0, self.n - 1)
-        t = 2.0 * (ui - self.lo - k * self.width) / self.width - 1.0
-        d = t[:, None] - self.x[None, :]
-        hit = d == 0.0
-        d[hit] = 1.0
-        cw = self.w / d
-        rows = hit.any(axis=1)
-        cw[rows] = hit[rows]
-        den = cw.sum(axis=1)
-        flat = self.vals.reshape(self.n, self.vals.shape[1], -1)
-        if flat.shape[2] <= 8:                     # few functions: gather and contract at once
-            res = np.einsum("ij,ijm->im", cw, flat[k]) / den[:, None]
-        else:                                      # long coefficient vectors: panel by panel
-            res = np.empty((ui.size, flat.shape[2]))
-            for p in np.unique(k):
-                sel = k == p
-                res[sel] = (cw[sel] @ flat[p]) / den[sel, None]
-        out[inside] = res.reshape((-1,) + self.vals.shape[2:])
-        return out.reshape(q.shape + self.vals.shape[2:])
+_STAGE1_K = 48      # Mehler terms of the first, cheap Newton stage for c*
 
 
-_MEHLER_N, _MEHLER_K = 1024, 600
+def _powers(c: np.ndarray, K: int) -> np.ndarray:
+    """P[i, k] = c_i^k, k < K, by repeated doubling (each entry a product of <= 2 log2 K
+    factors: relative error ~log2(K) eps)."""
+    P = np.empty((c.size, K))
+    P[:, 0] = 1.0
+    if K > 1:
+        P[:, 1] = c
+    n = 2
+    while n < K:
+        m = min(n, K - n)
+        np.multiply(P[:, :m], (P[:, n - 1] * c)[:, None], out=P[:, n:n + m])
+        n += m
+    return P
 
 
-def _c_star_mehler(act: Activation, q, sw2, sb2, tol=4e-15):
+def _mehler_groups(act: Activation, q: np.ndarray):
+    """Mehler coefficients b_k(q) = a_k(q)^2 of every point from the activation's table
+    (``tables.mehler_sq`` in bulk): a list of (rows, b) with b of shape (len(rows), K), K the
+    number of terms of the rows' panel; the rows of points without a table are left out."""
+    tab = _tables.tables_of(act).meh
+    if tab is False:
+        return []
+    k, t, inside = tab.locate(np.log(q))
+    idx = np.flatnonzero(inside)
+    tab.build(np.unique(k[idx]))
+    groups = []
+    order = idx[np.argsort(k[idx], kind="stable")]
+    kk = k[order]
+    starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]]) if kk.size else np.array([], int)
+    for a, b in zip(starts, np.r_[starts[1:], kk.size]):
+        coef = tab.panels[kk[a]]
+        if coef is False:
+            continue
+        rows = order[a:b]
+        T = np.cos(np.arccos(t[rows])[:, None] * _tables._KS)   # T_j(t), j = 0..deg
+        groups.append((rows, T @ coef))
+    return groups
+
+
+def _series_and_slope(c, bT):
+    """sum_k b_k c^k and sum_k k b_k c^(k-1) for many points, with the terms stored transposed,
+    bT[k, i] = b_k of point i: by Horner's rule (one pass over the terms, 4 vector operations per
+    term), or for few points, where those operations' overhead dominates, by the powers of c."""
+    K = bT.shape[0]
+    if c.size < 256:
+        P = _powers(c, K)
+        y = np.einsum("ij,ji->i", P, bT)
+        dy = np.einsum("ij,ji->i", P[:, :K - 1], bT[1:] * np.arange(1.0, K)[:, None])
+        return y, dy
+    y = bT[-1].copy()
+    dy = np.zeros_like(y)
+    for k in range(bT.shape[0] - 2, -1, -1):
+        dy *= c
+        dy += y
+        y *= c
+        y += bT[k]
+    return y, dy
+
+
+def _c_star_mehler(act: Activation, q, sw2, sb2, V, tol=4e-15):
     """c* and E[phi'(u1) phi'(u2)] at c* for many chaotic points, by Mehler's series.
 
-    E[phi(u1) phi(u2)] = sum_k a_k(q)^2 c^k and E[phi'(u1) phi'(u2)] = sum_k k a_k^2 c^(k-1) / q
-    (Mehler 1866; the second by Price's theorem, d/dc = q E[phi' phi']), with a_k(q) from
-    ``gaussian.hermite_coefficients`` tabulated in log q. Parseval (sum_k a_k^2 = E[phi^2])
-    certifies each point to 1e-12; points that fail it are returned as nan for the caller to
-    compute with the direct engine. c* is the root of C(c) - c in [-1, 1) found by safeguarded
-    Newton (C is increasing and the chaotic root is unique there).
+    E[phi(u1) phi(u2)] = sum_k b_k c^k and E[phi'(u1) phi'(u2)] = sum_k k b_k c^(k-1) / q
+    (Mehler 1866; the second by Price's theorem, d/dc = q E[phi' phi']), with b_k = a_k(q)^2 from
+    the activation's Mehler table (``tables.mehler_sq``: Chebyshev interpolation in log q,
+    truncated where the tail is below 1e-17). Parseval (sum_k b_k = E[phi^2] = ``V``) certifies
+    each point to 1e-12; points that fail it, or lie outside the table, are returned as nan for
+    the caller to compute with the direct engine. c* is the root of C(c) - c in [-1, 1), C
+    increasing and the chaotic root unique there: safeguarded Newton, first on the first
+    _STAGE1_K terms only (cheap; close to c* up to the truncation), then on the terms that
+    matter at that c (|c|^K <= 1e-18, with a margin of 0.02 on |c|: the rest of the series adds
+    less than 1e-18 E[phi^2] to C, and ~K 1e-18 E[phi^2] to its slope) until a step is below
+    1e-8 (quadratic convergence: the next one is at rounding level), then one polishing step for
+    every point; the slope returned is the one of that last evaluation.
     """
-    lo, hi = np.log(q.min()), np.log(q.max())
-    table = _LogQTable(lambda qq: gaussian.hermite_coefficients(act.phi, qq, _MEHLER_K, _MEHLER_N),
-                       lo - 0.01, hi + 0.01)
-    V = act.second_moment(q)
-    big = np.abs(table.vals).max(axis=(0, 1)) ** 2
-    kmax = int(np.flatnonzero(big > 1e-22 * big.max())[-1]) if np.any(big > 0) else 0
-    table.vals = table.vals[..., :kmax + 1]
-    b = table(q) ** 2                              # (m, kmax+1)
-    ok = np.abs(b.sum(axis=1) - V) <= 1e-12 * V          # Parseval: truncation + quadrature
-    kb = b * np.arange(kmax + 1)                   # k a_k^2
+    m = q.size
+    c_out, d_out = np.full(m, np.nan), np.full(m, np.nan)
+    rows_l, b_l = [], []
+    for rows, b in _mehler_groups(act, q):
+        ok = np.abs(b.sum(axis=1) - V[rows]) <= 1e-12 * V[rows]      # Parseval
+        if np.any(ok):
+            rows_l.append(rows[ok])
+            b_l.append(b[ok])
+    if not rows_l:
+        return c_out, d_out
+    rows = np.concatenate(rows_l)
+    nterms = np.concatenate([np.full(r.size, b.shape[1]) for r, b in zip(rows_l, b_l)])
 
-    def C_and_slope(c, rows):
-        pw = np.cumprod(np.broadcast_to(c[:, None], (c.size, kmax)), axis=1)   # c^1..c^kmax
-        K = b[rows, 0] + np.einsum("ij,ij->i", b[rows, 1:], pw)
-        dK = kb[rows, 1] + np.einsum("ij,ij->i", kb[rows, 2:], pw[:, :-1])
-        return (sw2[rows] * K + sb2[rows]) / q[rows], sw2[rows] * dK / q[rows]
+    def gather(K, pick=None):
+        """The first K terms (zero-padded) of the points ``pick`` (default: all), transposed."""
+        pick = np.arange(rows.size) if pick is None else pick
+        out = np.zeros((K, pick.size))
+        start = 0
+        for b in b_l:
+            sel = pick[(pick >= start) & (pick < start + b.shape[0])]
+            if sel.size:
+                kk = min(K, b.shape[1])
+                out[:kk, np.searchsorted(pick, sel)] = b[sel - start, :kk].T
+            start += b.shape[0]
+        return out
 
-    lo_c, hi_c = np.full(q.shape, -1.0), np.ones(q.shape)
-    c = np.zeros(q.shape)
-    rows = np.arange(q.size)
-    for _ in range(60):                            # safeguarded Newton on unconverged points only
-        if rows.size == 0:
-            break
-        cr = c[rows]
-        Cc, dC = C_and_slope(cr, rows)
-        F = Cc - cr
-        cn, lo_c[rows], hi_c[rows] = _newton_step_c(cr, F, dC, lo_c[rows], hi_c[rows])
-        c[rows] = cn
-        # quadratic convergence: once a step is below 1e-8 the next one is at rounding level
-        rows = rows[(np.abs(cn - cr) > 1e-8) & (hi_c[rows] - lo_c[rows] > tol)]
-    every = np.arange(q.size)
-    for _ in range(2):                             # two polishing Newton steps for every point
-        Cc, dC = C_and_slope(c, every)
+    def newton(c, r, bT, step_tol, max_iter=60):
+        """Safeguarded Newton from c on the points r (terms bT); returns c and the brackets."""
+        w, s, qq = sw2[r], sb2[r], q[r]
+        lo, hi = np.full(c.size, -1.0), np.ones(c.size)
+        live = np.arange(c.size)
+        for _ in range(max_iter):
+            if live.size == 0:
+                break
+            cr = c[live]
+            K0, dK = _series_and_slope(cr, bT)
+            F = (w * K0 + s) / qq - cr
+            cn, lo[live], hi[live] = _newton_step_c(cr, F, w * dK / qq, lo[live], hi[live])
+            cn = np.where(F == 0, cr, cn)          # a root to rounding: stays (no bisection)
+            c[live] = cn
+            keep = (np.abs(cn - cr) > step_tol) & (hi[live] - lo[live] > tol) & (F != 0)
+            if not keep.all():                     # carry on with the unconverged points only
+                live, bT = live[keep], bT[:, keep]
+                w, s, qq = w[keep], s[keep], qq[keep]
+        return c, lo, hi
+
+    # stage 1: the first terms only, every point at once
+    c = newton(np.zeros(rows.size), rows, gather(min(_STAGE1_K, int(nterms.max()))), 1e-10)[0]
+    # stage 2: by the number of terms that matter at c
+    kc = np.minimum(nterms, 41.5 / -np.log(np.minimum(np.abs(c) + 0.02, 1.0 - 1e-9)))
+    # few groups (the terms beyond a point's own are zeros): K in 32 * 2^(j/2), j = 0, 1, ...
+    need = (32 * 2.0 ** (np.ceil(2 * np.log2(np.maximum(kc, 32) / 32) - 1e-9) / 2)).astype(int)
+    need = np.where(nterms <= _STAGE1_K, nterms, np.maximum(need, 1))
+    for Kb in np.unique(need):
+        pick = np.flatnonzero(need == Kb)
+        r, bT = rows[pick], gather(int(Kb), pick)
+        cb, lo, hi = newton(c[pick], r, bT, 1e-8)
+        K0, dK = _series_and_slope(cb, bT)         # one polishing step, and the slope
+        w = sw2[r]
+        dC = w * dK / q[r]
         with np.errstate(divide="ignore", invalid="ignore"):
-            cn = c - (Cc - c) / (dC - 1.0)
-        c = np.where(np.isfinite(cn) & (cn >= lo_c) & (cn <= hi_c), cn, c)
-    _, dC = C_and_slope(c, np.arange(q.size))
-    return np.where(ok, c, np.nan), np.where(ok, dC / sw2, np.nan)
+            cn = cb - ((w * K0 + sb2[r]) / q[r] - cb) / (dC - 1.0)
+        c_out[r] = np.where(np.isfinite(cn) & (cn >= lo) & (cn <= hi), cn, cb)
+        d_out[r] = dK / q[r]
+    return c_out, d_out
 
 
 def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
@@ -639,9 +705,9 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
     2017, Fig. 1). Arrays have shape (len(sigma_b2), len(sigma_w2)).
 
     For activations without closed forms the one-dimensional integrals come from a Chebyshev
-    table in log q (``_LogQTable``, ~1e-15) and the chaotic c* from Mehler's series
-    (``_c_star_mehler``, certified by Parseval to 1e-12, else computed directly): the same
-    numbers as :func:`fixed_point` to ~1e-12, at a fraction of the cost.
+    table in log q (``tables._LogQTable``, ~1e-15, kept with the activation) and the chaotic c*
+    from Mehler's series (``_c_star_mehler``, certified by Parseval to 1e-12, else computed
+    directly): the same numbers as :func:`fixed_point` to ~1e-12, at a fraction of the cost.
     """
     act = _activation(activation)
     sw = np.atleast_1d(check_positive("sigma_w2", sigma_w2)).astype(float)
@@ -651,11 +717,13 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
     if closed:
         V, dV, D = act.second_moment, act.second_moment_slope, act.dphi_second_moment
     else:
-        t = _LogQTable(lambda q: np.stack([act.second_moment(q), act.second_moment_slope(q),
-                                           act.dphi_second_moment(q)], axis=-1),
-                       math.log(1e-9), math.log(1e4))
+        t = _tables.tables_of(act).pd
         V, dV, D = (lambda q: t(q)[..., 0]), (lambda q: t(q)[..., 1]), (lambda q: t(q)[..., 2])
-    lq = _q_star(act, SW, SB, V=V, dV=dV)
+
+        def VdV(q):
+            vals = t(q)
+            return vals[..., 0], vals[..., 1]
+    lq = _q_star(act, SW, SB, V=V, dV=dV, VdV=None if closed else VdV)
     q_star = np.exp(lq)
     qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
     chi_1 = SW * D(qe)
@@ -668,7 +736,7 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
             cs = _c_star(act, qc, wc, bc)
             dd = act.dphi_cross_moment(qc, qc, cs)
         else:
-            cs, dd = _c_star_mehler(act, qc, wc, bc)
+            cs, dd = _c_star_mehler(act, qc, wc, bc, V(qc))
             miss = np.isnan(cs)
             if np.any(miss):
                 cs[miss] = _c_star(act, qc[miss], wc[miss], bc[miss])

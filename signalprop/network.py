@@ -116,8 +116,7 @@ class Dense:
 
     def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
         """Poole et al. 2016 eqs. 3, 5; Schoenholz et al. 2017 eq. 14 (see meanfield.dense_step)."""
-        from .meanfield import dense_step
-        return dense_step(self, state, n_in, cache)
+        return _dense_step()(self, state, n_in, cache)
 
 
 @dataclass(frozen=True)
@@ -151,12 +150,23 @@ class Nonlinearity:
 
     def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
         """The Dense step with sigma_w^2 = 1, sigma_b^2 = 0 and no weights: q^l = q_x, c^l = c_x."""
-        from .meanfield import dense_step
         mu = state[2]
         if mu is not None and abs(mu) > 1e-12:
             raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
                              f"after a linear Dense or a LayerNorm); its input has mean/rms {mu:.3g}")
-        return dense_step(_AS_DENSE(self), state, n_in, cache)
+        return _dense_step()(_AS_DENSE(self), state, n_in, cache)
+
+
+def _dense_step():
+    """meanfield.dense_step (imported on first use: meanfield imports this module)."""
+    global _DENSE_STEP
+    if _DENSE_STEP is None:
+        from .meanfield import dense_step
+        _DENSE_STEP = dense_step
+    return _DENSE_STEP
+
+
+_DENSE_STEP = None
 
 
 def _AS_DENSE(layer: Nonlinearity) -> Dense:
@@ -185,6 +195,15 @@ class Network:
             except ValueError as e:
                 raise ValueError(f"layer {i + 1}: {e}") from None
             n_in = layer.width
+
+    @property
+    def batch_size(self):
+        """The batch size B of the network's batch-normalised layers, or None without any."""
+        sizes = {la.batch_size for la in self.layers if getattr(la, "batch_size", None)}
+        if len(sizes) > 1:
+            raise ValueError(f"all batch-normalised layers must share one batch_size, got "
+                             f"{sorted(sizes)}")
+        return sizes.pop() if sizes else None
 
     @property
     def needs_mean(self) -> bool:
@@ -226,7 +245,8 @@ def _per_layer(name: str, value, depth: int) -> list:
 
 def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", *,
         sigma_w2: Union[float, Sequence[float]] = 1.0, sigma_b2: Union[float, Sequence[float]] = 0.0,
-        init: Optional[str] = None, gain: float = 1.0, weights: Optional[str] = None) -> Network:
+        init: Optional[str] = None, gain: float = 1.0, weights: Optional[str] = None,
+        norm: Optional[str] = None, batch_size: Optional[int] = None) -> Network:
     """A fully connected network of ``depth`` layers.
 
     ``width``: an int (N_0 = ... = N_L), L entries (N_1..N_L; N_0 = N_1) or L + 1 entries (N_0..N_L).
@@ -234,6 +254,10 @@ def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", 
     ``init``: a named scheme (lecun, he/kaiming, xavier/glorot, orthogonal) that sets ``sigma_w2``
     per layer from its fan-in and fan-out (``gain`` scales its standard deviation); ``orthogonal``
     also selects orthogonal weights. ``weights``: gaussian (default), orthogonal or uniform.
+    ``norm``: ``"layer"`` or ``"rms"`` puts a :class:`~signalprop.norm.LayerNorm` /
+    :class:`~signalprop.norm.RMSNorm` after every layer (2 L layers in all); ``"batch"`` makes
+    every layer ``phi(BN(W x))`` over a batch of ``batch_size`` inputs
+    (:class:`~signalprop.BatchNormDense`, Yang et al. 2019; no biases: BN removes them).
     """
     depth = check_int("depth", depth, 1)
     if isinstance(width, (list, tuple, np.ndarray)):
@@ -264,5 +288,20 @@ def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", 
     else:
         sw2 = _per_layer("sigma_w2", sigma_w2, depth)
     weights = weights or "gaussian"
+    if norm not in (None, "layer", "rms", "batch"):
+        raise ValueError(f"norm must be None, 'layer', 'rms' or 'batch', got {norm!r}")
+    if (norm == "batch") != (batch_size is not None):
+        raise ValueError("batch_size goes with norm='batch' (and norm='batch' needs a batch_size)")
+    if norm == "batch":
+        from ._bnlayer import BatchNormDense
+        if any(b != 0 for b in sb2):
+            raise ValueError("sigma_b2 must be 0 with norm='batch': batch normalisation subtracts "
+                             "the batch mean, which removes any bias")
+        return Network(ws[0], tuple(BatchNormDense(ws[i + 1], acts[i], sw2[i], batch_size, weights)
+                                    for i in range(depth)))
     layers = tuple(Dense(ws[i + 1], acts[i], sw2[i], sb2[i], weights) for i in range(depth))
+    if norm is not None:
+        from .norm import LayerNorm, RMSNorm
+        kind = LayerNorm if norm == "layer" else RMSNorm
+        layers = tuple(x for la in layers for x in (la, kind(la.width)))
     return Network(ws[0], layers)

@@ -397,7 +397,10 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
     samples, q0, c0, dt, chunk, workers, max_memory = _check_args(
         network, samples, engine, q0, c0, dtype, chunk, workers, max_memory)
     root = root_seed(seed)
-    X0 = network_inputs(network.input_width, q0, c0)
+    B = network.batch_size
+    if B is not None and c0 is None:
+        c0 = 0.0                          # a batch: B inputs of pairwise correlation 0
+    X0 = network_inputs(network.input_width, q0, c0, k=B)
     job = _Job(network, engine, X0, dt, root, max_memory)
     per = _run_job(job, samples, chunk, workers)
     meta = {"source": "simulate", "engine": engine, "samples": samples,

@@ -1,0 +1,567 @@
+"""Chebyshev tables in u = log q of an activation's one-dimensional Gaussian integrals.
+
+The mean-field maps need, layer after layer, E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2] and the
+Mehler coefficients of phi(sqrt(q) z) at whatever q the layer has reached. Computed directly
+(graded quadrature, a Hermite transform) each costs ~0.1-1 ms; here they are tabulated once per
+activation, panel by panel as they are first needed, and read back in a few microseconds.
+
+Why tables in u = log q work: for phi of moderate growth (kinks allowed),
+
+    F(u) = E[f(e^{u/2} z)] = (2 pi)^{-1/2} e^{-u/2} int f(x) exp(-x^2 e^{-u} / 2) dx
+
+is analytic in the strip |Im u| < pi/2 (where Re e^{-u} > 0), and so are the Hermite coefficients
+a_k(e^u) = E[phi(e^{u/2} z) He_k(z)] / sqrt(k!) (the same integral with a polynomial factor).
+On a panel of width w the strip contains the Bernstein ellipse of parameter
+rho = s + sqrt(s^2 + 1), s = (pi/2) / (w/2) (rho ~ 25 for w = 0.25), and the degree-n Chebyshev
+interpolant converges like rho^{-n} (Trefethen, Approximation Theory and Approximation
+Practice, ch. 8, Theorem 8.2: error <= 4 M rho^{-n} / (rho - 1), M the bound of F on the
+ellipse). The logs log E[phi^2], log E[phi'^2] are tabulated rather than the values, so that the
+relative accuracy holds uniformly from q = 1e-6 to 1e6; log F is analytic wherever F has no
+zeros, a strip that may be narrower, so the rate is measured rather than assumed: the Chebyshev
+coefficients of every built-in smooth activation reach the rounding level of their data
+(~1e-15) by degree 10 on panels of width 0.25, and degree 12 is used. Every panel is checked
+when it is built: one whose last two coefficients are not at that level (an activation without
+this analyticity) is rejected, and its q goes to the direct route.
+
+Where the numbers come from: the moments from the graded composite Gauss-Legendre rule of
+:mod:`signalprop.gaussian` (within ~1e-15 of mpmath); the Mehler coefficients from the
+trapezoidal rule on [-14, 14] with exact weights h phi_N(z) and Hermite functions by their
+three-term recurrence (``_trap_level`` has the error analysis), each panel certified when built
+by Parseval, sum_k b_k = E[phi^2] to 1e-14 at every node.
+
+Public evaluators (plain floats in, plain floats / one numpy array out; ``None`` means "no table
+here: use the direct route"):
+
+* ``moments(act, lq)`` -> (log E[phi(sqrt(q) z)^2], log E[phi'(sqrt(q) z)^2]), q = exp(lq), for
+  q in [1e-6, ~1.13e6];
+* ``mehler_sq(act, q)`` -> b_k = a_k(q)^2, k = 0..K-1, with E[phi(u1) phi(u2)] = sum_k b_k c^k
+  for u ~ N(0, q [[1, c], [c, 1]]) (Mehler's formula: Mehler 1866; O'Donnell, Analysis of
+  Boolean Functions, 2014, Prop. 11.31), truncated where the tail sum_{k>=K} b_k is below
+  1e-17 sum_k b_k (so sum_k b_k c^k / sum_k b_k is the post-activation correlation to ~1e-16 for
+  every c in [-1, 1]), for q in [1e-6, q_max], q_max set by K < 1016 (tanh ~6.9, sigmoid ~24,
+  gelu ~31).
+
+Activations with closed forms (relu, leaky_relu, linear, erf: ``scalar_kernel``) get no tables;
+the series exists only for analytic activations without kinks (``Activation.mehler_coefficients``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import gaussian
+
+__all__ = ["moments", "mehler_sq", "mehler_rho", "LQ_LO", "LQ_HI"]
+
+# -- the scalar tables -----------------------------------------------------------------------
+LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
+_WIDTH = 0.25                   #: panel width in u
+_DEG = 12                       #: Chebyshev degree per panel (13 Chebyshev-Lobatto nodes)
+_N_PANELS = int(math.ceil((math.log(1e6) - LQ_LO) / _WIDTH))
+LQ_HI = LQ_LO + _N_PANELS * _WIDTH   #: upper end (q ~ 1.13e6)
+_INV_W = 1.0 / _WIDTH
+_LOG_TAIL_TOL = 1e-13           #: last two Chebyshev coefficients of a log-moment panel (absolute)
+
+_K_MAX = 1024                   #: most Mehler terms a panel may keep
+_MEHLER_TAIL = 1e-17            #: truncation: sum_{k >= K} b_k <= this * sum_k b_k at every node
+_PARSEVAL_TOL = 1e-14           #: |sum_k b_k - E[phi^2]| <= this * E[phi^2] at every node
+
+
+def _lobatto(deg: int) -> np.ndarray:
+    """Chebyshev-Lobatto points cos(pi j / deg), j = 0..deg (from 1 down to -1)."""
+    return np.cos(np.pi * np.arange(deg + 1) / deg)
+
+
+@lru_cache(maxsize=8)
+def _dct_matrix(deg: int) -> np.ndarray:
+    """C with c = C @ f: the Chebyshev coefficients c_0..c_deg of the degree-``deg`` polynomial
+    through the values f_j at the Lobatto points x_j = cos(pi j / deg) (a type-I discrete cosine
+    transform; Trefethen, ATAP, ch. 3: c_k = (2/deg) sum_j'' f_j cos(pi j k / deg), the double
+    prime halving the j = 0, deg terms, and c_0, c_deg halved)."""
+    j = np.arange(deg + 1)
+    C = np.cos(np.pi * np.outer(j, j) / deg) * (2.0 / deg)
+    C[:, [0, deg]] *= 0.5
+    C[[0, deg], :] *= 0.5
+    return C
+
+
+@lru_cache(maxsize=8)
+def _cheb_to_monomial(deg: int) -> np.ndarray:
+    """A with m = A @ c: monomial coefficients m_j (of t^j) of sum_k c_k T_k(t)."""
+    A = np.zeros((deg + 1, deg + 1))
+    for k in range(deg + 1):
+        e = np.zeros(deg + 1)
+        e[k] = 1.0
+        mk = np.polynomial.chebyshev.cheb2poly(e)
+        A[:mk.size, k] = mk
+    return A
+
+
+class _LogQTable:
+    """Piecewise Chebyshev interpolant of q -> fn(q) in u = log q on [lo, hi].
+
+    fn(q) is analytic in u in the strip |Im u| < pi/2 (module docstring), so on panels of width
+    ``width`` the degree-``deg`` interpolant converges like rho^{-deg}, rho ~ 25 for width 0.25
+    (Trefethen, ATAP, ch. 8): degree 16 gives ~1e-16 relative. Panels are built when first
+    needed (``lazy``), several at once in one vectorised call of ``fn``; ``accept(u, vals)`` may
+    transform a panel's node values or reject the panel (return None), which then counts as
+    outside the table. Evaluation (``__call__``, vectorised over q) is by the barycentric formula
+    for Chebyshev points (Berrut & Trefethen, SIAM Review 46, 2004; ATAP, ch. 5), which is
+    stable at any t in [-1, 1]; values outside [lo, hi] are computed directly with ``fn``.
+    ``fn`` maps a 1-D array of q to an array of shape (len(q), ...).
+    """
+
+    def __init__(self, fn: Callable, lo: float, hi: float, width: float = 0.25, deg: int = 16,
+                 lazy: bool = False, accept: Optional[Callable] = None):
+        self.fn, self.lo, self.width, self.deg, self.accept = fn, lo, width, deg, accept
+        self.n = max(1, int(math.ceil((hi - lo) / width)))
+        self.hi = lo + self.n * width
+        self.x = _lobatto(deg)
+        self.w = (-1.0) ** np.arange(deg + 1)
+        self.w[[0, -1]] *= 0.5
+        self.panels: list = [None] * self.n      # None: not built; False: rejected; else values
+        if not lazy:
+            self.build(range(self.n))
+
+    def nodes(self, k) -> np.ndarray:
+        """u at the Lobatto nodes of panel(s) k, increasing within a panel: shape (..., deg+1)."""
+        k = np.asarray(k)
+        return self.lo + (k[..., None] + 0.5 * (1.0 - self.x)) * self.width
+
+    def build(self, ks) -> None:
+        """Build the panels ``ks`` (those not built yet) with one call of ``fn``."""
+        ks = [int(k) for k in ks if self.panels[int(k)] is None]
+        if not ks:
+            return
+        u = self.nodes(np.array(ks))
+        vals = np.asarray(self.fn(np.exp(u.ravel())))
+        vals = vals.reshape(u.shape + vals.shape[1:])
+        for i, k in enumerate(ks):
+            v = vals[i] if self.accept is None else self.accept(u[i], vals[i])
+            self.panels[k] = False if v is None else v
+
+    def panel(self, k: int):
+        """Node values of panel k (nodes in increasing u), built if needed; None if rejected."""
+        p = self.panels[k]
+        if p is None:
+            self.build([k])
+            p = self.panels[k]
+        return p if p is not False else None
+
+    def locate(self, u: np.ndarray):
+        """(panel index, t in [-1, 1], inside) for an array of u."""
+        s = (u - self.lo) / self.width
+        inside = (s >= 0.0) & (s <= self.n)
+        k = np.clip(np.floor(np.where(inside, s, 0.0)).astype(int), 0, self.n - 1)
+        t = np.clip(2.0 * (s - k) - 1.0, -1.0, 1.0)
+        return k, t, inside
+
+    def __call__(self, q):
+        q = np.asarray(q, float)
+        u = np.log(q.ravel())
+        k, t, inside = self.locate(u)
+        ks = np.unique(k[inside])
+        self.build(ks)
+        ok = np.zeros(self.n, bool)
+        ok[ks] = [self.panels[j] is not False for j in ks]
+        inside &= ok[k]
+        trail = None
+        for j in ks:
+            if ok[j]:
+                trail = self.panels[j].shape[1:]
+                break
+        if trail is None:                          # nothing inside: all direct
+            vals = np.asarray(self.fn(q.ravel()))
+            return vals.reshape(q.shape + vals.shape[1:])
+        out = np.empty(u.shape + trail)
+        if np.any(~inside):
+            out[~inside] = np.asarray(self.fn(np.exp(u[~inside])))
+        idx = np.flatnonzero(inside)
+        order = idx[np.argsort(k[idx], kind="stable")]
+        kk = k[order]
+        starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]])
+        ends = np.r_[starts[1:], kk.size]
+        xs = self.x[::-1]                          # nodes in increasing order, as stored
+        ws = self.w[::-1]
+        for a, b in zip(starts, ends):
+            rows = order[a:b]
+            vals = self.panels[kk[a]].reshape(self.deg + 1, -1)
+            d = t[rows, None] - xs[None, :]
+            hit = d == 0.0
+            d[hit] = 1.0
+            cw = ws / d
+            exact = hit.any(axis=1)
+            cw[exact] = hit[exact]
+            # einsum, not BLAS: a 17-term contraction gains nothing from threads
+            res = np.einsum("ij,jm->im", cw, vals) / cw.sum(axis=1)[:, None]
+            out[rows] = res.reshape((rows.size,) + trail)
+        return out.reshape(q.shape + trail)
+
+
+# -- per-activation cache ---------------------------------------------------------------------
+
+_ATTR = "_signalprop_tables"
+_SHARED: dict = {}
+
+
+class _Tables:
+    """The tables of one activation (built lazily): ``mom`` (log moments), ``meh`` (Mehler),
+    ``pd`` (phase diagram: E[phi^2], its slope and E[phi'^2] on [1e-9, 1e4])."""
+
+    def __init__(self, act):
+        self.act = act
+        self._mom = self._meh = self._pd = None
+
+    # log moments ----------------------------------------------------------------------------
+    @property
+    def mom(self):
+        if self._mom is None:
+            self._mom = _moment_table(self.act) if _has_moment_table(self.act) else False
+        return self._mom
+
+    @property
+    def meh(self):
+        if self._meh is None:
+            self._meh = _mehler_table(self.act) if _has_series(self.act) else False
+        return self._meh
+
+    @property
+    def pd(self):
+        """E[phi^2], d/dq E[phi^2], E[phi'^2] on [1e-9, 1e4] (degree 16), for phase_diagram."""
+        if self._pd is None:
+            act = self.act
+            self._pd = _LogQTable(lambda q: np.stack([act.second_moment(q),
+                                                      act.second_moment_slope(q),
+                                                      act.dphi_second_moment(q)], axis=-1),
+                                  math.log(1e-9), math.log(1e4))
+            # built in one call, as it always was: with q up to 1e4 in the call, the engine
+            # uses its graded rule for every node (deterministic, ~1e-16)
+        return self._pd
+
+
+def _key(act):
+    """Activations built from the same formula share their tables: built-ins (and sympy
+    expressions) are identified by class, name, parameters, expression, strip and kinks; a
+    Python callable only by its object."""
+    if act.expr is None:
+        return None
+    return (type(act), act.name, tuple(sorted(act.params.items())), act.expr, act.tau, act.kinks)
+
+
+def tables_of(act) -> _Tables:
+    """The (cached) tables of ``act``: an attribute on the object, shared between objects that
+    describe the same activation (``_key``)."""
+    t = act.__dict__.get(_ATTR)
+    if t is None:
+        key = _key(act)
+        t = _SHARED.get(key) if key is not None else None
+        if t is None:
+            t = _Tables(act)
+            if key is not None:
+                _SHARED[key] = t
+        object.__setattr__(act, _ATTR, t)    # the dataclass is frozen; this is a private cache
+    return t
+
+
+def _has_moment_table(act) -> bool:
+    return getattr(act, "scalar_kernel", None) is None
+
+
+def _has_series(act) -> bool:
+    """Whether Mehler's series is used for ``act`` (as ``Activation.mehler_coefficients``)."""
+    from .activations import Activation
+    return (act.tau is not None and math.isfinite(act.tau) and not act.kinks
+            and act.smooth is None and type(act).cross_moment is Activation.cross_moment)
+
+
+# -- log moments ------------------------------------------------------------------------------
+
+
+def _direct_moments(act, q):
+    """(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2]) for the tables: by the graded composite
+    Gauss-Legendre rule of :mod:`signalprop.gaussian` whatever q (measured within 1e-15 of
+    mpmath for tanh and sigmoid over q in [1e-6, 1e6]); ``act.moments`` itself switches to
+    Gauss-Hermite at small q, whose computed weights carry ~1e-14 relative errors near 200
+    nodes. Activations that override the moments are asked directly."""
+    from .activations import Activation
+    cls = type(act)
+    if (cls.moments is Activation.moments and cls.second_moment is Activation.second_moment
+            and cls.dphi_second_moment is Activation.dphi_second_moment):
+        return gaussian.expect((lambda x: act.phi(x) ** 2, lambda x: act.dphi(x) ** 2),
+                               np.asarray(q, float), kinks=act.kinks, tau=None)
+    return act.moments(q)
+
+
+def _moment_table(act) -> _LogQTable:
+    C = _dct_matrix(_DEG)
+
+    def fn(q):
+        v, d = _direct_moments(act, q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([np.log(v), np.log(d)], axis=-1)
+
+    def accept(u, vals):
+        """Chebyshev coefficients (and monomial ones for Horner) of a panel, or None when the
+        values are not finite or the last two coefficients are not at rounding level."""
+        if not np.all(np.isfinite(vals)):
+            return None
+        # the chord through the end nodes is taken out before the transform and put back into
+        # c_0, c_1: log E[phi^2] reaches |14| at the ends of the range, and a transform of the
+        # raw values would spread its rounding (~13 eps |value|) over every coefficient
+        lo_v, hi_v = vals[0], vals[-1]
+        x = _lobatto(_DEG)[:, None]                # t at the nodes, descending
+        rest = vals[::-1] - (0.5 * (hi_v + lo_v) + 0.5 * (hi_v - lo_v) * x)
+        coef = C @ rest                            # nodes as x_j = cos(pi j / deg): t descending
+        if np.max(np.abs(coef[-2:])) > _LOG_TAIL_TOL:
+            return None
+        coef[0] += 0.5 * (hi_v + lo_v)
+        coef[1] += 0.5 * (hi_v - lo_v)
+        # monomial coefficients in t, for Horner's rule in plain floats. The Chebyshev
+        # coefficients decay like rho^-k (rho ~ 25), so the monomial ones do too and Horner's
+        # rounding error is ~eps sum_k |m_k| ~ eps |value| (the large monomial coefficients of
+        # T_k only multiply the rounding-level c_k, and cancel to that level on [-1, 1]).
+        m = _cheb_to_monomial(_DEG) @ coef
+        return tuple((float(a), float(b)) for a, b in m[::-1])
+
+    return _LogQTable(fn, LQ_LO, LQ_HI, _WIDTH, _DEG, lazy=True, accept=accept)
+
+
+def moments(act, lq: float):
+    """(log E[phi(sqrt(q) z)^2], log E[phi'(sqrt(q) z)^2]) at q = exp(lq), from the table.
+
+    Plain floats in and out, a few microseconds. ``None`` when ``act`` has no table (closed
+    forms: relu, leaky_relu, linear, erf) or lq is outside [LQ_LO, LQ_HI] (q in [1e-6, ~1.13e6])
+    or its panel was rejected when built: the caller then computes the moments directly.
+    Accuracy against ``act.moments``: <= 1e-13 relative (tests/test_tables.py; typically 1e-15).
+    """
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t._mom if t._mom is not None else t.mom
+    if tab is False:
+        return None
+    s = (lq - LQ_LO) * _INV_W
+    if not 0.0 <= s <= _N_PANELS:                  # also rejects nan
+        return None
+    k = int(s)
+    if k == _N_PANELS:
+        k -= 1
+    poly = tab.panels[k]
+    if poly is None:
+        poly = tab.panel(k)
+    if not poly:
+        return None
+    x = 2.0 * (s - k) - 1.0
+    a = b = 0.0
+    for ca, cb in poly:
+        a = a * x + ca
+        b = b * x + cb
+    return a, b
+
+
+# -- Mehler coefficients ----------------------------------------------------------------------
+
+_TRAP_L = 14.0      # |z| <= L: the integrand carries exp(-z^2/4) (below 1e-21 there)
+_TRAP_QMAX = 8.0    # no series table where sqrt(q) / tau > 8 (tanh: q > 158; K would be ~2e4)
+_K_FIRST = 256      # terms tried first; a panel that needs more is recomputed with _K_MAX
+_ROWS: dict = {}    # level -> (z, P): the trapezoidal rule and its Hermite rows so far
+
+
+def _hermite_rows(level: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trapezoidal rule on [-L, L] with step h = 0.5 * 2^(-level/4), and the matrix
+    P[k, i] = sqrt(W_i) p_k(z_i), k < K, W_i = h phi(z_i) (phi the standard normal density),
+    p_k = He_k / sqrt(k!) the orthonormal Hermite polynomials.
+
+    Rows by the three-term recurrence p_{k+1} = (z p_k - sqrt(k) p_{k-1}) / sqrt(k+1) started
+    from sqrt(W): every entry is h^{1/2} times a Hermite function, bounded by ~h^{1/2}, so
+    nothing overflows. The weights are h phi(z_i) exactly (no computed Gauss weights, whose
+    rounding errors (~1e-14 for n ~ 1000 in scipy's roots_hermitenorm) were the largest error
+    of the Gauss-Hermite route). Cached per level and extended when more rows are asked for."""
+    z, P = _ROWS.get(level, (None, None))
+    if P is None or P.shape[0] < K:
+        h = 0.5 * 2.0 ** (-level / 4.0)
+        if z is None:
+            n = int(math.ceil(_TRAP_L / h))
+            z = np.arange(-n, n + 1) * h
+        new = np.empty((K, z.size))
+        if P is None:
+            new[0] = np.sqrt(h * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))
+            new[1] = z * new[0]
+            k0 = 1
+        else:
+            new[:P.shape[0]] = P
+            k0 = P.shape[0] - 1
+        for k in range(k0, K - 1):
+            new[k + 1] = (z * new[k] - math.sqrt(k) * new[k - 1]) / math.sqrt(k + 1)
+        if len(_ROWS) >= 8:
+            _ROWS.pop(next(iter(_ROWS)))
+        _ROWS[level] = (z, new)
+        P = new
+    return z, P[:K]
+
+
+def _trap_level(q_max: float, tau: float, K: int) -> int:
+    """Level of the trapezoidal rule for the Hermite coefficients a_k, k < K, of phi(sqrt(q) z),
+    q <= q_max.
+
+    The trapezoidal rule with step h on an integrand analytic and bounded by M in the strip
+    |Im z| < d errs by at most 2M / (exp(2 pi d / h) - 1) (Trefethen & Weideman, SIAM Review 56,
+    2014, Theorem 5.1). Here the integrand phi(sqrt(q) z) p_k(z) phi_N(z) is analytic for
+    |Im z| < tau / sqrt(q); on Im z = y, |phi_N| grows by exp(y^2/2) and p_k(z) phi_N(z)^{1/2} like
+    exp(|y| sqrt(k + 1/2)) (the local frequency of the Hermite functions). With y ~ 0.9 tau/sqrt(q)
+    (at most ~8) and a margin, 2 pi / h >= 1.1 sqrt(2 K + 1) + 40 sqrt(q) / tau + 8 puts the
+    error near 1e-17 relative; it is checked, not assumed: Parseval at every node when a panel is
+    built, and against a rule with half the step in tests/test_tables.py."""
+    need = 1.1 * math.sqrt(2 * K + 1) + 40.0 * math.sqrt(q_max) / tau + 8.0
+    h = 2.0 * math.pi / need
+    return max(0, int(math.ceil(4.0 * math.log2(0.5 / h) - 1e-9)))
+
+
+def hermite_sq(act, q, K: int = _K_MAX, level: Optional[int] = None) -> np.ndarray:
+    """b_k = a_k(q)^2, k < K, a_k = E[phi(sqrt(q) z) He_k(z)] / sqrt(k!), for a 1-D array q, by
+    the trapezoidal rule of ``_trap_level`` (the largest q sets it). Shape (len(q), K)."""
+    q = np.atleast_1d(np.asarray(q, float))
+    lev = _trap_level(float(q.max()), act.tau, K) if level is None else level
+    z, P = _hermite_rows(lev, K)
+    F = act.phi(np.sqrt(q)[:, None] * z) * P[0]
+    a = F @ P.T
+    return a * a
+
+
+def _mehler_table(act) -> _LogQTable:
+    C = _dct_matrix(_DEG)
+
+    def fn(q):
+        """b_k at the nodes of one or more panels (panel by panel), zero-padded to _K_MAX terms.
+
+        Each panel gets the rule of its largest q, first with _K_FIRST terms and, where their
+        tail is not negligible, again with _K_MAX. Panels beyond sqrt(q) / tau = _TRAP_QMAX
+        (where every activation here needs far more than 1024 terms) are not computed (nan:
+        rejected)."""
+        rows = q.reshape(-1, _DEG + 1)
+        out = np.zeros((rows.shape[0], _DEG + 1, _K_MAX))
+        qmax = rows.max(axis=1)
+        ok = np.sqrt(qmax) / act.tau <= _TRAP_QMAX
+        out[~ok] = np.nan
+        todo = np.flatnonzero(ok)
+        for K in (_K_FIRST, _K_MAX):
+            levels = np.array([_trap_level(float(v), act.tau, K) for v in qmax[todo]], int)
+            for lev in np.unique(levels):
+                sel = todo[levels == lev]
+                out[sel, :, :K] = hermite_sq(act, rows[sel].ravel(), K, int(lev)).reshape(
+                    sel.size, _DEG + 1, K)
+            if K == _K_MAX:
+                break
+            b = out[todo, :, :K]
+            long = np.any(b[:, :, -8:].sum(axis=2) > 0.1 * _MEHLER_TAIL * b.sum(axis=2), axis=1)
+            todo = todo[long]
+            if todo.size == 0:
+                break
+        return out.reshape(q.size, _K_MAX)
+
+    def accept(u, b):
+        """Truncate where the tail is below _MEHLER_TAIL at every node, certify by Parseval,
+        return the Chebyshev coefficient matrix (deg+1, K) for t ascending in [-1, 1]."""
+        total = b.sum(axis=1)
+        if not np.all(np.isfinite(total)) or np.any(total <= 0):
+            return None
+        tail = np.cumsum(b[:, ::-1], axis=1)[:, ::-1]          # tail[:, k] = sum_{j >= k} b_j
+        big = np.flatnonzero(np.any(tail > _MEHLER_TAIL * total[:, None], axis=0))
+        K = int(big[-1]) + 1 if big.size else 1
+        if K >= _K_MAX - 8:
+            return None                                        # series too long here
+        v = np.asarray(_direct_moments(act, np.exp(u))[0], float)
+        if np.any(np.abs(total - v) > _PARSEVAL_TOL * v):
+            return None
+        return C @ b[::-1, :K]                                  # nodes x_j = cos(pi j / deg)
+
+    tab = _LogQTable(fn, LQ_LO, LQ_HI, _WIDTH, _DEG, lazy=True, accept=accept)
+    tab.rho_data = [None] * tab.n        # per panel, for mehler_rho
+    return tab
+
+
+_KS = np.arange(_DEG + 1, dtype=float)
+
+
+def mehler_sq(act, q: float) -> Optional[np.ndarray]:
+    """b_k = a_k(q)^2 (k = 0..K-1): E[phi(u1) phi(u2)] = sum_k b_k c^k for
+    u ~ N(0, q [[1, c], [c, 1]]) (Mehler's formula), so sum_k b_k c^k / sum_k b_k is the
+    correlation of the post-activations; the same numbers as ``act.mehler_coefficients(q)**2``
+    (to <= 1e-13 of sum_k b_k, tests/test_tables.py), truncated at K where the tail is below
+    1e-17 of the sum.
+
+    A new numpy array, a few microseconds. ``None`` where ``act`` has no series (kinks, closed
+    forms, unknown analyticity), outside q in [1e-6, ~1.13e6], or where the series would need
+    1016 terms or more (tanh: q >~ 6.9): the caller then uses the direct route.
+    """
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t._meh if t._meh is not None else t.meh
+    if tab is False or not q > 0.0:
+        return None
+    s = (math.log(q) - LQ_LO) * _INV_W
+    if not 0.0 <= s <= _N_PANELS:
+        return None
+    k = int(s)
+    if k == _N_PANELS:
+        k -= 1
+    coef = tab.panels[k]
+    if coef is None:
+        coef = tab.panel(k)
+    if coef is None or coef is False:
+        return None
+    x = 2.0 * (s - k) - 1.0
+    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
+    # T_j(x) = cos(j arccos x): accurate to ~j eps for every x in [-1, 1]
+    return np.cos(_KS * math.acos(x)) @ coef
+
+
+def _rho_panel(coef: np.ndarray, k: int, tab) -> tuple:
+    """(exponents, Chebyshev coefficients of the b_k with those exponents, of sum_k b_k) of a
+    panel: the terms that are zero to 1e-30 of the sum at every node (the even ones of an odd
+    activation) are left out."""
+    T = np.cos(np.outer(np.arccos(_lobatto(_DEG)), _KS))     # T_j at the nodes
+    b = T @ coef                                              # b_k at the nodes
+    total = b.sum(axis=1)
+    keep = np.flatnonzero(np.any(np.abs(b) > 1e-30 * total[:, None], axis=0))
+    data = (keep.astype(float), np.ascontiguousarray(coef[:, keep]), coef.sum(axis=1),
+            np.where(keep % 2 == 1, -1.0, 1.0))
+    tab.rho_data[k] = data
+    return data
+
+
+def mehler_rho(act, q: float, c: float) -> Optional[float]:
+    """sum_k b_k c^k / sum_k b_k = E[phi(u1) phi(u2)] / E[phi(u1)^2] for
+    u ~ N(0, q [[1, c], [c, 1]]): the correlation of the post-activations (Mehler's formula),
+    from the table of ``mehler_sq`` without forming the b_k, and without the terms that vanish
+    (the even ones of an odd activation). A float (not clipped to [-1, 1]), or ``None`` where
+    ``mehler_sq`` would return None."""
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t._meh if t._meh is not None else t.meh
+    if tab is False or not q > 0.0:
+        return None
+    s = (math.log(q) - LQ_LO) * _INV_W
+    if not 0.0 <= s <= _N_PANELS:
+        return None
+    k = int(s)
+    if k == _N_PANELS:
+        k -= 1
+    data = tab.rho_data[k]
+    if data is None:
+        coef = tab.panel(k)
+        if coef is None:
+            return None
+        data = _rho_panel(coef, k, tab)
+    exps, cs, den, sign = data
+    x = 2.0 * (s - k) - 1.0
+    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
+    T = np.cos(_KS * math.acos(x))
+    if c == 0.0:
+        return float(T @ cs[:, 0]) / float(T @ den) if exps[0] == 0.0 else 0.0
+    # c^k = exp(k log|c|) (times (-1)^k for c < 0): one vector exp instead of a power per term;
+    # its relative error k |log c| eps multiplies c^k, so the sum errs by < eps / e of sum b_k
+    pw = np.exp(exps * math.log(abs(c)))
+    if c < 0.0:
+        pw *= sign
+    return float(T @ (cs @ pw)) / float(T @ den)

@@ -1,0 +1,259 @@
+"""Chebyshev tables in log q (signalprop.tables) against the direct routes, and phase_diagram.
+
+Stated tolerances (never widened to pass; the measured figures are in the comments):
+
+* ``moments``: |log E_table - log E_direct| <= 1e-13 (a relative error of 1e-13) against
+  ``act.moments`` at 80 values of q in [1e-6, 1.13e6], panel edges included, for every built-in
+  activation without a closed form and a sympy one (measured <= 9e-15: ``act.moments``' own
+  Gauss-Hermite rule at small q is the larger error); <= 1e-14 against mpmath (measured 2e-15).
+* ``mehler_sq``: against ``act.mehler_coefficients(q)**2`` wherever that exists, every
+  |b_k - b_k'| and their sum <= 1e-13 sum_k b_k (measured <= 5e-14, the Gauss-Hermite route's
+  own error); the correlation map sum_k b_k c^k / sum_k b_k within 1e-13 of the direct series
+  and, beyond its range, of the bivariate quadrature (measured 1e-14).
+* Parseval: sum_k b_k = E[phi^2] to 1e-13 relative at every node of every panel and at random q
+  (certifies truncation and quadrature; measured <= 1e-14, mostly the error of the direct
+  E[phi^2] it is compared with; against mpmath the sums agree to ~1e-16).
+* The trapezoidal rule behind the coefficients is converged: halving its step changes no b_k by
+  more than 4e-15 sum_k b_k (measured 9e-16).
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import signalprop as sp
+from signalprop import gaussian, tables
+from signalprop.tables import LQ_HI, LQ_LO
+
+TABLED = ["tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "softplus", "elu", "selu", "hard_tanh",
+          "x*tanh(x)"]
+SERIES = ["tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "softplus"]
+W = tables._WIDTH
+
+
+def _lqs(rng, n=60):
+    """Random log q over the table, plus panel edges (both ends of the range included)."""
+    edges = LQ_LO + W * np.r_[0, rng.integers(1, tables._N_PANELS, 18), tables._N_PANELS]
+    return np.r_[rng.uniform(LQ_LO, LQ_HI, n), edges]
+
+
+# -- moments ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TABLED)
+def test_moments_match_direct(name):
+    act = sp.activation(name)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    worst = 0.0
+    for lq in _lqs(rng):
+        lv, ld = tables.moments(act, float(lq))
+        v, d = act.moments(math.exp(lq))            # the direct route, one q at a time
+        worst = max(worst, abs(lv - math.log(v)), abs(ld - math.log(d)))
+    assert worst <= 1e-13
+
+
+@pytest.mark.parametrize("name,q", [("tanh", 3e-6), ("tanh", 0.7), ("tanh", 2e5),
+                                    ("softplus", 1e-4), ("softplus", 40.0)])
+def test_moments_match_mpmath(name, q):
+    mp = pytest.importorskip("mpmath")
+    f = {"tanh": (lambda x: mp.tanh(x) ** 2, lambda x: mp.sech(x) ** 4),
+         "softplus": (lambda x: mp.log1p(mp.exp(x)) ** 2,
+                      lambda x: 1 / (1 + mp.exp(-x)) ** 2)}[name]
+    with mp.workdps(30):
+        s = mp.sqrt(mp.mpf(q))
+        # breakpoints at the scale of the activation (x = +-2^k) and of the Gaussian
+        pts = sorted({0, -12, 12,
+                      *(sg * mp.mpf(2) ** k / s for k in range(-3, 7) for sg in (1, -1))})
+        pts = [-mp.inf] + [p for p in pts if abs(p) <= 12] + [mp.inf]
+        ref = [mp.quad(lambda z: g(s * z) * mp.exp(-z * z / 2), pts) / mp.sqrt(2 * mp.pi)
+               for g in f]
+        lv, ld = tables.moments(sp.activation(name), math.log(q))
+        assert abs(lv - float(mp.log(ref[0]))) <= 1e-14
+        assert abs(ld - float(mp.log(ref[1]))) <= 1e-14
+
+
+def test_moments_none_outside_and_for_closed_forms():
+    tanh = sp.activation("tanh")
+    assert tables.moments(tanh, LQ_LO) is not None and tables.moments(tanh, LQ_HI) is not None
+    for lq in (LQ_LO - 1e-9, LQ_HI + 1e-9, math.nan, math.inf, -math.inf):
+        assert tables.moments(tanh, lq) is None
+    for name in ("relu", "erf", "linear"):
+        assert tables.moments(sp.activation(name), 0.0) is None
+    assert tables.moments(sp.activation("leaky_relu", slope=0.2), 0.0) is None
+
+
+# -- Mehler coefficients ------------------------------------------------------------------------
+
+
+def _direct_q_max(act):
+    """Largest q where act.mehler_coefficients answers (its node ladder ends at 1536)."""
+    return (1536 - 16) / 2 * act.tau ** 2 / 1100
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_mehler_matches_direct(name):
+    act = sp.activation(name)
+    rng = np.random.default_rng(7 + len(name))
+    top = math.log(_direct_q_max(act)) - 1e-9
+    k_top = int((top - LQ_LO) / W)
+    lqs = np.r_[rng.uniform(LQ_LO, top, 30), LQ_LO + W * np.arange(0, k_top + 1, 4)]
+    cs = np.array([-1.0, -0.6, 0.0, 0.25, 0.8, 0.99, 0.9999, 1.0])
+    for lq in lqs:
+        q = math.exp(lq)
+        b = tables.mehler_sq(act, q)
+        bd = act.mehler_coefficients(q) ** 2
+        n = max(b.size, bd.size)
+        diff = np.zeros(n)
+        diff[:b.size] += b
+        diff[:bd.size] -= bd
+        S = bd.sum()
+        assert np.max(np.abs(diff)) <= 1e-13 * S, q
+        assert np.sum(np.abs(diff)) <= 1e-13 * S, q
+        rho = np.polynomial.polynomial.polyval(cs, b) / b.sum()
+        rho_d = np.polynomial.polynomial.polyval(cs, bd) / S
+        assert np.max(np.abs(rho - rho_d)) <= 1e-13, q
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_mehler_beyond_the_direct_series_matches_bivariate_quadrature(name):
+    act = sp.activation(name)
+    meh = tables.tables_of(act).meh
+    k_last = max(k for k in range(meh.n) if meh.panel(k) is not None)
+    lo, hi = math.log(_direct_q_max(act)), LQ_LO + (k_last + 1) * W
+    assert hi > lo
+    cs = np.array([-0.9, -0.2, 0.3, 0.7, 0.95])
+    for lq in np.linspace(lo, hi - 1e-9, 4):
+        q = math.exp(lq)
+        b = tables.mehler_sq(act, q)
+        rho = np.polynomial.polynomial.polyval(cs, b) / b.sum()
+        ref = act.cross_moment(q, q, cs) / act.second_moment(q)
+        assert np.max(np.abs(rho - ref)) <= 1e-13, q
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_mehler_parseval_certifies_every_panel(name):
+    """sum_k b_k = E[phi^2] on every panel the table keeps; the kept panels form one run from
+    q = 1e-6 up, and the series stays shorter than the cap."""
+    act = sp.activation(name)
+    meh = tables.tables_of(act).meh
+    meh.build(range(meh.n))
+    kept = [k for k in range(meh.n) if meh.panels[k] is not False]
+    assert kept == list(range(len(kept))) and len(kept) > 40
+    rng = np.random.default_rng(3)
+    for k in kept:
+        nodes = meh.nodes(k)
+        u = np.r_[nodes[0] + 1e-12, nodes[1:-1], nodes[-1] - 1e-12, LQ_LO + (k + rng.random(2)) * W]
+        V = act.second_moment(np.exp(u))
+        for ui, v in zip(u, V):
+            b = tables.mehler_sq(act, math.exp(ui))
+            assert b.size < tables._K_MAX - 8
+            assert abs(b.sum() - v) <= 1e-13 * v, (k, ui)
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_trapezoidal_hermite_rule_is_converged(name):
+    act = sp.activation(name)
+    for q in (1e-6, 1e-2, 0.5, 2.0, 6.0):
+        for K in (tables._K_FIRST, tables._K_MAX):
+            lev = tables._trap_level(q, act.tau, K)
+            b1 = tables.hermite_sq(act, [q], K, lev)[0]
+            b2 = tables.hermite_sq(act, [q], K, lev + 4)[0]       # half the step
+            assert np.max(np.abs(b1 - b2)) <= 4e-15 * b2.sum(), (q, K)
+
+
+def test_hermite_sq_against_gauss_hermite_at_small_q():
+    # an independent route where it is exact to rounding: 64-node Gauss-Hermite at q = 1e-3
+    act = sp.activation("tanh")
+    a = gaussian.hermite_coefficients(act.phi, 1e-3, 40, 64)
+    b = tables.hermite_sq(act, [1e-3])[0]
+    assert np.max(np.abs(b[:41] - a * a)) <= 1e-15 * b.sum()
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "gelu"])
+def test_mehler_rho_is_the_series(name):
+    act = sp.activation(name)
+    for q in (1e-6, 0.01, 0.3, 1.3, 3.0):
+        b = tables.mehler_sq(act, q)
+        for c in (-1.0, -0.3, 0.0, 0.5, 0.99, 1.0):
+            ref = float(np.polynomial.polynomial.polyval(c, b) / b.sum())
+            assert tables.mehler_rho(act, q, c) == pytest.approx(ref, abs=2e-15)
+
+
+def test_mehler_none_without_series_or_outside():
+    for name in ("relu", "erf", "elu", "selu", "hard_tanh", "linear", "x*tanh(x)"):
+        assert tables.mehler_sq(sp.activation(name), 1.0) is None
+        assert tables.mehler_rho(sp.activation(name), 1.0, 0.5) is None
+    tanh = sp.activation("tanh")
+    for q in (0.0, -1.0, math.nan, math.inf, 0.99e-6, 50.0):
+        assert tables.mehler_sq(tanh, q) is None
+    assert tables.mehler_sq(tanh, 1e-6) is not None
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+def test_tables_are_shared_by_equal_activations_only():
+    a, b = sp.activation("tanh"), sp.activation("tanh")
+    assert a is not b and tables.tables_of(a) is tables.tables_of(b)
+    assert tables.tables_of(sp.activation("elu", alpha=0.5)) is not \
+        tables.tables_of(sp.activation("elu", alpha=1.0))
+    f = sp.activation(lambda x: np.tanh(x), dphi=lambda x: 1 / np.cosh(x) ** 2)
+    g = sp.activation(lambda x: np.tanh(x), dphi=lambda x: 1 / np.cosh(x) ** 2)
+    assert tables.tables_of(f) is not tables.tables_of(g)
+    lv, ld = tables.moments(f, 0.0)
+    assert (lv, ld) == pytest.approx(tables.moments(a, 0.0), abs=1e-13)
+
+
+def test_log_q_table_vectorised_matches_direct():
+    act = sp.activation("gelu")
+    t = tables.tables_of(act).pd
+    q = np.exp(np.r_[np.linspace(math.log(1e-12), math.log(1e6), 97), t.lo, t.hi])
+    ref = np.stack([act.second_moment(q), act.second_moment_slope(q), act.dphi_second_moment(q)],
+                   axis=-1)
+    np.testing.assert_allclose(t(q), ref, rtol=1e-13, atol=0)
+    assert t(q.reshape(3, -1)).shape == (3, q.size // 3, 3)
+
+
+# -- phase_diagram ------------------------------------------------------------------------------
+
+
+def test_phase_diagram_chaotic_points_agree_with_fixed_point():
+    # rows sigma_b^2 = 0, 1/255, 0.3 of the benchmark grid: c* by Mehler's series (tables)
+    # against fixed_point (bivariate quadrature), away from the edge of chaos
+    sw = np.linspace(1.0, 4.0, 256)[::15]
+    sb = np.array([0.0, 1 / 255, 0.3])
+    pd = sp.phase_diagram("tanh", sw, sb)
+    n = 0
+    for i, b in enumerate(sb):
+        for j, w in enumerate(sw):
+            fp = sp.fixed_point("tanh", w, b)
+            if abs(fp.chi_1 - 1.0) < 1e-2:
+                continue
+            n += fp.regime == "chaotic"
+            assert pd.q_star[i, j] == pytest.approx(fp.q_star, rel=1e-12)
+            assert pd.chi_1[i, j] == pytest.approx(fp.chi_1, rel=1e-12)
+            assert pd.c_star[i, j] == pytest.approx(fp.c_star, abs=1e-12)
+            assert pd.xi_c[i, j] == pytest.approx(fp.xi_c, rel=1e-11)
+    assert n >= 20
+
+
+def test_near_neutral_length_map_diverges_instead_of_a_spurious_root():
+    # gelu-like maps at sigma_w^2 = 2 grow like q + sigma_b^2 - O(q^-1/2): q* = inf; the sign of
+    # G = log T(q) - log q (~ sigma_b^2 / q) is lost in rounding near q ~ 1e20, which used to
+    # stop the bracketing there and then ask the bivariate rule for c* at q = 4e20
+    # (iterating the map from q = 1 for 2e4 layers: q ~ 6e3 and 1e4, still growing)
+    for name, sb2 in (("gelu_tanh", 0.3), ("gelu", 0.3), ("silu", 0.6)):
+        assert sp.fixed_point(name, 2.0, sb2).q_star == math.inf
+    pd = sp.phase_diagram("gelu_tanh", [1.5, 2.0], [0.3])
+    assert pd.q_star[0, 1] == math.inf and np.isfinite(pd.q_star[0, 0])
+
+
+def test_critical_line_without_slope_at_zero_is_nan():
+    # x tanh(x) has phi(0) = phi'(0) = 0: no critical point at sigma_b^2 = 0 (was 1 / 0)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = sp.critical_sigma_w2("x*tanh(x)", [0.0, 0.1])
+    assert np.isnan(out[0]) and np.isfinite(out[1])
+    assert any(issubclass(x.category, RuntimeWarning) for x in w)
