@@ -400,6 +400,18 @@ def _depth(x):
     return math.inf if lx == 0 else -1.0 / lx
 
 
+def _limit_c_slope(chi_c, growth):
+    """Slope at c = 1 of the correlation map when q^l -> 0 or inf: c^{l+1} = q_ab^{l+1}/q^{l+1} has
+    slope chi_c q^l / q^{l+1} = chi_c / growth there (chi_c alone at a finite fixed point). For
+    activations that are linear at 0 or positively homogeneous at infinity (relu-like) it is 1
+    up to O(q) at q = 1e-280 or O(q^-1/2) at 1e100, i.e. exactly 1 in float64; values within 1e-12
+    of 1 (the integrals' rounding) are set to 1, whose depth scale is inf (c moves as a power of l
+    or not at all, never exponentially)."""
+    ratio = np.asarray(chi_c, float) / np.asarray(growth, float)
+    ratio = np.where(np.abs(ratio - 1.0) <= 1e-12, 1.0, ratio)
+    return float(ratio) if ratio.ndim == 0 else ratio
+
+
 def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -> FixedPoint:
     """Fixed point of the length and correlation maps and the depth scales (CONVENTIONS.md):
 
@@ -407,7 +419,9 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
     (Poole et al. 2016, eq. 7), chi_c = sigma_w^2 E[phi'(u1) phi'(u2)] at c* and
     xi_q = -1/log(sigma_w^2 E[phi'^2 + phi phi'']), xi_c = -1/log chi_c (Schoenholz et al. 2017,
     eqs. 4-9), xi_grad = 1/|log chi_1|. A vanishing (q* = 0) or diverging (q* = inf) length map
-    is reported as such, with the limiting chi_1; diverging depth scales are inf.
+    is reported as such, with the limiting chi_1; diverging depth scales are inf. There xi_c is
+    that of the limiting correlation map (:func:`_limit_c_slope`; inf for relu-like and
+    linear-at-0 activations) and xi_q is inf when q* = inf (no fixed point to approach).
     """
     act = _activation(activation)
     sw2 = float(check_positive("sigma_w2", sigma_w2))
@@ -432,8 +446,17 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
         c_star, chi_c = 1.0, chi_1
         if regime == "chaotic":
             note += "; c* is not defined without a finite q*, reported as 1"
+    xi_q, xi_c = _depth(slope), _depth(chi_c)
+    if not math.isfinite(lq):
+        ratio = _limit_c_slope(chi_c, sw2 * float(act.second_moment(q_eval)) / q_eval)
+        xi_c = _depth(ratio)
+        if lq > 0:
+            xi_q = math.inf
+        note += (f"; without a finite q* the correlation map's slope at c = 1 is chi_c / "
+                 f"(q^(l+1)/q^l) = {ratio:.6g} in the limit, so xi_c = {xi_c:.6g}"
+                 + ("; xi_q = inf (no fixed point to approach)" if lq > 0 else ""))
     return FixedPoint(q_star=q_star, c_star=c_star, chi_1=chi_1, chi_c=chi_c,
-                      xi_q=_depth(slope), xi_c=_depth(chi_c),
+                      xi_q=xi_q, xi_c=xi_c,
                       xi_grad=math.inf if chi_1 == 1.0 else 1.0 / abs(math.log(chi_1)),
                       regime=regime, activation=act.name, sigma_w2=sw2, sigma_b2=sb2, note=note)
 
@@ -742,8 +765,12 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
                 cs[miss] = _c_star(act, qc[miss], wc[miss], bc[miss])
                 dd[miss] = act.dphi_cross_moment(qc[miss], qc[miss], cs[miss])
         c_star[chaotic], chi_c[chaotic] = cs, wc * dd
+    limit = ~np.isfinite(lq)                 # q* = 0 or inf: the limiting correlation map
+    if np.any(limit):
+        chi_c[limit] = _limit_c_slope(chi_c[limit], SW[limit] * V(qe[limit]) / qe[limit])
     with np.errstate(divide="ignore"):
         xi_c = np.where(np.abs(np.log(chi_c)) > 0, -1.0 / np.log(chi_c), np.inf)
+    chi_c = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         crit = np.atleast_1d(critical_sigma_w2(act, sb, _V=None if closed else V,

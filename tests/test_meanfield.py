@@ -259,3 +259,25 @@ def test_fixed_point_never_fails_on_valid_input(act, sw2, sb2):
     for f in ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad"):
         assert not math.isnan(getattr(fp, f)), f
     assert -1 <= fp.c_star <= 1 and fp.chi_1 >= 0
+
+
+@pytest.mark.parametrize("act,sw2", [("relu", 3.0), ("relu", 1.5), ("tanh", 0.8), ("gelu", 3.0)])
+def test_depth_scales_without_a_finite_fixed_point(act, sw2):
+    """q* = 0 or inf: the correlation map of the normalised c has slope 1 at c = 1 in the limit
+    (linear at 0, positively homogeneous at infinity), so xi_c = inf, never a negative number;
+    xi_q = inf when q* = inf. Independent check: along predict's profile 1 - c^l decays like a
+    power of l (relu: 9 pi^2 / (2 l^2), Hayou et al. 2019), not exponentially."""
+    fp = sp.fixed_point(act, sw2, 0.0)
+    assert fp.q_star in (0.0, math.inf)
+    assert fp.xi_c == math.inf
+    if fp.q_star == math.inf:
+        assert fp.xi_q == math.inf
+    else:
+        assert 0 < fp.xi_q < math.inf
+    pd = sp.phase_diagram(act, np.array([sw2]), np.array([0.0]))
+    assert pd.xi_c[0, 0] == math.inf
+    if act == "relu":
+        p = sp.predict(sp.mlp(3000, 10, act, sigma_w2=sw2), c0=0.5)
+        l = np.array([1000, 3000])
+        ratio = (1 - p.c[l - 1]) * l ** 2 / (9 * math.pi ** 2 / 2)
+        assert np.all(np.abs(ratio - 1) < 0.05)
