@@ -323,9 +323,16 @@ def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int) -> dic
 
 
 def _mean_se(a: np.ndarray):
+    """Sample mean and its standard error over axis 0, scaled per column so that values up to
+    the float64 maximum (q^l of an exploding network) neither overflow in the variance."""
     S = a.shape[0]
-    mean = a.mean(axis=0)
-    se = a.std(axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.full(a.shape[1:], np.nan)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = np.max(np.abs(a), axis=0)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        b = a / scale
+        mean = b.mean(axis=0) * scale
+        se = (b.std(axis=0, ddof=1) / math.sqrt(S) * scale if S > 1
+              else np.full(a.shape[1:], np.nan))
     return mean, se
 
 

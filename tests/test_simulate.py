@@ -426,3 +426,18 @@ def test_cli_simulate_bad_input(capsys, argv, word):
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("signalprop: error: ")
     assert word in err
+
+
+def test_standard_errors_of_huge_q_do_not_overflow():
+    """An exploding network (unscaled relu residual blocks, q^l ~ 3^l) reaches q ~ 1e200: the
+    variance of q_hat must not overflow (it did, for q > 1e154)."""
+    import warnings
+    from signalprop.simulate import _mean_se
+    rng = np.random.default_rng(0)
+    a = 1e200 * (1.0 + 0.1 * rng.standard_normal((50, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m, se = _mean_se(a)
+    b = a / 1e200
+    np.testing.assert_allclose(m / 1e200, b.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(se / 1e200, b.std(0, ddof=1) / math.sqrt(50), rtol=1e-12)
