@@ -1,4 +1,5 @@
-"""papers/: the reproduced numbers of Poole et al. 2016 and Schoenholz et al. 2017.
+"""papers/: the reproduced numbers of Poole et al. 2016, Schoenholz et al. 2017, Yang & Schoenholz
+2017 and the ResNet-depth study.
 
 1. A handful of numbers recomputed here with the public API (not through papers/*/reproduce.py)
    and compared with LITERATURE.md's [NUM] values (independent quadrature) at their printed
@@ -8,8 +9,11 @@
    computation (done once for this file; values below) to 1e-10.
 3. The tables in papers/*/README.md are exactly what reproduce.py computes now.
 4. The plotting helpers of signalprop.plot draw and save (tiny inputs).
+5. Yang & Schoenholz 2017 (papers/yang2017): the relu rate exactly, tanh log chi/sqrt(l) against an
+   independent scipy-quad recursion, the alpha-ReLU closed forms against mpmath and its exponents.
+6. papers/resnet_depth: the block counts and the relu closed forms of every architecture.
 
-Set SIGNALPROP_RUN_PAPERS=1 to also run each reproduce.py in its --quick mode (~10 s of CPU).
+Set SIGNALPROP_RUN_PAPERS=1 to also run each reproduce.py in its --quick mode (~40 s of CPU).
 """
 
 import importlib.util
@@ -191,12 +195,143 @@ def test_reproduce_has_main(name):
 
 
 @pytest.mark.skipif(os.environ.get("SIGNALPROP_RUN_PAPERS") != "1",
-                    reason="set SIGNALPROP_RUN_PAPERS=1 (about 10 s of CPU)")
-@pytest.mark.parametrize("name", ["poole2016", "schoenholz2017"])
-def test_reproduce_quick(name, tmp_path):
+                    reason="set SIGNALPROP_RUN_PAPERS=1 (about 40 s of CPU)")
+@pytest.mark.parametrize("name, figures", [("poole2016", 2), ("schoenholz2017", 2),
+                                           ("yang2017", 3), ("resnet_depth", 2)])
+def test_reproduce_quick(name, figures, tmp_path):
     assert _load(name).main(["--quick", "--out", str(tmp_path)]) == 0
     pngs = list(tmp_path.glob("*.png"))
-    assert len(pngs) == 2 and all(0 < p.stat().st_size < 250_000 for p in pngs)
+    assert len(pngs) == figures and all(0 < p.stat().st_size < 250_000 for p in pngs)
+
+
+@pytest.mark.parametrize("name", ["yang2017", "resnet_depth"])
+def test_residual_reproductions_have_main(name):
+    m = _load(name)
+    with pytest.raises(SystemExit) as exc:
+        m.main(["--help"])
+    assert exc.value.code == 0
+    readme = (PAPERS / name / "README.md").read_text()
+    assert m.README_BEGIN in readme and m.README_END in readme
+
+
+# -- 5. Yang & Schoenholz 2017, full residual network x^l = V phi(W x^{l-1} + b) + a + x^{l-1} ----
+# (tables: papers/yang2017/README.md; not checked for staleness here, --tables takes ~70 s)
+
+
+def _ys_net(depth, act, sv2, sw2, width=64):
+    """An identity block (beta = 0: profile index 0 is x^0) then ``depth`` YS blocks, no biases."""
+    act = sp.activation(act)
+
+    def blk(beta):
+        return sp.Residual((sp.Dense(width, act, sw2, 0.0), sp.Dense(width, "linear", sv2, 0.0)),
+                           1.0, beta)
+    return sp.Network(width, (blk(0.0),) + (blk(1.0),) * depth)
+
+
+@pytest.mark.parametrize("sv2, sw2", [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)])
+def test_yang_relu_exact_exponential_rate(sv2, sw2):
+    # p^l = (1 + sigma_v^2 sigma_w^2/2)^l and chi^{l-1}/chi^l = 1 + sigma_v^2 sigma_w^2/2, exactly
+    prof = sp.predict(_ys_net(200, "relu", sv2, sw2))
+    rate = math.log1p(sv2 * sw2 / 2)
+    np.testing.assert_allclose(prof.log_q, rate * np.arange(201), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(prof.log_g[0] - prof.log_g, rate * np.arange(201), rtol=1e-13,
+                               atol=1e-14)
+
+
+def _scipy_tanh_log_chi(depths, sv2=1.0, sw2=1.0, p0=1.0):
+    """log(chi^0/chi^l)/sqrt(l) from YS's recursions with adaptive scipy quad (independent of
+    signalprop): E[f(sqrt(q) z)] = int f(u) exp(-u^2/2q) du / sqrt(2 pi q), f = sech^2, sech^4."""
+    from scipy import integrate
+
+    def E(f, q):
+        val = integrate.quad(lambda u: f(u) * math.exp(-u * u / (2 * q)), 0, 40, epsabs=1e-15,
+                             epsrel=1e-13, limit=200)[0]
+        return 2 * val / math.sqrt(2 * math.pi * q)
+    p, lc, out = p0, 0.0, {}
+    for l in range(1, max(depths) + 1):
+        q = sw2 * p
+        lc += math.log1p(sv2 * sw2 * E(lambda u: math.cosh(u) ** -4, q))
+        p += sv2 * (1 - E(lambda u: math.cosh(u) ** -2, q))
+        if l in depths:
+            out[l] = lc / math.sqrt(l)
+    return out
+
+
+def test_yang_tanh_log_chi_over_sqrt_l():
+    # LITERATURE.md sec. 4 [DERIVED, NUM]: 1.0546 (l = 100), 1.0836 (1000); the lead's quad:
+    # 1.054555, 1.083557; sigma_v^2 = sigma_w^2 = 1, no biases, p^0 = 1, chi^0 w.r.t. the input
+    prof = sp.predict(_ys_net(1000, "tanh", 1.0, 1.0))
+    ours = {l: (prof.log_g[0] - prof.log_g[l]) / math.sqrt(l) for l in (100, 1000)}
+    ref = _scipy_tanh_log_chi((100, 1000))
+    for l, notes, lead in ((100, "1.0546", "1.054555"), (1000, "1.0836", "1.083557")):
+        assert ours[l] == pytest.approx(ref[l], abs=1e-9)
+        assert rounds_to(ours[l], notes) and rounds_to(ours[l], lead)
+    # the other way: without the identity block, log_g[0] (gradient w.r.t. x^1) plus block 1's
+    # own factor log(1 + sigma_v^2 sigma_w^2 E[phi'(sqrt(q^1) z)^2]), q^1 = sigma_w^2 p^0
+    short = sp.predict(sp.Network(64, _ys_net(100, "tanh", 1.0, 1.0).layers[1:]))
+    f1 = math.log1p(float(sp.activation("tanh").dphi_second_moment(1.0)))
+    assert (short.log_g[0] + f1) / 10 == pytest.approx(ours[100], abs=1e-13)
+    # p^l = sigma_v^2 (l - 4 sqrt(l / (2 pi s))) + O(log l), s = sigma_v^2 sigma_w^2 (README)
+    assert prof.q[1000] / 1000 == pytest.approx(1 - 4 / math.sqrt(2 * math.pi * 1000), abs=2e-3)
+
+
+def test_yang_alpha_relu_closed_forms_and_exponents():
+    import mpmath as mp
+    m = _load("yang2017")
+    a = 0.7
+    act = m.alpha_relu(a)
+    pdf = lambda z: mp.exp(-z * z / 2) / mp.sqrt(2 * mp.pi)    # noqa: E731
+
+    def half(p):   # E[z^p; z > 0], with z = t^(1/(p+1)) removing the endpoint singularity
+        k = mp.mpf(1) / (p + 1)
+        return float(mp.quad(lambda t: k * pdf(t ** k), [0, 1, mp.inf]))
+    for q in (0.3, 1.0, 50.0):
+        assert float(act.second_moment(q)) == pytest.approx(q ** a * half(2 * a), rel=1e-13)
+        assert float(act.dphi_second_moment(q)) == \
+            pytest.approx(a * a * q ** (a - 1) * half(2 * a - 2), rel=1e-13)
+    # exponents 1/(1-alpha) and alpha^2/((1-alpha)(2 alpha-1)) (LITERATURE.md sec. 4), fitted on
+    # log-log axes over [5000, 10000]
+    prof = sp.predict(_ys_net(10000, act, 1.0, 1.0))
+    l = np.arange(10001.0)
+    s = l >= 5000
+    fw = np.polyfit(np.log(l[s]), np.asarray(prof.log_q)[s], 1)[0]
+    bw = np.polyfit(np.log(l[s]), (prof.log_g[0] - prof.log_g)[s], 1)[0]
+    assert fw == pytest.approx(1 / (1 - a), rel=5e-4)
+    assert bw == pytest.approx(a * a / ((1 - a) * (2 * a - 1)), rel=5e-4)
+
+
+# -- 6. resnet_depth: ResNet-152 / ResNet-1001 depths ------------------------------------------
+
+
+def test_resnet_block_counts():
+    # He et al. 2016a Table 1: ResNet-152 = 3 + 8 + 36 + 3 bottleneck blocks of 3 layers + 2;
+    # He et al. 2016b: ResNet-1001 = 9n + 2 with n = 111 blocks per stage, 3 stages
+    m = _load("resnet_depth")
+    assert m.DEPTHS == {"ResNet-152": 50, "ResNet-1001": 333}
+    assert 3 * (3 + 8 + 36 + 3) + 2 == 152 and 3 * 50 == 150
+    assert 9 * 111 + 2 == 1001 and 3 * 111 == 333
+
+
+@pytest.mark.parametrize("L", [50, 333])
+def test_resnet_depth_relu_closed_forms(L):
+    # relu, He init (sigma_w^2 = 2), 3-layer branches: q_F = 2 q, kappa_F = 2 (README derivations)
+    lg = {}
+    net = sp.mlp(3 * L, 64, "relu", init="he")
+    p = sp.predict(net)
+    assert p.log_q[-1] == pytest.approx(math.log(2), abs=1e-13) and abs(p.log_g[0]) < 1e-13
+    for beta in (1.0, 1 / math.sqrt(L), 0.1, 0.0):
+        p = sp.predict(sp.resnet(L, 64, "relu", branch_depth=3, init="he", beta=beta))
+        r = math.log1p(2 * beta ** 2)
+        assert p.log_q[-1] == pytest.approx(L * r, rel=1e-13, abs=1e-13)
+        assert p.log_g[0] == pytest.approx((L - 1) * r, rel=1e-13, abs=1e-13)
+        lg[beta] = p.log_g[0]
+    assert lg[1 / math.sqrt(L)] < 2 < lg[1.0]          # (1 + 2/L)^(L-1) < e^2; 3^(L-1)
+    p = sp.predict(sp.resnet(L, 64, "relu", branch_depth=3, init="he", norm="layer"))
+    assert p.q[-1] == pytest.approx(1 + 2 * L, rel=1e-12)          # pre-LN: q^l = 1 + 2l
+    assert p.log_g[0] == pytest.approx(math.log((2 * L + 1) / 3), rel=1e-12)
+    blk = sp.resnet(1, 64, "relu", branch_depth=3, init="he").layers[0]
+    p = sp.predict(sp.Network(64, (blk, sp.LayerNorm(64)) * L))   # post-LN: g preserved
+    assert abs(p.log_g[1]) < 1e-12 and p.q[-1] == pytest.approx(1.0, rel=1e-14)
 
 
 # -- 4. plotting helpers -------------------------------------------------------------------------
