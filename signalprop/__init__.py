@@ -6,6 +6,7 @@ Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, 
 ``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
 """
 
+from ._bnlayer import BatchNormDense
 from .activations import Activation, activation, activations, normalising_constants
 from .clipping import ClipResult, clipping, clipping_sweep, total_gradient_law
 from .compare import Comparison, compare
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation", "activation", "activations", "normalising_constants",
     "Dense", "Nonlinearity", "Network", "mlp", "init_sigma_w2",
-    "Residual", "resnet", "LayerNorm", "RMSNorm",
+    "Residual", "resnet", "LayerNorm", "RMSNorm", "BatchNormDense",
     "predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
     "length_map", "correlation_map",
     "Profile", "FixedPoint", "PhaseDiagram",

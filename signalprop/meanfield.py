@@ -173,6 +173,14 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
     return Step(lq, c, (lv, rho, mu_out), ld, log_back)
 
 
+def _bias_free(layer) -> bool:
+    """No additive constant (sigma_b^2 = 0) in the layer or its branch: then a steady decay of
+    log q continues unchanged (the map is the same at every scale up to vanishing corrections)."""
+    if getattr(layer, "sigma_b2", 0.0) > 0:
+        return False
+    return all(_bias_free(la) for la in getattr(layer, "branch", ()))
+
+
 def _runs(layers) -> list[int]:
     """run_end[i]: one past the last layer of the run of identical rules that contains layer i."""
     L = len(layers)
@@ -191,9 +199,10 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
     :mod:`signalprop.network`); the input has mean zero over its units.
 
     Within a run of identical layers, once the per-layer increments of log q and log E[x^2] and
-    the values of the backward factors, c and the mean repeat to a few ulps, the rest of the run
-    is filled in with the same increments (0 at a fixed point; the exact growth rate of a
-    positively homogeneous map), so deep profiles are cheap and stay exact to rounding.
+    the values of the backward factors and c repeat to a few ulps, the rest of the run is filled
+    in with the same increments (0 at a fixed point; the growth rate of a map that is the same at
+    every scale), so deep profiles are cheap and stay exact to rounding. A decaying q is never
+    extrapolated past a bias (its relative share grows as q shrinks, towards a fixed point).
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
@@ -238,6 +247,10 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                     and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)):
                 dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
+                if (dq < 0 or dx < 0) and not _bias_free(layers[k]):
+                    # a decaying q meets an additive constant (a bias) whose share grows like
+                    # 1/q: the increments only look steady, so keep computing layer by layer
+                    continue
                 for j in range(i, end):
                     n = j - k
                     log_q[j] = log_q[k] + n * dq

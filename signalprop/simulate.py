@@ -416,4 +416,7 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
             "widths": [int(w) for w in network.widths],
             "weights": sorted({getattr(la, "weights", "?") for la in network.layers}),
             "loss": "<v, h^L>, v ~ N(0, I)"}
+    if B is not None:
+        meta["batch_size"] = B
+        meta["loss"] = "<v, h^L_a> on one batch member; g sums over the batch"
     return _profile(per, network, samples, meta, return_samples)

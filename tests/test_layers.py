@@ -279,3 +279,83 @@ def test_parts_without_residual_theory_say_so():
         sp.finite_width(net)
     with pytest.raises(ValueError, match="not supported"):
         sp.spectrum(net)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalisation (network layer kind; the theory itself is tested in test_batchnorm.py)
+
+
+@pytest.mark.parametrize("B", [4, 8, 32, 128])
+def test_batchnorm_linear_network_explodes_at_the_closed_form_rate(B):
+    """Linear network, h = W x, x = BN(h): g grows by (B - 2)/(B - 3) per layer towards the input
+    at every sigma_w^2 (Yang et al. 2019; LITERATURE.md sec. 6, derived and Monte-Carlo checked)."""
+    for sw2 in (0.5, 1.0, 3.0):
+        p = sp.predict(sp.mlp(30, 64, "linear", sigma_w2=sw2, norm="batch", batch_size=B))
+        rates = -np.diff(p.log_g)[1:-1]          # away from the first layer (its own input kernel)
+        np.testing.assert_allclose(rates, math.log((B - 2) / (B - 3)), rtol=1e-10)
+
+
+def test_batchnorm_relu_rate_is_the_top_eigenvalue():
+    from signalprop.batchnorm import bn_explosion_rate
+    p = sp.predict(sp.mlp(200, 64, "relu", sigma_w2=2.0, norm="batch", batch_size=8))
+    # 150 layers below the loss the gradient covariance has converged to the top eigenvector
+    assert p.log_g[50] - p.log_g[51] == pytest.approx(math.log(bn_explosion_rate("relu", 8)),
+                                                      rel=1e-9)
+
+
+def test_batchnorm_jacobian_against_finite_differences():
+    """to_tracked of the sampled BN layer is J^T (phi'(y) * gy) with the per-unit Jacobian of
+    y = sqrt(B) G h / ||G h||: checked against central differences over the whole batch."""
+    from signalprop._bnlayer import BatchNormRule
+    B, n = 6, 5
+    rule = BatchNormRule(sp.BatchNormDense(n, "tanh", 1.0, B), n)
+    fwd, _ = sample_streams(root_seed(1), 0, 1)
+    state = fwd.get_state()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, B, n))
+    h, y, ctx = rule.forward(x, fwd)
+    gy = rng.standard_normal((1, B, n))
+    gh = rule.to_tracked(gy, ctx)
+    lin = ctx[0]
+    W = rule.linear.weights_of(lin)[0]
+
+    def out(hh):                                 # the layer's map from h to phi(BN(h))
+        hc = hh - hh.mean(axis=0, keepdims=True)
+        return np.tanh(math.sqrt(B) * hc / np.sqrt((hc * hc).sum(axis=0, keepdims=True)))
+    eps = 1e-6
+    num = np.empty((B, n))
+    for b in range(B):
+        for i in range(n):
+            e = np.zeros((B, n))
+            e[b, i] = eps
+            num[b, i] = np.sum(gy[0] * (out(h[0] + e) - out(h[0] - e))) / (2 * eps)
+    np.testing.assert_allclose(gh[0], num, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(rule.backward(gh, ctx, None)[0], gh[0] @ W, rtol=1e-12)
+
+
+@pytest.mark.parametrize("act,B", [("linear", 4), ("relu", 8), ("tanh", 16)])
+def test_batchnorm_theory_agrees_with_monte_carlo(act, B):
+    net = sp.mlp(8, 256, act, sigma_w2=2.0 if act == "relu" else 1.0, norm="batch", batch_size=B)
+    th, mc = sp.predict(net), sp.simulate(net, 40, 5)
+    cmp = sp.compare(th, mc)
+    assert cmp.verdict == "agree", cmp.worst()
+
+
+def test_batchnorm_bad_input():
+    with pytest.raises(ValueError, match="batch_size"):
+        sp.mlp(3, 16, "relu", norm="batch", batch_size=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        sp.mlp(3, 16, "relu", norm="batch", batch_size=2.5)
+    with pytest.raises(ValueError, match="sigma_b2"):
+        sp.mlp(3, 16, "relu", norm="batch", batch_size=8, sigma_b2=0.1)
+    net = sp.Network(16, (sp.BatchNormDense(16, "relu", 2.0, 8), Dense(16, "tanh", 1.0)))
+    with pytest.raises(ValueError, match="BatchNormDense layers only"):
+        sp.predict(net)
+    bn = sp.mlp(3, 16, "relu", norm="batch", batch_size=8)
+    with pytest.raises(ValueError, match="matrix-free"):
+        sp.simulate(bn, 2, 0, engine="matrix-free")
+    with pytest.raises(ValueError, match="c0"):
+        sp.predict(bn, c0=-0.5)
+    with pytest.raises(ValueError, match="share one batch_size"):
+        sp.Network(16, (sp.BatchNormDense(16, "relu", 2.0, 8),
+                        sp.BatchNormDense(16, "relu", 2.0, 4))).batch_size

@@ -281,3 +281,14 @@ def test_depth_scales_without_a_finite_fixed_point(act, sw2):
         l = np.array([1000, 3000])
         ratio = (1 - p.c[l - 1]) * l ** 2 / (9 * math.pi ** 2 / 2)
         assert np.all(np.abs(ratio - 1) < 0.05)
+
+
+def test_decay_towards_a_tiny_bias_fixed_point_is_not_extrapolated():
+    """q^l = 0.25 q^{l-1} + 1e-20 decays geometrically for ~30 layers, then settles at the fixed
+    point 1e-20/0.75. The steady-run fill once extrapolated the decay past it (q^100 = 6e-61)."""
+    p = sp.predict(sp.mlp(100, 10, "linear", sigma_w2=0.25, sigma_b2=1e-20))
+    q, ref = 1.0, []
+    for _ in range(100):
+        q = 0.25 * q + 1e-20
+        ref.append(q)
+    np.testing.assert_allclose(p.q, ref, rtol=1e-12)

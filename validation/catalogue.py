@@ -1,10 +1,11 @@
 """The catalogue of validation cases: networks on which theory and simulation are compared.
 
 Every case is a network (a fully connected :func:`signalprop.mlp`, or with ``arch`` a residual
-or normalised one, see :meth:`Case.network`), an engine, a number of samples and a fixed seed (derived from the case name, so adding cases never changes the others). Whether
-a case is *expected* to agree is decided a priori from its widths alone
-(:func:`signalprop.compare.expected_to_agree`: ``beta = sum_l 1/N_l < 0.5``), never from its
-result.
+or normalised one, see :meth:`Case.network`), an engine, a number of samples and a fixed seed
+(derived from the case name, so adding cases never changes the others). Whether a case is
+*expected* to agree is decided a priori from its widths alone
+(:func:`signalprop.compare.expected_to_agree`: ``beta = sum_l 1/N_l < 0.5``; ``B/N_l`` and
+B >= 6 for batch normalisation, :attr:`Case.expected`), never from its result.
 
 Operating points per activation ("ordered", "critical", "chaotic"):
 
@@ -51,6 +52,9 @@ FAMILIES = {
                 "one-layer branch; N = 256-512, L = 50-200, matrix-free",
     "normalisation": "layer norm (post- and pre-activation), RMS norm, pre-LN and post-LN residual "
                      "networks; N = 512, L = 100-200 (profile layers), matrix-free and dense",
+    "batchnorm": "batch-normalised networks phi(BN(W x)) (Yang et al. 2019) with batches of B = 4 "
+                 "to 32 inputs: linear, relu, tanh; N = 512-1024, L = 12-30, dense engine (the "
+                 "finite-width parameter is sum B/N_l; B < 6 has heavy-tailed gradients)",
     "finite-width": "depth comparable to width (beta = sum 1/N_l >= 0.5): mean-field theory is "
                     "expected to fail here",
 }
@@ -130,6 +134,7 @@ class Case:
     regime: str = ""
     arch: str = "mlp"
     branch_scale: float = 1.0
+    batch_size: Optional[int] = None
 
     @property
     def seed(self) -> int:
@@ -145,6 +150,10 @@ class Case:
         kw = dict(sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2, weights=self.weights)
         if self.arch == "mlp":
             return mlp(self.depth, w, self.activation, **kw)
+        if self.arch == "bn":
+            kw.pop("sigma_b2")
+            return mlp(self.depth, w, self.activation, norm="batch", batch_size=self.batch_size,
+                       **kw)
         n = int(self.width)
         if self.arch.startswith("resnet"):
             net = resnet(self.depth, n, self.activation, beta=self.branch_scale,
@@ -168,12 +177,18 @@ class Case:
 
     @property
     def beta(self) -> float:
-        return beta(self.widths)
+        """sum 1/N_l, or sum B/N_l for batch normalisation (signalprop.compare)."""
+        return beta(self.widths) * (self.batch_size or 1)
 
     @property
     def expected(self) -> str:
-        """"agree" or "disagree", decided from the widths alone (a priori)."""
-        return "agree" if expected_to_agree(self.widths) else "disagree"
+        """"agree" or "disagree", decided a priori from the widths (beta < 0.5) and, for batch
+        normalisation, B >= 6: below it the per-layer gradient factor B/r^2, r^2 ~ chi^2_{B-1},
+        has infinite variance (E[1/chi_k^4] is finite only for k > 4), so standard errors of the
+        Monte Carlo means are not meaningful."""
+        if self.batch_size is not None and self.batch_size < 6:
+            return "disagree"
+        return "agree" if self.beta < 0.5 else "disagree"
 
     @property
     def width_label(self) -> str:
@@ -221,7 +236,7 @@ def catalogue() -> list:
     for w in ("gaussian", "orthogonal"):
         cases.append(_c(f"tanh-critical-profile-{w}", "inputs", "tanh", "critical", prof, 40,
                         weights=w, c0=0.5))
-    cases += _residual_cases() + _norm_cases()
+    cases += _residual_cases() + _norm_cases() + _bn_cases()
     for act, reg, n, L in (("relu", "critical", 16, 64), ("tanh", "critical", 32, 64),
                            ("tanh", "chaotic", 16, 32), ("gelu", "chaotic", 24, 48),
                            ("tanh", "critical", 64, 500), ("relu", "critical", 256, 1000)):
@@ -262,6 +277,16 @@ def _norm_cases() -> list:
         r("resnet-preln-relu-L100", "resnet-preln", "relu", 2.0, 0.0, 1024, 100, c0=0.5),
         r("resnet-postln-tanh-L100", "resnet-postln", "tanh", 1.5, 0.1, 1024, 100, c0=0.5),
     ]
+
+
+def _bn_cases() -> list:
+    def r(act, sw2, B, n, L, samples=60):
+        return Case(name=f"bn-{act}-B{B}-N{n}-L{L}", family="batchnorm", activation=act,
+                    sigma_w2=sw2, sigma_b2=0.0, width=n, depth=L, arch="bn", batch_size=B,
+                    regime=f"B={B}", engine="dense", samples=samples)
+    return [r("linear", 1.0, 4, 512, 30), r("linear", 1.0, 8, 512, 30),
+            r("linear", 1.0, 32, 1024, 12), r("linear", 1.0, 32, 512, 30),
+            r("relu", 2.0, 8, 512, 30), r("relu", 2.0, 32, 1024, 12), r("tanh", 1.0, 16, 1024, 15)]
 
 
 def quick_catalogue() -> list:

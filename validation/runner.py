@@ -219,10 +219,12 @@ def write_report(results: list, out_dir: Path, *, title: str, command: str, wall
              "(`signalprop.compare`, where the O(1/N)-per-layer allowance is derived). A case "
              "agrees when every layer of every field does. The column \"max z beyond allowance\" "
              "is the largest `(|diff| - allowance) / se`; the rule passes when it is <= 4.", "",
-             f"A case is **expected to agree** when `beta = sum_l 1/N_l < {BETA_LIMIT}`, decided "
-             "from its widths before it is run (`signalprop.compare.expected_to_agree`). Cases "
-             "with depth comparable to width are listed in their own section and do not affect "
-             "the exit status.", "",
+             f"A case is **expected to agree** when `beta = sum_l 1/N_l < {BETA_LIMIT}` (`B/N_l` "
+             "for batch normalisation with batches of B), decided from its widths before it is "
+             "run (`signalprop.compare.expected_to_agree`), and, for batch normalisation, B >= 6 "
+             "(below it the gradient's per-layer factor has infinite variance). Cases with depth "
+             "comparable to width are listed in their own section and do not affect the exit "
+             "status.", "",
              "## Summary", "",
              f"- cases: {len(results)}; expected to agree: {len(expected)}, of which "
              f"**{len(expected) - len(unexpected)} agree** and **{len(unexpected)} do not**;",
