@@ -12,6 +12,16 @@ Every activation is an :class:`Activation`: vectorised ``phi``, ``dphi`` (phi') 
 
 Names follow ``CONVENTIONS.md``; ``activation(name, **params)`` builds one, ``activations()``
 lists them, ``activation(sympy_expr_or_string)`` and ``activation(callable)`` make custom ones.
+
+Custom activations may have kinks and singular derivatives, e.g. the alpha-ReLU
+``"Max(x, 0)**0.7"`` (Yang & Schoenholz 2017), whose phi'(x)^2 = 0.49 x^-0.6 is integrable but
+unbounded at 0. For an expression the kinks are found from its Max, Min, Abs, sign, Heaviside
+and Piecewise parts (and the zeros of fractional-power bases and log arguments), its derivatives
+are taken branch by branch (no 0 * inf on the flat side), and jumps of phi are recorded; a
+callable declares its kinks (``activation(f, dphi=df, kinks=(0.0,))``). Their expectations use
+the engine's checked rule (:class:`signalprop.gaussian.Kinks`): graded towards the kinks, the
+innermost piece extrapolated, and a ValueError naming the activation and the x wherever an
+integrand is not finite or not integrable, never a nan.
 """
 
 from __future__ import annotations
@@ -58,7 +68,15 @@ class Activation:
     ----------
     name: registry name (or ``"custom"``); params: its parameters; expr: sympy expression in ``x``.
     phi, dphi, d2phi: vectorised numpy callables for phi, phi', phi''.
-    kinks: points where phi' or phi'' jumps (quadrature panels are split there).
+    kinks: points where phi, phi' or phi'' is not analytic (quadrature panels are split there).
+        Built-ins: a plain tuple (phi is analytic up to each kink from either side). Custom
+        activations: a :class:`signalprop.gaussian.Kinks`, found from the expression or declared
+        with ``activation(f, kinks=...)``, whose ``singular`` ones (zeros of the base of x**0.7,
+        declared kinks) the engine refines towards geometrically and extrapolates at, so
+        integrable singularities such as phi' ~ x^(alpha - 1) are integrated accurately; it
+        raises ValueError for a non-finite or non-integrable integrand.
+    jumps: points where phi itself jumps (custom expressions such as ``Heaviside(x)``): phi' has
+        a Dirac delta there, and the expectations of phi' raise ValueError instead of ignoring it.
     tau: half-width of the strip around the real axis where phi is analytic (``inf`` for
         entire functions of moderate growth, ``None`` when unknown); it decides between
         Gauss-Hermite and graded Gauss-Legendre quadrature (:mod:`signalprop.gaussian`).
@@ -78,48 +96,73 @@ class Activation:
     tau: Optional[float] = None
     smooth: Optional[Callable] = None
     odd: bool = False
+    jumps: tuple = ()
 
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"activation({self.name!r}{', ' + p if p else ''})"
 
     # -- one-dimensional expectations, z ~ N(0, 1) -----------------------------------------
-    def _e1(self, f, q):
-        return gaussian.expect(f, q, kinks=self.kinks, tau=self.tau)
+    def _e1(self, f, q, what=None):
+        try:
+            return gaussian.expect(f, q, kinks=self.kinks, tau=self.tau)
+        except gaussian.IntegrandError as e:
+            if what is None:
+                raise
+            w = what[e.index] if isinstance(what, tuple) else what
+            raise ValueError(f"{w}: {e}") from None
+
+    def _no_jumps(self, what, at_zero_ok=False):
+        """ValueError if phi jumps (at x != 0 when ``at_zero_ok``): phi' then has a Dirac delta."""
+        for k, left, right in self.jumps:
+            if not (at_zero_ok and k == 0.0):
+                raise ValueError(
+                    f"{what}: {getattr(self.kinks, 'label', repr(self))} jumps at x = {k!r} (from "
+                    f"{left!r} to {right!r}), so phi' has a Dirac delta there and this "
+                    "expectation is infinite (chi_1 = inf: the correlation map has infinite "
+                    "slope at c = 1). For the pointwise derivative that backpropagation uses, "
+                    "which ignores the jump, pass phi as a callable with dphi=...")
 
     def mean(self, q) -> Array:
         """E[phi(sqrt(q) z)] (0 for an odd phi)."""
         if self.odd:
             return np.zeros(np.shape(q))
-        return self._e1(self.phi, q)
+        return self._e1(self.phi, q, "E[phi(sqrt(q) z)]")
 
     def second_moment(self, q) -> Array:
         """E[phi(sqrt(q) z)^2]: the length map's integral (Poole et al. 2016, eq. 3)."""
-        return self._e1(lambda x: self.phi(x) ** 2, q)
+        return self._e1(lambda x: self.phi(x) ** 2, q, "E[phi(sqrt(q) z)^2]")
 
     def dphi_second_moment(self, q) -> Array:
         """E[phi'(sqrt(q) z)^2]: chi_1 / sigma_w^2 (Poole et al. 2016, eq. 7)."""
-        return self._e1(lambda x: self.dphi(x) ** 2, q)
+        self._no_jumps("E[phi'(sqrt(q) z)^2]")
+        return self._e1(lambda x: self.dphi(x) ** 2, q, "E[phi'(sqrt(q) z)^2]")
 
     def dphi_fourth_moment(self, q) -> Array:
         """E[phi'(sqrt(q) z)^4] (the second moment of D^2 in Pennington et al. 2017)."""
-        return self._e1(lambda x: self.dphi(x) ** 4, q)
+        self._no_jumps("E[phi'(sqrt(q) z)^4]")
+        return self._e1(lambda x: self.dphi(x) ** 4, q, "E[phi'(sqrt(q) z)^4]")
 
     def moments(self, q) -> tuple[Array, Array]:
         """(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2]) in one pass over the quadrature nodes."""
         if type(self).second_moment is not Activation.second_moment:
             return self.second_moment(q), self.dphi_second_moment(q)
-        return self._e1((lambda x: self.phi(x) ** 2, lambda x: self.dphi(x) ** 2), q)
+        self._no_jumps("moments: E[phi'(sqrt(q) z)^2]")
+        return self._e1((lambda x: self.phi(x) ** 2, lambda x: self.dphi(x) ** 2), q,
+                        ("moments: E[phi(sqrt(q) z)^2]", "moments: E[phi'(sqrt(q) z)^2]"))
 
     def second_moment_slope(self, q) -> Array:
         """d/dq E[phi(sqrt(q) z)^2] = E[phi'^2 + phi phi''] (Stein's lemma).
 
         Computed as E[x phi(x) phi'(x)] / q with x = sqrt(q) z, which needs no phi'' and so holds
-        for kinked activations as well (Schoenholz et al. 2017, the xi_q integral).
+        for kinked activations as well (Schoenholz et al. 2017, the xi_q integral). A jump of phi
+        at x = 0 adds nothing (x = 0 there); one elsewhere would, and raises ValueError.
         """
+        self._no_jumps("d/dq E[phi(sqrt(q) z)^2]", at_zero_ok=True)
         q = np.asarray(q, float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = self._e1(lambda x: x * self.phi(x) * self.dphi(x), q) / q
+            out = self._e1(lambda x: x * self.phi(x) * self.dphi(x), q,
+                           "E[x phi(x) phi'(x)], x = sqrt(q) z") / q
         if np.any(q == 0):  # the limit q -> 0+: E[phi'^2 + phi phi''] at x = 0, one-sided at a kink
             t = np.array([-np.finfo(float).tiny, np.finfo(float).tiny])
             lim = np.mean(self.dphi(t) ** 2 + self.phi(np.zeros(2)) * self.d2phi(t))
@@ -142,13 +185,44 @@ class Activation:
 
     def dphi_cross_moment(self, q1, q2, c) -> Array:
         """E[phi'(u1) phi'(u2)]: chi_c / sigma_w^2 (Schoenholz et al. 2017, eq. 9)."""
+        self._no_jumps("E[phi'(u1) phi'(u2)]")
         return self._e2(self.dphi, 1, q1, q2, c)
 
     def _e2(self, f, k, q1, q2, c):
         if self.smooth is not None:
             return gaussian.expect2_smoothed(f, lambda m, s: self.smooth(m, s, k), q1, q2, c,
                                              kinks=self.kinks)
-        return gaussian.expect2(f, f, q1, q2, c, tau=self.tau, kinks=self.kinks)
+        what = "E[phi(u1) phi(u2)]" if k == 0 else "E[phi'(u1) phi'(u2)]"
+        try:
+            out = gaussian.expect2(f, f, q1, q2, c, tau=self.tau, kinks=self.kinks)
+        except gaussian.IntegrandError as e:
+            raise ValueError(f"{what}: {e}") from None
+        if isinstance(self.kinks, gaussian.Kinks):   # a custom activation: never nan silently
+            _check_bivariate(out, self.kinks.label, what, q1, q2, c)
+        return out
+
+
+class _Jumping(Activation):
+    """A custom expression whose phi jumps (``jumps``), e.g. ``Heaviside(x)``: phi' has a Dirac
+    delta there, and the expectations of phi' raise ValueError. ``moments`` is its own method so
+    that :mod:`signalprop.tables` asks it (and gets the error) rather than integrating the
+    pointwise phi'^2 itself."""
+
+    def moments(self, q):
+        return Activation.moments(self, q)
+
+
+def _check_bivariate(out, label, what, q1, q2, c):
+    """ValueError where a bivariate expectation of a custom activation is not finite at valid
+    (q1, q2, c) (nan inputs stay nan)."""
+    q1, q2, c, o = np.broadcast_arrays(*(np.asarray(v, float) for v in (q1, q2, c, out)))
+    ok = np.isfinite(q1) & np.isfinite(q2) & np.isfinite(c) & (q1 >= 0) & (q2 >= 0)
+    bad = np.flatnonzero((ok & ~np.isfinite(o)).ravel())
+    if bad.size:
+        i = bad[0]
+        raise ValueError(f"{what} of {label} is {o.ravel()[i]!r} at q1 = {q1.ravel()[i]!r}, "
+                         f"q2 = {q2.ravel()[i]!r}, c = {c.ravel()[i]!r}: phi or phi' is not "
+                         "finite, or not square-integrable, there")
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,7 +499,187 @@ def activations() -> tuple[str, ...]:
     return _NAMES
 
 
-def _from_expr(expr: sp.Expr, name: str = "custom") -> Activation:
+# --------------------------------------------------------------------------------------------
+# custom activations: kinks, branch-wise derivatives, jumps
+
+_PIECEWISE_ATOMS = (sp.Max, sp.Min, sp.Abs, sp.sign, sp.Heaviside)
+_KINK_RANGE = 100      # kinks of periodic expressions (Abs(sin(x))) are looked for in |x| <= this
+_MAX_KINKS = 32        # at most this many kinks, those nearest 0 (each costs ~1200 nodes)
+
+
+def _piecewise_form(expr):
+    """``expr`` as one top-level Piecewise whose branches are free of Max, Min, Abs, sign and
+    Heaviside (sympy's ``rewrite(Piecewise)`` on those atoms, then ``piecewise_fold``), or None
+    when it has none of them and no Piecewise.
+
+    Why: differentiated as written, Max(x, 0)**0.7 gives 0.7 Heaviside(x) Max(x, 0)**-0.3, which
+    is 0 * inf = nan for every x < 0; x Heaviside(x) gives a DiracDelta that numpy cannot
+    evaluate. Folded, the function is one analytic expression on each interval between kinks,
+    Piecewise((0, x <= 0), (x**0.7, True)); differentiated branch by branch it gives the pointwise
+    derivative on each open interval, Piecewise((0, x <= 0), (0.7/x**0.3, True)), with no
+    distributional terms. The kinks themselves are a null set for the Gaussian expectations, and
+    the jumps of phi, where its distributional derivative does have a delta, are found
+    separately (``_expr_jumps``).
+    """
+    if not (expr.atoms(*_PIECEWISE_ATOMS) or expr.atoms(sp.Piecewise)):
+        return None
+    try:
+        flat = expr.replace(lambda e: isinstance(e, _PIECEWISE_ATOMS),
+                            lambda e: e.rewrite(sp.Piecewise))
+        return sp.piecewise_fold(flat)
+    except Exception:  # noqa: BLE001 - sympy failed to fold: keep the expression as written
+        return None
+
+
+def _kink_candidates(exprs) -> tuple[set, set]:
+    """Expressions g(x) whose real zeros are where the activation may stop being analytic, in two
+    sets: switch points between pieces (Piecewise conditions, arguments of Abs, sign and
+    Heaviside, differences of Max and Min arguments), and points where a piece itself may be
+    singular (bases of powers that are not non-negative integers, x**0.7 or 1/x, and arguments
+    of log)."""
+    switch, singular = set(), set()
+    for e in exprs:
+        for pw in e.atoms(sp.Piecewise):
+            for _, cond in pw.args:
+                for rel in (cond.atoms(sp.core.relational.Relational)
+                            if isinstance(cond, sp.Basic) else ()):
+                    switch.add(rel.lhs - rel.rhs)
+        for a in e.atoms(sp.Abs, sp.sign, sp.Heaviside):
+            switch.add(a.args[0])
+        for a in e.atoms(sp.Max, sp.Min):
+            switch.update(u - v for i, u in enumerate(a.args) for v in a.args[i + 1:])
+        for a in e.atoms(sp.Pow):
+            if a.base.has(_X) and not a.exp.has(_X) and not (a.exp.is_integer and
+                                                           a.exp.is_nonnegative):
+                singular.add(a.base)
+        for a in e.atoms(sp.log):
+            singular.add(a.args[0])
+
+    def keep(gs):
+        return {g for g in gs if isinstance(g, sp.Expr) and g.has(_X)}
+    return keep(switch), keep(singular)
+
+
+def _real_zeros(g) -> list:
+    """The finite real zeros of g(x): sympy's solveset over the reals (periodic solution sets
+    within |x| <= _KINK_RANGE), else sign changes of g on a grid refined by bisection."""
+    try:
+        sol = sp.solveset(g, _X, domain=sp.S.Reals)
+        if not isinstance(sol, sp.FiniteSet) and not sol.is_empty:
+            box = sp.Interval(-_KINK_RANGE, _KINK_RANGE)
+            sol = sp.solveset(g, _X, domain=box)
+        if isinstance(sol, sp.FiniteSet):
+            pts = []
+            for v in sol:       # real by construction; evaluation may leave a 1e-20 i residue
+                c = complex(sp.N(v, 20))
+                if v.is_real is not False and abs(c.imag) <= 1e-12 * (1.0 + abs(c.real)) \
+                        and math.isfinite(c.real):
+                    pts.append(c.real)
+            return pts
+        if sol.is_empty or isinstance(sol, sp.Interval):  # no zero / g = 0 on a whole interval
+            return []
+    except Exception:  # noqa: BLE001 - solveset raises NotImplementedError and others
+        pass
+    try:  # numerically: sign changes on a grid, refined by brentq
+        fg = sp.lambdify(_X, g, modules=["numpy", "scipy"])
+        t = np.linspace(-_KINK_RANGE, _KINK_RANGE, 200_001)
+        with np.errstate(all="ignore"):
+            v = np.broadcast_to(np.asarray(fg(t), float), t.shape)
+        pts = list(t[v == 0])
+        i = np.flatnonzero(np.isfinite(v[:-1]) & np.isfinite(v[1:]) & (v[:-1] * v[1:] < 0))
+        from scipy.optimize import brentq
+        for j in i:
+            with np.errstate(all="ignore"):
+                pts.append(brentq(lambda u: float(fg(u)), t[j], t[j + 1], xtol=1e-15, rtol=1e-15))
+        return pts
+    except Exception:  # noqa: BLE001 - not evaluable: no kinks found from g
+        return []
+
+
+def _expr_kinks(exprs, label) -> tuple[tuple, tuple]:
+    """(kinks, singular): the sorted distinct real kinks of the expressions
+    (``_kink_candidates``), at most _MAX_KINKS (those nearest 0; a warning names the rest), and
+    those among them where a piece may be singular (the others join analytic pieces, and the
+    engine only splits its panels there, as for the built-ins)."""
+    switch, singular = _kink_candidates(exprs)
+    zeros = {}
+    for g in switch | singular:
+        for k in _real_zeros(g):
+            k = float(k) + 0.0
+            zeros[k] = zeros.get(k, False) or g in singular
+    pts = sorted(zeros, key=lambda k: (abs(k), k))
+    if len(pts) > _MAX_KINKS:
+        import warnings
+        warnings.warn(f"{label}: {len(pts)} kinks found; only the {_MAX_KINKS} nearest 0 (|x| <= "
+                      f"{abs(pts[_MAX_KINKS - 1]):.4g}) are used by the quadrature",
+                      RuntimeWarning, stacklevel=4)
+        pts = pts[:_MAX_KINKS]
+    return tuple(sorted(pts)), tuple(sorted(k for k in pts if zeros[k]))
+
+
+def _branch_at(pw, x0):
+    """The expression of the first branch of Piecewise ``pw`` whose condition holds at x0, or
+    None if a condition cannot be decided there."""
+    for e, cond in pw.args:
+        c = cond.subs(_X, x0) if isinstance(cond, sp.Basic) else cond
+        if c is sp.true or c is True:
+            return e
+        if not (c is sp.false or c is False):
+            return None
+    return None
+
+
+def _one_sided(e, k, direction):
+    """lim e(x) as x -> k from ``direction`` ('+', '-') as a float (inf/nan where unbounded or
+    undecided)."""
+    try:
+        v = complex(sp.N(e.subs(_X, k), 20))
+        if not (v.imag == 0 and math.isfinite(v.real)):
+            v = complex(sp.N(sp.limit(e, _X, k, direction), 20))
+        return v.real if v.imag == 0 else math.nan
+    except Exception:  # noqa: BLE001
+        return math.nan
+
+
+def _expr_jumps(pw, kinks) -> tuple:
+    """(k, phi(k-), phi(k+)) for every kink k where the folded Piecewise ``pw`` jumps by more than
+    1e-12 (1 + |phi|) between finite one-sided limits (a branch with an infinite limit is a
+    singularity, left to the quadrature's integrability check)."""
+    if not isinstance(pw, sp.Piecewise):
+        return ()
+    out = []
+    ks = list(kinks)
+    for i, k in enumerate(ks):
+        lo = ks[i - 1] if i > 0 else k - 2.0
+        hi = ks[i + 1] if i + 1 < len(ks) else k + 2.0
+        el = _branch_at(pw, sp.Float((k + lo) / 2, 30))
+        er = _branch_at(pw, sp.Float((k + hi) / 2, 30))
+        if el is None or er is None:
+            continue
+        kk = sp.nsimplify(k) if k == int(k) else sp.Float(k, 30)
+        left, right = _one_sided(el, kk, "-"), _one_sided(er, kk, "+")
+        if math.isfinite(left) and math.isfinite(right) and \
+                abs(left - right) > 1e-12 * (1.0 + abs(left) + abs(right)):
+            out.append((k, left, right))
+    return tuple(out)
+
+
+def _check_kinks(kinks) -> tuple:
+    if kinks is None:
+        return ()
+    try:
+        pts = [float(k) for k in np.atleast_1d(np.asarray(kinks, float)).ravel()]
+    except (TypeError, ValueError):
+        raise ValueError(f"kinks must be a sequence of real numbers, got {kinks!r}") from None
+    if not all(math.isfinite(k) for k in pts):
+        raise ValueError(f"kinks must be finite real numbers, got {kinks!r}")
+    return tuple(pts)
+
+
+def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
+    """A sympy expression in x: derivatives by sympy, branch by branch where the expression has
+    Max, Min, Abs, sign, Heaviside or Piecewise (``_piecewise_form``); kinks found automatically
+    (``_expr_kinks``) plus any declared in ``kinks``; jumps of phi found (``_expr_jumps``)."""
     # a user's sp.Symbol("x") carries no assumptions and so is not _X: identify them by name
     expr = expr.subs({s: _X for s in expr.free_symbols if s.name == "x" and s != _X})
     free = expr.free_symbols
@@ -436,21 +690,57 @@ def _from_expr(expr: sp.Expr, name: str = "custom") -> Activation:
     if undefined:
         names = ", ".join(sorted(str(f.func) for f in undefined))
         raise ValueError(f"activation expression uses unknown functions: {names}")
-    d1, d2 = sp.diff(expr, _X), sp.diff(expr, _X, 2)
-    fs = [sp.lambdify(_X, e, modules=["numpy", "scipy"]) for e in (expr, d1, d2)]
+    label = f"activation({str(expr)!r})"
+    pw = _piecewise_form(expr)
+    if pw is None:
+        d1, d2 = sp.diff(expr, _X), sp.diff(expr, _X, 2)
+        exprs = (expr, d1, d2)
+    else:
+        d1 = sp.diff(pw, _X)
+        d2 = sp.diff(d1, _X)
+        exprs = (pw, d1, d2)
+    # pointwise derivatives: a DiracDelta (left where sympy could not fold) is zero off its point
+    exprs = tuple(e.replace(lambda a: isinstance(a, sp.DiracDelta), lambda a: sp.S.Zero)
+                  for e in exprs)
+    fs = [sp.lambdify(_X, e, modules=["numpy", "scipy"]) for e in exprs]
 
     def vec(f):
         return lambda v: np.broadcast_to(np.asarray(f(np.asarray(v, float)), float), np.shape(v)) * 1.0
+
+    def vec_quiet(f):  # branches are evaluated everywhere and selected: x**-0.3 at x < 0 is fine
+        def g(v):
+            with np.errstate(all="ignore"):
+                return np.broadcast_to(np.asarray(f(np.asarray(v, float)), float), np.shape(v)) * 1.0
+        return g
+    found, singular = _expr_kinks(exprs, label)
+    declared = _check_kinks(kinks)             # declared kinks: behaviour there unknown
+    ks = gaussian.Kinks(found + declared, label, singular=singular + declared)
+    jumps = _expr_jumps(pw, ks)
     odd = sp.expand(expr.subs(_X, -_X) + expr) == 0        # structural: no simplify
-    return Activation(name, *(vec(f) for f in fs), expr=expr, tau=None, odd=bool(odd))
+    wrap = vec if pw is None else vec_quiet
+    cls = _Jumping if jumps else Activation
+    return cls(name, *(wrap(f) for f in fs), expr=expr, tau=None, odd=bool(odd), kinks=ks,
+               jumps=jumps)
 
 
-def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Callable]) -> Activation:
+def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Callable],
+                   kinks=None) -> Activation:
     """A Python callable; missing derivatives by 6th-order central differences.
 
     The step is h = 1e-3 (1 + |x|); the truncation error is O(h^6 phi^(7)) and the rounding error
     O(eps |phi| / h), about 1e-12 relative for smooth phi of unit scale: documented, not exact.
+    With declared ``kinks`` the step is also at most 1/64 of the distance to the nearest kink, so
+    the stencil never straddles one (relative error ~1e-11 for phi ~ |x - k|^a next to it).
     """
+    kk = np.asarray(sorted(set(_check_kinks(kinks))), float)
+
+    def step(v):
+        h = 1e-3 * (1.0 + np.abs(v))
+        if kk.size:
+            dist = np.min(np.abs(v[..., None] - kk), axis=-1)
+            h = np.where(dist > 0, np.minimum(h, dist / 64.0), h)  # at a kink: both sides
+        return h
+
     def fd(f, order):
         c1 = np.array([-1, 9, -45, 0, 45, -9, 1]) / 60.0
         c2 = np.array([2, -27, 270, -490, 270, -27, 2]) / 180.0
@@ -459,13 +749,17 @@ def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Calla
 
         def g(v):
             v = np.asarray(v, float)
-            h = 1e-3 * (1.0 + np.abs(v))
-            return sum(ck * f(v + k * h) for ck, k in zip(c, ks) if ck != 0) / h**order
+            h = step(v)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return sum(ck * f(v + k * h) for ck, k in zip(c, ks) if ck != 0) / h**order
         return g
     f0 = lambda v: np.asarray(fn(np.asarray(v, float)), float)  # noqa: E731
     f1 = dphi if dphi is not None else fd(f0, 1)
     f2 = d2phi if d2phi is not None else (fd(f1, 1) if dphi is not None else fd(f0, 2))
-    return Activation(getattr(fn, "__name__", "custom"), f0, f1, f2, expr=None, tau=None)
+    name = getattr(fn, "__name__", "custom")
+    label = f"activation({getattr(fn, '__qualname__', name)})"
+    return Activation(name, f0, f1, f2, expr=None, tau=None,
+                      kinks=gaussian.Kinks(tuple(kk), label))
 
 
 @lru_cache(maxsize=1)
@@ -502,18 +796,38 @@ def _unsafe_token(spec: str) -> Optional[str]:
 
 
 def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Callable] = None,
-               **params) -> Activation:
+               kinks=None, **params) -> Activation:
     """Build an activation.
 
     ``spec`` is a built-in name (see :func:`activations`; parameters ``slope`` for leaky_relu,
     ``alpha`` for elu), an :class:`Activation` (returned as is), a sympy expression or a string
     in ``x`` such as ``"x*tanh(x)"`` (derivatives by sympy), or a Python callable (derivatives
     ``dphi``, ``d2phi`` if given, else by finite differences).
+
+    Kinks. For an expression they are found automatically: the real points where the arguments
+    of Max, Min, Abs, sign, Heaviside or the conditions of a Piecewise switch, and the real zeros
+    of the bases of fractional or negative powers and of the arguments of log (so
+    ``"Max(x, 0)**0.7"``, ``"Max(x, 0.1*x)"``, ``"Abs(x)"``,
+    ``"Piecewise((x, x > 1), (0, True))"`` get kinks at 0, 0, 0 and 1). A callable has no
+    expression, so declare them: ``activation(f, dphi=df, kinks=(0.0,))``; ``kinks`` given with
+    an expression are added to those found. Where phi or its derivatives may be singular (the
+    zeros of fractional-power bases and log arguments, and every declared kink) the engine
+    refines its quadrature geometrically and extrapolates
+    (:func:`signalprop.gaussian.expect_singular`), so an integrable singularity such as
+    phi'(x)^2 ~ x^(2 alpha - 2) of the alpha-ReLU max(x, 0)^alpha (alpha > 1/2) is integrated to
+    ~1e-14 at a kink at 0 (~1e-9 at a kink k != 0, where x - k is only resolved to eps |k|); at
+    the other kinks, switch points between analytic pieces, it splits its panels as for the
+    built-ins. The expectations of a custom activation raise ValueError, naming it and the x,
+    where the integrand is not finite or not integrable (alpha-ReLU with alpha <= 1/2: E[phi'^2]
+    is infinite), and where phi jumps (``Heaviside(x)``: phi' has a Dirac delta; a callable with
+    an explicit ``dphi`` gives the pointwise derivative instead); they never return nan.
     """
     if isinstance(spec, Activation):
+        if kinks is not None:
+            raise TypeError("kinks cannot be added to an existing Activation")
         return spec
     if isinstance(spec, sp.Expr):
-        return _from_expr(spec)
+        return _from_expr(spec, kinks=kinks)
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in _NAMES:
@@ -522,6 +836,9 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
             if bad:
                 raise TypeError(f"activation {key!r} takes parameters {allowed or 'none'}, "
                                 f"got {sorted(bad)}")
+            if kinks is not None:
+                raise TypeError(f"kinks are only accepted with a custom activation; {key!r} "
+                                "knows its own")
             return _make(key, **params)
         if params:
             raise TypeError("parameters are only accepted with a built-in activation name")
@@ -538,9 +855,9 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
         if not isinstance(expr, sp.Expr) or _X not in expr.free_symbols:
             raise ValueError(f"unknown activation {spec!r}: known names are {', '.join(_NAMES)}; "
                              "a custom expression must depend on x")
-        return _from_expr(expr)
+        return _from_expr(expr, kinks=kinks)
     if callable(spec):
-        return _from_callable(spec, dphi, d2phi)
+        return _from_callable(spec, dphi, d2phi, kinks)
     raise TypeError(f"activation must be a name, sympy expression, string or callable, "
                     f"got {type(spec).__name__}")
 
