@@ -394,7 +394,9 @@ class BNGradientOperator(_Result):
     scaled operator on span{G, w w^T} (columns: images of G and w w^T); it is upper triangular,
     ``mu``, ``alpha``, ``beta`` its unscaled entries (M(G) = mu G, M(w w^T) = alpha w w^T + beta G).
     ``lambda_G = scale mu`` (symmetric sector), ``lambda_V = scale alpha`` (sector of the one
-    batch member), ``lambda_`` = the larger: the per-layer growth factor of trace(Pi)."""
+    batch member), ``lambda_ = lambda_G``: the per-layer growth factor of trace(Pi) (exactly, from
+    the second layer below the loss on: for P with P 1 = 0, tr M(P) = mu tr P, because Q^2 = Q
+    and E[D Q D] commutes with the batch permutations; equivalently beta = (mu - alpha)/B)."""
 
     activation: str
     B: int
@@ -439,13 +441,13 @@ def bn_gradient_operator(act, B: int, sigma_w2: float = 1.0, *, q_perp: Optional
     m2[1, 0] = 0.0 if abs(m2[1, 0]) < 1e-12 * abs(mu) else m2[1, 0]
     lg, lv = scale * mu, scale * alpha
     return BNGradientOperator(a.name, B, sw2, q_perp, width_ratio, scale, from4, scale * m2, mu,
-                              alpha, beta, lg, lv, max(lg, lv))
+                              alpha, beta, lg, lv, lg)
 
 
 def bn_explosion_rate(act, B: int) -> float:
     """lambda: the per-layer growth factor of g = trace(Pi) as depth -> infinity at the BSB1 fixed
     point (Yang et al. 2019: gradients explode for every activation and sigma_w^2; the value here
-    is derived here). lambda = B/((B-3)(K_aa - K_ab)) max(mu, alpha), independent of sigma_w^2;
+    is derived here). lambda = B/((B-3)(K_aa - K_ab)) mu, independent of sigma_w^2;
     linear phi: (B - 2)/(B - 3); B -> inf: E[phi'(z)^2] / Var[phi(z)]. B integer >= 4."""
     return bn_gradient_operator(act, B).lambda_
 

@@ -59,6 +59,7 @@ array}``, which replaces the default for that field.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -185,6 +186,10 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
     if len(widths) != L + 1:
         raise ValueError(f"widths must have L + 1 = {L + 1} entries, got {len(widths)}")
     B = simulation.meta.get("batch_size") if isinstance(simulation.meta, dict) else None
+    if B is not None and B < 6:
+        warnings.warn(f"batch_size {B} < 6: the gradient's per-layer factor B/r^2 (r^2 ~ chi^2_(B-1)) "
+                      "has infinite variance, so the standard errors of log_g are not reliable and "
+                      "sample means scatter low", RuntimeWarning, stacklevel=2)
     bfwd, bbwd, btot = _betas([w / (B or 1) for w in widths], L)
     base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot)}
     allowance = dict(allowance or {})

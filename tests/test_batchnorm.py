@@ -182,7 +182,9 @@ def test_operator_structure():
             m2 = op.from4 @ bn._embed(B)
             assert abs(m2[1, 0]) < 1e-13 * op.mu        # M(G) is a multiple of G: closure
             assert op.matrix[1, 0] == 0.0
-            assert op.lambda_ == max(op.lambda_G, op.lambda_V)
+            assert op.lambda_ == op.lambda_G
+            # trace identity: tr M(P) = mu tr P for P 1 = 0, i.e. beta = (mu - alpha) / B
+            assert op.beta == pytest.approx((op.mu - op.alpha) / B, rel=1e-10, abs=1e-15)
             kern = bn_kernel(name, B)
             kperp = kern.second_moment - kern.cross_moment
             assert op.scale == pytest.approx(B / ((B - 3) * kperp), rel=1e-14)

@@ -12,6 +12,9 @@
 5. Yang & Schoenholz 2017 (papers/yang2017): the relu rate exactly, tanh log chi/sqrt(l) against an
    independent scipy-quad recursion, the alpha-ReLU closed forms against mpmath and its exponents.
 6. papers/resnet_depth: the block counts and the relu closed forms of every architecture.
+7. Yang et al. 2019 (papers/yang2019, batch normalisation): lambda against the linear closed form
+   (B-2)/(B-3) and the large-B limits, the operator against an independent sphere Monte Carlo,
+   the exact per-layer rate of predict and the sigma_w^2 independence.
 
 Set SIGNALPROP_RUN_PAPERS=1 to also run each reproduce.py in its --quick mode (~40 s of CPU).
 """
@@ -197,7 +200,8 @@ def test_reproduce_has_main(name):
 @pytest.mark.skipif(os.environ.get("SIGNALPROP_RUN_PAPERS") != "1",
                     reason="set SIGNALPROP_RUN_PAPERS=1 (about 40 s of CPU)")
 @pytest.mark.parametrize("name, figures", [("poole2016", 2), ("schoenholz2017", 2),
-                                           ("yang2017", 3), ("resnet_depth", 2)])
+                                           ("yang2017", 3), ("resnet_depth", 2),
+                                           ("yang2019", 2)])
 def test_reproduce_quick(name, figures, tmp_path):
     assert _load(name).main(["--quick", "--out", str(tmp_path)]) == 0
     pngs = list(tmp_path.glob("*.png"))
@@ -353,3 +357,78 @@ def test_plot(tmp_path):
         plot_profile(sp.predict(sp.mlp(3, 10, "tanh")), field="c")
     ax.figure.savefig(tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+# -- 7. Yang, Pennington, Rao, Sohl-Dickstein, Schoenholz 2019: batch normalisation ---------------
+# (tables: papers/yang2019/README.md; not checked for staleness here, --tables takes ~4 min)
+
+
+@pytest.mark.parametrize("B", [4, 8, 32, 128])
+def test_yang2019_linear_closed_form(B):
+    # linear BN network: lambda = (B - 2)/(B - 3) (LITERATURE.md sec. 6 [DERIVED]; README)
+    from signalprop.batchnorm import bn_explosion_rate
+    assert bn_explosion_rate("linear", B) == pytest.approx((B - 2) / (B - 3), abs=1e-12)
+
+
+def test_yang2019_large_batch_limits():
+    # lambda(B) = E[phi'^2]/Var[phi] + a/B + O(1/B^2): Richardson from B = 2048, 4096 against the
+    # limit (relu: pi/(pi - 1), LITERATURE.md sec. 6 "1.466942"; tanh "1.1778", quad in the README)
+    from signalprop.batchnorm import bn_explosion_rate
+    m = _load("yang2019")
+    relu = {B: bn_explosion_rate("relu", B) for B in (32, 128, 512, 2048, 4096)}
+    assert all(relu[a] > relu[b] > math.pi / (math.pi - 1)
+               for a, b in ((32, 128), (128, 512), (512, 2048), (2048, 4096)))
+    rich = 2 * relu[4096] - relu[2048]
+    assert rich == pytest.approx(math.pi / (math.pi - 1), abs=2e-6)
+    assert rounds_to(rich, "1.466942")
+    assert 4096 * (relu[4096] - math.pi / (math.pi - 1)) == pytest.approx(1.59, abs=0.01)
+    tanh = 2 * bn_explosion_rate("tanh", 4096) - bn_explosion_rate("tanh", 2048)
+    assert tanh == pytest.approx(m.large_b_limit("tanh"), abs=2e-6) and rounds_to(tanh, "1.1778")
+    assert m.large_b_limit("relu") == pytest.approx(math.pi / (math.pi - 1), abs=1e-12)
+    assert m.large_b_limit("leaky_relu:0.5") == pytest.approx(m.leaky_limit(0.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("act, B", [("relu", 8), ("tanh", 4), ("gelu", 32)])
+def test_yang2019_operator_against_sphere_monte_carlo(act, B):
+    # signalprop's quadrature of the one-unit backward operator against a Monte Carlo on the
+    # sphere written in reproduce.py without signalprop code
+    from signalprop.batchnorm import bn_explosion_rate
+    m = _load("yang2019")
+    lam, se = m.sphere_lambda(act, B, n=200_000, chunks=10)
+    assert abs(lam - bn_explosion_rate(act, B)) < 4 * se + 1e-12
+
+
+def test_yang2019_predict_rate_and_sigma_w_independence():
+    # log g^l - log g^{l+1} = log lambda exactly between layer 2 and layer L - 1 (trace identity,
+    # README "Derivations"); log g does not depend on sigma_w^2, in theory and per sample in
+    # simulation (the abstract: tuning the weight variance cannot remove the explosion)
+    from signalprop.batchnorm import bn_explosion_rate
+    for act, B in (("relu", 32), ("tanh", 8), ("linear", 4)):
+        prof = sp.predict(sp.mlp(30, 64, act, norm="batch", batch_size=B))
+        steps = -np.diff(prof.log_g)[1:-1]
+        np.testing.assert_allclose(steps, math.log(bn_explosion_rate(act, B)), rtol=0, atol=1e-12)
+    base = sp.predict(sp.mlp(10, 64, "tanh", sigma_w2=1.0, norm="batch", batch_size=8))
+    for sw2 in (0.5, 4.0):
+        p = sp.predict(sp.mlp(10, 64, "tanh", sigma_w2=sw2, norm="batch", batch_size=8))
+        np.testing.assert_allclose(p.log_g, base.log_g, rtol=0, atol=1e-13)
+    a, b = (sp.simulate(sp.mlp(5, 32, "relu", sigma_w2=sw2, norm="batch", batch_size=8), 4, 3)
+            for sw2 in (1.0, 4.0))
+    np.testing.assert_allclose(a.log_g, b.log_g, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.q / a.q, 4.0, rtol=1e-12)
+
+
+def test_yang2019_reproduce_has_main():
+    m = _load("yang2019")
+    with pytest.raises(SystemExit) as exc:
+        m.main(["--help"])
+    assert exc.value.code == 0
+    readme = (PAPERS / "yang2019" / "README.md").read_text()
+    assert m.README_BEGIN in readme and m.README_END in readme
+    # the recorded Monte Carlo of LITERATURE.md sec. 6 (N = 400, 60 layers, noisy): within 1.2 % of
+    # lambda for 8 <= B <= 64, except where the README says why not (B = 4 heavy tails, B/N large)
+    from signalprop.batchnorm import bn_explosion_rate
+    for act, rec in (("relu", m.LIT_RELU), ("tanh", m.LIT_TANH), ("linear", m.LIT_LINEAR)):
+        for B, v in rec.items():
+            if 8 <= B <= 64:
+                assert abs(float(v) / bn_explosion_rate(act, B) - 1) < 0.0125
+    assert float(m.LIT_TANH[4]) / bn_explosion_rate("tanh", 4) - 1 < -0.05
