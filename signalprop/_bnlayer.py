@@ -6,6 +6,11 @@ Its theory is that of :mod:`signalprop.batchnorm`; the tracked variable is the p
 members, and ``g^l`` the *sum over the batch* of ``E||d loss/d h^l_b||^2 / N_l`` for the loss
 ``<v, h^L_a>`` on one batch member ``a``: batch normalisation couples the batch members, so the
 gradient reaches all of them.
+
+Engines: ``dense`` (:class:`BatchNormRule`, the full weight matrix) and ``matrix-free``
+(:class:`BatchNormMatrixFree`: the weight matrix conditioned on its action on the span of the B
+inputs, O(N B^2) per layer and sample, exactly the dense engine's joint law of all
+``(h^l, delta^l)``; gaussian and orthogonal weights).
 """
 
 from __future__ import annotations
@@ -129,10 +134,13 @@ class BatchNormRule:
     engine = "dense"
 
     def __init__(self, layer: BatchNormDense, n_in: int):
-        self.linear = DenseSampler(Dense(layer.width, "linear", layer.sigma_w2, 0.0, layer.weights),
-                                   n_in)
+        self.linear = self._linear(layer, n_in)
         self.act, self.B = layer.activation, layer.batch_size
         self.n_in, self.n_out = n_in, layer.width
+
+    @staticmethod
+    def _linear(layer: BatchNormDense, n_in: int):
+        return DenseSampler(Dense(layer.width, "linear", layer.sigma_w2, 0.0, layer.weights), n_in)
 
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return self.linear.ctx_nbytes(k, itemsize) + 3 * k * self.n_out * itemsize
@@ -159,3 +167,240 @@ class BatchNormRule:
 
 
 register(BatchNormDense, "dense")(BatchNormRule)
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix-free engine: a weight matrix acting on a batch of B inputs
+#
+# Batched LAPACK / BLAS calls (np.linalg.qr, np.linalg.eigh, np.matmul on stacks) work on one
+# sample's matrices at a time, so every sample gets the same numbers whatever the chunk size.
+
+
+def _T(a: np.ndarray) -> np.ndarray:
+    """Transpose of the last two axes (a view)."""
+    return a.swapaxes(-1, -2)
+
+
+def _input_frame(x: np.ndarray):
+    """``U`` (S, n, r) with orthonormal columns and ``R`` (S, r, k) with ``x^T = U R`` per sample
+    (Householder QR of the (n, k) input matrix; ``r = min(n, k)``). For rank-deficient inputs
+    some columns of ``U`` are directions the inputs do not use: still orthonormal and a function
+    of the inputs alone, which is all the constructions below need."""
+    U, R = np.linalg.qr(_T(x))
+    return U, R
+
+
+def _haar_frame(g: np.ndarray) -> np.ndarray:
+    """A uniformly distributed m-frame from ``g`` (S, m, p), whose rows are i.i.d. isotropic
+    Gaussian vectors of a subspace: the Q factor (S, p, m) of ``g^T`` with the signs of
+    ``diag(R)`` moved into ``Q`` (the Gram-Schmidt frame; Mezzadri 2007), which commutes with
+    rotations of the subspace and is therefore uniform on its Stiefel manifold."""
+    Q, R = np.linalg.qr(_T(g))
+    d = np.sign(np.diagonal(R, axis1=1, axis2=2))
+    d[d == 0] = 1
+    Q *= d[:, None, :]
+    return Q
+
+
+def _gram_root(M: np.ndarray, m: int) -> np.ndarray:
+    """``C`` (S, m, kd) with ``C^T C = M`` for positive semi-definite ``M`` (S, kd, kd) of rank
+    <= m: the top m eigenpairs, ``C = diag(sqrt(lam)) Q^T`` (negative rounding clipped)."""
+    lam, Q = np.linalg.eigh(M)
+    lam, Q = lam[:, -m:], Q[:, :, -m:]
+    return np.sqrt(np.clip(lam, 0, None))[:, :, None] * _T(Q)
+
+
+class BatchMatrixFreeGaussian:
+    """Exact matrix-free sampling of a Gaussian weight matrix acting on a batch of k inputs (the
+    linear part ``h = W x`` of a :class:`BatchNormDense` layer), with gradients of all k batch
+    members carried backward (shape (S, kd, N_l)).
+
+    **Construction.** ``W = c Z``, ``c = sigma_w / sqrt(N_{l-1})``, ``Z`` (``N_l x n``,
+    ``n = N_{l-1}``) with i.i.d. N(0, 1) entries. Per sample, ``X`` (``n x k``) holds the k inputs
+    as columns; its QR decomposition ``X = U R`` gives ``U`` (``n x r``, orthonormal columns,
+    ``r = min(n, k)``) and ``R`` (``r x k``). Forward: draw ``G`` (``N_l x r``, i.i.d. N(0, 1), from
+    the forward stream) and set ``H = W X = c G R``. Backward, for the gradients
+    ``D = [delta_1 .. delta_kd]`` (``N_l x kd``): with ``C`` any ``kd x kd`` matrix with
+    ``C^T C = D^T D`` (a square root of the kd x kd Gram matrix of the gradients) and ``E``
+    (``n x kd``, i.i.d. N(0, 1), from the backward stream),
+
+        Z^T D = U (G^T D) + (I - U U^T) E C,      W^T D = c Z^T D.
+
+    When ``X`` has full column rank, ``c U G^T D = (X^+)^T H^T D``: ``W P_X = H X^+`` is the part
+    of ``W`` fixed by ``H`` and ``c (I - P_X) E C`` the fresh part (the sampler written out in
+    ``validation/batchnorm_check.py``). Work per layer and sample: ``O(N k^2)`` flops (one QR of
+    ``n x k``, one ``kd x kd`` eigendecomposition, products of ``N x k`` by ``k x k`` matrices) and
+    ``r N_l + kd n`` random numbers, against ``N_l n`` numbers and ``O(N^2 k)`` flops for dense
+    weights.
+
+    **Proof that the joint law of all (h^l, delta^l) is exactly that of the dense engine.**
+    Complete ``U`` to an orthogonal ``[U, U_perp]`` (``n x n``). ``U`` is a function of the layer's
+    input batch, which depends only on earlier layers, hence is independent of ``Z``; the Gaussian
+    ensemble is invariant under right multiplication by a fixed orthogonal matrix, so
+    ``[G, G_perp] = Z [U, U_perp]`` has i.i.d. N(0, 1) entries independent of everything
+    computed before the layer, and ``Z = G U^T + G_perp U_perp^T``. (i) The layer's output on the
+    whole batch, ``H = c Z X = c G R``, depends on ``Z`` through ``G`` only; so do the per-unit
+    batch statistics, the normalised ``y`` and the next layer's input ``phi(y)``. (ii) The
+    gradients of all B batch members at this layer, ``D = d loss / d H``, are functions of ``H``,
+    of the later layers' parameters and of ``v``: batch normalisation mixes the batch members, but
+    only through ``H``. None of this involves ``G_perp``, so ``G_perp`` is independent of ``D``.
+    Given ``D``, the ``n - r`` rows of ``G_perp^T D`` (one per column ``g`` of ``G_perp``:
+    ``g^T D``, ``g ~ N(0, I)``) are i.i.d. ``N(0, D^T D)``, i.e. ``G_perp^T D`` has the law of
+    ``U_perp^T E C``, and ``Z^T D = U G^T D + U_perp G_perp^T D`` has the law of
+    ``U G^T D + U_perp U_perp^T E C``, which is the formula above. (iii) ``G_perp`` enters nothing
+    else: it is used once, in this layer's backward product. Building the network layer by layer
+    from the input (all ``G^l``, then ``v``, then the backward products from the top), the
+    conditional law of each layer's backward product given everything drawn so far is the same
+    in both constructions, so replacing every ``G_perp^l`` by the fresh ``E^l C^l`` leaves the joint
+    law of all ``(h^l, delta^l)``, over all layers and batch members, unchanged. Nothing requires
+    ``R`` to be invertible or ``D`` to have full rank (the BN gradients of a batch sum to zero
+    per unit, and at the top only one member has a gradient): any orthonormal ``U`` whose span
+    contains the inputs, and any ``C`` with ``C^T C = D^T D``, will do. This is the Gaussian
+    conditioning technique of Bolthausen (2014, "An iterative construction of solutions of the TAP
+    equations", Commun. Math. Phys. 325) and of the analysis of approximate message passing
+    (Bayati & Montanari 2011, IEEE Trans. Inf. Theory 57), applied to one matrix per layer and a
+    k-dimensional input span (:class:`~signalprop.sampling.MatrixFreeGaussian` is the case
+    k <= 2 with one gradient vector).
+
+    Per-sample draw order: forward ``G`` (r rows of N_l numbers); backward ``E`` (kd rows of
+    n numbers). Both counts depend on the shapes only.
+    """
+
+    engine = "matrix-free"
+
+    def __init__(self, layer, n_in: int):
+        self.n_in, self.n_out = int(n_in), int(layer.width)
+        self.c = math.sqrt(layer.sigma_w2 / self.n_in)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return min(k, self.n_in) * (self.n_in + self.n_out) * itemsize
+
+    def forward(self, x: np.ndarray, rng: Streams):
+        dt = x.dtype
+        U, R = _input_frame(x)
+        G = rng.normal((U.shape[2], self.n_out), dt)              # rows: the columns of Z U
+        h = np.matmul(_T(R), G)
+        h *= dt.type(self.c)
+        return h, (U, G)
+
+    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        U, G = ctx
+        flat = gt.ndim == 2
+        if flat:
+            gt = gt[:, None, :]
+        dt = gt.dtype
+        kd = gt.shape[1]
+        a = np.matmul(gt, _T(G))                                  # (S, kd, r): (G^T D)^T
+        C = _gram_root(np.matmul(gt, _T(gt)), kd)                 # C^T C = D^T D
+        xi = np.matmul(_T(C), rng.normal((kd, self.n_in), dt))    # (E C)^T: rows N(0, D^T D)
+        a -= np.matmul(xi, U)
+        xi += np.matmul(a, _T(U))                                 # U G^T D + (I - U U^T) E C
+        xi *= dt.type(self.c)
+        return xi[:, 0] if flat else xi
+
+
+class BatchMatrixFreeOrthogonal:
+    """Exact matrix-free sampling of a (semi-)orthogonal weight matrix acting on a batch of k
+    inputs (:class:`~signalprop.sampling.MatrixFreeOrthogonal` generalised from k <= 2 inputs and
+    one gradient to k inputs and kd gradients).
+
+    **Construction.** ``p = max(N_l, N_{l-1})``, ``O`` Haar on O(p), ``W = s E_l^T O E_{l-1}`` with
+    the first-coordinates embeddings ``E`` and ``s = sigma_w sqrt(p / N_{l-1})``: the law of the
+    dense engine's QR construction (see MatrixFreeOrthogonal). Per sample, ``X = U R`` (QR of the
+    ``N_{l-1} x k`` inputs, ``U`` embedded in R^p, ``r = min(N_{l-1}, k)`` columns). Forward:
+    ``V`` = uniform r-frame of R^p (sign-corrected QR of an r-column standard Gaussian matrix,
+    forward stream), ``H = s E_l^T V R``. Backward, for ``D = E_l [delta_1 .. delta_kd]``
+    (``p x kd``, zero-padded): ``Cc = V^T D``, ``Wp = D - V Cc`` (the part in ``span(V)^perp``),
+    ``m = min(kd, p - r)``, ``T`` (``m x kd``) with ``T^T T = Wp^T Wp`` (its rank is at most
+    ``m``), ``F`` a uniform m-frame of ``span(U)^perp`` (sign-corrected QR of m standard Gaussian
+    vectors of R^p projected on ``span(U)^perp``, backward stream):
+
+        O^T D = U Cc + F T,         W^T D = s E_{l-1}^T O^T D.
+
+    Work per layer and sample: O(p k^2) flops, ``r p + m p`` random numbers.
+
+    **Proof.** ``U`` is a function of the input, independent of ``O``. (i) ``O U`` is uniform on the
+    Stiefel manifold (left invariance of Haar measure), so ``V`` has its law, and ``H`` (hence the
+    batch statistics and the next input) depends on ``O`` only through ``V = O U``. (ii) Given
+    ``V``, ``O = V U^T + Q`` with ``Q`` an isometry of ``span(U)^perp`` onto ``span(V)^perp``;
+    right multiplication by any orthogonal ``T'`` fixing ``span(U)`` pointwise preserves Haar
+    measure and ``O U``, so the conditional law of ``O`` given ``V`` is invariant under
+    ``O -> O T'``, which maps ``Q^T Wp`` to ``T'^T Q^T Wp``. (iii) The gradients ``D`` of all batch
+    members depend on ``O`` only through ``H``, i.e. through ``V`` (later layers and ``v`` are
+    independent of ``O``), so given ``(V, D)`` the law of ``Q^T Wp`` is invariant under the group
+    ``O(span(U)^perp)`` acting on the left, and it is carried by the set of ``p x kd`` matrices with
+    columns in ``span(U)^perp`` and Gram matrix ``Wp^T Wp``. That set is a single orbit of the group
+    (two matrices with the same Gram matrix differ by an isometry between their column spans,
+    which extends to an orthogonal map of ``span(U)^perp``), and a compact group has exactly one
+    invariant probability on an orbit. ``F T`` is carried by the same orbit and is invariant (the
+    law of ``F`` is), so ``Q^T Wp`` has the law of ``F T``, and ``O^T D = U V^T D + Q^T Wp`` has
+    the law of the formula. (iv) ``Q`` enters nothing else, so a fresh ``F`` per layer gives the
+    joint law of all ``(h^l, delta^l)`` of the dense engine. Rank-deficient inputs or gradients
+    need no care: any orthonormal ``U`` spanning the inputs works, and ``T`` may be singular.
+    """
+
+    engine = "matrix-free"
+
+    def __init__(self, layer, n_in: int):
+        self.n_in, self.n_out = int(n_in), int(layer.width)
+        self.p = max(self.n_in, self.n_out)
+        self.s = math.sqrt(layer.sigma_w2 * self.p / self.n_in)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return min(k, self.n_in) * (self.n_in + self.p) * itemsize
+
+    def forward(self, x: np.ndarray, rng: Streams):
+        dt = x.dtype
+        U, R = _input_frame(x)
+        V = _haar_frame(rng.normal((U.shape[2], self.p), dt))    # (S, p, r)
+        h = np.matmul(_T(R), _T(V[:, :self.n_out]))
+        h *= dt.type(self.s)
+        return h, (U, V)
+
+    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        U, V = ctx
+        flat = gt.ndim == 2
+        if flat:
+            gt = gt[:, None, :]
+        dt = gt.dtype
+        n, n_out, p = self.n_in, self.n_out, self.p
+        kd, r = gt.shape[1], U.shape[2]
+        top = V[:, :n_out]
+        cc = np.matmul(gt, top)                                   # (S, kd, r): (V^T D)^T
+        out = np.matmul(cc, _T(U))                                # U V^T D
+        m = min(kd, p - r)
+        if m > 0:
+            w = gt - np.matmul(cc, _T(top))                       # (P_{V perp} D)^T, first N_l
+            gram = np.matmul(w, _T(w))
+            if p > n_out:
+                wb = np.matmul(cc, _T(V[:, n_out:]))              # the other p - N_l coordinates
+                gram += np.matmul(wb, _T(wb))
+            T = _gram_root(gram, m)                               # (S, m, kd)
+            g = rng.normal((m, p), dt)
+            g[:, :, :n] -= np.matmul(np.matmul(g[:, :, :n], U), _T(U))
+            F = _haar_frame(g)                                    # (S, p, m) in span(U)^perp
+            out += np.matmul(_T(T), _T(F[:, :n]))
+        out *= dt.type(self.s)
+        return out[:, 0] if flat else out
+
+
+class BatchNormMatrixFree(BatchNormRule):
+    """A :class:`BatchNormDense` layer in the matrix-free engine: :class:`BatchNormRule` with the
+    dense weight matrix replaced by :class:`BatchMatrixFreeGaussian` or
+    :class:`BatchMatrixFreeOrthogonal` (the same joint law of all ``(h^l, delta^l)``; proofs in
+    their docstrings). Uniform weights are not rotation invariant and are refused."""
+
+    engine = "matrix-free"
+
+    @staticmethod
+    def _linear(layer: BatchNormDense, n_in: int):
+        if layer.weights == "gaussian":
+            return BatchMatrixFreeGaussian(layer, n_in)
+        if layer.weights == "orthogonal":
+            return BatchMatrixFreeOrthogonal(layer, n_in)
+        raise ValueError(f"engine='matrix-free' samples BatchNormDense layers with gaussian or "
+                         f"orthogonal weights, not {layer.weights!r} (the conditional law of W "
+                         "given W X is not rotation invariant); use engine='dense'")
+
+
+register(BatchNormDense, "matrix-free")(BatchNormMatrixFree)

@@ -30,9 +30,10 @@ equal magnitude keep the first layer close to Gaussian.
 
 Engines: ``dense`` draws every weight matrix; ``matrix-free`` samples the same joint law of all
 ``(h^l, delta^l)`` with O(N) work per layer (:mod:`signalprop.sampling` has the construction and
-the proof). Both are batched over a chunk of samples and bounded in memory: when the stored
-per-layer state of a chunk exceeds ``max_memory``, the backward pass replays the forward pass from
-checkpoints (every ``m`` layers) with the very same random numbers.
+the proof; O(N B^2) for batch-normalised layers over a batch of B, :mod:`signalprop._bnlayer`).
+Both are batched over a chunk of samples and bounded in memory: when the stored per-layer state
+of a chunk exceeds ``max_memory``, the backward pass replays the forward pass from checkpoints
+(every ``m`` layers) with the very same random numbers.
 
 Reproducibility: sample ``s`` uses the ``s``-th child of the root ``SeedSequence``
 (``spawn_key = root.spawn_key + (s,)``), which seeds two PCG64 streams (forward: weights and
@@ -387,7 +388,8 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
     samples: number of sample networks, an int >= 1 (standard errors need >= 2).
     seed: an int >= 0, a ``numpy.random.SeedSequence`` or a ``numpy.random.Generator``.
     engine: ``"dense"`` (full weight matrices; every weight kind) or ``"matrix-free"`` (exact
-        O(N)-per-layer conditional sampler; gaussian and orthogonal weights, any widths).
+        O(N)-per-layer conditional sampler, O(N B^2) with batch normalisation; gaussian and
+        orthogonal weights, any widths).
     q0: input second moment ``||x^0||^2 / N_0`` (> 0). c0: correlation of a second input in
         [-1, 1] (then ``c`` is reported), or None for one input.
     dtype: ``"float64"`` (default) or ``"float32"``; estimators are accumulated in float64.

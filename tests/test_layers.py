@@ -337,7 +337,11 @@ def test_batchnorm_jacobian_against_finite_differences():
 def test_batchnorm_theory_agrees_with_monte_carlo(act, B):
     net = sp.mlp(8, 256, act, sigma_w2=2.0 if act == "relu" else 1.0, norm="batch", batch_size=B)
     th, mc = sp.predict(net), sp.simulate(net, 40, 5)
-    cmp = sp.compare(th, mc)
+    if B < 6:                   # infinite variance of the per-layer factor: compare says so
+        with pytest.warns(RuntimeWarning, match="infinite variance"):
+            cmp = sp.compare(th, mc)
+    else:
+        cmp = sp.compare(th, mc)
     assert cmp.verdict == "agree", cmp.worst()
 
 
@@ -352,8 +356,9 @@ def test_batchnorm_bad_input():
     with pytest.raises(ValueError, match="BatchNormDense layers only"):
         sp.predict(net)
     bn = sp.mlp(3, 16, "relu", norm="batch", batch_size=8)
-    with pytest.raises(ValueError, match="matrix-free"):
-        sp.simulate(bn, 2, 0, engine="matrix-free")
+    with pytest.raises(ValueError, match="matrix-free"):       # uniform weights: dense only
+        sp.simulate(sp.mlp(3, 16, "relu", norm="batch", batch_size=8, weights="uniform"), 2, 0,
+                    engine="matrix-free")
     with pytest.raises(ValueError, match="c0"):
         sp.predict(bn, c0=-0.5)
     with pytest.raises(ValueError, match="share one batch_size"):
