@@ -87,17 +87,11 @@ NOTES = {
         "'critical' point of the relu-like family, not an ordered one)."),
     "gelu_tanh-critical": "Same as gelu-critical (gelu_tanh differs from gelu by < 1e-3).",
 }
-_THEORY_FAILURE = (
-    "The theory side failed, not the simulation: the length grows like 1.5^l here (q^100 ~ 1e17) "
-    "and predict(network, c0=0.5) asks gaussian.expect2 for a trapezoid rule with ~1.6e10 nodes. "
-    "With one input the same network agrees (max |z| 2.9, 1.6, 1.8, 2.0 for gelu, gelu_tanh, "
-    "silu, softplus; 200 samples, same seed).")
 NOTES["resnet1-relu-L20"] = (
     "A branch ending in relu adds a mean to the stream, and mean field's gradient independence "
     "misses the rank-one term the forward pass fixes (as for softplus). The gap in log g^1 shrinks "
     "like 1/N: 0.55, 0.20, 0.056, 0.015 at N = 256, 1024, 4096, 16384 (200 samples, matrix-free; "
     "tests/test_layers.py checks the decrease).")
-NOTES.update({f"{a}-chaotic": _THEORY_FAILURE for a in ("gelu", "gelu_tanh", "silu", "softplus")})
 
 
 def point(activation: str, regime: str) -> Tuple[float, float]:
