@@ -197,6 +197,16 @@ def test_reproduce_has_main(name):
     assert exc.value.code == 0
 
 
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in PAPERS.glob("*/reproduce.py")))
+def test_every_reproduce_loads_by_path(name):
+    # each reproduce.py imports papers/_common.py itself (it puts papers/ on sys.path), also when
+    # loaded by path as here
+    m = _load(name)
+    with pytest.raises(SystemExit) as exc:
+        m.main(["--help"])
+    assert exc.value.code == 0
+
+
 @pytest.mark.skipif(os.environ.get("SIGNALPROP_RUN_PAPERS") != "1",
                     reason="set SIGNALPROP_RUN_PAPERS=1 (about 40 s of CPU)")
 @pytest.mark.parametrize("name, figures", [("poole2016", 2), ("schoenholz2017", 2),

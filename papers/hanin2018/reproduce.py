@@ -14,7 +14,6 @@ asymptotic law is ``log(g_hat/g) ~ N(-beta/2, beta)``. Ours is the exact law (di
 
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
 import sys
@@ -24,10 +23,13 @@ import numpy as np
 
 import signalprop as sp
 from signalprop.finite import finite_width
-from signalprop.plot import STYLE, new_figure
+from signalprop.plot import new_figure
 from signalprop.simulate import simulate
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))          # papers/_common.py
+from _common import parser, styled, table_options  # noqa: E402
+
 TANH_CRIT = float(sp.critical_sigma_w2("tanh", 0.05))
 WIDTHS = (16, 32, 128)
 # LITERATURE.md §5 [NUM]: (n, d) -> (log-mean, log-variance) of (n0/nd)||J u||^2, 3000 nets
@@ -109,10 +111,10 @@ def mc_layers(net, samples: int, seed: int) -> tuple:
     return fw, m, np.sqrt(v / len(X)), v, vse
 
 
+@styled
 def figure_beta(out: pathlib.Path, samples: int, quick: bool) -> pathlib.Path:
     """Var and mean of log g_hat^l against beta_l: the exact ReLU law at three widths, the tanh
     approximation, Hanin & Nica's asymptote, and Monte Carlo (one run per network, all layers)."""
-    import matplotlib
     fig, axes = new_figure(1, 2, width=3.6, height=2.9)
     ax_v, ax_m = axes[0]
     colors = {16: "#1f77b4", 32: "#ff7f0e", 128: "#2ca02c"}
@@ -121,67 +123,60 @@ def figure_beta(out: pathlib.Path, samples: int, quick: bool) -> pathlib.Path:
             for N in WIDTHS]
     nets.append(("tanh critical N=128 (approx.)", tanh(45 if quick else 60, 128), "purple", "--",
                  "s"))
-    with matplotlib.rc_context(STYLE):
-        for i, (label, net, color, ls, marker) in enumerate(nets):
-            fw, m, mse, v, vse = mc_layers(net, samples, 10 + i)
-            b = fw.beta
-            ax_v.plot(b, fw.log_g_var, color=color, ls=ls, label=label)
-            ax_m.plot(b, fw.log_g_mean - fw.log_g, color=color, ls=ls)
-            step = max(1, net.depth // 8)
-            idx = np.arange(net.depth - 1, -1, -step)
-            ax_v.errorbar(b[idx], v[idx], 2 * vse[idx], fmt=marker, ms=3, color=color)
-            ax_m.errorbar(b[idx], m[idx], 2 * mse[idx], fmt=marker, ms=3, color=color)
-        bs = np.linspace(0, bmax, 50)
-        ax_v.plot(bs, bs, color="black", lw=0.9, ls=":", label=r"Hanin-Nica: $\beta$")
-        ax_m.plot(bs, -bs / 2, color="black", lw=0.9, ls=":", label=r"Hanin-Nica: $-\beta/2$")
-        ax_v.set_xlabel(r"$\beta_l = \sum_{k=l}^{L-1} (3\kappa_k - 1)/N_k + 2/N_L$")
-        ax_m.set_xlabel(r"$\beta_l$")
-        ax_v.set_ylabel(r"Var log $\hat g^l$")
-        ax_m.set_ylabel(r"E log($\hat g^l / g^l$)")
-        ax_v.set_title("(a) log-variance of the gradient norm", loc="left")
-        ax_m.set_title("(b) log-mean; markers: Monte Carlo ±2 se", loc="left")
-        ax_v.legend(loc="upper left")
-        ax_m.legend(loc="lower left")
-        path = out / "fig1_logvar_vs_beta.png"
-        fig.savefig(path)
+    for i, (label, net, color, ls, marker) in enumerate(nets):
+        fw, m, mse, v, vse = mc_layers(net, samples, 10 + i)
+        b = fw.beta
+        ax_v.plot(b, fw.log_g_var, color=color, ls=ls, label=label)
+        ax_m.plot(b, fw.log_g_mean - fw.log_g, color=color, ls=ls)
+        step = max(1, net.depth // 8)
+        idx = np.arange(net.depth - 1, -1, -step)
+        ax_v.errorbar(b[idx], v[idx], 2 * vse[idx], fmt=marker, ms=3, color=color)
+        ax_m.errorbar(b[idx], m[idx], 2 * mse[idx], fmt=marker, ms=3, color=color)
+    bs = np.linspace(0, bmax, 50)
+    ax_v.plot(bs, bs, color="black", lw=0.9, ls=":", label=r"Hanin-Nica: $\beta$")
+    ax_m.plot(bs, -bs / 2, color="black", lw=0.9, ls=":", label=r"Hanin-Nica: $-\beta/2$")
+    ax_v.set_xlabel(r"$\beta_l = \sum_{k=l}^{L-1} (3\kappa_k - 1)/N_k + 2/N_L$")
+    ax_m.set_xlabel(r"$\beta_l$")
+    ax_v.set_ylabel(r"Var log $\hat g^l$")
+    ax_m.set_ylabel(r"E log($\hat g^l / g^l$)")
+    ax_v.set_title("(a) log-variance of the gradient norm", loc="left")
+    ax_m.set_title("(b) log-mean; markers: Monte Carlo ±2 se", loc="left")
+    ax_v.legend(loc="upper left")
+    ax_m.legend(loc="lower left")
+    path = out / "fig1_logvar_vs_beta.png"
+    fig.savefig(path)
     return path
 
 
+@styled
 def figure_law(out: pathlib.Path, samples: int) -> pathlib.Path:
-    import matplotlib
     from scipy import stats
     fig, axes = new_figure(1, 2, width=3.6, height=2.7)
-    with matplotlib.rc_context(STYLE):
-        for ax, (name, net) in zip(axes[0], (("ReLU He, N = 16, L = 8", relu(8, 16)),
-                                             ("tanh critical, N = 32, L = 16", tanh(16, 32)))):
-            r = mc_log_g1(net, samples, 77)
-            fw = r["fw"]
-            law, hn = fw.grad_law(1), fw.hanin_nica_law(1)
-            x = r["x"] + fw.log_g[0]
-            ax.hist(x, bins=80, density=True, color="0.75", label=f"Monte Carlo ({x.size})")
-            t = np.linspace(x.min(), x.max(), 400)
-            dens = law.pdf(np.exp(t)) * np.exp(t) / (1 - law.p0)   # density of log X
-            ax.plot(t, dens, color="black", label=f"ours (skew {law.skew:+.2f})")
-            ax.plot(t, stats.norm(hn.mu, hn.sigma).pdf(t), color="#d62728", ls="--",
-                    label=r"Hanin-Nica $N(-\beta/2, \beta)$")
-            ax.set_xlabel(r"$\log \hat g^1$")
-            ax.set_title(f"{name} (beta = {fw.beta[0]:.2f})", loc="left")
-            ax.legend(loc="upper left")
-        path = out / "fig2_law.png"
-        fig.savefig(path)
+    for ax, (name, net) in zip(axes[0], (("ReLU He, N = 16, L = 8", relu(8, 16)),
+                                         ("tanh critical, N = 32, L = 16", tanh(16, 32)))):
+        r = mc_log_g1(net, samples, 77)
+        fw = r["fw"]
+        law, hn = fw.grad_law(1), fw.hanin_nica_law(1)
+        x = r["x"] + fw.log_g[0]
+        ax.hist(x, bins=80, density=True, color="0.75", label=f"Monte Carlo ({x.size})")
+        t = np.linspace(x.min(), x.max(), 400)
+        dens = law.pdf(np.exp(t)) * np.exp(t) / (1 - law.p0)   # density of log X
+        ax.plot(t, dens, color="black", label=f"ours (skew {law.skew:+.2f})")
+        ax.plot(t, stats.norm(hn.mu, hn.sigma).pdf(t), color="#d62728", ls="--",
+                label=r"Hanin-Nica $N(-\beta/2, \beta)$")
+        ax.set_xlabel(r"$\log \hat g^1$")
+        ax.set_title(f"{name} (beta = {fw.beta[0]:.2f})", loc="left")
+        ax.legend(loc="upper left")
+    path = out / "fig2_law.png"
+    fig.savefig(path)
     return path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=HERE, help="output folder")
-    ap.add_argument("--quick", action="store_true", help="few samples (smoke test)")
-    ap.add_argument("--tables", action="store_true", help="print the comparison tables and exit")
-    args = ap.parse_args(argv)
-    samples = 400 if args.quick else 4000
-    if args.tables:
-        print(markdown_tables(20000 if not args.quick else 500))
+    args = parser(__doc__, HERE, "few samples (smoke test)", readme=False).parse_args(argv)
+    if table_options(args, lambda quick: markdown_tables(500 if quick else 20000)):
         return 0
+    samples = 400 if args.quick else 4000
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.time()
     for p in (figure_beta(args.out, samples, args.quick), figure_law(args.out, 5 * samples)):

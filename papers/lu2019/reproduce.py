@@ -16,7 +16,6 @@ no bias unless said. Two notions of death (``signalprop.finite.dead_probability`
 
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
 import sys
@@ -26,10 +25,13 @@ import numpy as np
 
 import signalprop as sp
 from signalprop.finite import dead_probability
-from signalprop.plot import STYLE, new_figure
+from signalprop.plot import new_figure
 from signalprop.simulate import simulate
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))          # papers/_common.py
+from _common import parser, styled, table_options  # noqa: E402
+
 WIDTHS = (2, 3, 4, 5, 8)
 DEPTHS = (2, 5, 10, 20, 50)
 # LITERATURE.md §9 [NUM], 1e5 networks: (N, L) -> (P(born dead on R), P(dead at x = 1))
@@ -73,90 +75,84 @@ def markdown_table(samples: int) -> str:
     return "\n".join(out)
 
 
+@styled
 def figure_dead(out: pathlib.Path, samples: int, quick: bool) -> pathlib.Path:
     """(a) P(dead) against depth for several widths; (b) ReLU against leaky ReLU and GELU: the
     probability that the first-layer gradient is 0 or below 1e-6 of its mean-field value."""
-    import matplotlib
     fig, axes = new_figure(1, 2, width=3.6, height=2.9)
     ax, bx = axes[0]
     colors = dict(zip(WIDTHS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")))
     Ls = np.arange(1, 61)
-    with matplotlib.rc_context(STYLE):
-        for n in WIDTHS:
-            exact = 1 - (1 - 0.5 ** n) ** Ls
-            ax.plot(Ls, exact, color=colors[n], label=f"N = {n}")
-            depths = DEPTHS[:3] if quick else DEPTHS
-            mc = [dead_probability(net(L, n), samples=samples, seed=7 * n + L) for L in depths]
-            ax.errorbar(depths, [d.p_born_dead for d in mc],
-                        [2 * d.p_born_dead_se for d in mc], fmt="o", ms=3, color=colors[n])
-            ax.plot(DEPTHS, [RECORDED[(n, L)][0] for L in DEPTHS], "x", ms=5, color=colors[n])
-        ax.plot([], [], "k-", label="dead at a point (exact)")
-        ax.plot([], [], "ko", ms=3, label="born dead on R (ours, MC ±2 se)")
-        ax.plot([], [], "kx", ms=5, label="born dead on R (recorded)")
-        ax.set_xlabel("hidden layers L")
-        ax.set_ylabel("probability")
-        ax.set_title("(a) ReLU born dead, input dim 1, no bias", loc="left")
-        ax.legend(loc="center right", bbox_to_anchor=(1.0, 0.42), fontsize=6)
-        n = 4
-        sims = 500 if quick else 4000
-        depths = (2, 5, 10, 20) if quick else (2, 5, 10, 20, 35, 50)
-        for act, color, marker in (("relu", "black", "o"), ("leaky_relu", "#1f77b4", "s"),
-                                   ("gelu", "#d62728", "^")):
-            frac, se = [], []
-            for L in depths:
-                nn = net(L, n, act)
-                pred = sp.predict(nn)
-                s = simulate(nn, sims, 11 * L, engine="matrix-free", return_samples=True)
-                small = ~(s.samples["log_g"][:, 0] - pred.log_g[0] > math.log(1e-6))
-                frac.append(small.mean())
-                se.append(math.sqrt(max(small.mean() * (1 - small.mean()), 1 / sims) / sims))
-            bx.errorbar(depths, frac, 2 * np.array(se), fmt=marker + "-", ms=3, color=color,
-                        lw=0.8, label=act)
-        bx.plot(Ls, 1 - (1 - 0.5 ** n) ** Ls, color="black", lw=0.8, ls=":",
-                label="ReLU dead at a point (exact)")
-        bx.set_xlabel("hidden layers L")
-        bx.set_ylabel(r"P($\hat g^1 = 0$ or $< 10^{-6} g^1$)")
-        bx.set_title(f"(b) width {n}, $\\sigma_w^2 = 2$: ReLU, leaky ReLU, GELU", loc="left")
-        bx.legend(loc="lower right")
-        path = out / "fig1_dead_vs_depth.png"
-        fig.savefig(path)
+    for n in WIDTHS:
+        exact = 1 - (1 - 0.5 ** n) ** Ls
+        ax.plot(Ls, exact, color=colors[n], label=f"N = {n}")
+        depths = DEPTHS[:3] if quick else DEPTHS
+        mc = [dead_probability(net(L, n), samples=samples, seed=7 * n + L) for L in depths]
+        ax.errorbar(depths, [d.p_born_dead for d in mc],
+                    [2 * d.p_born_dead_se for d in mc], fmt="o", ms=3, color=colors[n])
+        ax.plot(DEPTHS, [RECORDED[(n, L)][0] for L in DEPTHS], "x", ms=5, color=colors[n])
+    ax.plot([], [], "k-", label="dead at a point (exact)")
+    ax.plot([], [], "ko", ms=3, label="born dead on R (ours, MC ±2 se)")
+    ax.plot([], [], "kx", ms=5, label="born dead on R (recorded)")
+    ax.set_xlabel("hidden layers L")
+    ax.set_ylabel("probability")
+    ax.set_title("(a) ReLU born dead, input dim 1, no bias", loc="left")
+    ax.legend(loc="center right", bbox_to_anchor=(1.0, 0.42), fontsize=6)
+    n = 4
+    sims = 500 if quick else 4000
+    depths = (2, 5, 10, 20) if quick else (2, 5, 10, 20, 35, 50)
+    for act, color, marker in (("relu", "black", "o"), ("leaky_relu", "#1f77b4", "s"),
+                               ("gelu", "#d62728", "^")):
+        frac, se = [], []
+        for L in depths:
+            nn = net(L, n, act)
+            pred = sp.predict(nn)
+            s = simulate(nn, sims, 11 * L, engine="matrix-free", return_samples=True)
+            small = ~(s.samples["log_g"][:, 0] - pred.log_g[0] > math.log(1e-6))
+            frac.append(small.mean())
+            se.append(math.sqrt(max(small.mean() * (1 - small.mean()), 1 / sims) / sims))
+        bx.errorbar(depths, frac, 2 * np.array(se), fmt=marker + "-", ms=3, color=color,
+                    lw=0.8, label=act)
+    bx.plot(Ls, 1 - (1 - 0.5 ** n) ** Ls, color="black", lw=0.8, ls=":",
+            label="ReLU dead at a point (exact)")
+    bx.set_xlabel("hidden layers L")
+    bx.set_ylabel(r"P($\hat g^1 = 0$ or $< 10^{-6} g^1$)")
+    bx.set_title(f"(b) width {n}, $\\sigma_w^2 = 2$: ReLU, leaky ReLU, GELU", loc="left")
+    bx.legend(loc="lower right")
+    path = out / "fig1_dead_vs_depth.png"
+    fig.savefig(path)
     return path
 
 
+@styled
 def figure_units(out: pathlib.Path, samples: int) -> pathlib.Path:
     """Per-layer fraction of units inactive on the whole input region."""
-    import matplotlib
     fig, axes = new_figure(1, 1, width=4.2, height=2.8)
     ax = axes[0, 0]
-    with matplotlib.rc_context(STYLE):
-        for (label, nn, color, ls) in (
-                ("N = 4, no bias (on R)", net(20, 4), "#2ca02c", "-"),
-                ("N = 8, no bias (on R)", net(20, 8), "#9467bd", "-"),
-                ("N = 4, sigma_b^2 = 0.1 (on [-1, 1])", net(20, 4, sigma_b2=0.1), "#2ca02c", "--")):
-            S = samples if "no bias" in label else max(200, samples // 10)
-            d = dead_probability(nn, samples=S, seed=3)
-            layers = np.arange(1, 21)
-            ax.errorbar(layers, d.dead_unit_fraction[:20], 2 * d.dead_unit_fraction_se[:20],
-                        color=color, ls=ls, fmt=".", ms=3, lw=0.9, label=f"{label}, {S} nets")
-        ax.axhline(0.5, color="0.5", lw=0.7, ls=":")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("fraction of units dead on the region")
-        ax.set_title("ReLU units inactive for every input (Monte Carlo ±2 se)", loc="left")
-        ax.legend(loc="lower right")
-        path = out / "fig2_dead_units.png"
-        fig.savefig(path)
+    for (label, nn, color, ls) in (
+            ("N = 4, no bias (on R)", net(20, 4), "#2ca02c", "-"),
+            ("N = 8, no bias (on R)", net(20, 8), "#9467bd", "-"),
+            ("N = 4, sigma_b^2 = 0.1 (on [-1, 1])", net(20, 4, sigma_b2=0.1), "#2ca02c", "--")):
+        S = samples if "no bias" in label else max(200, samples // 10)
+        d = dead_probability(nn, samples=S, seed=3)
+        layers = np.arange(1, 21)
+        ax.errorbar(layers, d.dead_unit_fraction[:20], 2 * d.dead_unit_fraction_se[:20],
+                    color=color, ls=ls, fmt=".", ms=3, lw=0.9, label=f"{label}, {S} nets")
+    ax.axhline(0.5, color="0.5", lw=0.7, ls=":")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of units dead on the region")
+    ax.set_title("ReLU units inactive for every input (Monte Carlo ±2 se)", loc="left")
+    ax.legend(loc="lower right")
+    path = out / "fig2_dead_units.png"
+    fig.savefig(path)
     return path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=HERE, help="output folder")
-    ap.add_argument("--quick", action="store_true", help="few samples (smoke test)")
-    ap.add_argument("--tables", action="store_true", help="print the comparison table and exit")
-    args = ap.parse_args(argv)
+    args = parser(__doc__, HERE, "few samples (smoke test)", readme=False,
+                  tables_help="print the comparison table and exit").parse_args(argv)
     samples = 1000 if args.quick else 20000
-    if args.tables:
-        print(markdown_table(samples))
+    if table_options(args, lambda quick: markdown_table(samples)):
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.time()

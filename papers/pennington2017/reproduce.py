@@ -26,21 +26,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, ".."))          # papers/_common.py
 
-import signalprop as sp  # noqa: E402
+from _common import critical_mlp  # noqa: E402
 from signalprop.plot import new_figure, save  # noqa: E402
 from signalprop.spectrum import isometry, spectrum  # noqa: E402
 
 N_MC, S_MC = 400, 3
-
-
-def critical(act, q_star, L, weights, width=N_MC):
-    a = sp.activation(act)
-    sw2 = 1.0 / float(a.dphi_second_moment(q_star))
-    sb2 = max(0.0, q_star - sw2 * float(a.second_moment(q_star)))
-    if a.name in ("linear", "relu"):
-        sb2 = 0.0
-    return sp.mlp(L, width, a, sigma_w2=sw2, sigma_b2=sb2, weights=weights), (q_star - sb2) / sw2
 
 
 def sv_density(s, n=500):
@@ -75,7 +67,7 @@ def fig1(mc=True):
         a = ax[0, k]
         smax = 0
         for L, c in zip(depths, colors):
-            net, q0 = critical(act, q, L, w)
+            net, q0 = critical_mlp(act, q, L, w, N_MC)
             s = spectrum(net, q0)
             x, r = sv_density(s)
             a.plot(x, r, color=c, label=f"L={L}{atom_note(s)}")
@@ -103,7 +95,7 @@ def fig2():
         a = ax[0, j]
         for act, q, ls in (("relu", 1.0, "-"), ("hard_tanh", 1 / 64, ":"), ("hard_tanh", 0.25, "--"),
                            ("hard_tanh", 1.0, "-.")):
-            e = [spectrum(*critical(act, q, int(L), w, 16)).upper_edge for L in depths]
+            e = [spectrum(*critical_mlp(act, q, int(L), w, 16)).upper_edge for L in depths]
             a.loglog(depths, np.sqrt(e), ls, label=act + ("" if act == "relu" else f" q*={q:g}"))
         a.set_xlabel("depth L")
         a.set_title(f"{w} weights")
@@ -122,7 +114,7 @@ def fig_sigmoid(act, fname, mc=True):
         for j, w in enumerate(("gaussian", "orthogonal")):
             a = ax[i, j]
             for q, c in zip(qs, colors):
-                net, q0 = critical(act, q, L, w)
+                net, q0 = critical_mlp(act, q, L, w, N_MC)
                 s = spectrum(net, q0)
                 x, r = sv_density(s)
                 a.plot(x, r, color=c, label=f"q*={q:g}")
@@ -148,7 +140,7 @@ def tables():
     print("| --- | --- | --- | --- | --- |")
     for q in (1 / 64, 1 / 16, 0.25, 0.5, 1.0, 2.0):
         for w in ("orthogonal", "gaussian"):
-            net, q0 = critical("tanh", q, 10, w, 8)
+            net, q0 = critical_mlp("tanh", q, 10, w, 8)
             s = spectrum(net, q0)
             if w == "orthogonal":
                 vo = s.normalised_variance / 10
@@ -161,12 +153,12 @@ def tables():
     print("| case | L = 2 | 4 | 8 | 16 |")
     print("| --- | --- | --- | --- | --- |")
     for act, w in (("linear", "gaussian"), ("relu", "gaussian"), ("relu", "orthogonal")):
-        e = [spectrum(*critical(act, 1.0, L, w, 8)).upper_edge for L in (2, 4, 8, 16)]
+        e = [spectrum(*critical_mlp(act, 1.0, L, w, 8)).upper_edge for L in (2, 4, 8, 16)]
         print(f"| {act} {w} | " + " | ".join(f"{v:.4g}" for v in e) + " |")
     for q in (0.25, 1.0):
         p = math.erf(1 / math.sqrt(2 * q))
         for w in ("orthogonal", "gaussian"):
-            v = [spectrum(*critical("hard_tanh", q, L, w, 8)).variance for L in (8, 16)]
+            v = [spectrum(*critical_mlp("hard_tanh", q, L, w, 8)).variance for L in (8, 16)]
             print(f"| hard_tanh q*={q} {w}: variance L=8, 16 | {v[0]:.4g} | {v[1]:.4g} | "
                   f"formula {8 * (1 / p - (1 if w == 'orthogonal' else 0)):.4g}, "
                   f"{16 * (1 / p - (1 if w == 'orthogonal' else 0)):.4g} | p = {p:.4f} |")

@@ -5,7 +5,7 @@ Schoenholz & Ganguli 2018, "The emergence of spectral universality in deep netwo
     python papers/pennington2018/reproduce.py            # figures + tables
     python papers/pennington2018/reproduce.py --no-mc    # theory only
 
-Networks at the edge of chaos, every layer at q* (see ../pennington2017/reproduce.py). Monte
+Networks at the edge of chaos, every layer at q* (``critical_mlp`` in ../_common.py). Monte
 Carlo: ``signalprop.jacobian.jacobian``, width 256, 4 networks per point, moments of the pooled
 eigenvalues of J J^T (error bars: 2 standard errors over the networks).
 """
@@ -23,20 +23,15 @@ from scipy.optimize import brentq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, ".."))          # papers/_common.py
 
 import signalprop as sp  # noqa: E402
+from _common import critical_mlp  # noqa: E402
 from signalprop.plot import new_figure, save  # noqa: E402
 from signalprop.spectrum import spectrum  # noqa: E402
 
 N_MC, S_MC = 256, 4
 CASES = [("linear", 1.0), ("relu", 1.0), ("hard_tanh", 0.25), ("tanh", 0.25), ("erf", 0.25)]
-
-
-def critical(act, q_star, L, weights, width=N_MC):
-    a = sp.activation(act)
-    sw2 = 1.0 / float(a.dphi_second_moment(q_star))
-    sb2 = 0.0 if a.name in ("linear", "relu") else max(0.0, q_star - sw2 * float(a.second_moment(q_star)))
-    return sp.mlp(L, width, a, sigma_w2=sw2, sigma_b2=sb2, weights=weights), (q_star - sb2) / sw2
 
 
 def mc_moments(net, q0, seed, kmax):
@@ -59,7 +54,7 @@ def fig1(mc=True):
     for j, w in enumerate(("gaussian", "orthogonal")):
         a = ax[0, j]
         for (act, q), c in zip(CASES, colors):
-            v = np.array([spectrum(*critical(act, q, int(L), w, 8)).normalised_variance
+            v = np.array([spectrum(*critical_mlp(act, q, int(L), w, 8)).normalised_variance
                           for L in depths])
             lab = act + ("" if act in ("linear", "relu") else f" q*={q:g}")
             if np.all(v <= 1e-12):
@@ -69,7 +64,7 @@ def fig1(mc=True):
             if mc:
                 pts, err = [], []
                 for L in mc_depths:
-                    net, q0 = critical(act, q, L, w)
+                    net, q0 = critical_mlp(act, q, L, w, N_MC)
                     _, _, per = mc_moments(net, q0, 31 * L, 2)
                     nv = per[:, 1] / per[:, 0] ** 2 - 1
                     pts.append(nv.mean())
@@ -89,12 +84,13 @@ def fig2(mc=True):
     fig, ax = new_figure(1, 2, width=3.3, height=2.6)
     for j, w in enumerate(("gaussian", "orthogonal")):
         a = ax[0, j]
-        m = np.array([spectrum(*critical("tanh", 0.25, int(L), w, 8)).moments(6) for L in depths])
+        m = np.array([spectrum(*critical_mlp("tanh", 0.25, int(L), w, 8)).moments(6)
+                      for L in depths])
         for k in range(2, 7):
             line, = a.semilogy(depths, m[:, k - 1], label=f"k={k}")
             if mc:
                 for L in (4, 16):
-                    net, q0 = critical("tanh", 0.25, L, w)
+                    net, q0 = critical_mlp("tanh", 0.25, L, w, N_MC)
                     mean, se, _ = mc_moments(net, q0, 7 * L + k, 6)
                     a.errorbar([L], [mean[k - 1]], yerr=[2 * se[k - 1]], fmt="o", ms=2.5,
                                color=line.get_color(), elinewidth=0.8)
@@ -127,14 +123,14 @@ def fig3(s_total=1.0):
         a = ax[0, j]
         for L, c in zip(depths, colors):
             q = q_for_variance(act, L, s_total)
-            s = spectrum(*critical(act, q, L, "orthogonal", 8))
+            s = spectrum(*critical_mlp(act, q, L, "orthogonal", 8))
             x = s.grid(400)
             a.plot(x, s.density(x), color=c, label=f"L={L} (q*={q:.3g})"
                    + (f", atom {s.atoms[0][1]:.2f}" if s.atoms else ""))
             rows.append((act, L, q, s.normalised_variance, s.upper_edge, s.moments(4)))
         if act == "tanh":
             q = q_for_variance("erf", 256, s_total)
-            s = spectrum(*critical("erf", q, 256, "orthogonal", 8))
+            s = spectrum(*critical_mlp("erf", q, 256, "orthogonal", 8))
             x = s.grid(400)
             a.plot(x, s.density(x), "k:", label="erf, L=256")
             rows.append(("erf", 256, q, s.normalised_variance, s.upper_edge, s.moments(4)))
@@ -156,7 +152,8 @@ def tables(rows):
         a = sp.activation(act)
         vd = float(a.dphi_fourth_moment(q)) / float(a.dphi_second_moment(q)) ** 2 - 1
         for w in ("gaussian", "orthogonal"):
-            v = [spectrum(*critical(act, q, L, w, 8)).normalised_variance for L in (10, 100, 1000)]
+            v = [spectrum(*critical_mlp(act, q, L, w, 8)).normalised_variance
+                 for L in (10, 100, 1000)]
             print(f"| {act} | {q:g} | {w} | " + " | ".join(f"{x:.6g}" for x in v)
                   + f" | {vd + (1.0 if w == 'gaussian' else 0.0):.6g} |")
     print()
