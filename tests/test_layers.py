@@ -364,3 +364,23 @@ def test_batchnorm_bad_input():
     with pytest.raises(ValueError, match="share one batch_size"):
         sp.Network(16, (sp.BatchNormDense(16, "relu", 2.0, 8),
                         sp.BatchNormDense(16, "relu", 2.0, 4))).batch_size
+
+
+@pytest.mark.parametrize("kind,rank_loss", [(LayerNorm, 2), (RMSNorm, 1)])
+def test_norm_backward_finite_width_projection(kind, rank_loss):
+    """At finite width N the norm layer's Jacobian is (1/s) times a projection of rank N - 2
+    (LayerNorm: removes 1 and y) or N - 1 (RMSNorm: removes y), so for an isotropic gradient
+    E||J^T g||^2 s^2 / ||g||^2 = 1 - rank_loss / N exactly (module docstring of norm.py). Checked at
+    N = 8, where the 1/N term is large, within 4 standard errors."""
+    from signalprop.norm import NormRule
+    N, S = 8, 20000
+    rng = np.random.default_rng(4)
+    rule = NormRule(kind(N), N, "dense")
+    x = rng.standard_normal((S, 1, N)) * 3.0 + 0.7
+    t, y, ctx = rule.forward(x, None)
+    g = rng.standard_normal((S, N))
+    gx = rule.backward(g, ctx, None)
+    s2 = ctx[1][:, 0, 0] ** 2
+    ratio = np.sum(gx * gx, axis=1) * s2 / np.sum(g * g, axis=1)
+    se = ratio.std(ddof=1) / math.sqrt(S)
+    assert abs(ratio.mean() - (1 - rank_loss / N)) < 4 * se
