@@ -150,8 +150,17 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
         lv, ld = tm if tm is not None else _layer_moments(act, lq)
         if c is not None:
             qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-            r = tables.mehler_rho(act, qe, c) if c != 1.0 else None
-            if r is not None:
+            ser = cache.get("rho_series")               # rho(c) = sum_k w_k c^k at this q
+            if ser is None or ser[0] is not act or abs(ser[1] - qe) > 4e-16 * qe:
+                ser = (act, qe, tables.mehler_series(act, qe))
+                cache["rho_series"] = ser
+            if ser[2] is not None and c != 1.0:
+                exps, w, sign = ser[2]
+                if c == 0.0:
+                    r = float(w[0]) if exps[0] == 0.0 else 0.0
+                else:
+                    pw = np.exp(exps * math.log(abs(c)))
+                    r = float(w @ (pw * sign if c < 0.0 else pw))
                 rho = min(1.0, max(-1.0, r))
             else:
                 series = cache.get("mehler")

@@ -531,6 +531,34 @@ def _rho_panel(coef: np.ndarray, k: int, tab) -> tuple:
     return data
 
 
+def mehler_series(act, q: float) -> Optional[tuple]:
+    """(exponents k, weights b_k / sum_j b_j, signs (-1)^k) of the correlation map at ``q``:
+    rho(c) = sum_k w_k c^k (Mehler's formula), the terms that vanish left out; ``None`` where
+    :func:`mehler_sq` would return None. For a loop in which q stays put while c moves (a
+    network whose length has converged), so the table is read once."""
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t._meh if t._meh is not None else t.meh
+    if tab is False or not q > 0.0:
+        return None
+    s = (math.log(q) - LQ_LO) * _INV_W
+    if not 0.0 <= s <= _N_PANELS:
+        return None
+    k = int(s)
+    if k == _N_PANELS:
+        k -= 1
+    data = tab.rho_data[k]
+    if data is None:
+        coef = tab.panel(k)
+        if coef is None:
+            return None
+        data = _rho_panel(coef, k, tab)
+    exps, cs, den, sign = data
+    x = 2.0 * (s - k) - 1.0
+    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
+    T = np.cos(_KS * math.acos(x))
+    return exps, (T @ cs) / float(T @ den), sign
+
+
 def mehler_rho(act, q: float, c: float) -> Optional[float]:
     """sum_k b_k c^k / sum_k b_k = E[phi(u1) phi(u2)] / E[phi(u1)^2] for
     u ~ N(0, q [[1, c], [c, 1]]): the correlation of the post-activations (Mehler's formula),
