@@ -761,7 +761,12 @@ class FreeProduct:
         ``log(psi_g/(1 + psi_g)) = log(r_g w/(1 + r_g w))`` (equivalent, and accurate in both
         limits). Returns (u, v, ok): ``ok`` where it converged (last step below ``tol``, or
         stalled below 1e-9 at rounding level) on the physical branch (``Im w <= 0``,
-        ``Im zeta_g <= 0``)."""
+        ``Im zeta_g <= 0``). A diverging iterate overflows on its way out; its step is then not
+        finite, it is dropped and never marked ``ok``, so floating-point warnings are silenced."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._newton_steps(zeta, u, v, tol, maxit)
+
+    def _newton_steps(self, zeta, u, v, tol, maxit):
         n = zeta.size
         G = len(self.groups)
         u = u.astype(complex).copy()
@@ -1082,8 +1087,9 @@ class FreeProduct:
                 up, vp = u0, v0
             un, vn, ok = self._newton(1.0 / z, up, vp)
             ok &= _small_move(un, vn, u0, v0, 0.5)
-            wn = self._w_of(un)
-            nearly_real = wn.imag > -1e-6 * np.abs(wn)
+            with np.errstate(over="ignore", invalid="ignore"):    # failed points: not ok
+                wn = self._w_of(un)
+                nearly_real = wn.imag > -1e-6 * np.abs(wn)
             if np.any(ok & nearly_real):
                 k = np.flatnonzero(ok & nearly_real)
                 D = self._dlogchi(un[k], vn[:, k])
