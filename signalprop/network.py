@@ -29,8 +29,9 @@ reading ``x^{l-1}`` it is the same product, no weight gradient implied).
     W^l = sigma_w O, O Haar (semi-)orthogonal scaled so E[W_ij^2] = sigma_w^2 / N_{l-1} (orthogonal),
     b^l_i ~ N(0, sigma_b^2).
 
-Residual blocks (:mod:`signalprop.residual`) and normalisation layers (:mod:`signalprop.norm`)
-are further kinds with the same rules.
+Residual blocks (:mod:`signalprop.residual`), layer and RMS normalisation (:mod:`signalprop.norm`)
+and batch-normalised layers (:mod:`signalprop._bnlayer`, whose batch coupling ``predict`` handles
+in a batch mode of its own) are further kinds with the same rules.
 """
 
 from __future__ import annotations
