@@ -175,9 +175,11 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
                     rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
     mu_out = None
     if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
-        qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-        m = float(act.mean(qm))
-        mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
+        mu_out = 0.0 if act.odd else tables.mean_ratio(act, lq)
+        if mu_out is None:
+            qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, _LQ_LO), _LQ_HI))
+            m = float(act.mean(qm))
+            mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
     log_back = lsw2 + math.log(layer.width / n_in)
     return Step(lq, c, (lv, rho, mu_out), ld, log_back)
 

@@ -214,7 +214,7 @@ class _Tables:
 
     def __init__(self, act):
         self.act = act
-        self._mom = self._meh = self._pd = None
+        self._mom = self._meh = self._pd = self._mu = None
 
     # log moments ----------------------------------------------------------------------------
     @property
@@ -228,6 +228,24 @@ class _Tables:
         if self._meh is None:
             self._meh = _mehler_table(self.act) if _has_series(self.act) else False
         return self._meh
+
+    @property
+    def mu(self):
+        """E[phi] / sqrt(E[phi^2]) on the moments' range (lazy), for the residual stream's mean.
+        Not for odd activations (0 exactly) nor closed forms."""
+        if self._mu is None:
+            act = self.act
+            if act.odd or not _has_moment_table(act):
+                self._mu = False
+            else:
+                def fn(q):
+                    m = np.asarray(act.mean(q), float)
+                    return (m / np.sqrt(np.asarray(act.second_moment(q), float)))[:, None]
+
+                def accept(u, vals):
+                    return vals if np.all(np.isfinite(vals)) else None
+                self._mu = _LogQTable(fn, LQ_LO, LQ_HI, _WIDTH, _DEG, lazy=True, accept=accept)
+        return self._mu
 
     @property
     def pd(self):
@@ -529,6 +547,28 @@ def _rho_panel(coef: np.ndarray, k: int, tab) -> tuple:
             np.where(keep % 2 == 1, -1.0, 1.0))
     tab.rho_data[k] = data
     return data
+
+
+def mean_ratio(act, lq: float) -> Optional[float]:
+    """E[phi(sqrt(q) z)] / sqrt(E[phi(sqrt(q) z)^2]) at q = exp(lq) from a Chebyshev table in
+    log q (analytic in the strip like the moments, so ~1e-15; tests/test_tables.py), or ``None``
+    (odd activations, closed forms, lq outside the table, a rejected panel)."""
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t.mu
+    if tab is False or not LQ_LO <= lq <= tab.hi:
+        return None
+    s = (lq - tab.lo) / tab.width
+    k = min(int(s), tab.n - 1)
+    vals = tab.panel(k)
+    if vals is None:
+        return None
+    t = min(1.0, max(-1.0, 2.0 * (s - k) - 1.0))
+    d = t - tab.x[::-1]                           # nodes in increasing order, as stored
+    hit = np.flatnonzero(d == 0.0)
+    if hit.size:
+        return float(vals[hit[0], 0])
+    cw = tab.w[::-1] / d                          # barycentric formula (as in __call__)
+    return float(cw @ vals[:, 0]) / float(cw.sum())
 
 
 def mehler_series(act, q: float) -> Optional[tuple]:

@@ -257,3 +257,20 @@ def test_critical_line_without_slope_at_zero_is_nan():
         out = sp.critical_sigma_w2("x*tanh(x)", [0.0, 0.1])
     assert np.isnan(out[0]) and np.isfinite(out[1])
     assert any(issubclass(x.category, RuntimeWarning) for x in w)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "softplus", "sigmoid", "elu", "selu"])
+def test_mean_ratio_table_against_the_direct_route(name):
+    """E[phi]/sqrt(E[phi^2]) from the Chebyshev table in log q (residual networks need it at every
+    layer) against act.mean / act.second_moment at random q and at the table's ends: <= 1e-13
+    absolute (measured <= 2.3e-15)."""
+    a = sp.activation(name)
+    rng = np.random.default_rng(5)
+    lqs = np.r_[rng.uniform(tables.LQ_LO, math.log(1e6), 60), tables.LQ_LO, math.log(1e6)]
+    for lq in lqs:
+        q = math.exp(lq)
+        direct = float(a.mean(q)) / math.sqrt(float(a.second_moment(q)))
+        assert tables.mean_ratio(a, lq) == pytest.approx(direct, abs=1e-13)
+    assert tables.mean_ratio(sp.activation("tanh"), 0.0) is None       # odd: 0 exactly, no table
+    assert tables.mean_ratio(sp.activation("relu"), 0.0) is None       # closed form
+    assert tables.mean_ratio(a, math.log(1e7)) is None              # outside the table
