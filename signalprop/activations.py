@@ -579,7 +579,7 @@ def _real_zeros(g) -> list:
         if sol.is_empty or isinstance(sol, sp.Interval):  # no zero / g = 0 on a whole interval
             return []
     except Exception:  # noqa: BLE001 - solveset raises NotImplementedError and others
-        pass
+        pass            # no symbolic answer: fall through to the numerical search below
     try:  # numerically: sign changes on a grid, refined by brentq
         fg = sp.lambdify(_X, g, modules=["numpy", "scipy"])
         t = np.linspace(-_KINK_RANGE, _KINK_RANGE, 200_001)

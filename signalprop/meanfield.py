@@ -155,13 +155,7 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
                 ser = (act, qe, tables.mehler_series(act, qe))
                 cache["rho_series"] = ser
             if ser[2] is not None and c != 1.0:
-                exps, w, sign = ser[2]
-                if c == 0.0:
-                    r = float(w[0]) if exps[0] == 0.0 else 0.0
-                else:
-                    pw = np.exp(exps * math.log(abs(c)))
-                    r = float(w @ (pw * sign if c < 0.0 else pw))
-                rho = min(1.0, max(-1.0, r))
+                rho = min(1.0, max(-1.0, tables.series_at(ser[2], c)))
             else:
                 series = cache.get("mehler")
                 if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
@@ -598,7 +592,6 @@ def critical_sigma_w2(activation, sigma_b2, *, _V=None, _D=None) -> np.ndarray:
 # phase diagram
 
 
-from . import tables as _tables  # noqa: E402  (the Chebyshev tables in log q)
 from .tables import _LogQTable  # noqa: E402,F401  (re-exported: it lived here)
 
 _STAGE1_K = 48      # Mehler terms of the first, cheap Newton stage for c*
@@ -623,7 +616,7 @@ def _mehler_groups(act: Activation, q: np.ndarray):
     """Mehler coefficients b_k(q) = a_k(q)^2 of every point from the activation's table
     (``tables.mehler_sq`` in bulk): a list of (rows, b) with b of shape (len(rows), K), K the
     number of terms of the rows' panel; the rows of points without a table are left out."""
-    tab = _tables.tables_of(act).meh
+    tab = tables.tables_of(act).meh
     if tab is False:
         return []
     k, t, inside = tab.locate(np.log(q))
@@ -638,7 +631,7 @@ def _mehler_groups(act: Activation, q: np.ndarray):
         if coef is False:
             continue
         rows = order[a:b]
-        T = np.cos(np.arccos(t[rows])[:, None] * _tables._KS)   # T_j(t), j = 0..deg
+        T = np.cos(np.arccos(t[rows])[:, None] * tables._KS)   # T_j(t), j = 0..deg
         groups.append((rows, T @ coef))
     return groups
 
@@ -764,7 +757,7 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
     if closed:
         V, dV, D = act.second_moment, act.second_moment_slope, act.dphi_second_moment
     else:
-        t = _tables.tables_of(act).pd
+        t = tables.tables_of(act).pd
         V, dV, D = (lambda q: t(q)[..., 0]), (lambda q: t(q)[..., 1]), (lambda q: t(q)[..., 2])
 
         def VdV(q):

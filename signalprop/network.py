@@ -36,7 +36,7 @@ in a batch mode of its own) are further kinds with the same rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -130,11 +130,14 @@ class Nonlinearity:
 
     width: int
     activation: Activation
+    _as_dense: Dense = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "width", check_int("width", self.width, 1))
         if not isinstance(self.activation, Activation):
             object.__setattr__(self, "activation", activation(self.activation))
+        # the Dense layer (sigma_w^2 = 1, sigma_b^2 = 0) whose step this layer's is, built once
+        object.__setattr__(self, "_as_dense", Dense(self.width, self.activation, 1.0, 0.0))
 
     needs_mean = False
 
@@ -155,7 +158,7 @@ class Nonlinearity:
         if mu is not None and abs(mu) > 1e-12:
             raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
                              f"after a linear Dense or a LayerNorm); its input has mean/rms {mu:.3g}")
-        return _dense_step()(_AS_DENSE(self), state, n_in, cache)
+        return _dense_step()(self._as_dense, state, n_in, cache)
 
 
 def _dense_step():
@@ -168,10 +171,6 @@ def _dense_step():
 
 
 _DENSE_STEP = None
-
-
-def _AS_DENSE(layer: Nonlinearity) -> Dense:
-    return Dense(layer.width, layer.activation, 1.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ import numpy as np
 
 from . import gaussian
 
-__all__ = ["moments", "mehler_sq", "mehler_rho", "LQ_LO", "LQ_HI"]
+__all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
+           "LQ_LO", "LQ_HI"]
 
 # -- the scalar tables -----------------------------------------------------------------------
 LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
@@ -503,6 +504,20 @@ def _mehler_table(act) -> _LogQTable:
 _KS = np.arange(_DEG + 1, dtype=float)
 
 
+def _mehler_locate(act, q: float):
+    """(Mehler table, panel k, x in [-1, 1]) of ``q``, or None (no table, q outside it)."""
+    t = act.__dict__.get(_ATTR) or tables_of(act)
+    tab = t._meh if t._meh is not None else t.meh
+    if tab is False or not q > 0.0:
+        return None
+    s = (math.log(q) - LQ_LO) * _INV_W
+    if not 0.0 <= s <= _N_PANELS:
+        return None
+    k = min(int(s), _N_PANELS - 1)
+    x = 2.0 * (s - k) - 1.0
+    return tab, k, (1.0 if x > 1.0 else (-1.0 if x < -1.0 else x))
+
+
 def mehler_sq(act, q: float) -> Optional[np.ndarray]:
     """b_k = a_k(q)^2 (k = 0..K-1): E[phi(u1) phi(u2)] = sum_k b_k c^k for
     u ~ N(0, q [[1, c], [c, 1]]) (Mehler's formula), so sum_k b_k c^k / sum_k b_k is the
@@ -514,23 +529,15 @@ def mehler_sq(act, q: float) -> Optional[np.ndarray]:
     forms, unknown analyticity), outside q in [1e-6, ~1.13e6], or where the series would need
     1016 terms or more (tanh: q >~ 6.9): the caller then uses the direct route.
     """
-    t = act.__dict__.get(_ATTR) or tables_of(act)
-    tab = t._meh if t._meh is not None else t.meh
-    if tab is False or not q > 0.0:
+    loc = _mehler_locate(act, q)
+    if loc is None:
         return None
-    s = (math.log(q) - LQ_LO) * _INV_W
-    if not 0.0 <= s <= _N_PANELS:
-        return None
-    k = int(s)
-    if k == _N_PANELS:
-        k -= 1
+    tab, k, x = loc
     coef = tab.panels[k]
     if coef is None:
         coef = tab.panel(k)
     if coef is None or coef is False:
         return None
-    x = 2.0 * (s - k) - 1.0
-    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
     # T_j(x) = cos(j arccos x): accurate to ~j eps for every x in [-1, 1]
     return np.cos(_KS * math.acos(x)) @ coef
 
@@ -576,16 +583,10 @@ def mehler_series(act, q: float) -> Optional[tuple]:
     rho(c) = sum_k w_k c^k (Mehler's formula), the terms that vanish left out; ``None`` where
     :func:`mehler_sq` would return None. For a loop in which q stays put while c moves (a
     network whose length has converged), so the table is read once."""
-    t = act.__dict__.get(_ATTR) or tables_of(act)
-    tab = t._meh if t._meh is not None else t.meh
-    if tab is False or not q > 0.0:
+    loc = _mehler_locate(act, q)
+    if loc is None:
         return None
-    s = (math.log(q) - LQ_LO) * _INV_W
-    if not 0.0 <= s <= _N_PANELS:
-        return None
-    k = int(s)
-    if k == _N_PANELS:
-        k -= 1
+    tab, k, x = loc
     data = tab.rho_data[k]
     if data is None:
         coef = tab.panel(k)
@@ -593,8 +594,6 @@ def mehler_series(act, q: float) -> Optional[tuple]:
             return None
         data = _rho_panel(coef, k, tab)
     exps, cs, den, sign = data
-    x = 2.0 * (s - k) - 1.0
-    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
     T = np.cos(_KS * math.acos(x))
     return exps, (T @ cs) / float(T @ den), sign
 
@@ -602,34 +601,18 @@ def mehler_series(act, q: float) -> Optional[tuple]:
 def mehler_rho(act, q: float, c: float) -> Optional[float]:
     """sum_k b_k c^k / sum_k b_k = E[phi(u1) phi(u2)] / E[phi(u1)^2] for
     u ~ N(0, q [[1, c], [c, 1]]): the correlation of the post-activations (Mehler's formula),
-    from the table of ``mehler_sq`` without forming the b_k, and without the terms that vanish
-    (the even ones of an odd activation). A float (not clipped to [-1, 1]), or ``None`` where
-    ``mehler_sq`` would return None."""
-    t = act.__dict__.get(_ATTR) or tables_of(act)
-    tab = t._meh if t._meh is not None else t.meh
-    if tab is False or not q > 0.0:
-        return None
-    s = (math.log(q) - LQ_LO) * _INV_W
-    if not 0.0 <= s <= _N_PANELS:
-        return None
-    k = int(s)
-    if k == _N_PANELS:
-        k -= 1
-    data = tab.rho_data[k]
-    if data is None:
-        coef = tab.panel(k)
-        if coef is None:
-            return None
-        data = _rho_panel(coef, k, tab)
-    exps, cs, den, sign = data
-    x = 2.0 * (s - k) - 1.0
-    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
-    T = np.cos(_KS * math.acos(x))
+    the series of :func:`mehler_series` evaluated at c. A float (not clipped to [-1, 1]), or
+    ``None`` where ``mehler_sq`` would return None."""
+    series = mehler_series(act, q)
+    return None if series is None else series_at(series, c)
+
+
+def series_at(series: tuple, c: float) -> float:
+    """rho(c) = sum_k w_k c^k for a :func:`mehler_series` ``(exponents, weights, signs)``.
+    c^k = exp(k log|c|) (times (-1)^k for c < 0): one vector exp instead of a power per term;
+    its relative error k |log c| eps multiplies c^k, so the sum errs by < eps / e of sum w_k."""
+    exps, w, sign = series
     if c == 0.0:
-        return float(T @ cs[:, 0]) / float(T @ den) if exps[0] == 0.0 else 0.0
-    # c^k = exp(k log|c|) (times (-1)^k for c < 0): one vector exp instead of a power per term;
-    # its relative error k |log c| eps multiplies c^k, so the sum errs by < eps / e of sum b_k
+        return float(w[0]) if exps[0] == 0.0 else 0.0
     pw = np.exp(exps * math.log(abs(c)))
-    if c < 0.0:
-        pw *= sign
-    return float(T @ (cs @ pw)) / float(T @ den)
+    return float(w @ (pw * sign if c < 0.0 else pw))
