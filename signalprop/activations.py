@@ -26,11 +26,11 @@ integrand is not finite or not integrable, never a nan.
 
 from __future__ import annotations
 
-import io
 import math
-import tokenize
+import pickle
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
@@ -38,11 +38,11 @@ import sympy as sp
 from scipy import special
 
 from . import gaussian
-from ._validate import check_finite, check_positive
+from ._validate import finite_scalar, positive_scalar, short_repr
+from .expr import FUNCTIONS, X as _X, check_expression, parse_expression
 
 __all__ = ["Activation", "activation", "activations", "normalising_constants"]
 
-_X = sp.Symbol("x", real=True)
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
 Array = np.ndarray
@@ -98,14 +98,56 @@ class Activation:
     odd: bool = False
     jumps: tuple = ()
 
+    #: what the activation is compared, hashed and pickled by: ("builtin", name, params),
+    #: ("expr", sympy expression, declared kinks) or ("callable", fn, dphi, d2phi, kinks); set by
+    #: :func:`activation`. An Activation built by hand without one compares by identity.
+    key: tuple = field(default=(), repr=False)
+
     def __repr__(self) -> str:
+        if self.key and self.key[0] == "expr":
+            return f"activation({str(self.expr)!r})"
         p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"activation({self.name!r}{', ' + p if p else ''})"
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Activation) or not self.key:
+            return NotImplemented if not isinstance(other, Activation) else False
+        return self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key) if self.key else id(self)
+
+    def __reduce__(self):
+        """Pickles as the recipe :func:`activation` rebuilds it from (built-ins by name and
+        parameters, expressions by their sympy tree, callables by reference)."""
+        if not self.key:
+            raise TypeError(f"{self!r} was not built by signalprop.activation(): it cannot be "
+                            "pickled")
+        if self.key[0] == "callable":
+            for f in self.key[1:4]:
+                if f is None:
+                    continue
+                try:
+                    pickle.dumps(f)
+                except Exception:
+                    raise TypeError(
+                        f"activation({getattr(f, '__qualname__', f)!s}) cannot be pickled: its "
+                        "callable does not pickle (define it at module level, or use a built-in "
+                        "name or an expression string)") from None
+        return (_rebuild, (self.key,))
+
+    @property
+    def _custom(self) -> bool:
+        """A custom activation (expression or callable): its kinks are a gaussian.Kinks."""
+        return isinstance(self.kinks, gaussian.Kinks)
 
     # -- one-dimensional expectations, z ~ N(0, 1) -----------------------------------------
     def _e1(self, f, q, what=None):
         try:
-            return gaussian.expect(f, q, kinks=self.kinks, tau=self.tau)
+            with _deferred_warnings(self._custom):
+                return gaussian.expect(f, q, kinks=self.kinks, tau=self.tau)
         except gaussian.IntegrandError as e:
             if what is None:
                 raise
@@ -194,12 +236,31 @@ class Activation:
                                              kinks=self.kinks)
         what = "E[phi(u1) phi(u2)]" if k == 0 else "E[phi'(u1) phi'(u2)]"
         try:
-            out = gaussian.expect2(f, f, q1, q2, c, tau=self.tau, kinks=self.kinks)
+            with _deferred_warnings(self._custom):
+                out = gaussian.expect2(f, f, q1, q2, c, tau=self.tau, kinks=self.kinks)
         except gaussian.IntegrandError as e:
             raise ValueError(f"{what}: {e}") from None
         if isinstance(self.kinks, gaussian.Kinks):   # a custom activation: never nan silently
             _check_bivariate(out, self.kinks.label, what, q1, q2, c)
         return out
+
+
+@contextmanager
+def _deferred_warnings(active: bool):
+    """For a custom activation (``active``): numpy's floating-point warnings silenced (the engine
+    checks every value and raises a ValueError naming the activation and the x where one is not
+    finite), and the engine's own warnings held back and emitted only when a result is returned:
+    where the expectation fails, the error alone is the answer (no RuntimeWarning lines before
+    it, e.g. for ``"sin(1/x)"`` or ``"exp(x**2)"``)."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(all="ignore"):
+            yield
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 class _Jumping(Activation):
@@ -419,9 +480,8 @@ def _make(name: str, **params) -> Activation:
                           lambda v: np.ones(np.shape(v)), lambda v: np.zeros(np.shape(v)),
                           expr=x, tau=math.inf, odd=True)
     if name in ("relu", "leaky_relu"):
-        a = float(params.get("slope", 0.01)) if name == "leaky_relu" else 0.0
+        a = finite_scalar("slope", params.get("slope", 0.01)) if name == "leaky_relu" else 0.0
         if name == "leaky_relu":
-            check_finite("slope", a)
             if not 0.0 <= a <= 1.0:
                 raise ValueError(f"slope must lie in [0, 1], got {a!r}")
         p = {"slope": a} if name == "leaky_relu" else {}
@@ -466,8 +526,7 @@ def _make(name: str, **params) -> Activation:
         return Activation(name, *_gelu_tanh_funcs(), expr=e, tau=2.5)
     if name in ("elu", "selu"):
         if name == "elu":
-            alpha, scale = float(params.get("alpha", 1.0)), 1.0
-            check_finite("alpha", alpha)
+            alpha, scale = finite_scalar("alpha", params.get("alpha", 1.0)), 1.0
             if alpha < 0:
                 raise ValueError(f"alpha must be >= 0, got {alpha!r}")
             p = {"alpha": alpha}
@@ -560,14 +619,56 @@ def _kink_candidates(exprs) -> tuple[set, set]:
     return keep(switch), keep(singular)
 
 
+def _symbolic_zeros_ok(g) -> bool:
+    """Whether solveset may be asked for the zeros of g: a small expression with at most one
+    transcendental part (sin(x) - 1/2, log(x), x**0.7) and polynomial powers of degree <= 8.
+    Beyond, solveset can run for seconds to minutes (sin(x) - cos(x), x**64 - x**63 + 5) and
+    the numerical search is used."""
+    if sp.count_ops(g) > 40:
+        return False
+    if any(p.exp.is_Integer and abs(p.exp) > 8 and p.base.has(_X) for p in g.atoms(sp.Pow)):
+        return False
+    parts = [f for f in g.atoms(sp.Function) if f.has(_X)]
+    parts += [p for p in g.atoms(sp.Pow) if p.exp.has(_X)]
+    return len(parts) <= 1
+
+
+def _periodic_radius(sol) -> Optional[float]:
+    """For a solution set that is a union of finite sets and arithmetic progressions
+    {a n + b : n integer} (sin(x) = 0: {2 n pi} and {2 n pi + pi}), the radius r <= _KINK_RANGE
+    of a box |x| <= r that holds at least _MAX_KINKS of its points (one progression alone
+    does, so the box stays small: sin(1000 x) has 63662 zeros in |x| <= 100); None for any
+    other set (sin(exp(x)) = 0: x = log(n pi)), which is then searched numerically."""
+    r = float(_KINK_RANGE)
+    for part in (sol.args if isinstance(sol, sp.Union) else (sol,)):
+        if isinstance(part, sp.FiniteSet):
+            continue
+        if not (isinstance(part, sp.ImageSet) and len(part.lamda.variables) == 1
+                and part.base_sets == (sp.S.Integers,)):
+            return None
+        n, e = part.lamda.variables[0], part.lamda.expr
+        a, b = sp.diff(e, n), e.subs(n, 0)
+        if not (a.is_number and b.is_number) or a == 0:
+            return None
+        r = min(r, abs(float(b)) + (_MAX_KINKS // 2 + 1) * abs(float(a)))
+    return r
+
+
 def _real_zeros(g) -> list:
-    """The finite real zeros of g(x): sympy's solveset over the reals (periodic solution sets
-    within |x| <= _KINK_RANGE), else sign changes of g on a grid refined by bisection."""
+    """The finite real zeros of g(x) (those of a periodic or numerically searched g within
+    |x| <= _KINK_RANGE; where there are many, at least the _MAX_KINKS nearest 0, the ones
+    ``_expr_kinks`` keeps). By sympy's solveset over the reals where ``_symbolic_zeros_ok``
+    (a periodic solution set within the box of ``_periodic_radius``), else numerically: sign
+    changes of g on a grid refined by brentq."""
     try:
+        if not _symbolic_zeros_ok(g):
+            raise NotImplementedError
         sol = sp.solveset(g, _X, domain=sp.S.Reals)
         if not isinstance(sol, sp.FiniteSet) and not sol.is_empty:
-            box = sp.Interval(-_KINK_RANGE, _KINK_RANGE)
-            sol = sp.solveset(g, _X, domain=box)
+            r = _periodic_radius(sol)
+            if r is None:
+                raise NotImplementedError      # not a union of arithmetic progressions
+            sol = sp.solveset(g, _X, domain=sp.Interval(-r, r))
         if isinstance(sol, sp.FiniteSet):
             pts = []
             for v in sol:       # real by construction; evaluation may leave a 1e-20 i residue
@@ -587,6 +688,7 @@ def _real_zeros(g) -> list:
             v = np.broadcast_to(np.asarray(fg(t), float), t.shape)
         pts = list(t[v == 0])
         i = np.flatnonzero(np.isfinite(v[:-1]) & np.isfinite(v[1:]) & (v[:-1] * v[1:] < 0))
+        i = i[np.argsort(np.abs(t[i]), kind="stable")[:_MAX_KINKS]]
         from scipy.optimize import brentq
         for j in i:
             with np.errstate(all="ignore"):
@@ -676,38 +778,111 @@ def _check_kinks(kinks) -> tuple:
     return tuple(pts)
 
 
+_EXPAND_BUDGET = 20_000   # most terms sympy's expand may produce in the structural oddness test
+
+
+def _expanded_size(e) -> tuple[int, int]:
+    """(terms, work): the number of terms of ``sp.expand(e)`` at the top level (an upper bound:
+    like terms are not merged) and the total over e and every function argument inside it
+    (``expand`` is deep). (a + b + c)**n has C(n + 2, 2) terms, a product multiplies."""
+    if e.is_Add:
+        parts = [_expanded_size(a) for a in e.args]
+        return sum(t for t, _ in parts), sum(w for _, w in parts)
+    if e.is_Mul:
+        parts = [_expanded_size(a) for a in e.args]
+        return math.prod(t for t, _ in parts), sum(w for _, w in parts)
+    if e.is_Pow:
+        t, w = _expanded_size(e.base)
+        n = e.exp
+        if n.is_Integer and n > 0 and t > 1:
+            t = math.comb(int(n) + t - 1, t - 1)   # the multinomial expansion of (sum)**n
+        return t, w + _expanded_size(e.exp)[1]
+    work = 0
+    for a in e.args:
+        if isinstance(a, sp.Expr):
+            t, w = _expanded_size(a)
+            work += t + w
+    return 1, work
+
+
+def _is_odd(expr) -> bool:
+    """phi(-x) = -phi(x) structurally: phi(-x) + phi(x) is 0 as sympy writes it, or after
+    ``sp.expand`` where the expansion stays within _EXPAND_BUDGET terms (beyond, a few big
+    polynomial powers of sums, the test is skipped: the mean is then integrated, not set to 0)."""
+    s = expr.subs(_X, -_X) + expr
+    if s == 0:
+        return True
+    t, w = _expanded_size(s)
+    return t + w <= _EXPAND_BUDGET and sp.expand(s) == 0
+
+
 def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
     """A sympy expression in x: derivatives by sympy, branch by branch where the expression has
     Max, Min, Abs, sign, Heaviside or Piecewise (``_piecewise_form``); kinks found automatically
-    (``_expr_kinks``) plus any declared in ``kinks``; jumps of phi found (``_expr_jumps``)."""
+    (``_expr_kinks``) plus any declared in ``kinks``; jumps of phi found (``_expr_jumps``).
+    ``expr`` has passed :func:`signalprop.expr.check_expression` (whitelisted nodes, bounded
+    numbers and exponents); a failure of sympy on it is a ValueError naming it."""
     # a user's sp.Symbol("x") carries no assumptions and so is not _X: identify them by name
     expr = expr.subs({s: _X for s in expr.free_symbols if s.name == "x" and s != _X})
     free = expr.free_symbols
     if not free <= {_X}:
         extra = ", ".join(sorted(str(s) for s in free - {_X}))
         raise ValueError(f"activation expression must depend on x only; it also uses {extra}")
-    undefined = expr.atoms(sp.core.function.AppliedUndef)
-    if undefined:
-        names = ", ".join(sorted(str(f.func) for f in undefined))
-        raise ValueError(f"activation expression uses unknown functions: {names}")
-    label = f"activation({str(expr)!r})"
+    label = f"activation({short_repr(str(expr))})"
+    try:
+        return _build_from_expr(expr, name, kinks, label)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sympy's own failures (printing, folding, ...)
+        msg = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{label}: sympy cannot turn it into numerical phi, phi', phi'' "
+                         f"({type(exc).__name__}: {msg})") from None
+
+
+_MAX_D1_NODES = 1000     # phi' and phi'' of a custom expression: larger ones take seconds to
+_MAX_D2_NODES = 5000     # build (40 nested tanh: d2 has 46501 nodes; 20 sin factors: 15663)
+
+
+def _sized(e, what: str, limit: int, label: str):
+    """``e`` if its tree has at most ``limit`` nodes, else ValueError: the work on phi, phi',
+    phi'' (kinks, lambdify, oddness) grows with their size, and a short string can make phi''
+    huge (the chain and product rules)."""
+    n = 0
+    for _ in sp.preorder_traversal(e):
+        n += 1
+        if n > limit:
+            raise ValueError(f"{label}: too large to differentiate: {what} has more than "
+                             f"{limit} nodes (nested or multiplied functions; write a simpler "
+                             "expression or pass phi as a callable with dphi and d2phi)")
+    return e
+
+
+def _diff_branches(pw) -> sp.Expr:
+    """d/dx of a folded Piecewise branch by branch, with its conditions kept as they are: what
+    ``sp.diff(pw, x)`` gives, without sympy's re-simplification of the conditions (which costs
+    seconds to minutes for a few Heaviside or Max terms)."""
+    if not isinstance(pw, sp.Piecewise):
+        return sp.diff(pw, _X)
+    return sp.Piecewise(*((sp.diff(e, _X), c) for e, c in pw.args), evaluate=False)
+
+
+def _build_from_expr(expr, name, kinks, label) -> Activation:
     pw = _piecewise_form(expr)
-    if pw is None:
-        d1, d2 = sp.diff(expr, _X), sp.diff(expr, _X, 2)
-        exprs = (expr, d1, d2)
-    else:
-        d1 = sp.diff(pw, _X)
-        d2 = sp.diff(d1, _X)
-        exprs = (pw, d1, d2)
+    d1 = _sized(_diff_branches(expr if pw is None else pw), "phi'", _MAX_D1_NODES, label)
+    d2 = _sized(_diff_branches(d1), "phi''", _MAX_D2_NODES, label)
+    exprs = (expr if pw is None else pw, d1, d2)
     # pointwise derivatives: a DiracDelta (left where sympy could not fold) is zero off its point
     exprs = tuple(e.replace(lambda a: isinstance(a, sp.DiracDelta), lambda a: sp.S.Zero)
                   for e in exprs)
+    for e in exprs:
+        bad = e.atoms(sp.zoo, sp.nan, sp.oo, -sp.oo)
+        if bad:
+            raise ValueError(f"{label}: phi or a derivative contains {sorted(map(str, bad))[0]}")
     fs = [sp.lambdify(_X, e, modules=["numpy", "scipy"]) for e in exprs]
 
     def vec(f):
-        return lambda v: np.broadcast_to(np.asarray(f(np.asarray(v, float)), float), np.shape(v)) * 1.0
-
-    def vec_quiet(f):  # branches are evaluated everywhere and selected: x**-0.3 at x < 0 is fine
+        # quiet: branches are evaluated everywhere and selected (x**-0.3 at x < 0 is fine), and
+        # overflow (exp(x**2) at x = 30) gives inf, which the expectations refuse by name
         def g(v):
             with np.errstate(all="ignore"):
                 return np.broadcast_to(np.asarray(f(np.asarray(v, float)), float), np.shape(v)) * 1.0
@@ -716,11 +891,43 @@ def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
     declared = _check_kinks(kinks)             # declared kinks: behaviour there unknown
     ks = gaussian.Kinks(found + declared, label, singular=singular + declared)
     jumps = _expr_jumps(pw, ks)
-    odd = sp.expand(expr.subs(_X, -_X) + expr) == 0        # structural: no simplify
-    wrap = vec if pw is None else vec_quiet
     cls = _Jumping if jumps else Activation
-    return cls(name, *(wrap(f) for f in fs), expr=expr, tau=None, odd=bool(odd), kinks=ks,
+    return cls(name, *(vec(f) for f in fs), expr=expr, tau=None, odd=_is_odd(expr), kinks=ks,
                jumps=jumps)
+
+
+_PROBE = np.linspace(-8.0, 8.0, 33)    # where a callable is tried once at construction
+
+
+def _probe_callable(f: Callable, label: str, what: str) -> None:
+    """TypeError unless ``f`` maps the float array _PROBE (shape (33,)) to real numbers of the
+    same shape; ValueError if they are all non-finite. (Some non-finite values are allowed:
+    np.log is undefined for x < 0, and the expectations refuse it there by name.)"""
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = f(_PROBE.copy())
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's function
+        msg = " ".join(str(exc).split())[:160]
+        raise TypeError(f"{label}: {what} must accept a float numpy array and act elementwise; "
+                        f"called on an array of shape {_PROBE.shape} it raised "
+                        f"{type(exc).__name__}: {msg}") from None
+    shape = np.shape(raw)
+    if shape != _PROBE.shape:
+        raise TypeError(f"{label}: {what} must return an array of its input's shape (act "
+                        f"elementwise); given shape {_PROBE.shape} it returned "
+                        f"{type(raw).__name__} of shape {shape}")
+    try:
+        arr = np.asarray(raw)
+        if np.iscomplexobj(arr):
+            raise TypeError("complex")
+        vals = np.asarray(arr, float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{label}: {what} must return real numbers; it returned "
+                        f"{short_repr(raw)}") from None
+    if not np.any(np.isfinite(vals)):
+        raise ValueError(f"{label}: {what} is not finite anywhere on x in [-8, 8] (e.g. "
+                         f"{vals[16]!r} at x = 0): not an activation")
 
 
 def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Callable],
@@ -731,8 +938,18 @@ def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Calla
     O(eps |phi| / h), about 1e-12 relative for smooth phi of unit scale: documented, not exact.
     With declared ``kinks`` the step is also at most 1/64 of the distance to the nearest kink, so
     the stencil never straddles one (relative error ~1e-11 for phi ~ |x - k|^a next to it).
+    ``fn`` (and ``dphi``, ``d2phi`` if given) are tried once on 33 points of [-8, 8]
+    (``_probe_callable``): a function that is not elementwise is refused here, not deep inside
+    a later computation.
     """
     kk = np.asarray(sorted(set(_check_kinks(kinks))), float)
+    name = getattr(fn, "__name__", "custom")
+    label = f"activation({getattr(fn, '__qualname__', name)})"
+    for f, what in ((fn, "phi"), (dphi, "dphi"), (d2phi, "d2phi")):
+        if f is not None:
+            if not callable(f):
+                raise TypeError(f"{label}: {what} must be callable, got {type(f).__name__}")
+            _probe_callable(f, label, what)
 
     def step(v):
         h = 1e-3 * (1.0 + np.abs(v))
@@ -756,43 +973,31 @@ def _from_callable(fn: Callable, dphi: Optional[Callable], d2phi: Optional[Calla
     f0 = lambda v: np.asarray(fn(np.asarray(v, float)), float)  # noqa: E731
     f1 = dphi if dphi is not None else fd(f0, 1)
     f2 = d2phi if d2phi is not None else (fd(f1, 1) if dphi is not None else fd(f0, 2))
-    name = getattr(fn, "__name__", "custom")
-    label = f"activation({getattr(fn, '__qualname__', name)})"
     return Activation(name, f0, f1, f2, expr=None, tau=None,
                       kinks=gaussian.Kinks(tuple(kk), label))
 
 
-@lru_cache(maxsize=1)
-def _sympy_names() -> frozenset:
-    names = {"x", "True", "False", "sqrt", "cbrt", "root"}
-    for n in dir(sp):
-        obj = getattr(sp, n)
-        if not n.startswith("_") and (isinstance(obj, sp.Basic) or
-                                      (isinstance(obj, type) and issubclass(obj, sp.Basic))):
-            names.add(n)
-    return frozenset(names)
+_ONE_ARGUMENT = {f.sympy for f in FUNCTIONS.values() if f.min_args == f.max_args == 1}
 
 
-_OPS = {"(", ")", "+", "-", "*", "/", "**", ",", "<", ">", "<=", ">=", "==", "!="}
+def _from_sympy_function(spec) -> sp.Expr:
+    """A sympy function class (``sympy.tanh``) or one-variable ``sympy.Lambda`` as f(x)."""
+    if isinstance(spec, sp.Lambda):
+        if len(spec.variables) != 1:
+            raise TypeError(f"activation: a sympy Lambda must take one variable, {spec} takes "
+                            f"{len(spec.variables)}")
+        return spec(_X)
+    if spec in _ONE_ARGUMENT:       # sympy.tanh, and the functions sympy.sqrt, sympy.cbrt
+        return spec(_X)
+    known = ", ".join(sorted({getattr(f, "__name__", str(f)) for f in _ONE_ARGUMENT}))
+    raise TypeError(f"activation: the sympy function {getattr(spec, '__name__', spec)} is not "
+                    f"one of the one-argument functions accepted as f(x) ({known}); pass an "
+                    "expression in x instead, e.g. sympy.Max(x, 0)")
 
 
-def _unsafe_token(spec: str) -> Optional[str]:
-    """The first token of ``spec`` that a formula in x has no use for, else None.
-
-    ``sympify`` evaluates its string with ``eval``, so ``activation("__import__('os')...")`` would
-    run code: only x, numbers, arithmetic and comparison operators and the names of sympy
-    functions and constants pass (no attribute access, strings, keywords or other names).
-    """
-    try:
-        toks = list(tokenize.generate_tokens(io.StringIO(spec).readline))
-    except (tokenize.TokenError, SyntaxError):
-        return None  # unbalanced or unterminated: sympify reports it as unparseable
-    for t in toks:
-        if t.type == tokenize.STRING or (t.type == tokenize.OP and t.string not in _OPS):
-            return t.string
-        if t.type == tokenize.NAME and t.string not in _sympy_names():
-            return t.string
-    return None
+def _unknown(spec: str, reason: str) -> ValueError:
+    return ValueError(f"unknown activation {short_repr(spec, 120)}: not a built-in name "
+                      f"({', '.join(_NAMES)}) and not an expression in x: {reason}")
 
 
 def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Callable] = None,
@@ -800,9 +1005,19 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
     """Build an activation.
 
     ``spec`` is a built-in name (see :func:`activations`; parameters ``slope`` for leaky_relu,
-    ``alpha`` for elu), an :class:`Activation` (returned as is), a sympy expression or a string
-    in ``x`` such as ``"x*tanh(x)"`` (derivatives by sympy), or a Python callable (derivatives
-    ``dphi``, ``d2phi`` if given, else by finite differences).
+    ``alpha`` for elu), an :class:`Activation` (returned as is), a string in ``x`` such as
+    ``"x*tanh(x)"``, a sympy expression in x, a one-argument sympy function such as
+    ``sympy.tanh`` (taken as f(x)) or a one-variable ``sympy.Lambda`` (derivatives by sympy), or
+    a Python callable (derivatives ``dphi``, ``d2phi`` if given, else by finite differences).
+
+    Strings are read by :func:`signalprop.expr.parse_expression`, never evaluated: numbers,
+    ``x``, ``pi``, ``E``, ``+ - * / **``, and calls of exp, log, sqrt, cbrt, the trigonometric
+    and hyperbolic functions and their inverses, erf, erfc, Abs, sign, Heaviside, Max, Min and
+    Piecewise; constants must be finite doubles and exponents of powers of x at most 64. Sympy
+    expressions pass the same whitelist (:func:`signalprop.expr.check_expression`): DiracDelta,
+    factorial, floor and other functions are refused with a ValueError. A callable is tried
+    once on 33 points of [-8, 8]: it must return a real array of its input's shape (TypeError
+    otherwise).
 
     Kinks. For an expression they are found automatically: the real points where the arguments
     of Max, Min, Abs, sign, Heaviside or the conditions of a Piecewise switch, and the real zeros
@@ -820,43 +1035,103 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
     built-ins. The expectations of a custom activation raise ValueError, naming it and the x,
     where the integrand is not finite or not integrable (alpha-ReLU with alpha <= 1/2: E[phi'^2]
     is infinite), and where phi jumps (``Heaviside(x)``: phi' has a Dirac delta; a callable with
-    an explicit ``dphi`` gives the pointwise derivative instead); they never return nan.
+    an explicit ``dphi`` gives the pointwise derivative instead); they never return nan, and
+    where they fail no floating-point warning is printed before the error.
     """
     if isinstance(spec, Activation):
         if kinks is not None:
             raise TypeError("kinks cannot be added to an existing Activation")
         return spec
-    if isinstance(spec, sp.Expr):
-        return _from_expr(spec, kinks=kinks)
-    if isinstance(spec, str):
-        key = spec.strip().lower()
-        if key in _NAMES:
-            allowed = _PARAMS.get("silu" if key == "swish" else key, ())
-            bad = set(params) - set(allowed)
-            if bad:
-                raise TypeError(f"activation {key!r} takes parameters {allowed or 'none'}, "
-                                f"got {sorted(bad)}")
-            if kinks is not None:
-                raise TypeError(f"kinks are only accepted with a custom activation; {key!r} "
-                                "knows its own")
-            return _make(key, **params)
+    if isinstance(spec, str) and spec.strip().lower() in _NAMES:
+        return _builtin(spec.strip().lower(), kinks, params)
+    act = _custom(spec, dphi, d2phi, kinks, params)
+    if act.key:
+        return act
+    if act.expr is not None:
+        key = ("expr", act.expr, _kinks_key(kinks))
+    else:
+        key = ("callable", spec, dphi, d2phi, _kinks_key(kinks))
+    object.__setattr__(act, "key", key)      # at construction: the value it is compared by
+    return act
+
+
+def _kinks_key(kinks) -> tuple:
+    return () if kinks is None else tuple(float(k) for k in np.atleast_1d(kinks))
+
+
+def _rebuild(key: tuple) -> Activation:
+    """The activation of a key (the inverse of ``Activation.key``; used by pickle)."""
+    kind = key[0]
+    if kind == "builtin":
+        return activation(key[1], **dict(key[2]))
+    if kind == "expr":
+        return activation(key[1], kinks=key[2] or None)
+    return activation(key[1], dphi=key[2], d2phi=key[3], kinks=key[4] or None)
+
+
+_BUILTINS: dict = {}        # (name, params) -> Activation: one object per built-in value
+_BUILTINS_MAX = 256         # bound: past it the oldest entries go
+
+
+def _builtin(name: str, kinks, params: dict) -> Activation:
+    """A built-in activation, one shared object per (name, parameters): equal values are the
+    same object, so per-activation tables (signalprop.tables) are built once."""
+    allowed = _PARAMS.get("silu" if name == "swish" else name, ())
+    bad = set(params) - set(allowed)
+    if bad:
+        raise TypeError(f"activation {name!r} takes parameters {allowed or 'none'}, "
+                        f"got {sorted(bad)}")
+    if kinks is not None:
+        raise TypeError(f"kinks are only accepted with a custom activation; {name!r} "
+                        "knows its own")
+    try:
+        cache_key = (name, tuple(sorted(params.items())))
+        hash(cache_key)
+    except TypeError:           # an unhashable parameter: _make names it
+        cache_key = None
+    act = _BUILTINS.get(cache_key) if cache_key is not None else None
+    if act is None:
+        act = _make(name, **params)
+        key = ("builtin", act.name, tuple(sorted(act.params.items())))
+        act = _BUILTINS.get(key, act)     # the same value asked for with other spellings
+        object.__setattr__(act, "key", key)
+        if len(_BUILTINS) >= _BUILTINS_MAX:
+            for k in list(_BUILTINS)[:2]:
+                _BUILTINS.pop(k)
+        _BUILTINS[key] = act
+        if cache_key is not None:
+            _BUILTINS[cache_key] = act
+    return act
+
+
+def _custom(spec, dphi, d2phi, kinks, params) -> Activation:
+    """activation() for everything but a built-in name."""
+    if isinstance(spec, (sp.FunctionClass, sp.Lambda)) or spec is sp.sqrt or spec is sp.cbrt:
+        spec = _from_sympy_function(spec)
+    if isinstance(spec, sp.Basic):
+        if not isinstance(spec, sp.Expr):
+            raise TypeError(f"activation must be a name, sympy expression, string or callable, "
+                            f"got the sympy {type(spec).__name__} {short_repr(str(spec))}")
         if params:
             raise TypeError("parameters are only accepted with a built-in activation name")
-        bad_token = _unsafe_token(spec)
-        if bad_token is not None:
-            raise ValueError(f"unknown activation {spec!r}: not a built-in name "
-                             f"({', '.join(_NAMES)}) and not a sympy expression in x "
-                             f"({bad_token!r} is not a sympy function or constant)")
         try:
-            expr = sp.sympify(spec, locals={"x": _X})
-        except Exception:  # sympify evaluates the string: any failure means 'not an expression'
-            raise ValueError(f"unknown activation {spec!r}: not a built-in name "
-                             f"({', '.join(_NAMES)}) and not a sympy expression in x") from None
-        if not isinstance(expr, sp.Expr) or _X not in expr.free_symbols:
-            raise ValueError(f"unknown activation {spec!r}: known names are {', '.join(_NAMES)}; "
-                             "a custom expression must depend on x")
+            check_expression(spec)
+        except ValueError as exc:
+            raise ValueError(f"activation expression {short_repr(str(spec))}: {exc}") from None
+        return _from_expr(spec, kinks=kinks)
+    if isinstance(spec, str):
+        if params:
+            raise TypeError("parameters are only accepted with a built-in activation name")
+        try:
+            expr = parse_expression(spec)
+        except ValueError as exc:
+            raise _unknown(spec, str(exc)) from None
+        if _X not in expr.free_symbols:
+            raise _unknown(spec, "a custom expression must depend on x")
         return _from_expr(expr, kinks=kinks)
     if callable(spec):
+        if params:
+            raise TypeError("parameters are only accepted with a built-in activation name")
         return _from_callable(spec, dphi, d2phi, kinks)
     raise TypeError(f"activation must be a name, sympy expression, string or callable, "
                     f"got {type(spec).__name__}")
@@ -867,7 +1142,7 @@ def normalising_constants(act, q: float = 1.0) -> dict:
     ``mean`` = E[phi(sqrt(q) z)], ``std`` = sqrt(Var[phi(sqrt(q) z)]), ``gain`` = 1 / std, by quadrature
     (closed forms for linear, relu, leaky_relu, erf), not by Monte Carlo."""
     a = activation(act)
-    q = float(check_positive("q", q))
+    q = positive_scalar("q", q)
     mu = float(a.mean(q))
     if isinstance(a, (_LeakyReLU, _Erf)):  # closed forms: E phi^2 - mu^2 has no cancellation
         var = float(a.second_moment(q)) - mu * mu
