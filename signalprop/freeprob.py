@@ -935,18 +935,29 @@ class FreeProduct:
             ok[bad] = ok1
         return un, vn, lyo, ok
 
-    def _nodes(self, x, h):
+    def _nodes(self, x, h, per_point=False):
         """The log-y grid of the vertical paths: ``K`` equal steps ``hs <= h`` (per point) from
-        ``log(2 x_max)`` down to ``log(eps x)``; upwards, nodes ``j = 1..jmax`` to ``1e10 x_max``."""
+        ``log(2 x_max)`` down to ``log(eps x)``; upwards, nodes ``j = 1..jmax`` to ``1e10 x_max``.
+
+        ``per_point``: each point gets its own number of steps ``K_i = ceil((log(2 x_max) -
+        log(eps x_i))/h)`` (returned as the array ``Ks``; ``K`` is their maximum), so that its
+        value does not depend on the other points of the call (the quantile solver needs a
+        distribution function that is a fixed function of x); otherwise all points share the
+        ``K`` of the smallest one."""
         U = self.support_top()
         ly_Y = math.log(2.0 * U)
         ly_end = np.log(_EPS_Y * x)
-        K = max(1, int(math.ceil((ly_Y - ly_end.min()) / h)))
-        hs = (ly_Y - ly_end) / K
+        if per_point:
+            Ks = np.maximum(1, np.ceil((ly_Y - ly_end) / h)).astype(int)
+            K = int(Ks.max())
+        else:
+            K = max(1, int(math.ceil((ly_Y - ly_end.min()) / h)))
+            Ks = np.full(x.size, K)
+        hs = (ly_Y - ly_end) / Ks
         jmax = np.floor((math.log(1e10 * U) - ly_Y) / hs).astype(int) + 1
-        return ly_Y, K, hs, jmax
+        return ly_Y, K, Ks, hs, jmax
 
-    def _descend(self, x, h, record=False):
+    def _descend(self, x, h, record=False, per_point=False):
         """Vertical paths at the points ``x`` from ``y = 2 x_max`` down to ``y = eps x`` on the
         grid of :meth:`_nodes`, each step started from the previous solution (linear predictor)
         and halved recursively on failure.
@@ -957,8 +968,10 @@ class FreeProduct:
         continued upwards, values from the moment series above ``2 x_max``, and
         ``int_Y^inf ~ m_1 Im[1/(x+iY)] + m_2 Im[(x+iY)^-2]/2`` beyond the last node) is
         accumulated. Returns (u, v, ly, integral): ``ly`` is the log y where each path ended
-        (``log(eps x)`` unless the continuation stalled near an edge of the support)."""
-        ly_Y, K, hs, jmax = self._nodes(x, h)
+        (``log(eps x)`` unless the continuation stalled near an edge of the support).
+        ``per_point`` (with ``record``): the step of each path depends on its own x only
+        (:meth:`_nodes`)."""
+        ly_Y, K, Ks, hs, jmax = self._nodes(x, h, per_point and record)
         integ = np.zeros(x.size)
         if record:
             mc = self._continuous_moments(2)
@@ -1008,7 +1021,7 @@ class FreeProduct:
             u[idx], v[:, idx], ly[idx] = un, vn, lyn
             if record:
                 g = idx[ok]
-                wgt = 0.5 if k == K else 1.0
+                wgt = np.where(k == Ks[g], 0.5, 1.0)       # the last node of each path: half
                 integ[g] += wgt * self._cdf_f(x[g], np.exp(ly[g]), u[g])
                 st = idx[~ok]           # stalled: half the last node, and the rest as a rectangle
                 if st.size:
@@ -1018,6 +1031,8 @@ class FreeProduct:
             # x G_c below 1e-13: far below the support, where float64 no longer resolves the
             # equation; density and distribution function are 0 there (see density)
             alive[idx[np.abs(np.exp(un)) < 1e-13 * self.kappa]] = False
+            if record:
+                alive[idx[k >= Ks[idx]]] = False            # its path has reached eps x
         if record:
             integ = integ * hs
         return u, v, ly, integ
@@ -1127,16 +1142,29 @@ class FreeProduct:
 
     def cdf_continuous(self, x):
         """F_c(x) = mass of the continuous part on [0, x], for ``x > 0``."""
-        x = np.asarray(x, float)
+        return self._cdf_paths(np.asarray(x, float), per_point=False)[0]
+
+    def cdf_density_continuous(self, x):
+        """``(F_c(x), rho_c(x))`` for ``x > 0`` from one vertical path per point: the
+        distribution function as in :meth:`cdf_continuous` and the density of the continuous
+        part ``-Im G_c(x + i eps x)/pi`` at the path's last node (solved to 1e-12, as in
+        :meth:`density`; 0 far below the support and above it, nan within 1e-7 a of a nonzero
+        atom a). Each path's step depends on its own x only (:meth:`_nodes`), so both are fixed
+        functions of x whatever the other points of the call: what Newton's method in
+        ``log x`` for the quantiles needs (``dF_c/d log x = x rho_c(x)``)."""
+        return self._cdf_paths(np.asarray(x, float), per_point=True)
+
+    def _cdf_paths(self, x, per_point):
         out = np.zeros(x.shape)
+        rho = np.zeros(x.shape)
         if self.continuous_mass <= 1e-14:
-            return out
+            return out, rho
         U = self.support_top()
         out[x >= U] = self.continuous_mass
         sel = (x > 0) & (x < U)
         if sel.any():
             xs = x[sel]
-            u, _, ly, integ = self._descend(xs, _H_CDF, record=True)
+            u, _, ly, integ = self._descend(xs, _H_CDF, record=True, per_point=per_point)
             stalled = np.exp(ly) > 1e-5 * xs
             below = (stalled & (np.abs(np.exp(u)) < 1e-10 * self.kappa)) | \
                 (np.abs(np.exp(u)) < 1e-13 * self.kappa)
@@ -1147,7 +1175,15 @@ class FreeProduct:
             F = self.continuous_mass + integ / math.pi
             F[below] = 0.0          # far below the support (see density)
             out[sel] = np.clip(F, 0.0, self.continuous_mass)
-        return out
+            if per_point:
+                Gc, _ = self._Gc(xs, np.exp(ly), u)
+                r = np.where(below, 0.0, np.maximum(-Gc.imag / math.pi, 0.0))
+                if self.atom_loc.size:
+                    near = np.min(np.abs(xs[:, None] - self.atom_loc), axis=1) \
+                        <= _ATOM_GAP * self.atom_loc.max()
+                    r[near] = np.nan
+                rho[sel] = r
+        return out, rho
 
     # ---------------------------------------------------------------------------------------
     # edges
@@ -1181,6 +1217,10 @@ class FreeProduct:
             if self.atom_loc.size:
                 # 1/chi decreases to the largest atom: the continuous part lies below it
                 return self._continuous_top_below(float(self.atom_loc.max()))
+            if not valid.any():
+                raise RuntimeError("upper edge: chi cannot be inverted on the real axis for any "
+                                   "w in [1e-9, 1e9] (a factor whose law is numerically "
+                                   "degenerate)")
             last = np.flatnonzero(valid)[-1]
             return float(np.exp(-lc[last]))
         i = neg[0]

@@ -45,7 +45,8 @@ gaussian ``2L``, relu orthogonal ``L``, hard tanh orthogonal ``L (1/p - 1)``).
 from __future__ import annotations
 
 import math
-import warnings
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -55,12 +56,19 @@ from . import freeprob as fp
 from .activations import Activation, activation as _activation
 from .meanfield import predict
 from .network import Dense, Network, mlp
-from .results import to_jsonable
+from .results import _Result, to_jsonable
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]
 
 WEIGHT_LAWS = ("gaussian", "uniform", "orthogonal")
 _Q_INDEPENDENT = ("linear", "relu", "leaky_relu")    # phi' is constant on half-lines
+
+RESOLUTION_RANGE = (4, 4096)      # allowed ``resolution`` of the laws of phi'(h)^2
+MAX_LAWS = 1000                   # default bound on the number of distinct numerical laws
+_X_FLOOR = 1e-300                 # the smallest x at which the law is evaluated (float64 solver)
+_MEMORY_CHUNK = 256 * 2 ** 20     # bytes of solver state per batch of density/CDF points
+_SECONDS_PER_LAW = 0.04           # cost model (2 cores): upper edge and each density/CDF call
+_KMAX_FLOAT, _KMAX_MP, _DPS_MAX = 1000, 300, 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +85,17 @@ def _d2_law(act: Activation, q: float, resolution: int) -> fp.Law:
         return v * v
     return fp.pushforward_law(f, kinks=act.kinks, scale=s, n_uniform=resolution,
                               n_quantile=resolution, label=f"{act.name}(q={q:.6g})")
+
+
+def _check_law_mass(law: fp.Law, layer: int, q: float) -> None:
+    """Refuse a law of phi'(h)^2 that vanishes except with probability below 1e-10 (saturated
+    units, q^l far above the activation's scale): the Jacobian is zero to float64 precision and
+    the edges of the rest of the law are not resolved."""
+    if 1.0 - law.zero_mass < 1e-10:
+        raise ValueError(f"at layer {layer} (q^l = {q:.3g}) phi'(h)^2 vanishes except with "
+                         f"probability {1.0 - law.zero_mass:.2g} < 1e-10: the Jacobian is zero to "
+                         f"float64 precision and its spectrum is not resolved; lower q0 or "
+                         f"sigma_w2/sigma_b2 (q^l)")
 
 
 def _weight_factor(layer: Dense, n_in: int, n_out: int) -> fp.ClosedFactor:
@@ -107,30 +126,96 @@ def _check_network(network):
                                       f"weights={layer.weights!r}; known: {', '.join(WEIGHT_LAWS)}")
 
 
+def _law_key(act: Activation, ql: float, q_rtol: float):
+    """(q at which phi'^2 is taken, key of its law): layers with equal keys share one law."""
+    if act.name in _Q_INDEPENDENT:
+        ql = 1.0
+    qkey = (round(math.log(ql) / q_rtol) if ql > 0 else 0) if q_rtol > 0 else ql
+    return ql, (id(act), qkey)
+
+
+def _law_components(resolution: int) -> int:
+    """Upper bound on the uniform components of one law of phi'^2 (pushforward_law: the union
+    of ``resolution`` equal-width and equal-mass bins and 30 geometric refinements)."""
+    return 2 * resolution + 31
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:.3g} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.3g} MiB"
+
+
+def _check_work(network: Network, q, q_rtol: float, resolution: int, max_laws: int) -> None:
+    """Refuse up front a spectrum whose laws cannot fit in memory or whose number of distinct
+    numerical laws exceeds ``max_laws`` (cost model: :func:`spectrum`)."""
+    keys = {_law_key(la.activation, float(ql), q_rtol)[1]
+            for la, ql in zip(network.layers, q) if la.activation.name not in _Q_INDEPENDENT}
+    G = len(keys)
+    comps = _law_components(resolution)
+    law_bytes = G * (3 * comps + 70) * 8 + G * 2048
+    per_point = 128 * (G + comps)
+    limit = _physical_memory() // 2
+    if law_bytes > limit or 24 * per_point > limit:
+        need = max(law_bytes, 24 * per_point)
+        raise ValueError(f"spectrum: {G} distinct laws of phi'(h)^2 at resolution {resolution} "
+                         f"would need {_gib(need)} of memory, more than the {_gib(limit)} allowed "
+                         f"(half the physical memory); lower resolution or raise q_rtol")
+    if G > max_laws:
+        est = _SECONDS_PER_LAW * G
+        raise ValueError(f"spectrum: the network has {G} distinct laws of phi'(h)^2 (q^l changes "
+                         f"along its {network.depth} layers), more than max_laws = {max_laws}: "
+                         f"every density/cdf/quantile call and the upper edge would take about "
+                         f"{est:.3g} s (~{_SECONDS_PER_LAW} s per law on 2 cores) and "
+                         f"{_gib(per_point)} per point; start the layers at the fixed point "
+                         f"(q0 = (q* - sigma_b^2)/sigma_w^2), raise q_rtol (< 0.01) or pass "
+                         f"max_laws >= {G} to accept the cost")
+
+
 def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
-             resolution: int = 64) -> "Spectrum":
+             resolution: int = 64, max_laws: int = MAX_LAWS) -> "Spectrum":
     """The limiting law of the squared singular values of the input-output Jacobian
     ``J = dx^L/dx^0 = D_L W_L ... D_1 W_1`` of ``network`` (the eigenvalues of ``J J^T``, in
     dimension ``N_L``), for inputs with ``||x^0||^2/N_0 = q0``. See the module docstring.
 
-    ``q_rtol``: layers whose ``q^l`` differ by less than this (relative) share one law of
-    ``phi'^2``; ``resolution``: the number of equal-width and of equal-mass bins of each such law
-    (its mass, mean and variance are exact whatever the resolution).
+    ``q_rtol`` (in [0, 0.01)): layers whose ``q^l`` differ by less than this (relative) share
+    one law of ``phi'^2``; ``resolution`` (an integer in [4, 4096]): the number of equal-width
+    and of equal-mass bins of each such law (its mass, mean and variance are exact whatever the
+    resolution).
+
+    **Cost model.** Building costs one pass over the layers (~10 us each) and ~2 ms per
+    distinct numerical law of ``phi'(h)^2`` (``G``: one per distinct ``q^l`` for activations
+    whose ``phi'^2`` is not a Bernoulli law; 0 for linear, relu, leaky relu). Every numerical
+    query (upper edge, each call of density/cdf/quantile) solves ``G + 1`` coupled equations:
+    about ``0.01 G`` to ``0.04 G`` seconds on 2 cores, and ``~128 (G + 2 resolution)`` bytes per
+    point (density and cdf are evaluated in batches of at most 256 MiB). ``G > max_laws``
+    (default 1000) is refused up front with the estimate, as is a set of laws that would not fit
+    in half the physical memory: start the layers at the fixed point (``q^l`` constant), raise
+    ``q_rtol`` or ``max_laws``.
 
     To put every layer at the fixed point ``q*`` (Pennington et al.'s setting) pass
     ``q0 = (q* - sigma_b^2)/sigma_w^2``.
-    Raises TypeError / ValueError for layers or weight laws without an S-transform, and
-    ValueError when the mean-field profile degenerates (``q^l`` = 0 or inf).
+    Raises TypeError / ValueError for layers or weight laws without an S-transform, for
+    arguments out of range (naming them), and ValueError when the mean-field profile
+    degenerates (``q^l`` = 0 or inf).
     """
     _check_network(network)
-    if not (isinstance(q_rtol, (int, float)) and 0 <= q_rtol < 1e-2):
-        raise ValueError(f"q_rtol must lie in [0, 0.01), got {q_rtol!r}")
+    q0 = _check_real("q0", q0, lo=0.0, hi=1e200)
+    q_rtol = _check_real("q_rtol", q_rtol, lo=0.0, hi=1e-2, hi_open=True)
+    resolution = _check_integer("resolution", resolution, *RESOLUTION_RANGE)
+    max_laws = _check_integer("max_laws", max_laws, 1, None)
     profile = predict(network, q0)
     q = np.asarray(profile.q, float)
     if not np.all(np.isfinite(q)) or np.any(q <= 0) or np.any(q > 1e200) or np.any(q < 1e-200):
         bad = int(np.flatnonzero(~np.isfinite(q) | (q <= 1e-200) | (q > 1e200))[0]) + 1
         raise ValueError(f"the mean-field variance q^l leaves [1e-200, 1e200] at layer {bad} "
                          f"(q = {q[bad - 1]:.3g}); the spectrum of phi'(h)^2 is not defined there")
+    _check_work(network, q, q_rtol, resolution, max_laws)
     widths = [int(n) for n in network.widths]
     L = network.depth
     NL = widths[-1]
@@ -152,14 +237,10 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
         wf = _weight_factor(layer, n_in, n_out)
         add_closed(wf, NL / n_in)
         act = layer.activation
-        ql = 1.0 if act.name in _Q_INDEPENDENT else float(q[l])
-        if q_rtol > 0:
-            qkey = round(math.log(ql) / q_rtol) if ql > 0 else 0
-        else:
-            qkey = ql
-        lkey = (id(act), qkey)
+        ql, lkey = _law_key(act, float(q[l]), q_rtol)
         if lkey not in laws:
             laws[lkey] = _d2_law(act, ql, resolution)
+            _check_law_mass(laws[lkey], l + 1, ql)
         law = laws[lkey]
         mu1, mu2 = float(law.moments[1]), float(law.moments[2])
         a = n_out / n_in
@@ -223,7 +304,7 @@ class Spectrum:
         self.normalised_variance_formula = normalised_variance_formula
         self.n_laws = n_laws
         self.notes = tuple(notes)
-        self._cdf_table = None
+        self._qtab: dict = {}
         self._lower = None
 
     def __repr__(self):
@@ -241,24 +322,36 @@ class Spectrum:
         return [int(n) for n in self.network.widths]
 
     # -- moments -------------------------------------------------------------------------------
+    def _kmax_allowed(self, mp: bool = False) -> int:
+        """Largest moment order: the laws of phi'^2 carry 64 exact moments (order <= 63 when
+        the product has numerical laws); otherwise 1000 in float64 (O(k^3) series work, ~1 s)
+        and 300 in mpmath."""
+        cap = _KMAX_MP if mp else _KMAX_FLOAT
+        if self.product.groups:
+            cap = min(cap, min(law.moments.size for law in self.product.laws) - 2)
+        return cap
+
     def log_moments(self, kmax: int) -> np.ndarray:
         """log m_k, k = 1..kmax (no overflow at any depth)."""
-        kmax = _check_k(kmax)
+        kmax = _check_k(kmax, "kmax", self._kmax_allowed())
         return self.product.log_moments(kmax)
 
     def moments(self, kmax: int, dps: Optional[int] = None):
         """m_k = E[lambda^k] (lambda an eigenvalue of J J^T), k = 1..kmax, from the S-transform
         series by Lagrange inversion (Pennington et al. 2017, eq. 18): float64 (inf where it
-        overflows) or, with ``dps``, mpmath numbers computed at ``dps`` digits."""
-        kmax = _check_k(kmax)
+        overflows) or, with ``dps`` (an integer in [15, 1000]), mpmath numbers computed at
+        ``dps`` digits."""
         if dps is not None:
-            return self.product.moments_mp(kmax, int(dps))
+            kmax = _check_k(kmax, "kmax", self._kmax_allowed(mp=True))
+            dps = _check_integer("dps", dps, 15, _DPS_MAX)
+            return self.product.moments_mp(kmax, dps)
+        kmax = _check_k(kmax, "kmax", self._kmax_allowed())
         with np.errstate(over="ignore"):
             return np.exp(self.product.log_moments(kmax))
 
     def moment(self, k: int) -> float:
         """m_k (float64)."""
-        k = _check_k(k)
+        k = _check_k(k, "k", self._kmax_allowed())
         return float(self.moments(k)[-1])
 
     @property
@@ -299,26 +392,48 @@ class Spectrum:
 
         Documented results off the support: 0 for ``x < 0`` and ``x > upper_edge``; at ``x = 0``
         nan when the support of the continuous part reaches 0 (the density may diverge there),
-        0 otherwise. Non-finite ``x`` raises ValueError."""
+        0 otherwise. Non-finite ``x`` raises ValueError. Accurate down to ``x ~ 1e-300`` (the
+        solver works with ``log(w + kappa)``; checked against the Fuss-Catalan law at depth 100,
+        where the median is 1e-30 and the 1% quantile 1e-202)."""
         x = _check_x(x)
-        out = self.product.density(x.ravel()).reshape(x.shape)
+        out = self._batched(self.product.density, x.ravel()).reshape(x.shape)
         if np.any(x == 0):
             out[x == 0] = np.nan if self.lower_edge == 0 else 0.0
         return out
 
     def cdf(self, x) -> np.ndarray:
-        """P(lambda <= x), atoms included."""
+        """P(lambda <= x), atoms included (0 for x < 0; accurate down to x ~ 1e-300, see
+        :meth:`density`)."""
         x = _check_x(x)
         xf = x.ravel()
-        out = self.product.cdf_continuous(xf)
+        out = self._batched(self.product.cdf_continuous, xf)
         out = out + np.where(xf >= 0, self.zero_mass, 0.0)
         for a, m in self.atoms:
             out = out + np.where(xf >= a, m, 0.0)
         return np.clip(out, 0.0, 1.0).reshape(x.shape)
 
+    def _batch_size(self) -> int:
+        """Points per solver call such that its state stays below 256 MiB (multiple of 24)."""
+        comps = max([law.c.size for law in self.product.laws] + [1])
+        per_point = 128 * (len(self.product.groups) + comps + 1)
+        return max(24, (_MEMORY_CHUNK // per_point) // 24 * 24)
+
+    def _batched(self, fn, xf: np.ndarray) -> np.ndarray:
+        """``fn(xf)``, in sorted batches of :meth:`_batch_size` points when there are more (the
+        memory bound of the cost model in :func:`spectrum`)."""
+        B = self._batch_size()
+        if xf.size <= B:
+            return fn(xf)
+        order = np.argsort(xf, kind="stable")
+        out = np.empty(xf.size)
+        for i in range(0, xf.size, B):
+            sel = order[i:i + B]
+            out[sel] = fn(xf[sel])
+        return out
+
     def mass_below(self, t) -> np.ndarray:
         """Fraction of squared singular values <= t (the CDF; atoms included)."""
-        return self.cdf(t)
+        return self.cdf(_check_array("t", t))
 
     # -- edges -----------------------------------------------------------------------------------
     @property
@@ -331,8 +446,9 @@ class Spectrum:
         """The smallest point of the support of the continuous part (0 when the continuous part
         of the law of phi'(h)^2 reaches 0: phi'^2 -> 0 in the Gaussian tails, as for tanh, erf,
         sigmoid, gelu, silu, softplus, elu). Otherwise located numerically as the first point of
-        a log grid from 1e-12 upper_edge (0 if the density is already positive there) where the
-        density exceeds 1e-5 of ``continuous_mass/upper_edge`` (at a
+        a log grid from 1e-12 upper_edge (0 if the density is already positive there: a lower
+        edge below 1e-12 of the top is not resolved) where the density exceeds 1e-5 of
+        ``continuous_mass/upper_edge`` (at a
         square-root edge, ~1e-6 relative: the solution is only accurate to the square root of
         the rounding level next to a branch point). nan when there is no
         continuous part."""
@@ -368,58 +484,169 @@ class Spectrum:
         return float(b)
 
     def quantile(self, p) -> np.ndarray:
-        """The smallest x with P(lambda <= x) >= p (atoms included), p in [0, 1]."""
-        p = np.atleast_1d(np.asarray(p, float))
-        if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-            raise ValueError("quantile levels must lie in [0, 1]")
-        xs, F = self._table()
-        out = np.empty(p.shape)
-        for i, pi in enumerate(p):
-            out[i] = self._invert(pi, xs, F)
+        """The smallest x with P(lambda <= x) >= p (atoms included), for levels ``p`` in [0, 1]
+        (array-like; non-finite or out-of-range levels raise ValueError).
+
+        Solved in ``t = log x``, since the mass of a deep spectrum spans hundreds of orders of
+        magnitude (depth-L linear gaussian network: the Fuss-Catalan law, whose distribution
+        function behaves like ``x^(1/(L+1))`` near 0; Haagerup & Moller 2012, Neuschel 2014):
+        a table of F on a grid in ``t`` (dense near the top, ~1e-13 of it, then extended down
+        in steps of 10 decades to ``x = 1e-300`` only as far as the smallest level needs, atoms
+        entered with both one-sided values) brackets each level; then Newton in ``t`` on
+        ``log(F_c)`` for levels in the lower half of the continuous mass, on the log of the mass
+        above x for the upper half (both nearly linear in ``t`` in power-law tails), with
+        ``dF_c/dt = x rho(x)`` from the same vertical path as ``F_c``
+        (:meth:`signalprop.freeprob.FreeProduct.cdf_density_continuous`) and, from the second
+        step on, the secant slope of the computed F when it is within a factor 10 of that
+        (F carries a ~1e-9 absolute quadrature error, which matters for the slope far in the
+        tail), bisection in ``t`` when a step leaves the bracket; stopped when a step is below
+        1e-8 in ``t`` (the next one would be ~1e-16) or the bracket below 1e-10: the quantile
+        is the root of the computed F to ~1e-10 relative in x, so its error is that of F
+        (~1e-9 absolute) divided by ``dF/d log x``.
+
+        Levels ``p <= mass of the atom at 0`` give 0, ``p = 1`` the top of the support, levels
+        inside an atom's jump its location. A level whose quantile lies below ``x = 1e-300``
+        (outside the range where the law is evaluated in float64) raises ValueError."""
+        p = _check_levels(p)
+        out = np.empty(p.size)
+        flat = p.ravel()
+        out[flat <= self.zero_mass] = 0.0
+        out[flat >= 1.0] = self.upper_edge
+        todo = np.flatnonzero((flat > self.zero_mass) & (flat < 1.0))
+        if todo.size:
+            out[todo] = self._solve_quantiles(flat[todo])
+        return out.reshape(p.shape)
+
+    def _F_parts(self, x: np.ndarray, whole: bool = True):
+        """(mass of the atom at 0 and the nonzero atoms at or below x -- 0 with ``whole``
+        false --, F_c(x), rho_c(x)), F_c and rho_c from one vertical path per point, each a
+        fixed function of its own x."""
+        Fc, rho = self.product.cdf_density_continuous(x)
+        base = np.zeros(x.shape)
+        if whole:
+            base += self.zero_mass
+            for a, m in self.atoms:
+                base = base + np.where(x >= a, m, 0.0)
+        return base, Fc, rho
+
+    def _log_table(self, pmin: float, whole: bool = True):
+        """Table (x, F) sorted by x, F nondecreasing, with F[0] < pmin (extended down in log x
+        as needed); atoms appear twice, (a, F(a-)) then (a, F(a)). F is the whole distribution
+        function, or with ``whole`` false that of the continuous part alone (F_c, of mass
+        continuous_mass). ValueError when the level pmin lies below F(1e-300)."""
+        U = self.upper_edge if whole else self.product.upper_edge_continuous()
+        if self._qtab.get(whole) is None:
+            if not (U > 1e3 * _X_FLOOR):
+                raise ValueError(f"quantile: the law lies below x = {U:.3g}, outside the range "
+                                 f"where it is evaluated in float64 (x >= {_X_FLOOR:g})")
+            xs = np.array([], float)
+            if self.continuous_mass > 1e-14:
+                top = U * (1.0 - np.array([1e-4, 1e-3, 1e-2, 0.04, 0.1, 0.2, 0.35, 0.5, 0.7]))
+                low = U * np.exp(-np.array([1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0, 24.0, 30.0]))
+                xs = np.unique(np.concatenate([top, low]))
+                xs = xs[(xs > _X_FLOOR) & (xs < U)]
+            base, Fc, _ = self._F_parts(xs, whole)
+            rows = list(zip(xs.tolist(), (base + Fc).tolist()))
+            if whole:
+                for a, m in self.atoms:                   # both one-sided values at an atom
+                    ba, Fa, _ = self._F_parts(np.array([a]))
+                    rows += [(a, float(ba[0] + Fa[0]) - m), (a, float(ba[0] + Fa[0]))]
+            rows.append((U, 1.0 if whole else self.continuous_mass))
+            rows.sort()
+            self._qtab[whole] = (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+        x, F = self._qtab[whole]
+        while pmin <= F[0] and x[0] > _X_FLOOR * 1.0000001:
+            ext = x[0] * np.exp(-23.0 * np.arange(10, 0, -1))   # 10 steps of 10 decades
+            if ext[0] <= _X_FLOOR:
+                ext = np.concatenate([[_X_FLOOR], ext[ext > _X_FLOOR]])
+            base, Fc, _ = self._F_parts(ext, whole)
+            x = np.concatenate([ext, x])
+            F = np.concatenate([base + Fc, F])
+        F = np.maximum.accumulate(F)
+        self._qtab[whole] = (x, F)
+        if pmin <= F[0]:
+            raise _BelowFloatRange(f"p: the quantile at level {pmin:.6g} lies below x = {x[0]:.3g}, "
+                             f"the smallest x at which the law is evaluated in float64 "
+                             f"(F there = {F[0]:.6g}); levels above that are resolved")
+        return x, F
+
+    def _solve_quantiles(self, ps: np.ndarray, whole: bool = True) -> np.ndarray:
+        """Quantiles of the levels ``ps`` in (zero_mass, 1) (of the whole law), or in
+        (0, continuous_mass) of the continuous part alone (``whole`` false): see
+        :meth:`quantile`."""
+        xt, Ft = self._log_table(float(ps.min()), whole)
+        j = np.searchsorted(Ft, ps, side="left")          # first entry with F >= p (j >= 1)
+        out = np.empty(ps.size)
+        atom = xt[j - 1] == xt[j]                         # inside an atom's jump
+        out[atom] = xt[j[atom]]
+        idx = np.flatnonzero(~atom)
+        if idx.size == 0:
+            return out
+        p = ps[idx]
+        xa, xb, Fa, Fb = xt[j[idx] - 1], xt[j[idx]], Ft[j[idx] - 1], Ft[j[idx]]
+        ta, tb = np.log(xa), np.log(xb)
+        base = np.zeros(idx.size)                         # atoms at or below the bracket
+        if whole:
+            base += self.zero_mass
+            for a, m in self.atoms:
+                base = base + np.where(xa >= a, m, 0.0)
+        top = (1.0 - base) if whole else np.full(idx.size, self.continuous_mass)
+        q = p - base                                      # the level of F_c
+        low = q <= top - q                                # Newton on log F_c, else log(top - F_c)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ga, gb = _log_gap(Fa - base, q, top, low), _log_gap(Fb - base, q, top, low)
+            t = ta + ga / (ga - gb) * (tb - ta)           # interpolation in the log variables
+            t = np.where(np.isfinite(t) & (t > ta) & (t < tb), t,
+                         ta + (p - Fa) / (Fb - Fa) * (tb - ta))
+        t = np.where(np.isfinite(t) & (t > ta) & (t < tb), t, 0.5 * (ta + tb))
+        out[idx] = np.exp(self._newton_log_x(t, ta, tb, q, top, low))
         return out
 
-    def _table(self):
-        if self._cdf_table is None:
-            U = self.upper_edge
-            lo = self.lower_edge if self.continuous_mass > 0 else 0.0
-            lo = 0.0 if not math.isfinite(lo) else lo
-            t = np.cos(np.linspace(math.pi, 0.0, 81))
-            xs = lo + (U - lo) * (t + 1) / 2
-            xs = np.unique(np.concatenate([U * np.logspace(-12, -1, 23), xs[1:-1]]))
-            xs = xs[(xs > 0) & (xs < U)]
-            F = self.cdf(xs)
-            self._cdf_table = (np.concatenate([[0.0], xs, [U]]),
-                               np.maximum.accumulate(np.concatenate([[self.zero_mass], F, [1.0]])))
-        return self._cdf_table
-
-    def _invert(self, p, xs, F):
-        if p <= self.zero_mass:
-            return 0.0
-        j = int(np.searchsorted(F, p, side="left"))
-        if j >= xs.size:
-            return float(xs[-1])
-        a, b = xs[max(j - 1, 0)], xs[j]
-        Fa, Fb = F[max(j - 1, 0)], F[j]
-        for _ in range(30):                           # safeguarded secant on the exact CDF
-            if b - a <= 1e-10 * b or Fb - Fa <= 1e-13:
+    def _newton_log_x(self, t, ta, tb, q, top, low) -> np.ndarray:
+        """Safeguarded Newton/secant in ``t = log x`` for ``F_c(e^t) = q`` inside the brackets
+        ``(ta, tb)`` (see :meth:`quantile`); returns the roots ``t``."""
+        res = np.full(t.size, np.nan)
+        act = np.arange(t.size)
+        t_prev = np.full(t.size, np.nan)
+        g_prev = np.full(t.size, np.nan)
+        for _ in range(100):
+            if act.size == 0:
                 break
-            m = a + (p - Fa) / (Fb - Fa) * (b - a)
-            m = min(max(m, a + 0.05 * (b - a)), b - 0.05 * (b - a))
-            Fm = float(self.cdf(np.array([m]))[0])
-            if Fm >= p:
-                b, Fb = m, Fm
-            else:
-                a, Fa = m, Fm
-        return float(b)
+            tx = t[act]
+            x = np.exp(tx)
+            _, Fc, rho = self._F_parts(x, whole=False)
+            above = Fc >= q[act]
+            tb[act] = np.where(above, tx, tb[act])
+            ta[act] = np.where(above, ta[act], tx)
+            lo_, qa, ta_ = low[act], q[act], top[act]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                g = _log_gap(Fc, qa, ta_, lo_)
+                dg = x * rho / np.where(lo_, Fc, ta_ - Fc)
+                sec = (g - g_prev[act]) / (tx - t_prev[act])
+                dg = np.where(np.isfinite(sec) & (sec > 0.1 * dg) & (sec < 10 * dg), sec, dg)
+                step = -g / dg
+                tn = tx + step
+            t_prev[act], g_prev[act] = tx, g
+            bis = ~np.isfinite(tn) | (tn <= ta[act]) | (tn >= tb[act])
+            tn = np.where(bis, 0.5 * (ta[act] + tb[act]), tn)
+            conv = ~bis & (np.abs(step) <= 1e-8)          # the next step would be ~step^2
+            narrow = ~conv & (tb[act] - ta[act] <= 1e-10)
+            res[act[conv]] = tn[conv]
+            res[act[narrow]] = tb[act[narrow]]
+            t[act] = tn
+            act = act[~(conv | narrow)]
+        res[act] = tb[act]                                # (bisection alone needs < 100 steps)
+        return res
 
     def condition_number(self, tail: float = 0.0) -> float:
         """Condition number of the bulk of squared singular values: with ``tail = 0`` the ratio
         of the edges of the support of the continuous part (inf when it reaches 0); with
         ``tail > 0`` the ratio of the quantiles of the continuous part at ``1 - tail`` and ``tail``
-        (of its own mass). The squared singular values' ratio: take the square root for that of
-        the singular values."""
-        if not (0 <= tail < 0.5):
-            raise ValueError(f"tail must lie in [0, 0.5), got {tail!r}")
+        (of its own mass; nonzero atoms do not enter). The squared singular values' ratio: take
+        the square root for that of the singular values. inf where the lower quantile lies below
+        1e-300, outside the range where the law is evaluated (the ratio then exceeds 1e300 times
+        the upper quantile; e.g. tail = 1e-3 at depth 100 of a linear gaussian network)."""
+        tail = _check_real("tail", tail, lo=0.0, hi=0.5, hi_open=True)
         Mc = self.continuous_mass
         if Mc <= 1e-14:
             return 1.0 if self.atoms and len(self.atoms) == 1 and self.zero_mass == 0 else math.nan
@@ -427,17 +654,19 @@ class Spectrum:
             lo = self.lower_edge
             hi = self.product.upper_edge_continuous()
             return math.inf if lo == 0 else hi / lo
-        base = self.zero_mass
-        below = [m for a, m in self.atoms]
-        if below:
-            warnings.warn("condition_number(tail > 0) uses the quantiles of the whole law; the "
-                          "network has nonzero atoms", RuntimeWarning, stacklevel=2)
-        qs = self.quantile([base + tail * Mc, base + (1 - tail) * Mc])
-        return float(qs[1] / qs[0])
+        try:
+            qs = self._solve_quantiles(np.array([tail * Mc, (1 - tail) * Mc]), whole=False)
+        except _BelowFloatRange:
+            return math.inf
+        with np.errstate(over="ignore"):
+            return float(qs[1] / qs[0])
 
     # -- grid and checks -----------------------------------------------------------------------
     def grid(self, n: int = 400) -> np.ndarray:
-        """``n`` points over the support of the continuous part, clustered towards its edges."""
+        """``n`` points (an integer in [1, 10^7]) over the support of the continuous part,
+        clustered towards its edges (linear in x: for deep spectra, whose mass lies many orders
+        of magnitude below the top, use a grid in log x between quantiles instead)."""
+        n = _check_integer("n", n, 1, 10 ** 7)
         U = self.product.upper_edge_continuous()
         lo = self.lower_edge
         t = (1 - np.cos(np.linspace(0, math.pi, n + 2)[1:-1])) / 2
@@ -471,17 +700,71 @@ class Spectrum:
         return json.dumps(to_jsonable(self.to_dict()), **kwargs)
 
 
-def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"moment order must be an integer >= 1, got {k!r}")
-    return int(k)
+class _BelowFloatRange(ValueError):
+    """A quantile below 1e-300, where the law is not evaluated in float64."""
+
+
+def _log_gap(f, q, top, low):
+    """``log f - log q`` where ``low``, else ``log(top - q) - log(top - f)``: increasing in f,
+    zero at f = q, and nearly linear in log x in power-law tails (quantile's Newton variable)."""
+    return np.where(low, np.log(f) - np.log(q), np.log(top - q) - np.log(top - f))
+
+
+def _check_integer(name: str, value, lo: int, hi: Optional[int]) -> int:
+    """An integer (not a bool) in [lo, hi] (no upper bound when ``hi`` is None)."""
+    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer {rng}, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+    return int(value)
+
+
+def _check_real(name: str, value, lo: Optional[float] = None, hi: Optional[float] = None,
+                hi_open: bool = False) -> float:
+    """A finite real number (not a bool) in [lo, hi] (or [lo, hi) with ``hi_open``)."""
+    rng = (f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi is not None else
+           f">= {lo:g}" if lo is not None else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number {rng}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (lo is not None and v < lo) or \
+            (hi is not None and (v >= hi if hi_open else v > hi)):
+        raise ValueError(f"{name} must be a finite real number {rng}, got {value!r}")
+    return v
+
+
+def _check_k(k, name: str = "kmax", kmax: int = _KMAX_FLOAT) -> int:
+    return _check_integer(name, k, 1, kmax)
+
+
+def _check_array(name: str, x) -> np.ndarray:
+    """A real array-like with finite entries (at least 1-D)."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a real number or an array of them, got {x!r}")
+    try:
+        arr = np.atleast_1d(np.asarray(x, dtype=float))
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number or an array of them, "
+                        f"got {type(x).__name__}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (real numbers), got non-finite entries")
+    return arr
 
 
 def _check_x(x):
-    x = np.atleast_1d(np.asarray(x, float))
-    if not np.all(np.isfinite(x)):
-        raise ValueError("spectrum: x must be finite")
-    return x
+    return _check_array("x", x)
+
+
+def _check_levels(p):
+    p = _check_array("p", p)
+    if np.any((p < 0) | (p > 1)):
+        bad = float(p[(p < 0) | (p > 1)][0])
+        raise ValueError(f"p (quantile levels) must lie in [0, 1], got {bad!r}")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +772,7 @@ def _check_x(x):
 
 
 @dataclass(frozen=True, eq=False)
-class Isometry:
+class Isometry(_Result):
     """Dynamical isometry along the edge of chaos (Pennington, Schoenholz & Ganguli 2017,
     section 4; 2018). See :func:`isometry`.
 
@@ -517,11 +800,9 @@ class Isometry:
     reason: str
 
     def to_dict(self) -> dict:
+        """Every field (numpy arrays kept); :meth:`to_json` and the short ``repr`` (a summary of
+        each array: shape and range) come from :class:`~signalprop.results._Result`."""
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
-
-    def to_json(self, **kwargs) -> str:
-        import json
-        return json.dumps(to_jsonable(self.to_dict()), **kwargs)
 
 
 def isometry(activation="tanh", weights: str = "orthogonal", *,
@@ -538,18 +819,29 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
     value is computed at each of ``depths`` for ``edge_points`` values of ``q*`` (log-spaced over
     the grid), the others being nan.
 
-    ``q_star``: the grid (default: 41 points log-spaced in [1e-4, 10]).
+    ``q_star``: the grid (default: 41 points log-spaced in [1e-4, 10]); ``depths``: integers in
+    [1, 10^5]; ``edge_points``: an integer in [1, 1000].
+    Cost: ``edge_points * len(depths)`` spectra with one law each, ~20 us per layer plus
+    ~0.1 s each (the upper edge); the rest is O(len(q_star)).
     """
     act = _activation(activation)
-    if weights not in WEIGHT_LAWS:
+    if not isinstance(weights, str) or weights not in WEIGHT_LAWS:
         raise ValueError(f"weights: no S-transform is implemented for weights={weights!r}; "
-                     f"known: {', '.join(WEIGHT_LAWS)}")
-    qs = np.logspace(-4, 1, 41) if q_star is None else np.asarray(q_star, float)
-    if qs.ndim != 1 or qs.size == 0 or np.any(~np.isfinite(qs)) or np.any(qs <= 0):
-        raise ValueError("q_star must be a non-empty 1-D array of positive numbers")
-    depths = np.asarray([int(d) for d in depths], int)
-    if depths.size == 0 or np.any(depths < 1):
-        raise ValueError("depths must be positive integers")
+                         f"known: {', '.join(WEIGHT_LAWS)}")
+    if q_star is None:
+        qs = np.logspace(-4, 1, 41)
+    else:
+        qs = _check_array("q_star", q_star)
+        if np.ndim(q_star) > 1 or np.any(qs <= 0):
+            raise ValueError("q_star must be a non-empty 1-D array of positive finite numbers")
+    if qs.size == 0:
+        raise ValueError("q_star must be a non-empty 1-D array of positive finite numbers")
+    if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__"):
+        raise TypeError(f"depths must be a sequence of integers in [1, 100000], got {depths!r}")
+    depths = np.asarray([_check_integer("depths", d, 1, 10 ** 5) for d in depths], int)
+    if depths.size == 0:
+        raise ValueError("depths must be a non-empty sequence of integers in [1, 100000]")
+    edge_points = _check_integer("edge_points", edge_points, 1, 1000)
     m1 = np.asarray(act.dphi_second_moment(qs), float)
     m2 = np.asarray(act.dphi_fourth_moment(qs), float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -570,9 +862,14 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
                 net = mlp(int(L), 100, act, sigma_w2=float(sw2[k]), sigma_b2=float(sb2[k]),
                           weights=weights)
                 q0 = (qs[k] - sb2[k]) / sw2[k]
-                if q0 <= 0:
-                    continue
-                edges[k, j] = spectrum(net, q0).upper_edge
+                if not q0 > 0:
+                    raise ValueError(f"q_star = {qs[k]:.6g}: the critical point has sigma_b^2 = "
+                                     f"q* to float64 precision (the layers' input q0 = "
+                                     f"(q* - sigma_b^2)/sigma_w^2 is {q0:.3g}); use smaller q_star")
+                try:
+                    edges[k, j] = spectrum(net, q0).upper_edge
+                except ValueError as e:
+                    raise ValueError(f"q_star = {qs[k]:.6g}: {e}") from None
     if not valid.any():
         best = {}
         achievable = False
@@ -592,7 +889,7 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
                       f"per layer to the normalised variance, so (m_2 - m_1^2)/m_1^2 >= L at the "
                       f"edge of chaos whatever the activation (here at least "
                       f"{float(var[ib]):.4g} L); the spectrum widens linearly with depth")
-        elif spread <= 1e-9 * max(1.0, abs(float(vD[ib]))) and vD[ib] > 1e-9:
+        elif (iv.size >= 2 or act.name in _Q_INDEPENDENT) and spread <= 1e-9 * max(1.0, abs(float(vD[ib]))) and vD[ib] > 1e-9:
             achievable = False
             reason = (f"impossible for {act.name}: phi'(h)^2 has the same law at every q* "
                       f"(phi' is constant on half-lines; D^2 is Bernoulli(p) with "
