@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_int, check_positive
+from ._validate import check_choice, check_int, positive_scalar, short_repr
 from .activations import Activation, activation
-from .network import Dense, Network, WEIGHTS
+from .network import MAX_WIDTH, Dense, Network, WEIGHTS
 from .results import Profile
-from .sampling import DenseSampler, Streams, register
+from .sampling import DenseSampler, Streams, _finite_values, _scaled_api, register
 
 __all__ = ["BatchNormDense", "predict_batch"]
 
@@ -41,17 +41,16 @@ class BatchNormDense:
     weights: str = "gaussian"
 
     def __post_init__(self):
-        object.__setattr__(self, "width", check_int("width", self.width, 1))
+        object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
         if not isinstance(self.activation, Activation):
             object.__setattr__(self, "activation", activation(self.activation))
-        object.__setattr__(self, "sigma_w2", float(check_positive("sigma_w2", self.sigma_w2)))
+        object.__setattr__(self, "sigma_w2", positive_scalar("sigma_w2", self.sigma_w2))
         B = self.batch_size
         if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 4:
             raise ValueError(f"batch_size must be an integer >= 4 (E[1/r^2] of the normalising "
-                             f"norm is infinite for B <= 3), got {B!r}")
+                             f"norm is infinite for B <= 3), got {short_repr(B)}")
         object.__setattr__(self, "batch_size", int(B))
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        check_choice("weights", self.weights, WEIGHTS)
 
     needs_mean = False
     sigma_b2 = 0.0
@@ -125,10 +124,16 @@ def predict_batch(network: Network, q0: float, c0) -> Profile:
                    log_G=log_g + log_x2[:-1], c=c, meta=meta)
 
 
+@_scaled_api
 class BatchNormRule:
     """Monte Carlo of a :class:`BatchNormDense` layer (dense engine): the linear sampler, then per
     unit ``y = sqrt(B) G h / ||G h||`` over the batch and ``phi(y)``. The gradient w.r.t. ``h`` is
-    ``J^T (phi'(y) * gy)`` with the symmetric per-unit Jacobian ``J = (sqrt(B)/r)(G - u u^T)``."""
+    ``J^T (phi'(y) * gy)`` with the symmetric per-unit Jacobian ``J = (sqrt(B)/r)(G - u u^T)``.
+
+    Scaled form (:mod:`signalprop.sampling`): ``h = W x`` has the exponent ``e`` of its input;
+    ``y`` does not depend on the scale of ``h`` (exactly, for powers of two), so the output has
+    exponent 0, and the real ``r`` is ``2^e`` times the computed one: ``to_tracked`` returns the
+    shift ``-e``. ``ctx = (linear ctx, u, r, y, e)``."""
 
     couples_inputs = True
     engine = "dense"
@@ -145,7 +150,7 @@ class BatchNormRule:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return self.linear.ctx_nbytes(k, itemsize) + 3 * k * self.n_out * itemsize
 
-    def forward(self, x: np.ndarray, rng: Streams):
+    def forward_scaled(self, x: np.ndarray, e, rng: Streams):
         if x.shape[1] != self.B:
             raise ValueError(f"a BatchNormDense layer with batch_size {self.B} got a batch of "
                              f"{x.shape[1]} inputs")
@@ -154,16 +159,20 @@ class BatchNormRule:
         r = np.sqrt(np.sum(hc * hc, axis=1, keepdims=True))
         u = hc / r
         y = u * x.dtype.type(math.sqrt(self.B))
-        return h, np.asarray(self.act.phi(y), dtype=x.dtype), (lin, u, r, y)
+        out = np.asarray(self.act.phi(y), dtype=x.dtype)
+        _finite_values(self.act, "phi", y, out)
+        return h, e, out, None, (lin, u, r, y, e)
 
-    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
-        return self.linear.backward(gt, ctx[0], rng)
+    def backward_scaled(self, gt: np.ndarray, ctx, rng: Streams):
+        return self.linear.backward(gt, ctx[0], rng), None
 
-    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
-        _, u, r, y = ctx
-        d = np.asarray(self.act.dphi(y), dtype=gy.dtype) * gy
+    def to_tracked_scaled(self, gy: np.ndarray, ctx):
+        _, u, r, y, e = ctx
+        dphi = np.asarray(self.act.dphi(y), dtype=gy.dtype)
+        _finite_values(self.act, "phi'", y, dphi)
+        d = dphi * gy
         out = d - d.mean(axis=1, keepdims=True) - u * np.sum(u * d, axis=1, keepdims=True)
-        return out * (gy.dtype.type(math.sqrt(self.B)) / r)
+        return out * (gy.dtype.type(math.sqrt(self.B)) / r), (None if e is None else -e)
 
 
 register(BatchNormDense, "dense")(BatchNormRule)

@@ -38,16 +38,17 @@ layer: two N^3 products and one QR.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validate import check_finite, check_int
+from ._validate import check_int, check_memory, check_positive, short_repr
 from .network import Network, require_dense
 from .results import _Result
-from .sampling import sampler
-from .simulate import network_inputs, root_seed, sample_streams
+from .sampling import LayerError, ldexp_rows, sampler
+from .simulate import network_inputs, one_number, root_seed, sample_streams
 
 __all__ = ["jacobian", "jacobian_singular_values", "JacobianSpectrum", "graded_singular_values"]
 
@@ -188,37 +189,61 @@ def graded_singular_values(ell: np.ndarray, T: np.ndarray, max_iter: int = 500) 
 # sampled Jacobians
 
 
-def _check(network, samples, engine, q0, wrt):
+def _check(network, samples, engine, q0, wrt, what: str):
+    """Checked ``(samples, q0)``; ``what`` names the caller in the memory refusal."""
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network, got {type(network).__name__}")
     require_dense(network, "jacobian")
     samples = check_int("samples", samples, 1)
-    if engine != "dense":
-        if engine == "matrix-free":
+    if not isinstance(engine, str) or engine != "dense":
+        if isinstance(engine, str) and engine == "matrix-free":
             raise ValueError("engine='matrix-free' cannot produce the full Jacobian (it never forms "
                              "the weight matrices); use engine='dense'")
-        raise ValueError(f"engine must be 'dense' for Jacobians, got {engine!r}")
-    check_finite("q0", q0)
-    if not float(q0) > 0:
-        raise ValueError(f"q0 must be > 0, got {q0!r}")
-    if wrt not in _WRT:
-        raise ValueError(f"wrt must be 'post' (dx^L/dx^0) or 'pre' (dh^L/dx^0), got {wrt!r}")
-    return samples, float(q0)
+        raise ValueError(f"engine must be 'dense' for Jacobians, got {short_repr(engine)}")
+    q0 = one_number("q0", q0, check_positive)
+    if not isinstance(wrt, str) or wrt not in _WRT:
+        raise ValueError(f"wrt must be 'post' (dx^L/dx^0) or 'pre' (dh^L/dx^0), got "
+                         f"{short_repr(wrt)}")
+    n0, nl = float(network.input_width), float(network.widths[-1])
+    widths = [float(w) for w in network.widths]
+    biggest = max(a * b for a, b in zip(widths[:-1], widths[1:]))
+    per_sample = n0 * nl if what == "jacobian" else min(n0, nl)
+    n = float(samples) if samples < 1e300 else math.inf
+    check_memory(f"{what} with samples={samples}",
+                 8.0 * (n * per_sample + 6.0 * biggest + 4.0 * max(widths) ** 2))
+    return samples, q0
 
 
 def _layers(network: Network, root, s: int, q0: float, wrt: str):
     """Yield ``(A_diag, W)`` for sample ``s``: the layer factor is ``diag(A_diag) W`` (A_diag None:
-    identity)."""
+    identity). The forward pass runs in the samplers' scaled form (:mod:`signalprop.sampling`:
+    the input carried as ``2^e x``, rescaled by exact powers of two when its largest entry leaves
+    ``[2^-256, 2^256]``), so ``h`` never overflows; ``phi'`` is evaluated at the argument the
+    sampler applied ``phi`` to (the real ``h``, or ``2^-e h`` for a positively homogeneous phi,
+    whose ``phi'`` is the same)."""
     widths = network.widths
     rules = [sampler(layer, int(widths[i]), "dense") for i, layer in enumerate(network.layers)]
     fwd, _ = sample_streams(root, s, s + 1)
     x = network_inputs(network.input_width, q0)[None, :, :]
+    e = None
     L = network.depth
     for l, (rule, layer) in enumerate(zip(rules, network.layers)):
-        h, x, ctx = rule.forward(x, fwd)
-        W = rule.linear.weights_of(ctx[0])
-        d = None if (l == L - 1 and wrt == "pre") else np.asarray(layer.activation.dphi(h[0, 0]), float)
-        yield d, W[0]
+        m = float(np.max(np.abs(x)))
+        if m > 0 and not 2.0 ** -256 <= m <= 2.0 ** 256:
+            k = np.frexp(m)[1]
+            x = ldexp_rows(x, np.array([-k]))
+            e = np.array([k]) if e is None else e + k
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            try:
+                _, _, x, e, ctx = rule.forward_scaled(x, e, fwd)
+            except LayerError as err:
+                raise ValueError(f"layer {l + 1} of {L}: {err}") from None
+            d = None if (l == L - 1 and wrt == "pre") else \
+                np.asarray(layer.activation.dphi(ctx[1][0, 0]), float)
+        if d is not None and not np.isfinite(d).all():
+            raise ValueError(f"layer {l + 1} of {L}: activation {layer.activation!r} has a "
+                             "non-finite derivative at a finite pre-activation")
+        yield d, rule.linear.weights_of(ctx[0])[0]
 
 
 def jacobian(network: Network, samples: int, seed, q0: float = 1.0, *, wrt: str = "post",
@@ -228,7 +253,7 @@ def jacobian(network: Network, samples: int, seed, q0: float = 1.0, *, wrt: str 
     ``wrt="post"``: ``dx^L/dx^0``; ``"pre"``: ``dh^L/dx^0``. Formed as a plain float64 product, so it
     over- or underflows at large depth: use :func:`jacobian_singular_values` there. Only the dense
     engine forms weight matrices (``engine="matrix-free"`` raises ValueError)."""
-    samples, q0 = _check(network, samples, engine, q0, wrt)
+    samples, q0 = _check(network, samples, engine, q0, wrt, "jacobian")
     root = root_seed(seed)
     out = np.empty((samples, network.widths[-1], network.input_width))
     for s in range(samples):
@@ -247,7 +272,7 @@ def jacobian_singular_values(network: Network, samples: int, seed, q0: float = 1
 
     Same networks as ``simulate(network, samples, seed, engine="dense")`` and :func:`jacobian`.
     Returns a :class:`JacobianSpectrum` (``squared_singular_values`` = eigenvalues of ``J J^T``)."""
-    samples, q0 = _check(network, samples, engine, q0, wrt)
+    samples, q0 = _check(network, samples, engine, q0, wrt, "jacobian_singular_values")
     root = root_seed(seed)
     n0 = network.input_width
     r_max = min(n0, int(network.widths[-1]))

@@ -21,7 +21,11 @@ infinite width ``g_x = g_y / s^2``. (Xiong et al. 2020, "On layer normalization 
 transformer architecture", Lemma 1 states the same Jacobian.) The projection's ``1/N`` terms are
 the finite-width part; ``compare`` allows ``O(1/N)``.
 
-Monte Carlo: deterministic given the input, so the same sampler serves both engines.
+Monte Carlo: deterministic given the input, so the same sampler serves both engines. The output
+does not depend on the input's scale (``LN(2^e x) = LN(x)`` bit for bit: the mean, the root mean
+square and the quotient all scale exactly by powers of two), so in the engines' scaled form
+(:mod:`signalprop.sampling`) an input at exponent ``e`` gives an output at exponent 0 and a
+backward product ``2^-e`` times the one computed on the scaled input.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 
 from ._validate import check_int
 from .network import Step
-from .sampling import ENGINES, Streams, register
+from .sampling import ENGINES, Streams, _scaled_api, register
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
@@ -84,8 +88,10 @@ class RMSNorm(_Norm):
         return Step(0.0, c, (0.0, c, mu), 0.0, -lq)
 
 
+@_scaled_api
 class NormRule:
-    """Monte Carlo of a norm layer (both engines). ``ctx = (y, s)`` with ``s`` the per-input scale."""
+    """Monte Carlo of a norm layer (both engines). ``ctx = (y, s, e)`` with ``s`` the per-input
+    scale of the scaled input and ``e`` its exponent (the real scale is ``2^e s``)."""
 
     couples_inputs = False
 
@@ -97,14 +103,16 @@ class NormRule:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return k * (self.n_out + 1) * itemsize
 
-    def forward(self, x: np.ndarray, rng: Streams):
+    def forward_scaled(self, x: np.ndarray, e, rng: Streams):
         xc = x - x.mean(axis=-1, keepdims=True) if self.center else x
         s = np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True))
         y = xc / s
-        return y, y, (y, s)
+        return y, None, y, None, (y, s, e)
 
-    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
-        y, s = ctx
+    def backward_scaled(self, gt: np.ndarray, ctx, rng: Streams):
+        """Module docstring: ``(1/s)(I - 1 1^T/N - y y^T/N)`` applied to ``gt``, with the real
+        scale ``2^e s``: the factor ``2^-e`` is returned as the shift."""
+        y, s, e = ctx
         if gt.ndim == 2:
             y, s = y[:, 0], s[:, 0]
         else:
@@ -112,10 +120,10 @@ class NormRule:
         g = gt - y * np.mean(gt * y, axis=-1, keepdims=True)
         if self.center:
             g -= np.mean(gt, axis=-1, keepdims=True)
-        return g / s
+        return g / s, (None if e is None else -e)
 
-    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
-        return gy
+    def to_tracked_scaled(self, gy: np.ndarray, ctx):
+        return gy, None
 
 
 for _engine in ENGINES:

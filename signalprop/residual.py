@@ -24,7 +24,10 @@ vanishes because ``J_F`` has zero-mean weights independent of ``delta``)
     factors exp(log_d + log_back) (for YS's branch: sigma_v^2 sigma_w^2 E[phi'(h)^2]).
 
 Monte Carlo: the branch layers' own samplers (dense or matrix-free), composed; the block's
-backward product is ``alpha delta + beta J_F^T delta``.
+backward product is ``alpha delta + beta J_F^T delta``. In the engines' scaled form
+(:mod:`signalprop.sampling`) the stream and the branch output may carry different powers of two;
+they are added at the larger exponent (the other term is multiplied by an exact power of two,
+``2^-d``, and underflows only where it is below the float resolution of the sum).
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ._validate import check_int
-from .network import Dense, Network, Step, _per_layer, mlp
-from .sampling import ENGINES, Streams, register, sampler
+from ._validate import check_int, short_repr
+from .network import MAX_DEPTH, MAX_WIDTH, Dense, Network, Step, _per_layer, mlp
+from .sampling import ENGINES, Streams, _scaled_api, add_shifts, ldexp_rows, register, sampler
 
 __all__ = ["Residual", "resnet"]
 
@@ -128,6 +131,20 @@ class Residual:
         return Step(lq_out, c_out, (lq_out, c_out, mu_out), 0.0, log_back)
 
 
+def _common_exponent(ea, eb):
+    """``(m, ea - m, eb - m)`` with ``m`` the larger of two per-sample exponents (None = 0);
+    the shifts are None where no rescaling is needed."""
+    if ea is None and eb is None:
+        return None, None, None
+    a = np.zeros_like(eb) if ea is None else np.asarray(ea)
+    b = np.zeros_like(ea) if eb is None else np.asarray(eb)
+    if np.array_equal(a, b):
+        return a, None, None
+    m = np.maximum(a, b)
+    return m, a - m, b - m
+
+
+@_scaled_api
 class ResidualRule:
     """Monte Carlo of a :class:`Residual` block: the branch's samplers composed; tracked variable
     = output; backward ``alpha gt + beta J_F^T gt``."""
@@ -145,28 +162,35 @@ class ResidualRule:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return sum(r.ctx_nbytes(k, itemsize) + r.n_out * k * itemsize for r in self.rules)
 
-    def forward(self, x: np.ndarray, rng: Streams):
-        st, ctxs = x, []
+    def forward_scaled(self, x: np.ndarray, e, rng: Streams):
+        st, es, ctxs = x, e, []
         for r in self.rules:
-            _, st, ctx = r.forward(st, rng)
+            _, _, st, es, ctx = r.forward_scaled(st, es, rng)
             ctxs.append(ctx)
         dt = x.dtype.type
+        ey, dx, dF = (es, None, None) if self.alpha == 0.0 else _common_exponent(e, es)
+        st = ldexp_rows(st, dF)
         y = st * dt(self.beta) if self.beta != 1.0 else st.copy()
         if self.alpha != 0.0:
+            x = ldexp_rows(x, dx)
             y += x * dt(self.alpha) if self.alpha != 1.0 else x
-        return y, y, ctxs
+        return y, ey, y, ey, ctxs
 
-    def backward(self, gt: np.ndarray, ctxs, rng: Streams) -> np.ndarray:
+    def backward_scaled(self, gt: np.ndarray, ctxs, rng: Streams):
         dt = gt.dtype.type
-        g = gt * dt(self.beta)
+        g, k = gt * dt(self.beta), None
         for r, ctx in zip(self.rules[::-1], ctxs[::-1]):
-            g = r.backward(r.to_tracked(g, ctx), ctx, rng)
+            g, k1 = r.to_tracked_scaled(g, ctx)
+            g, k2 = r.backward_scaled(g, ctx, rng)
+            k = add_shifts(k, add_shifts(k1, k2))
         if self.alpha != 0.0:
-            g += gt * dt(self.alpha)
-        return g
+            k, dF, dg = _common_exponent(k, None)
+            g = ldexp_rows(g, dF)
+            g += ldexp_rows(gt, dg) * dt(self.alpha)
+        return g, k
 
-    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
-        return gy
+    def to_tracked_scaled(self, gy: np.ndarray, ctx):
+        return gy, None
 
 
 for _engine in ENGINES:
@@ -189,14 +213,20 @@ def resnet(depth: int, width: int = 1000, activation="relu", *, branch_depth: in
     branch layers. ``norm``: ``None``, ``"layer"`` or ``"rms"`` -- a normalisation layer at the
     start of every branch (the "pre-norm" placement of transformers); post-norm networks
     (``LN(x + F(x))``) are built by interleaving :class:`~signalprop.norm.LayerNorm` layers.
+    ``depth``, ``branch_depth``: integers >= 1 with ``depth * branch_depth <=``
+    :data:`~signalprop.network.MAX_DEPTH` (10^6 Dense layers; a deeper network is refused up front).
     """
     from .norm import LayerNorm, RMSNorm
 
-    depth = check_int("depth", depth, 1)
-    width = check_int("width", width, 1)
-    branch_depth = check_int("branch_depth", branch_depth, 1)
-    if norm not in (None, "layer", "rms"):
-        raise ValueError(f"norm must be None, 'layer' or 'rms', got {norm!r}")
+    depth = check_int("depth", depth, 1, MAX_DEPTH)
+    width = check_int("width", width, 1, MAX_WIDTH)
+    branch_depth = check_int("branch_depth", branch_depth, 1, MAX_DEPTH)
+    if depth * branch_depth > MAX_DEPTH:
+        raise ValueError(f"depth * branch_depth = {depth} * {branch_depth} Dense layers; at most "
+                         f"{MAX_DEPTH} (MAX_DEPTH): at depth {depth}, branch_depth must be in "
+                         f"[1, {MAX_DEPTH // depth}]")
+    if norm is not None and not (isinstance(norm, str) and norm in ("layer", "rms")):
+        raise ValueError(f"norm must be None, 'layer' or 'rms', got {short_repr(norm)}")
     alphas = _per_layer("alpha", alpha, depth)
     betas = _per_layer("beta", beta, depth)
     acts = [activation] * (branch_depth - 1) + ["linear"] if branch_depth > 1 else [activation]

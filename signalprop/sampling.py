@@ -11,6 +11,25 @@ batch of independent sample networks and offers what the engines need:
     to_tracked(gy, ctx)       -> gt            gradient w.r.t. the tracked variable from the
                                                gradient w.r.t. the output
 
+**Scaled form** (what the engines call): ``forward_scaled(x, e, rng) -> (t, et, y, ey, ctx)``,
+``to_tracked_scaled(gy, ctx) -> (gt, k)``, ``backward_scaled(gt, ctx, rng) -> (gx, k)``. Every
+vector is carried as a float array times a per-sample power of two: the real input is
+``2^e x`` (``e`` an int array of shape (S,), or None for 0), the real tracked variable
+``2^et t``, the real output ``2^ey y``; the gradients returned are ``2^-k`` times the real
+gradients (``k`` = None for 0). Powers of two are exact in binary floating point, so a layer
+computed on ``2^-e x`` gives bit for bit ``2^-e`` times what it gives on ``x`` wherever neither
+over- nor underflows: the engines rescale by powers of two only, and their numbers are those
+of the unscaled computation wherever that one is finite, while q, c and the gradients stay
+representable at any depth (:mod:`signalprop.simulate`). A layer is exactly rescalable when
+it is positively homogeneous in its input: linear maps (a bias ``b`` becomes ``2^-e b``),
+relu, leaky_relu and linear activations (``phi(2^e h) = 2^e phi(h)``), and the normalisation
+layers, whose output does not depend on the input's scale (their backward products then carry
+``2^-e``). Any other activation is applied to the real pre-activation ``2^e h``; the rule
+raises :class:`LayerError` if that exceeds the float range (below it, an activation with
+``phi(0) = 0`` is linearised, :func:`apply_activation`), or if the activation returns non-finite
+values at finite arguments. ``forward``, ``to_tracked`` and
+``backward`` are the same maps on real (unscaled) arrays.
+
 ``x`` has shape ``(S, k, N_{l-1})`` (S sample networks, k inputs), ``t`` and ``y`` have shape
 ``(S, k, N_l)``. Gradients have shape ``(S, N)`` (input a only) or ``(S, kd, N)`` when a layer
 couples the inputs (``couples_inputs = True``, batch normalisation): then all k rows are carried.
@@ -52,9 +71,70 @@ import numpy as np
 from .network import Dense, Nonlinearity
 
 __all__ = ["Streams", "register", "sampler", "DenseRule", "DenseSampler", "MatrixFreeGaussian",
-           "MatrixFreeOrthogonal", "ENGINES"]
+           "MatrixFreeOrthogonal", "ENGINES", "LayerError", "ldexp_rows", "add_shifts"]
 
 ENGINES = ("dense", "matrix-free")
+
+
+class LayerError(ValueError):
+    """A sampled layer cannot go on: its activation returned non-finite values at finite
+    arguments, or a non-homogeneous activation met a pre-activation beyond the float range
+    (which rescaling by powers of two cannot absorb). The engines add the layer's index."""
+
+
+# ---------------------------------------------------------------------------------------------
+# powers of two per sample
+
+
+def ldexp_rows(a: np.ndarray, k) -> np.ndarray:
+    """``a * 2^k`` with one exponent per sample (``k`` of shape (S,), or None: ``a`` itself);
+    exact wherever the result is a normal float."""
+    if k is None:
+        return a
+    k = np.asarray(k)
+    if not k.any():
+        return a
+    with np.errstate(over="ignore", under="ignore"):
+        return np.ldexp(a, k.reshape((-1,) + (1,) * (a.ndim - 1)).astype(np.int32))
+
+
+def add_shifts(a, b):
+    """Sum of two per-sample exponents, either of which may be None (0)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _neg(e):
+    return None if e is None else -e
+
+
+def _is_zero(e) -> bool:
+    return e is None or not np.any(e)
+
+
+def _scaled_api(cls):
+    """Class decorator: the real-scale ``forward``, ``to_tracked`` and ``backward`` of a rule
+    defined by its scaled forms (see the module docstring)."""
+
+    def forward(self, x, rng):
+        t, et, y, ey, ctx = self.forward_scaled(x, None, rng)
+        return ldexp_rows(t, et), ldexp_rows(y, ey), ctx
+
+    def to_tracked(self, gy, ctx):
+        g, k = self.to_tracked_scaled(gy, ctx)
+        return ldexp_rows(g, k)
+
+    def backward(self, gt, ctx, rng):
+        g, k = self.backward_scaled(gt, ctx, rng)
+        return ldexp_rows(g, k)
+
+    for name, fn in (("forward", forward), ("to_tracked", to_tracked), ("backward", backward)):
+        if name not in cls.__dict__:
+            setattr(cls, name, fn)
+    return cls
 
 
 class Streams:
@@ -111,13 +191,39 @@ def register(kind: type, engine: str):
 
 
 def sampler(layer, n_in: int, engine: str):
-    """The sampler of ``layer`` (input width ``n_in``) for ``engine`` ("dense" or "matrix-free")."""
+    """The sampler of ``layer`` (input width ``n_in``) for ``engine`` ("dense" or "matrix-free");
+    a registered rule with only the real-scale methods is wrapped in :class:`RealScale`."""
     factory = _REGISTRY.get((type(layer), engine))
     if factory is None:
         known = sorted(e for (k, e) in _REGISTRY if k is type(layer))
         raise ValueError(f"engine={engine!r} cannot sample {type(layer).__name__} layers; "
                          f"engines that can: {', '.join(known) or 'none'}")
-    return factory(layer, n_in)
+    rule = factory(layer, n_in)
+    return rule if hasattr(rule, "forward_scaled") else RealScale(rule)
+
+
+class RealScale:
+    """The scaled form of a rule that only has ``forward``, ``to_tracked`` and ``backward``: its
+    input is brought to the real scale (``2^e x``, which must lie in the float range) and its
+    outputs and gradients carry no shift."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __getattr__(self, name):
+        if name == "rule":                  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.rule, name)
+
+    def forward_scaled(self, x, e, rng):
+        t, y, ctx = self.rule.forward(ldexp_rows(x, e), rng)
+        return t, None, y, None, ctx
+
+    def to_tracked_scaled(self, gy, ctx):
+        return self.rule.to_tracked(gy, ctx), None
+
+    def backward_scaled(self, gt, ctx, rng):
+        return self.rule.backward(gt, ctx, rng), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,31 +298,156 @@ def _span(c: np.ndarray, U: np.ndarray) -> np.ndarray:
 # dense engine
 
 
+def _finite_values(act, what: str, arg: np.ndarray, val: np.ndarray) -> None:
+    """:class:`LayerError` when ``val = phi(arg)`` (or ``phi'(arg)``) has a non-finite entry where
+    ``arg`` is finite: one pass of ``isfinite`` over the layer's values."""
+    if np.isfinite(val).all():
+        return
+    bad = ~np.isfinite(val) & np.isfinite(arg)
+    if not bad.any():
+        return
+    i = np.flatnonzero(bad.ravel())[0]
+    raise LayerError(f"activation {act!r} gives {what}({float(arg.ravel()[i])!r}) = "
+                     f"{float(val.ravel()[i])!r}, not finite, at a finite argument; the "
+                     f"simulation needs finite values of phi and phi' on the real line")
+
+
+def _range_message(act, t: int, dtype, why: str) -> str:
+    return (f"the pre-activations reach about 2^{t} = 1e{t * math.log10(2.0):.0f}, beyond the "
+            f"{np.dtype(dtype).name} range, and activation {act!r} is not positively homogeneous "
+            f"and {why}, so it cannot be applied there (the simulation rescales relu, leaky_relu "
+            "and linear layers exactly, and replaces other activations by their linear behaviour "
+            "at 0 or at infinity where they have one). Use a shallower network or a sigma_w^2 "
+            "closer to the edge of chaos")
+
+
+def _one_sided_slopes(act, dtype, where: str):
+    """``(points, slopes)``: the one-sided linearisation ``phi(x) = a_+- x`` of ``act`` at 0
+    (``where = "zero"``, for ``phi(0) = 0``; ``a_+- = phi'(+-t)``, t = 2^(minexp + nmant/2 + 8),
+    needs ``a`` finite and not both 0) or at infinity (``"inf"``; ``a_+- = phi(+-T)/(+-T)``,
+    T = 2^(maxexp - 4), needs the same slope at ``T 2^-24`` and ``phi'(+-T) = a_+-`` to 1e-12:
+    linear growth, as gelu, silu, softplus, elu and selu have), or None where there is none."""
+    fi = np.finfo(dtype)
+    if where == "zero":
+        pts = np.array([-1.0, 1.0], dtype) * dtype.type(2.0 ** (fi.minexp + fi.nmant // 2 + 8))
+        slopes = np.asarray(act.dphi(pts), dtype=dtype)
+        return (pts, slopes) if np.all(np.isfinite(slopes)) and np.any(slopes) else None
+    pts = np.array([-1.0, 1.0], dtype) * dtype.type(2.0 ** (fi.maxexp - 4))
+    slopes = np.asarray(act.phi(pts), dtype=np.float64) / pts
+    inner = pts * dtype.type(2.0 ** -24)
+    checks = (np.asarray(act.phi(inner), dtype=np.float64) / inner,
+              np.asarray(act.dphi(pts), dtype=np.float64))
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(slopes)))) if np.all(np.isfinite(slopes)) else -1
+    if tol < 0 or any(not np.all(np.abs(c - slopes) <= tol) for c in checks):
+        return None
+    return pts, slopes.astype(dtype)
+
+
+def apply_activation(act, h: np.ndarray, e, dtype):
+    """``phi`` of the real pre-activation ``2^e h`` for an activation that is not positively
+    homogeneous: ``(y, ey, arg)`` with the real output ``2^ey y`` (``ey`` None: 0) and ``arg`` the
+    point at which ``phi'`` is to be evaluated.
+
+    Per sample, with ``2^k`` the size of the largest entry of ``2^e h``:
+
+    * in the float range: ``y = phi(2^e h)``, ``ey = 0``, ``arg = 2^e h``;
+    * tiny (``k`` below ``minexp + nmant/2 + 8``, about ``2^-987`` in float64, where the entries
+      would become subnormal and lose their digits), for ``phi(0) = 0``: the one-sided
+      linearisation ``phi(x) = phi'(0+-) x``, exact to a relative ``|phi''| |x| / |phi'|`` (about
+      ``2^-987``, far below rounding, for every built-in activation); with ``phi(0) != 0`` the
+      real value ``phi(0) + O(2^-987)`` is ``phi`` of the (sub)normal real argument, computed
+      directly;
+    * huge (``k`` above ``maxexp - 8``, about ``2^1016``): the asymptote ``phi(x) = a_+- x``
+      where phi grows linearly (:func:`_one_sided_slopes`; gelu, silu, softplus, elu and selu
+      equal it in float64 beyond |x| ~ 40, and entries of the vector below that are ~2^-1000 of
+      its norm), else :class:`LayerError`.
+
+    The linearised forms are positively homogeneous: ``y = a_+- h`` at ``ey = e``, ``arg = +-x0``
+    (the point whose ``phi'`` is ``a_+-``)."""
+    fi = np.finfo(dtype)
+    S = h.shape[0]
+    flat = h.reshape(S, -1)
+    _, eh = np.frexp(np.max(np.abs(flat), axis=1))
+    live = np.any(flat != 0, axis=1)
+    top = eh.astype(np.int64) + np.asarray(e, dtype=np.int64)
+    regimes = {"zero": live & (top < fi.minexp + fi.nmant // 2 + 8),
+               "inf": live & (top > fi.maxexp - 8)}
+    lin = {}
+    for where, rows in regimes.items():
+        if not rows.any():
+            continue
+        if where == "zero" and float(np.asarray(act.phi(np.zeros(1, dtype)))[0]) != 0.0:
+            rows[:] = False                      # the real value is phi(0 + tiny): direct
+            continue
+        lin[where] = _one_sided_slopes(act, dtype, where)
+        if lin[where] is None:
+            why = "is not linear at 0" if where == "zero" else "does not grow linearly"
+            raise LayerError(_range_message(act, int(top[rows][0]), dtype, why))
+    linear = regimes["zero"] | regimes["inf"]
+    arg = ldexp_rows(h, np.where(linear, 0, e))
+    if not linear.any():
+        return np.asarray(act.phi(arg), dtype=dtype), None, arg
+    if arg is h:
+        arg = h.copy()
+    y = np.empty_like(h)
+    if (~linear).any():
+        y[~linear] = np.asarray(act.phi(arg[~linear]), dtype=dtype)
+    for where, rows in regimes.items():
+        if rows.any():
+            (pm, ap), hr = lin[where], h[rows]
+            neg = hr < 0
+            y[rows] = np.where(neg, ap[0], ap[1]) * hr
+            arg[rows] = np.where(neg, pm[0], np.where(hr > 0, pm[1], 0))
+    return y, np.where(linear, e, 0), arg
+
+
+@_scaled_api
 class DenseRule:
     """A :class:`~signalprop.network.Dense` layer in the engines: its linear sampler
     (``h = W x + b``), then ``x^l = phi(h)``. The tracked variable is ``h``;
-    ``to_tracked`` multiplies by ``phi'(h)`` (CONVENTIONS.md, "Backward")."""
+    ``to_tracked`` multiplies by ``phi'(h)`` (CONVENTIONS.md, "Backward").
+
+    Scaled form: the linear part maps ``2^e x`` to ``2^e (W x + 2^-e b)``; a positively
+    homogeneous activation (relu, leaky_relu, linear: ``phi(2^e h) = 2^e phi(h)``,
+    ``phi'(2^e h) = phi'(h)``) keeps the exponent, any other is applied to the real
+    ``2^e h`` (:func:`apply_activation`). ``ctx[1]`` is the point at which ``phi'`` is
+    evaluated."""
 
     couples_inputs = False
 
     def __init__(self, linear, activation):
         self.linear, self.act = linear, activation
         self.n_in, self.n_out, self.engine = linear.n_in, linear.n_out, linear.engine
+        self.homogeneous = bool(getattr(activation, "homogeneous", False))
 
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return self.linear.ctx_nbytes(k, itemsize) + k * self.n_out * itemsize
 
-    def forward(self, x: np.ndarray, rng: Streams):
-        h, ctx = self.linear.forward(x, rng)
-        return h, np.asarray(self.act.phi(h), dtype=x.dtype), (ctx, h)
+    def forward_scaled(self, x: np.ndarray, e, rng: Streams):
+        if _is_zero(e):
+            h, ctx = self.linear.forward(x, rng)
+        else:
+            h, ctx = self.linear.forward(x, rng, shift=e)
+        if self.homogeneous or _is_zero(e):
+            arg, ey = h, e
+            y = np.asarray(self.act.phi(arg), dtype=x.dtype)
+        else:
+            y, ey, arg = apply_activation(self.act, h, e, x.dtype)
+        _finite_values(self.act, "phi", arg, y)
+        return h, e, y, ey, (ctx, arg)
 
-    def backward(self, gt: np.ndarray, ctx, rng: Streams) -> np.ndarray:
-        return self.linear.backward(gt, ctx[0], rng)
+    def backward_scaled(self, gt: np.ndarray, ctx, rng: Streams):
+        return self.linear.backward(gt, ctx[0], rng), None
 
-    def to_tracked(self, gy: np.ndarray, ctx) -> np.ndarray:
+    def to_tracked_scaled(self, gy: np.ndarray, ctx):
         h = ctx[1]
         h = np.ascontiguousarray(h[:, 0]) if gy.ndim == 2 else h[:, :gy.shape[1]]
-        return np.asarray(self.act.dphi(h), dtype=gy.dtype) * gy
+        return np.asarray(self.act.dphi(h), dtype=gy.dtype) * gy, None
+
+    def diagnose(self, ctx) -> None:
+        """:class:`LayerError` naming the argument where ``phi'`` is not finite (called by the
+        engines once a gradient came out non-finite; not on the hot path)."""
+        _finite_values(self.act, "phi'", ctx[1], np.asarray(self.act.dphi(ctx[1])))
 
 
 class _Identity:
@@ -229,7 +460,7 @@ class _Identity:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return 0
 
-    def forward(self, x, rng):
+    def forward(self, x, rng, shift=None):
         return x, None
 
     def backward(self, delta, ctx, rng):
@@ -286,7 +517,8 @@ class DenseSampler:
         M, c = ctx
         return M * M.dtype.type(c) if c != 1.0 else M
 
-    def forward(self, x: np.ndarray, rng: Streams):
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``h = W x + 2^-shift b`` (``shift``: per-sample exponent of ``x``, module docstring)."""
         M, c = self.draw_weights(rng, x.dtype)
         h = np.matmul(x, M.transpose(0, 2, 1))
         if c != 1.0:
@@ -294,7 +526,7 @@ class DenseSampler:
         if self.sigma_b > 0:
             b = rng.normal((self.n_out,), x.dtype)
             b *= x.dtype.type(self.sigma_b)
-            h += b[:, None, :]
+            h += ldexp_rows(b, _neg(shift))[:, None, :]
         return h, (M, c)
 
     def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:
@@ -356,14 +588,19 @@ class MatrixFreeGaussian:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return k * (self.n_aug + self.n_out) * itemsize
 
-    def forward(self, x: np.ndarray, rng: Streams):
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (the bias entry of the
+        augmented input is ``2^-shift sigma_b``; module docstring of :mod:`signalprop.sampling`)."""
         S, k, n = x.shape
         dt = x.dtype
         scale = dt.type(self.sigma_w / math.sqrt(n))
         if self.sigma_b > 0:
             y = np.empty((S, k, n + 1), dtype=dt)
             np.multiply(x, scale, out=y[:, :, :n])
-            y[:, :, n] = self.sigma_b
+            if _is_zero(shift):
+                y[:, :, n] = self.sigma_b
+            else:
+                y[:, :, n] = ldexp_rows(np.full(S, self.sigma_b, dtype=dt), _neg(shift))[:, None]
         else:
             y = x * scale
         U, R = _frame(y)
@@ -433,7 +670,8 @@ class MatrixFreeOrthogonal:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return k * (self.n_in + self.p) * itemsize
 
-    def forward(self, x: np.ndarray, rng: Streams):
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (bias ``2^-shift b``)."""
         S, k, n = x.shape
         dt = x.dtype
         p, n_out = self.p, self.n_out
@@ -448,7 +686,7 @@ class MatrixFreeOrthogonal:
         if nb:
             b = draws[:, k * p:]
             b *= dt.type(self.sigma_b)
-            h += b[:, None, :]
+            h += ldexp_rows(b, _neg(shift))[:, None, :]
         return h, (U, V)
 
     def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:

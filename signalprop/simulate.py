@@ -16,9 +16,22 @@ Estimators (CONVENTIONS.md, "Monte Carlo estimators"), per sample network ``s`` 
 
 Reported: ``q``, ``c`` = sample means, ``q_se``, ``c_se`` = their standard errors
 (``std(ddof=1)/sqrt(S)``); ``log_g``, ``log_G`` = logs of the sample means, ``*_se`` = standard
-error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)``. Gradients are
-renormalised at every layer and their scale is carried as a logarithm, so ``log_g`` does not
-under- or overflow at any depth; the forward pass is not rescaled (``q`` is a float).
+error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)``.
+
+Scale. Nothing over- or underflows at any depth: gradients are renormalised at every layer and
+their scale is carried as a logarithm (they are linear in ``v``); forward vectors are carried per
+sample as a float array times a power of two, ``2^e``, and a layer's input is rescaled when its
+mean square leaves ``[2^-256, 2^256]`` (float32: ``[2^-32, 2^32]``). Powers of two are exact, so
+the numbers are bit for bit those of the unscaled computation wherever that one stays in the
+float range; relu, leaky_relu and linear layers (positively homogeneous), biases (``2^-e b``),
+normalisation layers and residual sums are rescaled exactly (:mod:`signalprop.sampling`); any
+other activation is applied to the real pre-activation, which must then lie in the float range
+(a ``ValueError`` says so where it does not; for sigma_w^2 in [1e-3, 1e3] that is beyond depth
+about 200). ``q_hat`` is kept as a float and a binary exponent, so ``log_q`` is exact and ``q``
+is ``inf`` (or 0) exactly where ``exp(log_q)`` is, as in theory profiles; ``c_hat`` is a cosine
+of rescaled vectors. An activation that returns non-finite values at finite arguments is
+refused (``ValueError`` naming it and the layer), and so is a run whose per-sample results and
+one chunk's state would need more than half the physical memory.
 
 Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly and mean zero over their units (the
 theory's convention; it matters to mean-subtracting normalisation layers): ``x_a = sqrt(q0)
@@ -52,10 +65,11 @@ from typing import Optional
 
 import numpy as np
 
-from ._validate import check_correlation, check_finite, check_int
+from ._validate import (check_correlation, check_int, check_memory, check_positive,
+                        short_repr)
 from .network import Network
 from .results import Profile
-from .sampling import ENGINES, Streams, sampler
+from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler
 
 __all__ = ["simulate", "root_seed", "sample_streams", "network_inputs", "ENGINES"]
 
@@ -151,26 +165,46 @@ def _unit(v: np.ndarray, against: list) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _check_args(network, samples, engine, q0, c0, dtype, chunk, workers, max_memory):
+def one_number(name: str, value, check) -> float:
+    """``value`` as one float after ``check(name, value)`` (a _validate check); TypeError naming
+    ``name`` for arrays, sequences and other shapes."""
+    try:
+        scalar = np.ndim(value) == 0
+    except ValueError:                        # a ragged sequence
+        scalar = False
+    if not scalar:
+        raise TypeError(f"{name} must be one real number, got {short_repr(value)}")
+    check(name, value)
+    return float(value)
+
+
+def _check_args(network, samples, engine, q0, c0, dtype, chunk, workers, max_memory,
+                return_samples):
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see mlp), got {type(network).__name__}")
     samples = check_int("samples", samples, 1)
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-    check_finite("q0", q0)
-    if not float(q0) > 0:
-        raise ValueError(f"q0 must be > 0, got {q0!r}")
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got "
+                         f"{short_repr(engine)}")
+    q0 = one_number("q0", q0, check_positive)
     if c0 is not None:
-        check_correlation("c0", c0)
-        c0 = float(c0)
-    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        c0 = one_number("c0", c0, check_correlation)
+    if isinstance(dtype, str):
+        key = dtype
+    else:
+        try:
+            key = None if isinstance(dtype, (bool, np.bool_)) else np.dtype(dtype).name
+        except (TypeError, ValueError):
+            key = None
     if key not in _DTYPES:
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {short_repr(dtype)}")
     if chunk is not None:
         chunk = check_int("chunk", chunk, 1)
     workers = check_int("workers", workers, 1)
     max_memory = check_int("max_memory", max_memory, 1 << 20)
-    return samples, float(q0), c0, np.dtype(_DTYPES[key]), chunk, workers, max_memory
+    if not isinstance(return_samples, (bool, np.bool_)):
+        raise TypeError(f"return_samples must be True or False, got {short_repr(return_samples)}")
+    return samples, q0, c0, np.dtype(_DTYPES[key]), chunk, workers, max_memory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,8 +217,38 @@ def _sq(a: np.ndarray) -> np.ndarray:
     return np.sum(a * a, axis=-1, dtype=np.float64)
 
 
+_LN2 = math.log(2.0)
+#: mean squares of a layer's input kept within [2^-lo, 2^hi] by exact power-of-two rescaling
+_INPUT_RANGE = {"float64": (256, 256), "float32": (32, 32)}
+#: row sums of squares measured directly within [2^-lo, 2^hi]; outside, after rescaling
+_MEASURE_RANGE = {"float64": (480, 480), "float32": (64, 96)}
+
+
+def _in_range(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo <= v <= hi`` elementwise (False for NaN)."""
+    return (v >= lo) & (v <= hi)
+
+
+def _all_in_range(v: np.ndarray, lo: float, hi: float) -> bool:
+    """Every entry in ``[lo, hi]`` (False if any is NaN): two reductions, the fast path."""
+    return bool(v.min() >= lo and v.max() <= hi)
+
+
+def _max_exponent(a: np.ndarray) -> np.ndarray:
+    """Per row (axis 0) the binary exponent ``k`` with ``2^(k-1) <= max|a| < 2^k`` (0 for a zero
+    or non-finite row), as int64."""
+    m = np.max(np.abs(a.reshape(a.shape[0], -1)), axis=1)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.frexp(m)[1].astype(np.int64)
+
+
 class _Job:
-    """Everything a chunk of samples needs: samplers, activations, inputs, seeds, memory plan."""
+    """Everything a chunk of samples needs: samplers, activations, inputs, seeds, memory plan.
+
+    Scale (module docstring): each sample's vectors are carried as float arrays times a power of
+    two per sample (:mod:`signalprop.sampling`, "Scaled form"); a layer's input is rescaled
+    (exactly, by ``2^-k``) when its mean square leaves ``[2^-256, 2^256]`` (float32: ``2^+-32``),
+    and the measured ``q_hat`` is stored as a float and a binary exponent."""
 
     def __init__(self, network: Network, engine: str, X0: np.ndarray, dtype: np.dtype,
                  root: np.random.SeedSequence, max_memory: int):
@@ -201,6 +265,10 @@ class _Job:
         item = dtype.itemsize
         self.per_layer = [r.ctx_nbytes(self.k, item) + r.n_out * item for r in self.rules]
         self.work = 24 * self.k * max(self.widths) * item + 48 * self.L
+        lo, hi = _INPUT_RANGE[dtype.name]           # bounds on the sums of squares of inputs
+        self.input_range = [(2.0 ** -lo * n, 2.0 ** hi * n) for n in self.widths[:-1]]
+        lo, hi = _MEASURE_RANGE[dtype.name]
+        self.measure_range = (2.0 ** -lo, 2.0 ** hi)
 
     def chunk_size(self, samples: int) -> int:
         """Samples per chunk: the preferred batch that keeps all layers' state in memory, else 1."""
@@ -219,13 +287,104 @@ class _Job:
         avail = self.max_memory / S - self.work
         return int(min(self.L, max(1, avail // max(self.per_layer))))
 
+    def nbytes_needed(self, samples: int, return_samples: bool) -> float:
+        """Peak memory of a run: the per-sample results (``q``, its exponent, ``log_x2``,
+        ``log_g`` and ``c``: samples x L float64 each, held twice while the chunks are joined,
+        plus the summaries' temporaries) and the state of one chunk (at least one sample and one
+        layer, however small ``max_memory``; the dense engine's QR and products take about three
+        weight matrices)."""
+        arrays = 4 + (self.k >= 2)
+        n = float(samples) if samples < 1e300 else math.inf
+        results = 8.0 * n * self.L * (2 * arrays + 3 + (2 if return_samples else 0))
+        one = (3 if self.engine == "dense" else 1) * max(self.per_layer) + self.work
+        chunk = max(one, min(self.max_memory, samples * (sum(self.per_layer) + self.work)))
+        return results + chunk
+
+    # -- one layer forward ---------------------------------------------------------------------
+
+    def _describe(self, l: int) -> str:
+        layer = self.network.layers[l]
+        parts = getattr(layer, "branch", (layer,))
+        acts = [la.activation for la in parts if hasattr(la, "activation")]
+        what = type(layer).__name__
+        return f"{what}, {acts[0]!r}" if len(acts) == 1 else what
+
+    def _rescale(self, l: int, x: np.ndarray, e, sx: np.ndarray):
+        """Layer ``l``'s input ``2^e x`` with the rows whose mean square ``sx / N`` left the input
+        range rescaled by exact powers of two (their max |entry| brought to [1/2, 1))."""
+        lo, hi = self.input_range[l]
+        if _all_in_range(sx, lo, hi):
+            return x, e, sx
+        bad = ~_in_range(sx, lo, hi)
+        xb = x[bad]
+        if not np.isfinite(xb).all():
+            what = f"layer {l} of {self.L} ({self._describe(l - 1)})" if l else "the input"
+            raise ValueError(f"{what} gave non-finite values from finite inputs")
+        shift = np.zeros(x.shape[0], np.int64)
+        shift[bad] = _max_exponent(xb)
+        x = ldexp_rows(x, -shift)
+        e = shift if e is None else e + shift
+        sx = sx.copy()
+        sx[bad] = _sq(x[bad, 0])
+        return x, e, sx
+
+    def _forward(self, l: int, x: np.ndarray, e, fwd: Streams):
+        """Layer ``l`` on the input ``2^e x``: its input's mean square ``sx`` (before the layer)
+        and ``forward_scaled``'s ``(t, et, y, ey, ctx)``."""
+        sx = _sq(x[:, 0])
+        x, e, sx = self._rescale(l, x, e, sx)
+        try:
+            return (x, e, sx) + tuple(self.rules[l].forward_scaled(x, e, fwd))
+        except LayerError as err:
+            raise ValueError(f"layer {l + 1} of {self.L} ({self._describe(l)}): {err}") from None
+
+    def _measure(self, l: int, t: np.ndarray, et, q, qexp, c) -> None:
+        """``q_hat`` (as ``q * 2^qexp``) and ``c_hat`` of layer ``l``'s tracked variable
+        ``2^et t``; rows whose sums of squares leave the measuring range are rescaled first."""
+        n_out = self.widths[l + 1]
+        lo, hi = self.measure_range
+        ta = np.ascontiguousarray(t[:, 0])
+        qa = _sq(ta)
+        q[:, l] = qa / n_out
+        ok = _all_in_range(qa, lo, hi)
+        if c is not None:
+            tb = t[:, 1]
+            qb = _sq(tb)
+            c[:, l] = np.sum(ta * tb, axis=-1, dtype=np.float64) / np.sqrt(qa * qb)
+            ok = ok and _all_in_range(qb, lo, hi)
+        if et is not None:
+            qexp[:, l] = 2 * et
+        if ok:
+            return
+        good = _in_range(qa, lo, hi)
+        if c is not None:
+            good &= _in_range(qb, lo, hi)
+        bad = np.flatnonzero(~good)
+        a = ta[bad].astype(np.float64)
+        ea = _max_exponent(a)
+        a = ldexp_rows(a, -ea)
+        qa = _sq(a)
+        if not np.isfinite(qa).all():
+            raise ValueError(f"layer {l + 1} of {self.L} ({self._describe(l)}): the "
+                             "pre-activations are not finite")
+        q[bad, l] = qa / n_out
+        qexp[bad, l] += 2 * ea
+        if c is not None:
+            b = tb[bad].astype(np.float64)
+            b = ldexp_rows(b, -_max_exponent(b))
+            c[bad, l] = np.sum(a * b, axis=-1) / np.sqrt(qa * _sq(b))
+
+    # -- the whole network -------------------------------------------------------------------
+
     def run(self, start: int, stop: int) -> dict:
-        """Per-sample estimators of samples ``start..stop-1`` (arrays of shape (S, L))."""
+        """Per-sample estimators of samples ``start..stop-1`` (arrays of shape (S, L); ``q`` as
+        ``q * 2^qexp``)."""
         S, L, k, dt = stop - start, self.L, self.k, self.dtype
         while len(self._pool) < 2 * S:
             self._pool.append(np.random.Generator(np.random.PCG64(0)))
         fwd, bwd = sample_streams(self.root, start, stop, self._pool)
         q = np.empty((S, L))
+        qexp = np.zeros((S, L), np.int64)
         c = np.empty((S, L)) if k >= 2 else None
         lx2 = np.empty((S, L))
         lg = np.empty((S, L))
@@ -233,25 +392,25 @@ class _Job:
         nseg = -(-L // m)
         last = nseg - 1
         ckpt, store = [], {}
-        x = np.array(np.broadcast_to(self.X0, (S,) + self.X0.shape))
+        # C order: np.array of a broadcast view would keep the sample axis innermost, and numpy's
+        # sums over rows strided by S round differently for different S (chunk sizes)
+        x = np.array(np.broadcast_to(self.X0, (S,) + self.X0.shape), order="C")
+        e = None                        # per-sample binary exponent of x (None: 0)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for l in range(L):
                 seg = l // m
                 if l % m == 0:
-                    ckpt.append((x, fwd.get_state() if seg < last else None))
-                n_in, n_out = self.widths[l], self.widths[l + 1]
-                lx2[:, l] = np.log(_sq(x[:, 0]) / n_in)
-                t, x, ctx = self.rules[l].forward(x, fwd)
-                ta = np.ascontiguousarray(t[:, 0])
-                qa = _sq(ta)
-                q[:, l] = qa / n_out
-                if c is not None:
-                    tb = t[:, 1]
-                    c[:, l] = np.sum(ta * tb, axis=-1, dtype=np.float64) / np.sqrt(qa * _sq(tb))
+                    ckpt.append((x, e, fwd.get_state() if seg < last else None))
+                _, ex, sx, t, et, x, e, ctx = self._forward(l, x, e, fwd)
+                lx2[:, l] = np.log(sx / self.widths[l])
+                if ex is not None:
+                    lx2[:, l] += (2.0 * _LN2) * ex
+                self._measure(l, t, et, q, qexp, c)
                 if seg == last:
                     store[l] = ctx
             del x, t, ctx
-            # backward: the loss <v, t^L_a>; gt^l = to_tracked_l(backward_{l+1}(gt^{l+1}))
+            # backward: the loss <v, t^L_a>; gt^l = to_tracked_l(backward_{l+1}(gt^{l+1}));
+            # the gradient is renormalised at every layer, its scale carried as a log
             v = bwd.normal((self.widths[-1],), dt)
             if self.kd > 1:
                 gt = np.zeros((S, self.kd, self.widths[-1]), dtype=dt)
@@ -262,30 +421,46 @@ class _Job:
             lscale = np.zeros(S)
             for si in range(last, -1, -1):
                 l0, l1 = si * m, min(L, (si + 1) * m)
-                xs, state = ckpt[si]
+                xs, es, state = ckpt[si]
                 if si != last:
                     fwd.set_state(state)
-                    xx = xs
                     for l in range(l0, l1):
-                        _, xx, store[l] = self.rules[l].forward(xx, fwd)
-                    del xx
+                        *_, xs, es, store[l] = self._forward(l, xs, es, fwd)
+                    del xs
                 for l in range(l1 - 1, l0 - 1, -1):
                     ctx = store.pop(l)
                     if gx is not None:
-                        gt = self.rules[l].to_tracked(gx, ctx)
+                        gt, k1 = self._backward_step(l, "to_tracked_scaled", gx, ctx)
                         s = np.sqrt(_sq(gt.reshape(S, -1)) / self.widths[l + 1])
-                        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+                        if not np.isfinite(s).all():
+                            self._backward_step(l, "diagnose", ctx)
+                            raise ValueError(f"layer {l + 1} of {L} ({self._describe(l)}): the "
+                                             "backward pass gave non-finite gradients")
+                        s = np.where(s > 0, s, 1.0)
                         gt /= s.reshape((S,) + (1,) * (gt.ndim - 1)).astype(dt)
                         lscale += np.log(s)
+                        if k1 is not None:
+                            lscale += _LN2 * k1
                     lg[:, l] = np.log(_sq(gt.reshape(S, -1)) / self.widths[l + 1]) + 2.0 * lscale
                     if l == 0:
                         break
-                    gx = self.rules[l].backward(gt, ctx, bwd)
+                    gx, k2 = self._backward_step(l, "backward_scaled", gt, ctx, bwd)
+                    if k2 is not None:
+                        lscale += _LN2 * k2
                 ckpt[si] = None
-        out = {"q": q, "log_g": lg, "log_x2": lx2}
+        out = {"q": q, "qexp": qexp, "log_g": lg, "log_x2": lx2}
         if c is not None:
             out["c"] = c
         return out
+
+    def _backward_step(self, l: int, method: str, *args):
+        """``rules[l].method(*args)`` with a :class:`LayerError` turned into a ValueError naming
+        the layer (``diagnose``: a no-op for rules without it)."""
+        fn = getattr(self.rules[l], method, None)
+        try:
+            return None if fn is None else fn(*args)
+        except LayerError as err:
+            raise ValueError(f"layer {l + 1} of {self.L} ({self._describe(l)}): {err}") from None
 
 
 _WORKER_JOB: Optional[_Job] = None
@@ -350,15 +525,41 @@ def log_mean_se(log_values: np.ndarray):
         log_mean = np.where(finite, shift + np.log(mw), top)
         if S > 1:
             se = w.std(axis=0, ddof=1) / math.sqrt(S) / mw
+            # every sample exactly 0 (log -inf): the mean is 0 with sample deviation 0
+            se = np.where(finite, se, np.where(top == -np.inf, 0.0, np.nan))
         else:
             se = np.full(log_values.shape[1:], np.nan)
-        se = np.where(finite, se, np.nan)
     return log_mean, se
+
+
+def _mean_se_pow2(a: np.ndarray, k: np.ndarray):
+    """Mean, standard error and log of the mean over axis 0 of ``a * 2^k`` (``k`` integer), for
+    values far beyond the float range: per column, everything is scaled by the power of two of
+    the largest value, so only the final mean and standard error may over- or underflow (to inf
+    or 0, as ``exp(log_q)`` does in theory profiles); their log is exact. Columns with ``k = 0``
+    throughout give exactly :func:`_mean_se` and ``log`` of its mean."""
+    S = a.shape[0]
+    mean, se = _mean_se(a)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        log_mean = np.log(mean)
+        cols = np.flatnonzero(k.any(axis=0))
+        if cols.size:
+            aa, kk = a[:, cols], k[:, cols]
+            top = np.max(np.frexp(aa)[1] + kk, axis=0)
+            w = np.ldexp(aa, (kk - top).astype(np.int32))
+            mw = w.mean(axis=0)
+            sw = w.std(axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.full(cols.size, np.nan)
+            mean[cols] = np.ldexp(mw, top.astype(np.int32))
+            se[cols] = np.ldexp(sw, top.astype(np.int32))
+            log_mean[cols] = np.log(mw) + _LN2 * top
+    return mean, se, log_mean
 
 
 def _profile(per: dict, network: Network, samples: int, meta: dict, return_samples: bool) -> Profile:
     L = network.depth
-    q, q_se = _mean_se(per["q"])
+    q, q_se, log_q = _mean_se_pow2(per["q"], per["qexp"])
+    with np.errstate(divide="ignore"):               # a sample q_hat = 0 has log -inf
+        log_q_se = log_mean_se(np.log(per["q"]) + _LN2 * per["qexp"])[1]   # = q_se / q, in logs
     log_G_samples = per["log_g"] + per["log_x2"]
     log_g, log_g_se = log_mean_se(per["log_g"])
     log_G, log_G_se = log_mean_se(log_G_samples)
@@ -367,14 +568,15 @@ def _profile(per: dict, network: Network, samples: int, meta: dict, return_sampl
         c, c_se = _mean_se(per["c"])
     kept = None
     if return_samples:
-        kept = {"q": per["q"], "log_g": per["log_g"], "log_G": log_G_samples}
+        with np.errstate(over="ignore", under="ignore"):
+            q_samples = np.ldexp(per["q"], per["qexp"].astype(np.int32)) if per["qexp"].any() \
+                else per["q"]
+        kept = {"q": q_samples, "log_g": per["log_g"], "log_G": log_G_samples}
         if "c" in per:
             kept["c"] = per["c"]
-    with np.errstate(divide="ignore"):
-        log_q = np.log(q)
     return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G, c=c,
                    q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
-                   meta=meta)
+                   meta=meta, log_q_se=log_q_se)
 
 
 def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: float = 1.0,
@@ -397,20 +599,25 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
         (samples, L): ``q``, ``c``, ``log_g`` = log g_hat, ``log_G`` = log G_hat).
     chunk: samples per batch (default: chosen from ``max_memory``). Results do not depend on it.
     workers: worker processes (fork); results do not depend on it.
-    max_memory: bytes of per-chunk state before checkpointing kicks in (default 1 GiB).
+    max_memory: bytes of per-chunk state before checkpointing kicks in (default 1 GiB). A run
+        whose per-sample results (about 40 bytes per sample and layer, twice while chunks are
+        joined) and one chunk's state exceed half the physical memory is refused up front
+        (``ValueError`` saying how much it would need).
 
     Returns a :class:`~signalprop.results.Profile` with ``q``, ``log_q``, ``log_g``, ``log_G``
     (``c`` with two inputs) and ``q_se``, ``log_g_se``, ``log_G_se`` (``c_se``); ``meta`` records
     engine, samples, seed, q0, c0, dtype and widths. Estimators: see the module docstring.
     """
     samples, q0, c0, dt, chunk, workers, max_memory = _check_args(
-        network, samples, engine, q0, c0, dtype, chunk, workers, max_memory)
+        network, samples, engine, q0, c0, dtype, chunk, workers, max_memory, return_samples)
     root = root_seed(seed)
     B = network.batch_size
     if B is not None and c0 is None:
         c0 = 0.0                          # a batch: B inputs of pairwise correlation 0
     X0 = network_inputs(network.input_width, q0, c0, k=B)
     job = _Job(network, engine, X0, dt, root, max_memory)
+    check_memory(f"simulate with samples={samples} on a network of depth {network.depth}",
+                 job.nbytes_needed(samples, return_samples))
     per = _run_job(job, samples, chunk, workers)
     meta = {"source": "simulate", "engine": engine, "samples": samples,
             "seed": int(seed) if isinstance(seed, numbers.Integral) else repr(seed),

@@ -274,11 +274,18 @@ def test_float32_runs_and_agrees_with_float64():
 
 
 def test_deep_network_log_fields_do_not_underflow():
-    """Ordered tanh, depth 3000: g^1 ~ 0.3^3000 underflows float64; log_g does not."""
+    """Ordered tanh, depth 3000: g^1 ~ 0.3^3000 and q^3000 ~ 0.5^3000 underflow float64; log_g
+    and log_q do not (issue 10, item 5: q_hat used to underflow to 0, log_q = -inf, from layer
+    ~1900 on). log_g grows towards the output by log(1/(sigma_w^2 E phi'^2)) ~ 0.7 per layer,
+    with per-layer noise: a single layer's ratio 0.5 chi2_32/32 exceeds 1 with probability
+    ~3e-4, so over 3000 layers some steps go the wrong way (the unscaled engine failed a
+    layer-by-layer check for 4 of the seeds 1..8); over 25 layers the increase is ~17 with a
+    standard deviation ~1.3, so it is checked over windows of 25 layers."""
     net = mlp(3000, 32, "tanh", sigma_w2=0.5)
     p = simulate(net, 3, 1, engine="matrix-free")
     assert np.all(np.isfinite(p.log_g)) and p.log_g[0] < -1000
-    assert np.all(np.diff(p.log_g) > 0)
+    assert np.all(np.isfinite(p.log_q)) and p.log_q[-1] < -1500
+    assert np.all(np.diff(p.log_g[::25]) > 0)
 
 
 def test_very_wide_matrix_free_layer():
