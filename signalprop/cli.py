@@ -2,9 +2,17 @@
 
 Every command prints a readable table, or with ``--json`` one JSON object whose keys are those of
 CONVENTIONS.md (scalars ``q_star, c_star, chi_1, chi_c, xi_q, xi_c, xi_grad, regime``; profiles
-``layers, q, c, log_g, log_G``; inf/nan as the strings "inf"/"nan"). Bad input (a ValueError or
-TypeError from the API, or a malformed command line) is one line on stderr,
-``signalprop: error: ...``, and exit status 2.
+``layers, q, c, log_g, log_G``; inf/nan as the strings "inf"/"nan"). With ``--json``, commands
+that can write files (``phase``, ``demo``) write them only when ``--out`` is given.
+
+Bad input is one line on stderr, ``signalprop: error: ...``, and exit status 2, never a traceback
+or a Python warning: a malformed command line; a ValueError, TypeError, OverflowError or
+MemoryError from the API (work that cannot fit in memory is refused up front); an unwritable
+``--out`` (OSError); and a floating-point failure (numpy's "overflow/invalid value/divide by zero
+encountered in ...", raised as an error while the command runs), which means the arguments are
+outside what the command can evaluate. Warnings the API issues on purpose (e.g. ``critical``'s
+notes) are printed as ``signalprop: warning: ...`` lines after a successful run. Any other
+exception is a bug and shows its traceback.
 
 Adding a command
 ----------------
@@ -22,6 +30,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -33,12 +42,18 @@ import numpy as np
 from . import __version__
 from .activations import Activation, activation, activations, normalising_constants
 from .meanfield import critical_sigma_w2, fixed_point, phase_diagram, predict
-from .network import Network, init_sigma_w2, mlp, INITS
+from .network import MAX_DEPTH, Network, init_sigma_w2, mlp, INITS
+from ._validate import check_int, check_memory
 from .results import to_jsonable
 
 __all__ = ["main", "COMMANDS", "Command", "build_parser"]
 
 PROG = "signalprop"
+#: default file names of ``phase`` (a prefix) and ``demo`` (without --json, or with --out).
+PHASE_OUT = "signalprop-phase"
+DEMO_OUT = "signalprop-demo.png"
+#: most worker processes ``validate --jobs`` starts.
+MAX_JOBS = 256
 
 
 class UsageError(Exception):
@@ -129,7 +144,7 @@ def add_network_options(p: argparse.ArgumentParser, *, depth: int = 50, width: i
 def _branch_scale(text: str, depth: int) -> float:
     t = text.replace(" ", "").lower()
     if t in ("1/sqrt(l)", "l^-1/2", "l**-0.5"):
-        return 1.0 / math.sqrt(depth)
+        return 1.0 / math.sqrt(check_int("depth", depth, 1, MAX_DEPTH))
     try:
         return float(t)
     except ValueError:
@@ -263,6 +278,7 @@ def _run_critical(args: argparse.Namespace) -> dict:
     act = activation_from(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
+        warnings.filterwarnings("error", message=FP_WARNING, category=RuntimeWarning)
         crit = np.atleast_1d(critical_sigma_w2(act, args.sigma_b2))
     notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     sb2 = np.asarray(args.sigma_b2, float)
@@ -334,13 +350,16 @@ def _run_predict(args: argparse.Namespace) -> dict:
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     add_network_options(p, depth=50, width=1000, sigma_w2=1.5, sigma_b2=0.05, c0=0.5)
-    p.add_argument("--out", default="signalprop-demo.png",
-                   help="figure of q^l, c^l and log g^l against layer (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help=f"figure of q^l, c^l and log g^l against layer (default: {DEMO_OUT}; "
+                        "with --json, no figure unless --out is given)")
 
 
 def _run_demo(args: argparse.Namespace) -> dict:
     args.every = 0
     out, prof = _predict(args, "signalprop demo")
+    if args.json and args.out is None:
+        return out
     from .plot import plot_profile
     fig, axes = _figure(3, width=3.3, height=2.6)
     title = f"{args.activation}, $\\sigma_w^2$={out['sigma_w2']:g}, $\\sigma_b^2$={out['sigma_b2']:g}"
@@ -350,7 +369,7 @@ def _run_demo(args: argparse.Namespace) -> dict:
             continue
         plot_profile(prof, ax, field=field, color="black")
         ax.set_title(title if field == "q" else "", loc="left")
-    path = _save(fig, args.out)
+    path = _save(fig, args.out or DEMO_OUT)
     if not args.json:
         print(f"wrote {path}")
     out["figure"] = str(path)
@@ -392,9 +411,10 @@ def _add_phase(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-b2-range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                    help="sigma_b^2 grid range (default: 0 1)")
     p.add_argument("--n", type=int, default=64, help="grid points per axis (default: 64)")
-    p.add_argument("--out", default="signalprop-phase", metavar="PREFIX",
+    p.add_argument("--out", default=None, metavar="PREFIX",
                    help="writes PREFIX.<format> (chi_1, q*, xi_c with the edge of chaos), "
-                        "PREFIX.csv (the grid) and PREFIX-critical.csv (default: %(default)s)")
+                        "PREFIX.csv (the grid) and PREFIX-critical.csv (default: "
+                        f"{PHASE_OUT}; with --json, no files unless --out is given)")
     p.add_argument("--format", default="png", choices=("png", "pdf", "svg"),
                    help="figure format (default: png)")
 
@@ -410,11 +430,16 @@ def _grid(name: str, lo: float, hi: float, n: int) -> np.ndarray:
 def _run_phase(args: argparse.Namespace) -> dict:
     if args.n < 1:
         raise ValueError(f"n must be an integer >= 1, got {args.n}")
+    # the five n x n float64 arrays of the result, refused up front when they cannot fit
+    check_memory(f"phase --n {args.n} (an {args.n} x {args.n} grid)", 5 * 8.0 * args.n * args.n)
     act = activation_from(args)
     sw = _grid("sigma_w2_range", *args.sigma_w2_range, args.n)
     sb = _grid("sigma_b2_range", *args.sigma_b2_range, args.n)
     pd = phase_diagram(act, sw, sb)
-    prefix = Path(args.out)
+    out = {**pd.to_dict(), "activation": args.activation}
+    if args.json and args.out is None:
+        return {**out, "files": []}
+    prefix = Path(args.out or PHASE_OUT)
     fig_path = Path(f"{prefix}.{args.format}")
     csv_path, crit_path = Path(f"{prefix}.csv"), Path(f"{prefix}-critical.csv")
     if fig_path.parent != Path(""):
@@ -441,8 +466,7 @@ def _run_phase(args: argparse.Namespace) -> dict:
         print_table(["sigma_b2", "critical sigma_w2"],
                     [(b, s) for b, s in zip(pd.sigma_b2, pd.critical_sigma_w2)][:: max(1, len(sb) // 10)])
         print(f"wrote {fig_path}, {csv_path}, {crit_path}")
-    return {**pd.to_dict(), "activation": args.activation,
-            "files": [str(fig_path), str(csv_path), str(crit_path)]}
+    return {**out, "files": [str(fig_path), str(csv_path), str(crit_path)]}
 
 
 def plot_phase_figure(pd):
@@ -652,8 +676,8 @@ def _run_validate(args: argparse.Namespace) -> dict:
     if not (root / "validation" / "__init__.py").exists():
         raise ValueError(f"signalprop validate needs a source checkout: no validation/ folder "
                          f"next to the package ({root})")
-    if args.jobs < 1:
-        raise ValueError(f"jobs must be an integer >= 1, got {args.jobs}")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise ValueError(f"jobs must be an integer in [1, {MAX_JOBS}], got {args.jobs}")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import validation
@@ -894,24 +918,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 for bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-        result = args.run(args)
+#: numpy's floating-point warnings ("overflow encountered in exp", ...): errors inside a command.
+FP_WARNING = r".*encountered in"
+
+_BAD_INPUT = (UsageError, ValueError, TypeError, OverflowError, MemoryError)
+
+
+class FloatingPointFailure(Exception):
+    """A floating-point warning raised as an error while a command ran."""
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+def _options_given(argv: Sequence[str]) -> str:
+    """The options of the command line (for naming what was out of range)."""
+    text = " ".join(a if a.startswith("-") or " " not in a else repr(a) for a in argv[1:])
+    return _one_line(text, 120)
+
+
+def _run(argv: Optional[Sequence[str]]) -> tuple[int, list]:
+    """Parse and run; returns (status, warnings recorded)."""
+    with warnings.catch_warnings(record=True) as caught:
+        # the command line's own policy, whatever the caller's filters: the API's deliberate
+        # warnings are recorded (printed after success), numpy's floating-point ones are errors
+        warnings.filterwarnings("default", category=RuntimeWarning)
+        warnings.filterwarnings("default", category=UserWarning)
+        warnings.filterwarnings("error", message=FP_WARNING, category=RuntimeWarning)
+        with np.errstate(over="warn", invalid="warn", divide="warn"):
+            args = build_parser().parse_args(argv)
+            try:
+                result = args.run(args)
+            except RuntimeWarning as exc:
+                if not re.match(FP_WARNING, str(exc)):
+                    raise
+                raise FloatingPointFailure(
+                    f"floating-point failure ({_one_line(exc, 100)}) evaluating {args.command}"
+                    + (f" with {_options_given(argv)}" if argv and len(argv) > 1 else "")
+                    + ": the arguments are outside the range this command can evaluate") from None
         if args.json:
             print(json.dumps(to_jsonable(result)))
-    except (UsageError, ValueError, TypeError) as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+    return 0, list(caught)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for bad input; see the module
+    docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        status, caught = _run(argv)
+    except (*_BAD_INPUT, FloatingPointFailure) as exc:
+        if isinstance(exc, MemoryError):
+            msg = "not enough memory for these arguments" + \
+                (f" ({_one_line(exc)})" if str(exc) else "")
+        else:
+            msg = _one_line(exc) or type(exc).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `signalprop predict | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except OSError as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    return 0
+    except OSError as exc:  # an unwritable --out, a missing folder, ...: the user's to fix
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    seen = set()
+    for w in caught:
+        text = _one_line(w.message)
+        if text not in seen:
+            seen.add(text)
+            print(f"{PROG}: warning: {text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

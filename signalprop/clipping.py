@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import stats
 
-from ._validate import check_finite, check_positive
+from ._validate import check_finite, check_int, positive_scalar, short_repr
 from .finite import (_MAX_SKEW, LogNormalLaw, _check_network, _finite_width, _innovation_draws,
                      _log_covariance)
 from .network import Network
@@ -52,17 +52,19 @@ MAX_DEPTH = 3000
 _DRAWS = 65536
 
 
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {short_repr(value)}")
+
+
 def _check_clip(clip_value) -> np.ndarray:
-    try:
-        c = np.asarray(clip_value, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(f"clip_value must be a positive number or an array of them, got "
-                        f"{clip_value!r}") from None
+    check_finite("clip_value", clip_value)
+    c = np.asarray(clip_value, dtype=float)
     if c.size == 0:
         raise ValueError("clip_value is empty")
     if not np.all(np.isfinite(c)) or np.any(c <= 0):
         raise ValueError(f"clip_value must be finite and > 0 (clipping g <- g min(1, c/||g||) "
-                         f"needs c > 0), got {clip_value!r}")
+                         f"needs c > 0), got {short_repr(clip_value)}")
     return c
 
 
@@ -78,19 +80,21 @@ class _DeadPart:
     def sf(self, c):
         if not self.biases:
             return np.zeros_like(c)
-        return stats.chi2.sf(c * c / self.scale2, self.df)
+        with np.errstate(over="ignore"):  # c^2 beyond float64: sf(inf) = 0, exactly
+            return stats.chi2.sf(c * c / self.scale2, self.df)
 
     def mean_min(self, c):
         if not self.biases:
             return np.zeros_like(c)
         d = stats.chi(self.df, scale=math.sqrt(self.scale2))
-        return d.mean() * stats.chi.cdf(c / math.sqrt(self.scale2), self.df + 1) + c * d.sf(c)
+        with np.errstate(over="ignore"):  # c beyond float64's square root: cdf 1, sf 0
+            return d.mean() * stats.chi.cdf(c / math.sqrt(self.scale2), self.df + 1) + c * d.sf(c)
 
     def shrink(self, c):
         if not self.biases:
             return np.ones_like(c)
         d = stats.chi(self.df, scale=math.sqrt(self.scale2))
-        return np.array([d.expect(lambda x, ci=ci: min(1.0, ci / x)) for ci in np.ravel(c)]
+        return np.array([d.expect(lambda x, ci=ci: 1.0 if x <= ci else ci / x) for ci in np.ravel(c)]
                         ).reshape(np.shape(c))
 
 
@@ -101,7 +105,9 @@ class ClipResult(_Result):
     ``p_clip``: P(||g|| > c); ``expected_norm``: E[min(||g||, c)]; ``shrink``: E[min(1, c/||g||)];
     ``norm_law``: the law of the total gradient norm ``||g||`` (:class:`LogNormalLaw`);
     ``median_norm``, ``norm_q05``, ``norm_q95``: its quantiles; ``mean_field_norm``:
-    ``sqrt(E[T])`` from mean-field theory; ``p_dead``; ``verdict``: one line per clip value;
+    ``sqrt(E[T])`` from mean-field theory (these four are inf where ``||g||`` exceeds float64,
+    e.g. sigma_w2 = 1e300; ``log_norm_mean`` stays exact and the per-clip-value numbers
+    finite); ``p_dead``; ``verdict``: one line per clip value;
     ``reasonable``: True where clipping does not act on typical initial gradients (p_clip <= 0.1).
     """
 
@@ -169,8 +175,9 @@ def total_gradient_law(network: Network, q0: float = 1.0, *, biases: bool = True
     and the per-term means. Deterministic; the last few results are cached.
     """
     _check_network(network)
-    q0 = float(check_positive("q0", q0))
-    s = float(check_positive("output_grad_var", output_grad_var))
+    q0 = positive_scalar("q0", q0)
+    s = positive_scalar("output_grad_var", output_grad_var)
+    _check_bool("biases", biases)
     law, info = _total_gradient_law(network, q0, bool(biases), s)
     return law, dict(info)
 
@@ -187,10 +194,10 @@ def _total_gradient_law(network: Network, q0: float, biases: bool,
     n = network.widths.astype(float)
     fanin_out = np.log(n[1:] * n[:-1])
     mu = fw.log_G_mean + fanin_out + math.log(s)
-    mean_terms = np.exp(fw.log_G + fanin_out) * s
+    log_terms = fw.log_G + fanin_out
     if biases:
         mu = np.concatenate([mu, fw.log_g_mean + np.log(n[1:]) + math.log(s)])
-        mean_terms = np.concatenate([mean_terms, np.exp(fw.log_g + np.log(n[1:])) * s])
+        log_terms = np.concatenate([log_terms, fw.log_g + np.log(n[1:])])
     c_diag, X_eta, X_zeta = _log_covariance(mod, biases, full=False)
     # per-term variances: the O(L) recursions of finite_width (exact where it is exact)
     d = np.concatenate([fw.log_G_var, fw.log_g_var]) if biases else fw.log_G_var
@@ -201,9 +208,19 @@ def _total_gradient_law(network: Network, q0: float, biases: bool,
     p_dead = fw.p_dead if no_bias else 0.0
     law = LogNormalLaw(0.5 * m_T, 0.25 * v_T, p_dead, "||g||, the total gradient norm", skew)
     dead = _DeadPart(p_dead, int(n[-1]), s, biases)
-    info = {"mean_field_norm": math.sqrt(float(mean_terms.sum())), "p_dead": p_dead,
+    info = {"mean_field_norm": _mean_field_norm(log_terms, s), "p_dead": p_dead,
             "dead": dead, "profile": fw, "log_T_mean": m_T, "log_T_var": v_T}
     return law, info
+
+
+def _mean_field_norm(log_terms: np.ndarray, s: float) -> float:
+    """``sqrt(s sum_i exp(log_terms_i))``; through logsumexp where the terms leave float64
+    (inf only where the norm itself does)."""
+    if float(np.max(log_terms)) < 700:
+        return math.sqrt(float((np.exp(log_terms) * s).sum()))
+    from scipy.special import logsumexp
+    half = 0.5 * (float(logsumexp(log_terms)) + math.log(s))
+    return math.exp(half) if half < 709.78 else math.inf
 
 
 def _verdict(c: float, p: float, shrink: float, median: float) -> str:
@@ -234,6 +251,7 @@ def clipping(network: Network, clip_value, q0: float = 1.0, *, biases: bool = Tr
     """
     c = _check_clip(clip_value)
     check_finite("output_grad_var", output_grad_var)
+    _check_bool("biases", biases)
     law, info = total_gradient_law(network, q0, biases=biases, output_grad_var=output_grad_var)
     dead: _DeadPart = info["dead"]
     alive = LogNormalLaw(law.mu, law.sigma2, 0.0, skew=law.skew)
@@ -267,10 +285,24 @@ def clipping_sweep(make_network: Callable[[int], Network], depths: Iterable[int]
                    q0: float = 1.0, **kwargs) -> dict:
     """:func:`clipping` of ``make_network(depth)`` for each depth: arrays ``depth, p_clip,
     expected_norm, shrink, median_norm, mean_field_norm`` (``kwargs`` go to :func:`clipping`)."""
+    if not callable(make_network):
+        raise TypeError(f"make_network must be a function depth -> Network, got "
+                        f"{short_repr(make_network)}")
+    if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__"):
+        raise TypeError(f"depths must be a sequence of integers >= 1, got {short_repr(depths)}")
+    depths = [check_int("depths", d, 1, MAX_DEPTH) for d in list(depths)]
+    if not depths:
+        raise ValueError("depths is empty: give at least one depth")
+    check_finite("clip_value", clip_value)
+    if np.ndim(clip_value) != 0:
+        raise TypeError(f"clip_value must be one number for a sweep, got {short_repr(clip_value)}")
     rows = {k: [] for k in ("depth", "p_clip", "expected_norm", "shrink", "median_norm",
                             "mean_field_norm", "log_norm_var")}
     for d in depths:
-        r = clipping(make_network(int(d)), float(clip_value), q0, **kwargs)
+        net = make_network(d)
+        if not isinstance(net, Network):
+            raise TypeError(f"make_network({d}) must return a Network, got {short_repr(net)}")
+        r = clipping(net, float(clip_value), q0, **kwargs)
         rows["depth"].append(int(d))
         rows["p_clip"].append(float(r.p_clip.ravel()[0]))
         rows["expected_norm"].append(float(r.expected_norm.ravel()[0]))

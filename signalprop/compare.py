@@ -54,6 +54,21 @@ per unit of this beta at N = 512 and shrinks with N.)
 
 A theory profile that predicts its own finite-width bias can pass it as ``allowance={field:
 array}``, which replaces the default for that field.
+
+**q beyond the float range.** At extreme ``sigma_w^2`` or depth ``q^l`` leaves the normal float64
+range (gelu at sigma_w^2 = 1e-3, depth 120: theory ``q = 5e-324``, simulation 0 with se 0, an
+infinite excess; relu at 1e3: ``q = inf``, and near 1e308 ``kappa |t| beta`` overflows). Wherever
+the rule in units of q cannot be evaluated in float64 at some layer (theory or simulation q zero,
+subnormal or infinite, or a term of the rule overflowing), the whole q field is compared as
+``log_q`` instead, reported under the key ``log_q`` and said in ``rule``:
+
+    |log m - log t| <= sigmas * se_log + kappa * beta_fwd(l)     (log units),
+
+``se_log`` = the simulation's ``log_q_se`` (delta method, ``se(mean)/mean`` = ``q_se / q``; it is
+computed from the per-sample ``log q_hat``, so it exists where q does not; profiles without it
+fall back to ``q_se / q``). This is the rule in units of q divided by ``t`` to first order in
+``beta`` and ``se/q`` (``log(m/t) = (m - t)/t + O(((m - t)/t)^2)``), the order the rule is stated
+to. ``fields=["log_q"]`` asks for it explicitly.
 """
 
 from __future__ import annotations
@@ -65,12 +80,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._validate import check_int, check_nonnegative, check_positive, short_repr
+from .network import MAX_WIDTH
 from .results import Profile, _Result
 
-__all__ = ["compare", "Comparison", "beta", "expected_to_agree", "FIELDS", "BETA_LIMIT"]
+__all__ = ["compare", "Comparison", "beta", "expected_to_agree", "FIELDS", "ALL_FIELDS",
+           "BETA_LIMIT"]
 
 FIELDS = ("q", "c", "log_g", "log_G")
+#: every field compare accepts: FIELDS (the default ones) and ``log_q`` (q compared in logs).
+ALL_FIELDS = FIELDS + ("log_q",)
 BETA_LIMIT = 0.5
+#: the normal float64 range: q outside it (0, subnormal, inf) is compared as log q.
+_TINY, _HUGE = float(np.finfo(float).tiny), float(np.finfo(float).max)
 
 
 def beta(widths: Sequence[int]) -> float:
@@ -97,7 +119,8 @@ class Comparison(_Result):
     are excluded and counted in ``skipped``). ``max_abs_z``: the largest ``|z|``;
     ``max_excess``: the largest ``(|diff| - allowance) / se`` (the rule passes when it is
     <= ``sigmas``). ``verdict``: "agree", "disagree" or "inconclusive" (no finite standard error).
-    ``rule``: the rule in words."""
+    ``rule``: the rule in words. Where ``q`` leaves the float range the q field is compared as
+    ``log_q`` (module docstring) and appears in ``fields`` and the dicts under that key."""
 
     layers: np.ndarray
     fields: tuple
@@ -122,6 +145,28 @@ class Comparison(_Result):
     def agrees(self) -> bool:
         return self.verdict == "agree"
 
+    def __repr__(self) -> str:
+        """A summary: verdict, the largest |z| and excess of each field with its layer, beta and
+        the rule (the per-layer arrays stay in the attributes and in ``to_dict``)."""
+        per = []
+        for f in self.fields:
+            z = np.abs(np.asarray(self.z[f], float))
+            ok = np.isfinite(z)
+            if ok.any():
+                i = int(np.flatnonzero(ok)[np.argmax(z[ok])])
+                text = f"{f}: max |z| {z[i]:.3g} at layer {int(self.layers[i])}"
+            else:
+                text = f"{f}: no finite z"
+            bad = int(np.size(self.agree[f]) - np.count_nonzero(self.agree[f]))
+            if bad:
+                text += f", {bad} layer{'s' if bad > 1 else ''} outside the rule"
+            if self.skipped.get(f):
+                text += f", {self.skipped[f]} skipped"
+            per.append(text)
+        return (f"Comparison(verdict={self.verdict!r}, layers={len(self.layers)}, "
+                f"max_abs_z={self.max_abs_z:.3g}, max_excess={self.max_excess:.3g}, "
+                f"beta={self.beta:.3g}; {'; '.join(per)}; rule: {self.rule})")
+
     def worst(self) -> tuple:
         """(field, layer, z, excess) of the largest excess over the allowance."""
         best = (None, None, 0.0, -math.inf)
@@ -142,38 +187,142 @@ def _betas(widths, L):
     return fwd, bwd, float(inv.sum())
 
 
+def _scalar(name: str, value, positive: bool) -> float:
+    """A finite real number, > 0 (``positive``) or >= 0."""
+    arr = (check_positive if positive else check_nonnegative)(name, value)
+    if np.ndim(arr) != 0:
+        raise TypeError(f"{name} must be one real number, got {short_repr(value)}")
+    return float(arr)
+
+
+def _widths(widths, L: int) -> list:
+    """``[N_0..N_L]``: L + 1 integers in 1..MAX_WIDTH (beta = sum 1/N_l must be finite and
+    positive: widths of 0 gave beta = inf, which no rule may call agreement)."""
+    flat = (isinstance(widths, (list, tuple)) or (isinstance(widths, np.ndarray) and widths.ndim == 1))
+    if not flat or any(isinstance(w, (list, tuple, np.ndarray)) for w in widths):
+        raise TypeError(f"widths must be a sequence of L + 1 = {L + 1} integers >= 1, got "
+                        f"{short_repr(widths)}")
+    if len(widths) != L + 1:
+        raise ValueError(f"widths must have L + 1 = {L + 1} entries, got {len(widths)}")
+    return [check_int("widths", w, 1, MAX_WIDTH) for w in widths]
+
+
+def _allowances(allowance, L: int) -> dict:
+    """``{field: per-layer array}`` of finite values >= 0, one value or one per layer."""
+    if allowance is None:
+        return {}
+    if not isinstance(allowance, dict):
+        raise TypeError(f"allowance must be a dict {{field: per-layer array}}, got "
+                        f"{short_repr(allowance)}")
+    out = {}
+    for f, a in allowance.items():
+        if f not in ALL_FIELDS:
+            raise ValueError(f"allowance keys must be among {', '.join(ALL_FIELDS)}, got "
+                             f"{short_repr(f)}")
+        arr = check_nonnegative(f"allowance[{f!r}]", a)
+        if arr.ndim > 1 or arr.size not in (1, L):
+            raise ValueError(f"allowance[{f!r}] must be one value or one per layer ({L}), got "
+                             f"shape {arr.shape}")
+        out[f] = np.broadcast_to(np.asarray(arr, float).ravel() if arr.ndim else arr, (L,)).copy()
+    return out
+
+
+def _log_q_se(simulation: Profile) -> np.ndarray:
+    """The simulation's standard error of ``log q``: its ``log_q_se``, else ``q_se / q`` (delta
+    method) where q is finite and > 0 (nan elsewhere)."""
+    if simulation.log_q_se is not None:
+        return np.asarray(simulation.log_q_se, float)
+    q, se = np.asarray(simulation.q, float), np.asarray(simulation.q_se, float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where(np.isfinite(q) & (q > 0), se / q, np.nan)
+
+
+def _q_outside_float_range(t: np.ndarray, m: np.ndarray, se: np.ndarray, a: np.ndarray,
+                           sigmas: float) -> np.ndarray:
+    """Layers where the rule in units of q cannot be evaluated in float64: theory or simulation q
+    is not a normal number (0, subnormal, inf), or ``|m - t|``, ``sigmas se`` or the allowance
+    overflows. (A standard error of nan, e.g. one sample, is no reason: it means no se.)"""
+    with np.errstate(over="ignore", invalid="ignore"):
+        normal = (t >= _TINY) & (t <= _HUGE) & (m >= _TINY) & (m <= _HUGE)
+        terms = np.isfinite(np.abs(m - t)) & ~np.isinf(sigmas * se) & np.isfinite(a)
+    return ~(normal & terms)
+
+
+def _field_arrays(f: str, theory: Profile, simulation: Profile, base: dict, kappa: float,
+                  sigmas: float, allowance: dict) -> tuple:
+    """``(key, t, m, se, a)`` of one requested field; ``q`` becomes ``log_q`` where it leaves the
+    float range (module docstring)."""
+    if f in ("q", "log_q"):
+        if f == "q":
+            t = np.asarray(theory.q, float)
+            m = np.asarray(simulation.q, float)
+            se = np.asarray(simulation.q_se, float)
+            with np.errstate(over="ignore", invalid="ignore"):     # 0 * inf: checked below
+                a = allowance["q"] if "q" in allowance else kappa * np.abs(t) * base["q"]
+            out = _q_outside_float_range(t, m, se, a, sigmas)
+            if not out.any():
+                return "q", t, m, se, a
+            if "q" in allowance:
+                raise ValueError(f"allowance['q'] is in units of q, which leaves the float range "
+                                 f"at {int(out.sum())} layers, so q is compared as log_q: give "
+                                 "allowance['log_q'] (log units) instead")
+        a = allowance["log_q"] if "log_q" in allowance else kappa * base["q"]
+        return ("log_q", np.asarray(theory.log_q, float), np.asarray(simulation.log_q, float),
+                _log_q_se(simulation), a)
+    t = np.asarray(getattr(theory, f), float)
+    m = np.asarray(getattr(simulation, f), float)
+    se = np.asarray(getattr(simulation, f + "_se"), float)
+    if f in allowance:
+        a = allowance[f]
+    else:
+        a = kappa * base[f]
+    return f, t, m, se, a
+
+
 def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[str]] = None,
             sigmas: float = 4.0, kappa: float = 2.0, widths: Optional[Sequence[int]] = None,
             allowance: Optional[dict] = None) -> Comparison:
     """Compare ``theory`` (no standard errors needed) with ``simulation`` (a Monte Carlo profile).
 
-    fields: which of ``q``, ``c``, ``log_g``, ``log_G`` to compare (default: all that both have).
+    fields: which of ``q``, ``c``, ``log_g``, ``log_G`` to compare (default: all that both have),
+    or ``log_q`` (q in logs, which ``q`` turns into where q leaves the float range).
     sigmas: standard errors allowed (4, CONVENTIONS.md). kappa: the allowance constant (module
-    docstring). widths: ``[N_0..N_L]`` (default: ``simulation.meta["widths"]``). allowance: optional
-    ``{field: per-layer array}`` replacing the default allowance of those fields.
+    docstring). widths: ``[N_0..N_L]``, integers >= 1 (default: ``simulation.meta["widths"]``).
+    allowance: optional ``{field: one value or per-layer array}``, finite and >= 0, replacing the
+    default allowance of those fields. ``fields`` may be one name.
     Raises ValueError when the profiles have different layers or the simulation lacks standard
     errors for a requested field."""
     if not isinstance(theory, Profile) or not isinstance(simulation, Profile):
-        raise TypeError("compare needs two Profile objects (theory, simulation)")
+        which = "theory" if not isinstance(theory, Profile) else "simulation"
+        raise TypeError(f"compare needs two Profile objects: {which} is "
+                        f"{short_repr(theory if which == 'theory' else simulation)}")
     layers = np.asarray(simulation.layers)
     if len(theory.layers) != len(layers) or np.any(np.asarray(theory.layers) != layers):
         raise ValueError(f"theory has layers 1..{len(theory.layers)} and simulation 1..{len(layers)}; "
                          "they must describe the same network")
-    if not (isinstance(sigmas, (int, float)) and sigmas > 0):
-        raise ValueError(f"sigmas must be > 0, got {sigmas!r}")
-    if not (isinstance(kappa, (int, float)) and kappa >= 0):
-        raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+    sigmas = _scalar("sigmas", sigmas, positive=True)
+    kappa = _scalar("kappa", kappa, positive=False)
+    if isinstance(fields, str):
+        fields = [fields]
     if fields is None:
         fields = [f for f in FIELDS if getattr(theory, f) is not None
                   and getattr(simulation, f) is not None]
     else:
+        if not isinstance(fields, (list, tuple)):
+            raise TypeError(f"fields must be a list of field names ({', '.join(ALL_FIELDS)}), "
+                            f"got {short_repr(fields)}")
         fields = list(fields)
+        if not fields:
+            raise ValueError(f"fields must name at least one of {', '.join(ALL_FIELDS)}")
         for f in fields:
-            if f not in FIELDS:
-                raise ValueError(f"fields must be among {', '.join(FIELDS)}, got {f!r}")
+            if not isinstance(f, str) or f not in ALL_FIELDS:
+                raise ValueError(f"fields must be among {', '.join(ALL_FIELDS)}, got "
+                                 f"{short_repr(f)}")
             if getattr(theory, f) is None or getattr(simulation, f) is None:
                 raise ValueError(f"field {f!r} is missing from the theory or the simulation profile")
     for f in fields:
+        if f == "log_q" and simulation.log_q_se is None and simulation.q_se is not None:
+            continue                                  # q_se / q serves (delta method)
         if getattr(simulation, f + "_se") is None:
             raise ValueError(f"simulation has no {f}_se: it is not a Monte Carlo profile")
     if widths is None:
@@ -181,10 +330,8 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
         if widths is None:
             raise ValueError("widths are needed for the finite-width allowance: pass widths=[N_0..N_L] "
                              "or a simulation whose meta has 'widths'")
-    widths = [int(w) for w in widths]
     L = len(layers)
-    if len(widths) != L + 1:
-        raise ValueError(f"widths must have L + 1 = {L + 1} entries, got {len(widths)}")
+    widths = _widths(widths, L)
     B = simulation.meta.get("batch_size") if isinstance(simulation.meta, dict) else None
     if B is not None and B < 6:
         warnings.warn(f"batch_size {B} < 6: the gradient's per-layer factor B/r^2 (r^2 ~ chi^2_(B-1)) "
@@ -192,19 +339,16 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
                       "sample means scatter low", RuntimeWarning, stacklevel=2)
     bfwd, bbwd, btot = _betas([w / (B or 1) for w in widths], L)
     base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot)}
-    allowance = dict(allowance or {})
+    allowance = _allowances(allowance, L)
     out = {k: {} for k in ("theory", "simulation", "se", "diff", "z", "allowance", "agree", "skipped")}
     max_z, max_ex, any_se, disagree = 0.0, -math.inf, False, False
-    for f in fields:
-        t = np.asarray(getattr(theory, f), float)
-        m = np.asarray(getattr(simulation, f), float)
-        se = np.asarray(getattr(simulation, f + "_se"), float)
-        if f in allowance:
-            a = np.broadcast_to(np.asarray(allowance[f], float), (L,)).copy()
-        elif f == "q":
-            a = kappa * np.abs(t) * base[f]
-        else:
-            a = kappa * base[f]
+    compared, q_in_logs = [], False
+    for name in fields:
+        f, t, m, se, a = _field_arrays(name, theory, simulation, base, kappa, sigmas, allowance)
+        q_in_logs = q_in_logs or (name == "q" and f == "log_q")
+        if f in compared:                              # "q" turned into a "log_q" also asked for
+            continue
+        compared.append(f)
         ok = np.isfinite(t) & np.isfinite(m)
         with np.errstate(invalid="ignore", divide="ignore"):
             d = m - t
@@ -228,9 +372,13 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
             f"kappa = {kappa:g} (times |theory| for q; log units for log_g, log_G; absolute for c); "
             "beta_l = sum of 1/N_k over k = 1..l (q, c), k = l..L (log_g), k = 1..L (log_G)"
             + (f"; batch normalisation: B/N_k with B = {B}" if B else ""))
+    if "log_q" in compared:
+        rule += ("; q compared as log_q (se = the standard error of log q, q_se/q; allowance "
+                 "kappa beta_l in log units)"
+                 + (": q leaves the float64 normal range" if q_in_logs else ""))
     if allowance:
         rule += f"; allowance given by the caller for {', '.join(sorted(allowance))}"
-    return Comparison(layers=layers, fields=tuple(fields), max_abs_z=max_z,
+    return Comparison(layers=layers, fields=tuple(compared), max_abs_z=max_z,
                       max_excess=max_ex if math.isfinite(max_ex) else 0.0, verdict=verdict,
                       rule=rule, sigmas=float(sigmas), kappa=float(kappa), beta=btot,
                       meta={"widths": widths,

@@ -122,10 +122,11 @@ import numpy as np
 from scipy import special, stats
 
 from . import gaussian
-from ._validate import check_finite, check_int, check_positive
+from ._validate import (_as_float_array, check_finite, check_int, check_memory, finite_scalar,
+                        positive_scalar, short_repr)
 from .activations import Activation
 from .meanfield import predict
-from .network import Dense, Network
+from .network import MAX_WIDTH, Dense, Network
 from .results import _Result
 
 __all__ = ["LogNormalLaw", "FiniteWidthProfile", "finite_width", "chi2_factor", "relu_factor",
@@ -156,6 +157,41 @@ def _skew_coefficient(skew: float) -> float:
     return math.copysign(brentq(f, 0.0, 10.0, xtol=1e-15), skew)
 
 
+def _safe_exp(x: float) -> float:
+    """exp(x), inf where it exceeds float64 (instead of OverflowError)."""
+    return math.exp(x) if x < 709.78 else math.inf
+
+
+def _scaled_gauss_integral(factor: float, log_scale: float, a, b, lo, hi,
+                           direct: bool = True) -> float:
+    """``factor exp(log_scale) int_lo^hi exp(a z + b z^2) phi(z) dz`` (inf where 1 - 2b <= 0).
+
+    Directly while the factors fit in float64; otherwise in logs: with ``d = 1 - 2b``,
+    ``m = a/d``, the integral is ``exp(a^2/(2d)) / sqrt(d) (Phi(sqrt(d)(hi - m)) -
+    Phi(sqrt(d)(lo - m)))`` (complete the square), whose logarithm is formed with ``log_ndtr``
+    (on the side of the smaller tail). The result is inf only where the value exceeds float64."""
+    d = 1.0 - 2.0 * b
+    if d <= 0:
+        return math.inf
+    log_pref = 0.5 * a * a / d - 0.5 * math.log(d)
+    if direct and abs(log_scale) < 700 and log_pref < 700:
+        return factor * math.exp(log_scale) * _gauss_quad_integral(a, b, lo, hi)
+    if factor == 0:
+        return 0.0
+    m, sd = a / d, math.sqrt(d)
+    u_lo, u_hi = sd * (lo - m), sd * (hi - m)
+    if u_hi <= u_lo:
+        return 0.0
+    if u_lo > 0:  # both in the upper tail: Phi(u_hi) - Phi(u_lo) = Phi(-u_lo) - Phi(-u_hi)
+        big, small = float(special.log_ndtr(-u_lo)), float(special.log_ndtr(-u_hi))
+    else:
+        big, small = float(special.log_ndtr(u_hi)), float(special.log_ndtr(u_lo))
+    if big == -math.inf:
+        return 0.0
+    log_diff = big + math.log1p(-math.exp(small - big)) if small < big else -math.inf
+    return _safe_exp(math.log(factor) + log_scale + log_pref + log_diff)
+
+
 def _gauss_quad_integral(a, b, lo, hi):
     """int_lo^hi exp(a z + b z^2) phi(z) dz (1 - 2b > 0; lo, hi may be infinite)."""
     d = 1.0 - 2.0 * b
@@ -165,6 +201,14 @@ def _gauss_quad_integral(a, b, lo, hi):
     s = math.sqrt(d)
     pref = math.exp(0.5 * a * a / d) / s
     return pref * float(special.ndtr(s * (hi - m)) - special.ndtr(s * (lo - m)))
+
+
+def _real_array(name: str, x) -> np.ndarray:
+    """``x`` as a float array of real numbers, +-inf allowed, NaN refused."""
+    arr = _as_float_array(name, x)
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} must not be nan, got {short_repr(x)}")
+    return arr
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,8 +233,9 @@ class LogNormalLaw(_Result):
 
     def __post_init__(self):
         for name in ("mu", "sigma2", "p0", "skew"):
-            check_finite(name, getattr(self, name))
-            object.__setattr__(self, name, float(getattr(self, name)))
+            object.__setattr__(self, name, finite_scalar(name, getattr(self, name)))
+        if not isinstance(self.label, str):
+            raise TypeError(f"label must be a string, got {short_repr(self.label)}")
         if self.sigma2 < 0:
             raise ValueError(f"sigma2 must be >= 0, got {self.sigma2!r}")
         if not 0.0 <= self.p0 < 1.0:
@@ -215,7 +260,7 @@ class LogNormalLaw(_Result):
 
     def scaled(self, factor: float, label: str = "") -> "LogNormalLaw":
         """The law of ``factor * X`` (factor > 0)."""
-        factor = float(check_positive("factor", factor))
+        factor = positive_scalar("factor", factor)
         return LogNormalLaw(self.mu + math.log(factor), self.sigma2, self.p0, label or self.label,
                             self.skew)
 
@@ -254,10 +299,11 @@ class LogNormalLaw(_Result):
 
     # moments: E[X^n | X > 0] = e^{n (mu - s c)} int exp(n s z + n s c z^2) phi(z) dz
     def moment(self, n: float) -> float:
-        """E[X^n] (n > 0; inf where it diverges)."""
+        """E[X^n] (n > 0; inf where it diverges or exceeds float64)."""
+        n = positive_scalar("n", n)
         a, b = n * self._s, n * self._s * self._c
-        return (1.0 - self.p0) * math.exp(n * (self.mu - self._s * self._c)) * \
-            _gauss_quad_integral(a, b, -math.inf, math.inf)
+        return _scaled_gauss_integral(1.0 - self.p0, n * (self.mu - self._s * self._c), a, b,
+                                                        -math.inf, math.inf)
 
     def mean(self) -> float:
         return self.moment(1)
@@ -274,21 +320,21 @@ class LogNormalLaw(_Result):
 
     def cdf(self, x):
         """P(X <= x)."""
-        x = np.asarray(x, float)
+        x = _real_array("x", x)
         z = self._z_of_logx(self._lx(x))
         out = self.p0 + (1.0 - self.p0) * special.ndtr(np.where(np.isnan(z), -np.inf, z))
         return np.where(x >= 0, out, 0.0)
 
     def sf(self, x):
         """P(X > x)."""
-        x = np.asarray(x, float)
+        x = _real_array("x", x)
         z = self._z_of_logx(self._lx(x))
         out = (1.0 - self.p0) * special.ndtr(-np.where(np.isnan(z), -np.inf, z))
         return np.where(x >= 0, out, 1.0)
 
     def logpdf(self, x):
         """Log density of the continuous part (which integrates to ``1 - p0``)."""
-        x = np.asarray(x, float)
+        x = _real_array("x", x)
         lx = self._lx(x)
         z = self._z_of_logx(lx)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -302,9 +348,10 @@ class LogNormalLaw(_Result):
 
     def ppf(self, p):
         """Quantile: the smallest x with P(X <= x) >= p."""
+        check_finite("p", p)
         p = np.asarray(p, float)
         if np.any((p < 0) | (p > 1)):
-            raise ValueError("ppf needs probabilities in [0, 1]")
+            raise ValueError(f"p must lie in [0, 1] (probabilities), got {short_repr(p)}")
         r = (p - self.p0) / (1.0 - self.p0)
         with np.errstate(invalid="ignore", over="ignore"):
             x = np.exp(self._y_of_z(special.ndtri(np.clip(r, 0.0, 1.0))))
@@ -312,15 +359,26 @@ class LogNormalLaw(_Result):
 
     def isf(self, p):
         """Inverse survival function: ``ppf(1 - p)``."""
+        check_finite("p", p)
         return self.ppf(1.0 - np.asarray(p, float))
 
     def interval(self, confidence: float):
-        """Equal-tailed interval holding ``confidence`` of the mass."""
+        """Equal-tailed interval holding ``confidence`` (in [0, 1]) of the mass."""
+        confidence = finite_scalar("confidence", confidence)
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(f"confidence must lie in [0, 1], got {confidence!r}")
         a = 0.5 * (1.0 - confidence)
         return self.ppf(a), self.ppf(1.0 - a)
 
     def rvs(self, size=None, random_state=None):
-        """Random draws (``random_state``: None, an int seed or a numpy Generator)."""
+        """Random draws (``size``: None, an int >= 0 or a tuple of them; ``random_state``: None,
+        an int seed >= 0 or a numpy Generator)."""
+        if size is not None:
+            sizes = size if isinstance(size, tuple) else (size,)
+            size = tuple(check_int("size", n, 0) for n in sizes)
+            check_memory(f"rvs(size={size})", 16.0 * math.prod(size))
+        if random_state is not None and not isinstance(random_state, np.random.Generator):
+            random_state = check_int("random_state", random_state, 0)
         rng = np.random.default_rng(random_state)
         x = np.exp(self._y_of_z(rng.standard_normal(size)))
         if self.p0 > 0:
@@ -328,7 +386,8 @@ class LogNormalLaw(_Result):
         return x
 
     def partial_mean(self, c: float) -> float:
-        """E[X; 0 < X <= c]."""
+        """E[X; 0 < X <= c] (0 for c <= 0)."""
+        c = finite_scalar("c", c)
         if c <= 0:
             return 0.0
         zc = float(self._z_of_logx(math.log(c)))
@@ -337,19 +396,19 @@ class LogNormalLaw(_Result):
         if hi <= lo:
             return 0.0
         a, b = self._s, self._s * self._c
-        return (1.0 - self.p0) * math.exp(self.mu - self._s * self._c) * \
-            _gauss_quad_integral(a, b, lo, hi)
+        return _scaled_gauss_integral(1.0 - self.p0, self.mu - self._s * self._c, a, b, lo, hi)
 
     def partial_inverse_mean(self, c: float) -> float:
         """E[1/X; X > c] (c > 0)."""
+        c = positive_scalar("c", c)
         zc = float(self._z_of_logx(math.log(c)))
         hi = self._fold() if self._c < 0 else math.inf
         lo = max(zc, self._fold()) if self._c > 0 else zc
         if hi <= lo:
             return 0.0
         a, b = -self._s, -self._s * self._c
-        return (1.0 - self.p0) * math.exp(-(self.mu - self._s * self._c)) * \
-            _gauss_quad_integral(a, b, lo, hi)
+        return _scaled_gauss_integral(1.0 - self.p0, -(self.mu - self._s * self._c), a, b,
+                                                        lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +417,7 @@ class LogNormalLaw(_Result):
 
 def _check_width(name: str, n) -> int:
     try:
-        return check_int(name, n, 1)
+        return check_int(name, n, 1, MAX_WIDTH)
     except TypeError:
         raise ValueError(f"{name} must be an integer >= 1 (beta = sum 1/N needs finite positive "
                          f"widths), got {n!r}") from None
@@ -424,11 +483,18 @@ def hanin_nica_beta(widths: Sequence[int], p: float = 0.5) -> float:
     fourth-moment term vanishes; ReLU: p = 1/2, beta = 5 sum 1/n_i). ``widths``: the widths whose
     Bernoulli(p) masks the product crosses. Raises ValueError for an empty list or widths that are
     not integers >= 1 (beta undefined)."""
-    ws = list(np.atleast_1d(np.asarray(widths, dtype=object)))
+    if isinstance(widths, Network):
+        raise TypeError(f"widths must be a sequence of layer widths (e.g. network.widths[1:]), "
+                        f"got {short_repr(widths)}")
+    if isinstance(widths, (list, tuple, np.ndarray)) and \
+            any(isinstance(w, (list, tuple, np.ndarray)) for w in widths):
+        raise ValueError(f"widths must be an integer or a flat sequence of integers, got "
+                         f"{short_repr(widths)}")
+    ws = list(np.atleast_1d(np.asarray(widths, dtype=object)).ravel())
     if not ws:
-        raise ValueError("beta needs at least one width")
+        raise ValueError("beta needs at least one width (widths is empty)")
     ws = [_check_width("width", w) for w in ws]
-    p = float(p)
+    p = finite_scalar("p", p)
     if not 0.0 < p <= 1.0:
         raise ValueError(f"p must lie in (0, 1], got {p!r}")
     return (3.0 / p - 1.0) * sum(1.0 / w for w in ws)
@@ -689,7 +755,7 @@ def _build_model(network: Network, log_q: np.ndarray) -> _Model:
     for i, la in enumerate(layers):
         key = id(la.activation)
         if key not in tables:
-            own = lq[[j for j, lb in enumerate(layers) if lb.activation is la.activation]]
+            own = lq[[j for j, lb in enumerate(layers) if lb.activation == la.activation]]
             tables[key] = _stats_table(la.activation, lo, hi, (float(own.min()), float(own.max())))
         stats_of.append(tables[key])
     # mean-field statistics of every layer, grouped by activation
@@ -926,9 +992,9 @@ class FiniteWidthProfile(_Result):
     finite-width ones: ``log_q_mean``, ``log_q_var`` (E and Var of ``log q_hat^l``),
     ``log_g_mean``, ``log_g_var`` (of ``log g_hat^l``), ``log_G_mean``, ``log_G_var`` (of
     ``log G_hat^l``), all given the network is alive (``X > 0``); ``q_m2``, ``g_m2``:
-    ``E[X^2]/E[X]^2`` of ``q_hat^l``, ``g_hat^l``; ``beta`` (backward, Hanin & Nica) and
-    ``beta_fwd``; ``p_zero_q``, ``p_zero_g``, ``p_zero_G``: probabilities that the quantity is exactly
-    0 (a dead ReLU layer); ``exact``: which fields are exact (``"q"``, ``"g"``) rather than the §2
+    ``E[X^2]/E[X]^2`` of ``q_hat^l``, ``g_hat^l`` (inf where the ratio exceeds float64);
+    ``beta`` (backward, Hanin & Nica) and ``beta_fwd``; ``p_zero_q``, ``p_zero_g``, ``p_zero_G``:
+    probabilities that the quantity is exactly 0 (a dead ReLU layer); ``exact``: which fields are exact (``"q"``, ``"g"``) rather than the §2
     approximation; ``regime`` and ``note``: where mean-field theory stands (§3).
     Laws: :meth:`grad_law`, :meth:`weight_grad_law`, :meth:`forward_law`, :meth:`hanin_nica_law`.
     """
@@ -998,6 +1064,22 @@ class FiniteWidthProfile(_Result):
         return LogNormalLaw(self.log_g[i] - 0.5 * b, b, 0.0, f"Hanin-Nica law of g_hat^{layer}")
 
 
+def _check_q_range(network: Network, log_q: np.ndarray) -> None:
+    """ValueError unless the mean-field ``q^l`` is finite and nonzero, and within [1e-100, 1e100]
+    for every activation that is not linear or ReLU: the moment tables need ``E[h^6] = 15 q^3``
+    and its kin as positive float64 numbers (q >= 1e-100), and end at 1e100 (beyond it a
+    saturating activation's statistics keep changing, e.g. tanh's kappa grows like sqrt(q))."""
+    lq = np.asarray(log_q, float)
+    lo, hi = 3.0 * math.log(_Q_LO) / 6.0, math.log(_Q_HI)
+    for i, la in enumerate(network.layers):
+        general = _kind(la.activation) == "general"
+        if not np.isfinite(lq[i]) or (general and not lo <= lq[i] <= hi):
+            raise ValueError(f"the mean-field q^{i + 1} of this network is "
+                             f"10^{lq[i] / math.log(10):.4g}, outside the range [1e-100, 1e100] where "
+                             f"finite_width's laws for {la.activation.name} are tabulated: choose "
+                             "q0, sigma_w2 and sigma_b2 that keep q^l in range")
+
+
 def _check_network(network) -> None:
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
@@ -1040,7 +1122,9 @@ def finite_width(network: Network, q0: float = 1.0) -> FiniteWidthProfile:
     ``network``: an :func:`~signalprop.network.mlp` with Gaussian weights (any widths, biases and
     activations with finite moments up to order 6); ``q0``: input second moment. Exact (§1) for
     linear layers and for ReLU without bias; otherwise the §2 approximation. Raises ValueError for
-    non-Gaussian weights or an activation without the needed Gaussian moments.
+    non-Gaussian weights, an activation without the needed Gaussian moments, or (activations
+    other than linear and ReLU) a mean-field ``q^l`` outside [1e-100, 1e100], where the moment
+    tables end (:func:`_check_q_range`).
     """
     return _finite_width(network, q0)[0]
 
@@ -1048,8 +1132,9 @@ def finite_width(network: Network, q0: float = 1.0) -> FiniteWidthProfile:
 def _finite_width(network: Network, q0: float = 1.0) -> tuple:
     """(:class:`FiniteWidthProfile`, the :class:`_Model` behind it)."""
     _check_network(network)
-    q0 = float(check_positive("q0", q0))
+    q0 = positive_scalar("q0", q0)
     mf = predict(network, q0=q0)
+    _check_q_range(network, mf.log_q)
     mod = _build_model(network, mf.log_q)
     mom = _moments_per_layer(mod)
     loc = mod.mf
@@ -1057,26 +1142,27 @@ def _finite_width(network: Network, q0: float = 1.0) -> tuple:
     n = network.widths[1:].astype(float)
     kinds = [_kind(la.activation) for la in network.layers]
     no_bias = all(la.sigma_b2 == 0 for la in network.layers)
-    # fourth-moment recursions
-    g_m2 = np.empty(L)
-    acc = 1.0 + 2.0 / n[-1]
-    g_m2[-1] = acc
-    for i in range(L - 2, -1, -1):
-        acc *= 1.0 + (3.0 * loc["kappa"][i] - 1.0) / n[i]
-        g_m2[i] = acc
-    beta = np.empty(L)
-    beta[-1] = 2.0 / n[-1]
-    beta[:-1] = 2.0 / n[-1] + np.cumsum(((3.0 * loc["kappa"][:-1] - 1.0) / n[:-1])[::-1])[::-1]
-    q_m2 = np.empty(L)
-    beta_fwd = np.empty(L)
-    r, bf = 0.0, 0.0
-    for i in range(L):
-        q_m2[i] = (1.0 + r) * (1.0 + 2.0 / n[i])
-        beta_fwd[i] = bf + 2.0 / n[i]
-        if i < L - 1:
-            wi, Ai = loc["w"][i], loc["A"][i]
-            r = wi * wi * (Ai * Ai * r + (1.0 + Ai * Ai * r) * (loc["kappa_p"][i] - 1.0) / n[i])
-            bf = wi * wi * (Ai * Ai * bf + (loc["kappa_p"][i] - 1.0) / n[i])
+    # fourth-moment recursions (inf where a ratio exceeds float64)
+    with np.errstate(over="ignore"):
+        g_m2 = np.empty(L)
+        acc = 1.0 + 2.0 / n[-1]
+        g_m2[-1] = acc
+        for i in range(L - 2, -1, -1):
+            acc *= 1.0 + (3.0 * loc["kappa"][i] - 1.0) / n[i]
+            g_m2[i] = acc
+        beta = np.empty(L)
+        beta[-1] = 2.0 / n[-1]
+        beta[:-1] = 2.0 / n[-1] + np.cumsum(((3.0 * loc["kappa"][:-1] - 1.0) / n[:-1])[::-1])[::-1]
+        q_m2 = np.empty(L)
+        beta_fwd = np.empty(L)
+        r, bf = 0.0, 0.0
+        for i in range(L):
+            q_m2[i] = (1.0 + r) * (1.0 + 2.0 / n[i])
+            beta_fwd[i] = bf + 2.0 / n[i]
+            if i < L - 1:
+                wi, Ai = loc["w"][i], loc["A"][i]
+                r = wi * wi * (Ai * Ai * r + (1.0 + Ai * Ai * r) * (loc["kappa_p"][i] - 1.0) / n[i])
+                bf = wi * wi * (Ai * Ai * bf + (loc["kappa_p"][i] - 1.0) / n[i])
     pq, pg, pG, p_dead = _zero_probabilities(network, loc["p_off"])
     homogeneous = all(k in ("linear", "relu") for k in kinds)
     exact = []
@@ -1087,16 +1173,17 @@ def _finite_width(network: Network, q0: float = 1.0) -> tuple:
     bmax = float(np.max(beta))
     regime = regime_of_beta(bmax)
     ratio = L / float(np.mean(n))
+    spread = _safe_exp(2 * math.sqrt(bmax))
     note = (f"beta = {bmax:.3g} at layer 1 (depth/width = {ratio:.3g}): "
             + {"mean-field": "mean-field theory describes a typical network (median within "
                              f"{100 * (1 - math.exp(-bmax / 2)):.1f}%).",
                "finite-width": "finite-width corrections matter: the median gradient is "
                                f"{math.exp(-bmax / 2):.3g} x mean-field and the central 68% spans "
-                               f"a factor {math.exp(2 * math.sqrt(bmax)):.3g}.",
+                               f"a factor {spread:.3g}.",
                "mean-field breaks": "mean-field theory no longer describes a typical network "
                                     f"(beta >= {BETA_BREAKS:g}; the median gradient is "
                                     f"{math.exp(-bmax / 2):.3g} x mean-field, the central 68% "
-                                    f"spans a factor {math.exp(2 * math.sqrt(bmax)):.3g})."}[regime])
+                                    f"spans a factor {spread:.3g})."}[regime])
     if float(np.min(n)) < 10:
         note += " Some layers are narrower than 10 units: the log-normal shape is only rough there."
     if p_dead > 1e-3:
@@ -1222,6 +1309,17 @@ def _breakpoint_network(network: Network, r: float, rng: np.random.Generator):
     return np.array(frac), np.array(dead), const
 
 
+def _check_dead_work(network: Network, samples: int, points: int) -> None:
+    """Refuse up front a Monte Carlo of :func:`dead_probability` that cannot fit in memory: its
+    per-sample arrays (``samples x (L + 2)``), the ``points x N_0`` inputs, and one sampled
+    network's dense ``N_l x N_{l-1}`` weights with its ``points x N_l`` pre-activations."""
+    w = [int(x) for x in network.widths]
+    n_pts = 2 if w[0] == 1 else points
+    per_net = max(a * b + 2 * n_pts * b for a, b in zip(w[:-1], w[1:])) * 8.0
+    check_memory(f"dead_probability(samples={samples}, points={points}) on widths up to {max(w)}",
+                 samples * (network.depth + 2) * 8.0 + n_pts * w[0] * 8.0 + per_net)
+
+
 def dead_probability(network: Network, *, samples: int = 0, seed: int = 0, radius: float = 1.0,
                      points: int = 256) -> DeadNetwork:
     """Probability that a ReLU network is dead at initialisation (Lu et al. 2019).
@@ -1248,6 +1346,11 @@ def dead_probability(network: Network, *, samples: int = 0, seed: int = 0, radiu
     """
     _check_network(network)
     samples = check_int("samples", samples, 0)
+    seed = check_int("seed", seed, 0)
+    radius = positive_scalar("radius", radius)
+    points = check_int("points", points, 1)
+    if samples:
+        _check_dead_work(network, samples, points)
     relu = _relu_layers(network)
     L = network.depth
     n = network.widths[1:].astype(float)
@@ -1271,7 +1374,6 @@ def dead_probability(network: Network, *, samples: int = 0, seed: int = 0, radiu
                            meta={"source": "dead_probability"})
     rng = np.random.default_rng(seed)
     n0 = network.input_width
-    radius = float(check_positive("radius", radius))
     fr = np.zeros((samples, L))
     born = np.zeros(samples, bool)
     point = np.zeros(samples, bool)

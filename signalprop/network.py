@@ -36,17 +36,20 @@ in a batch mode of its own) are further kinds with the same rules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from ._validate import check_finite, check_int, check_nonnegative, check_positive
+from ._validate import (check_choice, check_int, nonnegative_scalar, positive_scalar,
+                        short_repr)
 from .activations import Activation, activation
 
 _activation = activation
 
-__all__ = ["Dense", "Nonlinearity", "Network", "Step", "mlp", "init_sigma_w2", "WEIGHTS", "INITS"]
+__all__ = ["Dense", "Nonlinearity", "Network", "Step", "mlp", "init_sigma_w2", "WEIGHTS", "INITS",
+           "MAX_DEPTH", "MAX_WIDTH"]
 
 
 class Step(NamedTuple):
@@ -62,24 +65,45 @@ WEIGHTS = ("gaussian", "orthogonal", "uniform")
 INITS = ("lecun", "he", "kaiming", "xavier", "glorot", "orthogonal")
 
 
+#: deepest network :func:`mlp` builds: every layer is a Python object of about 170 bytes (depth
+#: 10^6 is about 170 MB and takes seconds to build; predict's promised depth is 10^5).
+MAX_DEPTH = 10 ** 6
+#: widest layer :func:`mlp` accepts: beyond it every finite-width correction (O(1/N)) is below
+#: float64 resolution of the quantities reported, and widths must stay exact int64 values.
+MAX_WIDTH = 10 ** 9
+
+
 def init_sigma_w2(init: str, fan_in: int, fan_out: int, gain: float = 1.0) -> float:
     """sigma_w^2 of a named initialisation (CONVENTIONS.md table; variance = sigma_w^2 / fan_in).
 
     lecun: 1 (LeCun et al. 1998); he/kaiming: 2 (He et al. 2015, eq. 10);
     xavier/glorot: 2 fan_in / (fan_in + fan_out) (Glorot & Bengio 2010, eq. 16);
-    orthogonal: gain^2 (Saxe et al. 2014). ``gain`` multiplies the standard deviation of every scheme.
+    orthogonal: gain^2 (Saxe et al. 2014). ``gain`` (finite, > 0) multiplies the standard
+    deviation of every scheme; ``fan_in``, ``fan_out``: integers >= 1.
     """
-    key = init.lower() if isinstance(init, str) else init
-    g2 = float(gain) ** 2
+    if not isinstance(init, str) or init.lower() not in INITS:
+        raise ValueError(f"unknown init {short_repr(init)}; known: {', '.join(INITS)}")
+    key = init.lower()
+    fan_in = check_int("fan_in", fan_in, 1)
+    fan_out = check_int("fan_out", fan_out, 1)
+    g2 = _gain_squared(gain)
     if key == "lecun":
         return g2
     if key in ("he", "kaiming"):
         return 2.0 * g2
     if key in ("xavier", "glorot"):
         return 2.0 * fan_in / (fan_in + fan_out) * g2
-    if key == "orthogonal":
-        return g2
-    raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    return g2  # orthogonal
+
+
+def _gain_squared(gain) -> float:
+    """gain^2 for a finite gain > 0 whose square is a positive float64 (else ValueError naming
+    gain: a zero or overflowing gain would otherwise surface as a bad sigma_w2)."""
+    g = positive_scalar("gain", gain)
+    g2 = g * g
+    if not (0.0 < g2 < math.inf):
+        raise ValueError(f"gain must satisfy 0 < gain^2 < 1.8e308 (a float64), got {gain!r}")
+    return g2
 
 
 @dataclass(frozen=True)
@@ -94,19 +118,18 @@ class Dense:
     weights: str = "gaussian"
 
     def __post_init__(self):
-        object.__setattr__(self, "width", check_int("width", self.width, 1))
+        object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
         if not isinstance(self.activation, Activation):
             object.__setattr__(self, "activation", activation(self.activation))
-        object.__setattr__(self, "sigma_w2", float(check_positive("sigma_w2", self.sigma_w2)))
-        object.__setattr__(self, "sigma_b2", float(check_nonnegative("sigma_b2", self.sigma_b2)))
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        object.__setattr__(self, "sigma_w2", positive_scalar("sigma_w2", self.sigma_w2))
+        object.__setattr__(self, "sigma_b2", nonnegative_scalar("sigma_b2", self.sigma_b2))
+        check_choice("weights", self.weights, WEIGHTS)
 
     needs_mean = False
 
     def same_rule(self, other) -> bool:
         """True when both layers map kernels identically (used to skip converged runs)."""
-        return (type(other) is Dense and other.activation is self.activation
+        return (type(other) is Dense and other.activation == self.activation
                 and other.sigma_w2 == self.sigma_w2 and other.sigma_b2 == self.sigma_b2)
 
     def check_input(self, n_in: int) -> None:
@@ -133,7 +156,7 @@ class Nonlinearity:
     _as_dense: Dense = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "width", check_int("width", self.width, 1))
+        object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
         if not isinstance(self.activation, Activation):
             object.__setattr__(self, "activation", activation(self.activation))
         # the Dense layer (sigma_w^2 = 1, sigma_b^2 = 0) whose step this layer's is, built once
@@ -142,7 +165,7 @@ class Nonlinearity:
     needs_mean = False
 
     def same_rule(self, other) -> bool:
-        return type(other) is Nonlinearity and other.activation is self.activation
+        return type(other) is Nonlinearity and other.activation == self.activation
 
     def check_input(self, n_in: int) -> None:
         if n_in != self.width:
@@ -173,15 +196,65 @@ def _dense_step():
 _DENSE_STEP = None
 
 
-@dataclass(frozen=True)
+def _act_label(act) -> str:
+    """``tanh``, ``leaky_relu(slope=0.2)``, or a custom expression cut to 40 characters."""
+    name = str(getattr(act, "name", act))
+    if name == "custom" and getattr(act, "expr", None) is not None:
+        name = str(act.expr)
+    params = getattr(act, "params", None) or {}
+    if params:
+        name += "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}"
+                                for k, v in params.items()) + ")"
+    return name if len(name) <= 40 else name[:36] + " ..."
+
+
+def _layer_label(layer) -> str:
+    """A short description of one layer for :meth:`Network.__repr__`."""
+    if type(layer) is Dense:
+        w = "" if layer.weights == "gaussian" else f", {layer.weights}"
+        return (f"Dense({layer.width}, {_act_label(layer.activation)}, sigma_w2={layer.sigma_w2:g}, "
+                f"sigma_b2={layer.sigma_b2:g}{w})")
+    if type(layer) is Nonlinearity:
+        return f"Nonlinearity({layer.width}, {_act_label(layer.activation)})"
+    return f"{type(layer).__name__}({getattr(layer, 'width', '?')})"
+
+
+def _runs(labels: list) -> list:
+    """Consecutive equal labels as ``"k x label"``."""
+    out: list = []
+    for lab in labels:
+        if out and out[-1][1] == lab:
+            out[-1][0] += 1
+        else:
+            out.append([1, lab])
+    return [lab if k == 1 else f"{k} x {lab}" for k, lab in out]
+
+
+@dataclass(frozen=True, repr=False)
 class Network:
-    """An input width ``N_0`` and a tuple of layers (``layers[l-1]`` is layer ``l``)."""
+    """An input width ``N_0`` and a tuple of layers (``layers[l-1]`` is layer ``l``).
+
+    ``repr`` is a summary (depth, widths, runs of equal layers), never the whole tuple of layers;
+    equality and hashing compare every layer."""
+
+    def __repr__(self) -> str:
+        w = [self.input_width] + [getattr(la, "width", 0) for la in self.layers]
+        widths = str(w[0]) if len(set(w)) == 1 else (
+            "[" + (", ".join(map(str, w)) if len(w) <= 6 else f"{w[0]}, {w[1]}, ..., {w[-1]}") + "]")
+        runs = _runs([_layer_label(la) for la in self.layers])
+        if len(runs) > 4:
+            runs = runs[:3] + [f"... ({len(runs) - 4} more)", runs[-1]]
+        return f"Network(depth={len(self.layers)}, widths={widths}, layers=[{', '.join(runs)}])"
 
     input_width: int
     layers: tuple
 
     def __post_init__(self):
-        object.__setattr__(self, "input_width", check_int("input_width", self.input_width, 1))
+        object.__setattr__(self, "input_width",
+                           check_int("input_width", self.input_width, 1, MAX_WIDTH))
+        if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+            raise TypeError(f"layers must be a sequence of signalprop layers, got "
+                            f"{short_repr(self.layers)}")
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             raise ValueError("depth must be an integer >= 1, got a network with no layers")
@@ -222,7 +295,7 @@ class Network:
 
     def with_width(self, width: int) -> "Network":
         """The same network with every width (N_0..N_L) set to ``width``."""
-        width = check_int("width", width, 1)
+        width = check_int("width", width, 1, MAX_WIDTH)
         return Network(width, tuple(la.with_width(width) for la in self.layers))
 
 
@@ -236,9 +309,15 @@ def require_dense(network: Network, what: str) -> None:
 
 
 def _per_layer(name: str, value, depth: int) -> list:
+    """``value`` repeated per layer, or its ``depth`` entries (a flat sequence)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) != depth:
             raise ValueError(f"{name} has {len(value)} entries; it needs one per layer ({depth})")
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in value):
+            raise ValueError(f"{name} must be one value or a flat sequence of one per layer, "
+                             f"got {short_repr(value)}")
         return list(value)
     return [value] * depth
 
@@ -249,7 +328,9 @@ def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", 
         norm: Optional[str] = None, batch_size: Optional[int] = None) -> Network:
     """A fully connected network of ``depth`` layers.
 
-    ``width``: an int (N_0 = ... = N_L), L entries (N_1..N_L; N_0 = N_1) or L + 1 entries (N_0..N_L).
+    ``depth``: 1..:data:`MAX_DEPTH` (10^6; a deeper network is refused up front: each layer is a
+    Python object, about 170 MB per 10^6 layers). ``width``: an int (N_0 = ... = N_L), L entries
+    (N_1..N_L; N_0 = N_1) or L + 1 entries (N_0..N_L), each in 1..:data:`MAX_WIDTH` (10^9).
     ``activation``, ``sigma_w2``, ``sigma_b2``: one value or one per layer.
     ``init``: a named scheme (lecun, he/kaiming, xavier/glorot, orthogonal) that sets ``sigma_w2``
     per layer from its fan-in and fan-out (``gain`` scales its standard deviation); ``orthogonal``
@@ -259,15 +340,19 @@ def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", 
     every layer ``phi(BN(W x))`` over a batch of ``batch_size`` inputs
     (:class:`~signalprop.BatchNormDense`, Yang et al. 2019; no biases: BN removes them).
     """
-    depth = check_int("depth", depth, 1)
+    depth = check_int("depth", depth, 1, MAX_DEPTH)
+    if isinstance(width, np.ndarray) and width.ndim == 0:
+        width = width.item()
     if isinstance(width, (list, tuple, np.ndarray)):
-        ws = [check_int("width", w, 1) for w in width]
+        if len(width) not in (depth, depth + 1) or \
+                any(isinstance(w, (list, tuple, np.ndarray)) for w in width):
+            raise ValueError(f"width must be an integer or a flat sequence of {depth} or "
+                             f"{depth + 1} integers, got {short_repr(width)}")
+        ws = [check_int("width", w, 1, MAX_WIDTH) for w in width]
         if len(ws) == depth:
             ws = [ws[0]] + ws
-        elif len(ws) != depth + 1:
-            raise ValueError(f"width needs 1, {depth} or {depth + 1} entries, got {len(ws)}")
     else:
-        ws = [check_int("width", width, 1)] * (depth + 1)
+        ws = [check_int("width", width, 1, MAX_WIDTH)] * (depth + 1)
     built: dict = {}  # one Activation object per distinct spec, so equal layers share it
     acts = []
     for a in _per_layer("activation", activation, depth):
@@ -279,17 +364,17 @@ def mlp(depth: int, width: Union[int, Sequence[int]] = 1000, activation="tanh", 
     if init is not None:
         if not isinstance(init, str) or init.lower() not in INITS:
             raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
-        check_finite("gain", gain)
+        _gain_squared(gain)
         sw2 = [init_sigma_w2(init, ws[i], ws[i + 1], gain) for i in range(depth)]
         if init.lower() == "orthogonal":
-            if weights not in (None, "orthogonal"):
+            if weights is not None and not (isinstance(weights, str) and weights == "orthogonal"):
                 raise ValueError("init='orthogonal' implies weights='orthogonal'")
             weights = "orthogonal"
     else:
         sw2 = _per_layer("sigma_w2", sigma_w2, depth)
-    weights = weights or "gaussian"
-    if norm not in (None, "layer", "rms", "batch"):
-        raise ValueError(f"norm must be None, 'layer', 'rms' or 'batch', got {norm!r}")
+    weights = "gaussian" if weights is None else check_choice("weights", weights, WEIGHTS)
+    if norm is not None and not (isinstance(norm, str) and norm in ("layer", "rms", "batch")):
+        raise ValueError(f"norm must be None, 'layer', 'rms' or 'batch', got {short_repr(norm)}")
     if (norm == "batch") != (batch_size is not None):
         raise ValueError("batch_size goes with norm='batch' (and norm='batch' needs a batch_size)")
     if norm == "batch":

@@ -40,9 +40,10 @@ THEORY = {"color": "black", "lw": 1.4, "label": "theory"}
 MC = {"color": "#d62728", "fmt": "o", "ms": 2.5, "elinewidth": 0.8, "capsize": 0,
       "label": "Monte Carlo (±2 se)"}
 BAND = {"color": "0.8", "alpha": 0.6, "lw": 0, "label": "finite-width allowance"}
-LABELS = {"q": r"$q^l$", "c": r"$c^l$", "log_g": r"$\log g^l$", "log_G": r"$\log G^l$"}
-TITLES = {"q": "forward variance", "c": "correlation", "log_g": "log gradient variance",
-          "log_G": "log weight-gradient variance"}
+LABELS = {"q": r"$q^l$", "log_q": r"$\log q^l$", "c": r"$c^l$", "log_g": r"$\log g^l$",
+          "log_G": r"$\log G^l$"}
+TITLES = {"q": "forward variance", "log_q": "log forward variance", "c": "correlation",
+          "log_g": "log gradient variance", "log_G": "log weight-gradient variance"}
 
 
 def new_figure(nrows: int = 1, ncols: int = 2, width: float = 3.2, height: float = 2.4):
@@ -67,6 +68,8 @@ def plot_comparison(comparison, axes: Optional[Sequence] = None,
     """Theory curve, Monte Carlo error bars (±2 se) and allowance band, one panel per field, side by
     side. ``axes``: existing axes (one per field) or None for a new figure. Returns the figure."""
     import matplotlib
+    # q is compared on log q where it leaves the float range (compare's rule): draw that panel
+    fields = [("log_q" if f == "q" and "q" not in comparison.fields else f) for f in fields]
     fields = [f for f in fields if f in comparison.fields]
     if axes is None:
         fig, ax = new_figure(1, len(fields))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,14 +277,15 @@ def test_unknown_activation_lists_names(capsys):
 # the installed entry point
 
 
-def _entry_point() -> str:
-    exe = shutil.which("signalprop")
-    assert exe, "the `signalprop` entry point is not installed (pip install -e '.[dev]')"
-    return exe
+def _entry_point() -> list:
+    """The ``signalprop`` script installed next to this Python (not whichever one is first on
+    PATH), else ``python -m signalprop.cli``."""
+    exe = Path(sys.executable).parent / "signalprop"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "signalprop.cli"]
 
 
 def test_entry_point_json(tmp_path):
-    res = subprocess.run([_entry_point(), "predict", "--depth", "20", "--c0", "0.5", "--json"],
+    res = subprocess.run([*_entry_point(), "predict", "--depth", "20", "--c0", "0.5", "--json"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     d = _strict_loads(res.stdout)
@@ -294,8 +296,83 @@ def test_entry_point_json(tmp_path):
 
 
 def test_entry_point_bad_input(tmp_path):
-    res = subprocess.run([_entry_point(), "fixed-point", "--sigma-w2", "-1"],
+    res = subprocess.run([*_entry_point(), "fixed-point", "--sigma-w2", "-1"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 2
     assert res.stdout == ""
     assert res.stderr == "signalprop: error: sigma_w2 must be > 0, got -1.0\n"
+
+
+def test_module_entry_point_bad_input(tmp_path):
+    """``python -m signalprop.cli`` (the fallback) behaves as the script does."""
+    res = subprocess.run([sys.executable, "-m", "signalprop.cli", "predict", "--q0", "nan"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == "signalprop: error: q0 must be finite, got nan\n"
+
+
+# --------------------------------------------------------------------------------------------
+# issue 10, item 9: files, warnings, exit status
+
+
+def test_unwritable_out_exits_2(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (["demo", "--depth", "3", "--out", str(blocker / "x.png")],
+                 ["phase", "--n", "2", "--out", str(blocker / "p")]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert err.startswith("signalprop: error: ") and err.count("\n") == 1, err
+        assert str(blocker) in err
+
+
+def test_json_writes_files_only_with_out(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = run_json(capsys, "phase", "--n", "2")
+    assert d["files"] == [] and list(tmp_path.iterdir()) == []
+    d = run_json(capsys, "demo", "--depth", "3")
+    assert "figure" not in d and list(tmp_path.iterdir()) == []
+    assert main(["phase", "--n", "2"]) == 0                      # text mode: the default prefix
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "signalprop-phase-critical.csv", "signalprop-phase.csv", "signalprop-phase.png"]
+
+
+@pytest.mark.parametrize("argv", [["phase", "--n", "100000"], ["predict", "--depth", "10000000"],
+                                  ["predict", "--width", str(10 ** 30)]])
+def test_work_that_cannot_fit_is_refused_in_one_line(capsys, argv):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("signalprop: error: "), err
+    assert ("memory" in err and "GiB" in err) or "in [1, " in err
+
+
+def test_floating_point_failures_are_one_line(capsys, monkeypatch):
+    """A numpy floating-point warning inside a command is one error line, never a warning
+    printed before it (here forced: a command whose computation overflows)."""
+    import signalprop.cli as cli
+
+    def overflowing(args):
+        return {"x": float(np.exp(np.float64(1000.0)))}
+    monkeypatch.setitem(cli.COMMANDS, "fixed-point", cli.Command("test", cli._add_fixed_point,
+                                                                 overflowing))
+    assert main(["fixed-point", "--sigma-w2", "1e300"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("signalprop: error: floating-point failure (overflow encountered in exp)")
+    assert "--sigma-w2 1e300" in err
+
+
+def test_deliberate_warnings_are_one_line_each_after_success(capsys, monkeypatch):
+    import warnings
+
+    import signalprop.cli as cli
+
+    def warns(args):
+        warnings.warn("a note for the user", RuntimeWarning)
+        return {"ok": True}
+    monkeypatch.setitem(cli.COMMANDS, "fixed-point", cli.Command("test", cli._add_fixed_point,
+                                                                 warns))
+    assert main(["fixed-point", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": True}
+    assert err == "signalprop: warning: a note for the user\n"

@@ -367,3 +367,69 @@ def test_cli_finite_width_and_clip(capsys):
     rc, out, err = _cli(["clip", "--depth", "4", "--clip-value", "1", "--depths", "2", "4"],
                         capsys)
     assert rc == 0 and "depth" in out
+
+
+def _lognormal_partial_moment(mu, s2, a, t, below):
+    """E[e^{aY}; Y <= t] (below) or E[e^{aY}; Y > t] for Y ~ N(mu, s2), closed form at 50
+    digits: exp(a mu + a^2 s2/2) Phi(+-(t - mu - a s2)/s) (complete the square)."""
+    with mpmath.workdps(50):
+        mu, s2, t = mpmath.mpf(mu), mpmath.mpf(s2), mpmath.mpf(t)
+        s = mpmath.sqrt(s2)
+        u = (t - mu - a * s2) / s
+        cdf = mpmath.ncdf(u) if below else mpmath.ncdf(-u)
+        return float(mpmath.exp(a * mu + a * a * s2 / 2) * cdf)
+
+
+@pytest.mark.parametrize("mu,s2,log_c", [(720.0, 1.0, 700.0), (-720.0, 1.0, -700.0),
+                                          (705.0, 9.0, 709.0), (1.0, 0.5, 1.3)])
+def test_lognormal_partial_means_beyond_float_range_of_the_factors(mu, s2, log_c):
+    """Issue 10 ("OverflowError" in clipping at sigma_w2 = 1e300): E[X; X <= c] and
+    E[1/X; X > c] whose prefactors exp(mu), exp(-mu) leave float64 while the values do not,
+    against the closed form in mpmath (tolerance 1e-11 relative: the log route adds terms of
+    size ~|mu| with relative error ~1e-16)."""
+    law = LogNormalLaw(mu, s2)
+    c = math.exp(log_c)
+    ref = _lognormal_partial_moment(mu, s2, 1, math.log(c), True)
+    assert 0 < ref < math.inf and law.partial_mean(c) == pytest.approx(ref, rel=1e-11)
+    ref = _lognormal_partial_moment(mu, s2, -1, math.log(c), False)
+    assert 0 < ref < math.inf and law.partial_inverse_mean(c) == pytest.approx(ref, rel=1e-11)
+
+
+def test_lognormal_moment_overflow_is_inf():
+    """E[X^2] = exp(2 mu + 2 sigma^2) beyond float64 is inf (documented), not OverflowError."""
+    assert LogNormalLaw(400.0, 1.0).moment(2) == math.inf
+    assert LogNormalLaw(300.0, 1.0).moment(2) == pytest.approx(math.exp(602.0), rel=1e-13)
+
+
+def test_bad_input_named():
+    """Issue 10: bare internal errors where the parameter is never named."""
+    net = sp.mlp(3, 6, "relu", init="he")
+    for kw, word in (({"seed": -1, "samples": 2}, "seed"), ({"points": 0, "samples": 2}, "points"),
+                     ({"radius": math.nan}, "radius"), ({"samples": 10 ** 12}, "memory")):
+        with pytest.raises(ValueError, match=word):
+            dead_probability(net, **kw)
+    with pytest.raises(TypeError, match="widths"):
+        hanin_nica_beta(net)                                  # a network, not its widths
+    assert len(str(pytest.raises(TypeError, hanin_nica_beta, sp.mlp(50, 512)).value)) < 300
+    with pytest.raises(ValueError, match="q0"):
+        finite_width(sp.mlp(10, 16, "tanh"), 1e300)           # q^1 beyond the tables
+    with pytest.raises(ValueError, match="q0"):
+        finite_width(sp.mlp(10, 16, "gelu", sigma_w2=1e300))
+    law = LogNormalLaw(0.0, 1.0)
+    for call, word in ((lambda: law.ppf(math.nan), "p"), (lambda: law.cdf("1"), "x"),
+                       (lambda: law.interval(2.0), "confidence"), (lambda: law.rvs(-1), "size"),
+                       (lambda: law.partial_mean([1.0, 2.0]), "c"),
+                       (lambda: LogNormalLaw([0.0], 1.0), "mu")):
+        with pytest.raises((ValueError, TypeError), match=rf"\b{word}\b"):
+            call()
+
+
+def test_relu_law_at_huge_sigma_w2_is_finite():
+    """Linear and ReLU laws are scale-free: sigma_w2 = 1e300 only shifts the log means."""
+    a = finite_width(sp.mlp(10, 16, "relu", sigma_w2=2.0))
+    b = finite_width(sp.mlp(10, 16, "relu", sigma_w2=1e300))
+    np.testing.assert_allclose(b.log_g_var, a.log_g_var, rtol=1e-12)
+    np.testing.assert_allclose(b.log_g_mean - b.log_g, a.log_g_mean - a.log_g, rtol=0, atol=1e-9)
+    r = clipping(sp.mlp(10, 16, "relu", sigma_w2=1e300), [1.0, 1e308])
+    assert np.all(np.isfinite(r.p_clip)) and np.all(np.isfinite(r.shrink))
+    assert r.median_norm == math.inf and r.mean_field_norm == math.inf

@@ -102,7 +102,9 @@ def _family_figure(family: str, results: list, path: Path) -> None:
     rows = [r for r in results if r.comparison is not None]
     if not rows:
         return
-    panels = [("q", "log_g", "c") if "c" in r.comparison.fields else ("q", "log_g") for r in rows]
+    q = ["log_q" if "q" not in r.comparison.fields else "q" for r in rows]
+    panels = [(qf, "log_g", "c") if "c" in r.comparison.fields else (qf, "log_g")
+              for qf, r in zip(q, rows)]
     per_row = 3 if max(len(p) for p in panels) == 2 else 2
     width = max(len(p) for p in panels)
     nrows = -(-len(rows) // per_row)
@@ -167,7 +169,8 @@ def _typical(r: CaseResult):
         return math.nan, math.nan
     smp, comp = r.simulation.samples, r.comparison
     with np.errstate(divide="ignore", invalid="ignore"):
-        dq = np.median(np.log(smp["q"]), axis=0) - np.log(comp.theory["q"])
+        log_t = (comp.theory["log_q"] if "log_q" in comp.theory else np.log(comp.theory["q"]))
+        dq = np.median(np.log(smp["q"]), axis=0) - log_t
         dg = np.median(smp["log_g"], axis=0) - comp.theory["log_g"]
     return float(np.nanmax(np.abs(dq))), float(np.nanmax(np.abs(dg)))
 
