@@ -44,12 +44,21 @@ def test_linear_branch_recursion_is_exact(alpha, beta, sw2, sb2, q0, depth):
                  sigma_b2=sb2)
     p = sp.predict(net, q0=q0)
     a = alpha ** 2 + beta ** 2 * sw2
-    q, ref = q0, []
+    # the reference in log q, so that a q that underflows float64 is still compared (a relative
+    # error of q is an absolute error of log q; the test used to take log(0) = -inf here and
+    # turn its own tolerance into inf)
+    with np.errstate(divide="ignore"):
+        l_beta2 = 2 * np.log(beta)
+        la = np.logaddexp(2 * np.log(alpha), l_beta2 + np.log(sw2))
+        lb = l_beta2 + np.log(sb2)
+    lq, ref = math.log(q0), []
     for _ in range(depth):
-        q = a * q + beta ** 2 * sb2
-        ref.append(q)
-    rtol = depth * 2e-15 * max(1.0, float(np.max(np.abs(np.log(ref))))) + 1e-14
-    np.testing.assert_allclose(p.q, ref, rtol=rtol)
+        lq = float(np.logaddexp(la + lq, lb))
+        ref.append(lq)
+    ref = np.array(ref)
+    assert np.all(np.isfinite(ref)) and np.all(np.isfinite(p.log_q))
+    atol = depth * 2e-15 * max(1.0, float(np.max(np.abs(ref)))) + 1e-14
+    np.testing.assert_allclose(p.log_q, ref, rtol=0, atol=atol)
     if a > 0:
         np.testing.assert_allclose(p.log_g, (depth - np.arange(1, depth + 1)) * math.log(a),
                                    rtol=1e-12, atol=1e-12)
@@ -384,3 +393,52 @@ def test_norm_backward_finite_width_projection(kind, rank_loss):
     ratio = np.sum(gx * gx, axis=1) * s2 / np.sum(g * g, axis=1)
     se = ratio.std(ddof=1) / math.sqrt(S)
     assert abs(ratio.mean() - (1 - rank_loss / N)) < 4 * se
+
+
+# ---------------------------------------------------------------------------------------------
+# the samplers' scaled form (issue 10, item 5): 2^e x carried as (x, e)
+
+
+_SCALED_LAYERS = [
+    Dense(12, "relu", 2.0, 0.3), Dense(12, "tanh", 1.5, 0.1), LayerNorm(12), RMSNorm(12),
+    Nonlinearity(12, "gelu"),
+    Residual((Dense(12, "tanh", 1.5, 0.1), Dense(12, "linear", 1.0, 0.0)), 0.8, 0.6),
+    Residual((LayerNorm(12), Dense(12, "relu", 2.0, 0.1), Dense(12, "linear", 1.0, 0.1))),
+    Residual((Dense(12, "relu", 2.0, 0.0), RMSNorm(12)), 1.0, 0.3),
+    sp.BatchNormDense(12, "tanh", 1.5, 5),
+]
+
+
+@pytest.mark.parametrize("engine", ["dense", "matrix-free"])
+@pytest.mark.parametrize("layer", _SCALED_LAYERS, ids=["dense-relu", "dense-tanh", "layernorm",
+                                                        "rmsnorm", "nonlinearity", "residual",
+                                                        "residual-preLN", "residual-rms",
+                                                        "batchnorm"])
+def test_scaled_form_is_the_real_map_at_a_power_of_two(layer, engine):
+    """forward_scaled(2^-j x, e = j) describes the real forward(x), and the scaled backward
+    products with their shifts are the real ones: with j = 7 and -9 (powers of two are exact and
+    nothing leaves the float range here) the real arrays 2^et t, 2^ey y and the gradients
+    times 2^(their shifts) agree
+    with the unscaled computation on the same random numbers to 1e-13 relative (identical for
+    homogeneous layers; a non-homogeneous activation sees the same real argument)."""
+    rule = sampling.sampler(layer, 12, engine)
+    rng = np.random.default_rng(1)
+    k = getattr(layer, "batch_size", 2)
+    x = rng.standard_normal((2, k, 12)) + 0.3
+    gy = rng.standard_normal((2, k, 12) if rule.couples_inputs else (2, 12))
+    fwd, bwd = sample_streams(root_seed(5), 0, 2)
+    s0, b0 = fwd.get_state(), bwd.get_state()
+    t, y, ctx = rule.forward(x, fwd)
+    gt = rule.to_tracked(gy, ctx)
+    gx = rule.backward(gt, ctx, bwd)
+    for j in (7, -9):
+        fwd.set_state(s0)
+        bwd.set_state(b0)
+        ts, et, ys, ey, cs = rule.forward_scaled(np.ldexp(x, -j), np.full(2, j), fwd)
+        np.testing.assert_allclose(sampling.ldexp_rows(ts, et), t, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(sampling.ldexp_rows(ys, ey), y, rtol=1e-13, atol=0)
+        g1, k1 = rule.to_tracked_scaled(gy, cs)
+        np.testing.assert_allclose(sampling.ldexp_rows(g1, k1), gt, rtol=1e-13, atol=1e-15)
+        g2, k2 = rule.backward_scaled(g1, cs, bwd)
+        np.testing.assert_allclose(sampling.ldexp_rows(g2, sampling.add_shifts(k1, k2)), gx,
+                                   rtol=1e-12, atol=1e-14)
