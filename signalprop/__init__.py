@@ -13,8 +13,8 @@ from .compare import Comparison, compare
 from .finite import (DeadNetwork, FiniteWidthProfile, LogNormalLaw, dead_probability, finite_width,
                      hanin_nica_beta)
 from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
-from .meanfield import (correlation_map, critical_sigma_w2, fixed_point, length_map, phase_diagram,
-                        predict, trainable_depth)
+from .meanfield import (CriticalBranch, correlation_map, critical_branches, critical_sigma_w2,
+                        fixed_point, length_map, phase_diagram, predict, trainable_depth)
 from .network import Dense, Network, Nonlinearity, init_sigma_w2, mlp
 from .norm import LayerNorm, RMSNorm
 from .residual import Residual, resnet
@@ -28,7 +28,8 @@ __all__ = [
     "Activation", "activation", "activations", "normalising_constants",
     "Dense", "Nonlinearity", "Network", "mlp", "init_sigma_w2",
     "Residual", "resnet", "LayerNorm", "RMSNorm", "BatchNormDense",
-    "predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
+    "predict", "fixed_point", "critical_sigma_w2", "critical_branches", "CriticalBranch",
+    "phase_diagram", "trainable_depth",
     "length_map", "correlation_map",
     "Profile", "FixedPoint", "PhaseDiagram",
     "simulate", "compare", "Comparison", "jacobian", "jacobian_singular_values", "JacobianSpectrum",

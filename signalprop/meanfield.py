@@ -14,16 +14,24 @@ Backward (Schoenholz et al. 2017, eq. 14, with the width ratio of CONVENTIONS.md
     G^l = g^l E[(x^{l-1})^2].
 
 Fixed points and depth scales (Schoenholz et al. 2017, eqs. 4-9): chi_1, chi_c, xi_q, xi_c,
-xi_grad = 1/|log chi_1|. Everything is carried in logarithms, so depth 10^5 neither overflows
-nor underflows: outside q in [1e-280, 1e100] the Gaussian integrals are continued as local power
-laws in q (exact for the positively homogeneous relu, leaky_relu and linear; for the others the
-relative error is O(q) at the small end and O(q^-1/2) at the large end, i.e. below 1e-50).
+xi_grad = 1/|log chi_1|. The edge of chaos (Poole et al. 2016; Schoenholz et al. 2017; Hayou et
+al. 2019) is taken on the attracting branch: the fixed point the length map reaches from q0
+(:func:`fixed_point`, :func:`critical_sigma_w2`, :func:`critical_branches`, :func:`phase_diagram`
+share it); "critical" means |chi_1 - 1| <= 1e-12, and xi_c = inf there.
+
+Everything is carried in logarithms, so depth 10^5 neither overflows nor underflows: outside q in
+[1e-280, 1e100] the Gaussian integrals are continued as local power laws in q (exact for the
+positively homogeneous relu, leaky_relu and linear; for the others the relative error is O(q) at
+the small end and O(q^-1/2) at the large end, i.e. below 1e-50). Depth 10^5 is also cheap:
+converged runs are filled in (:func:`predict`), and where only c still moves, the correlation
+map is iterated alone with a rho(c) that no longer depends on q (:func:`_c_only_rho`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,12 +39,14 @@ from . import gaussian, tables
 from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
 from .activations import Activation, activation as _activation
 from .network import Dense, Network, Step
-from .results import FixedPoint, PhaseDiagram, Profile
+from .results import FixedPoint, PhaseDiagram, Profile, _Result
 
-__all__ = ["predict", "fixed_point", "critical_sigma_w2", "phase_diagram", "trainable_depth",
-           "length_map", "correlation_map"]
+__all__ = ["predict", "fixed_point", "critical_sigma_w2", "critical_branches", "CriticalBranch",
+           "phase_diagram", "trainable_depth", "length_map", "correlation_map"]
 
 _LQ_LO, _LQ_HI = math.log(1e-280), math.log(1e100)
+_LOG_MAX = math.log(np.finfo(float).max)
+_CRIT_TOL = 1e-12        #: |chi_1 - 1| <= this is "critical" (see _regime)
 _LN10 = math.log(10.0)
 
 
@@ -66,9 +76,36 @@ def _log_affine(log_sw2, log_m, sb2):
         return np.logaddexp(log_sw2 + log_m, np.log(sb2))
 
 
+def _check_scalar(name: str, value, check) -> float:
+    """A plain float from a real scalar that passes ``check`` (one of the _validate checks); a
+    TypeError naming ``name`` for arrays, lists and non-numbers (``float()`` of a 1-element
+    array would otherwise fail with numpy's "only 0-dimensional arrays can be converted")."""
+    if isinstance(value, (str, bytes)) or (not isinstance(value, (bool, np.bool_))
+                                           and np.ndim(value) != 0):
+        raise TypeError(f"{name} must be a real number (a scalar), got {value!r}")
+    return float(check(name, value))
+
+
+_NO_C = object()
+
+
+def _check_map_args(q, sigma_w2, sigma_b2, c=_NO_C):
+    """The arguments of the public maps: q > 0 finite, sigma_w2 > 0 finite, sigma_b2 >= 0 finite,
+    c in [-1, 1] (ValueError/TypeError naming the parameter and its range)."""
+    check_positive("q", q)
+    check_positive("sigma_w2", sigma_w2)
+    check_nonnegative("sigma_b2", sigma_b2)
+    if c is not _NO_C:
+        if c is None:
+            raise TypeError("c must be a correlation in [-1, 1] (a number or an array), got None")
+        check_correlation("c", c)
+
+
 def length_map(act, q, sigma_w2, sigma_b2):
-    """One step of the length map: sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (vectorised)."""
+    """One step of the length map: sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (Poole et al. 2016,
+    eq. 3), vectorised. q > 0, sigma_w2 > 0 and sigma_b2 >= 0, all finite."""
     act = _activation(act)
+    _check_map_args(q, sigma_w2, sigma_b2)
     return sigma_w2 * act.second_moment(q) + sigma_b2
 
 
@@ -88,8 +125,15 @@ def _rho(act: Activation, q, c):
 
 
 def correlation_map(act, q, c, sigma_w2, sigma_b2):
-    """c^{l+1} from (q^l, c^l): (sigma_w^2 E[phi(u1)phi(u2)] + sigma_b^2) / q^{l+1} (vectorised)."""
+    """c^{l+1} from (q^l, c^l): (sigma_w^2 E[phi(u1)phi(u2)] + sigma_b^2) / q^{l+1} (Poole et al.
+    2016, eq. 5), vectorised. q > 0, c in [-1, 1], sigma_w2 > 0, sigma_b2 >= 0, all finite."""
     act = _activation(act)
+    _check_map_args(q, sigma_w2, sigma_b2, c)
+    return _corr_map(act, q, c, sigma_w2, sigma_b2)
+
+
+def _corr_map(act: Activation, q, c, sigma_w2, sigma_b2):
+    """correlation_map without the checks."""
     num = sigma_w2 * act.cross_moment(q, q, c) + sigma_b2
     return num / (sigma_w2 * act.second_moment(q) + sigma_b2)
 
@@ -99,19 +143,66 @@ def correlation_map(act, q, c, sigma_w2, sigma_b2):
 
 
 def _check_q0_c0(q0, c0):
-    q0 = float(check_positive("q0", q0))
+    """q0: a finite positive scalar; c0: None or a scalar in [-1, 1]."""
+    q0 = _check_scalar("q0", q0, check_positive)
     if c0 is not None:
-        c0 = float(check_correlation("c0", c0))
+        c0 = _check_scalar("c0", c0, check_correlation)
     return q0, c0
 
 
-def _layer_moments(act: Activation, lq: float) -> tuple[float, float]:
-    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e100]."""
+def _layer_moments(act: Activation, lq: float, cache: dict | None = None) -> tuple[float, float]:
+    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e100]
+    as power laws (:func:`_log_moment`); the continuation's value and exponent at each end are
+    computed once per ``cache`` (a profile past 1e100 would otherwise pay four quadratures a
+    layer)."""
     if _LQ_LO <= lq <= _LQ_HI:
         v, d = act.moments(math.exp(lq))
         v, d = float(v), float(d)
         return (math.log(v) if v > 0 else -math.inf), (math.log(d) if d > 0 else -math.inf)
-    return (float(_log_moment(act.second_moment, lq)), float(_log_moment(act.dphi_second_moment, lq)))
+    if cache is None:
+        return (float(_log_moment(act.second_moment, lq)),
+                float(_log_moment(act.dphi_second_moment, lq)))
+    side = lq > _LQ_HI
+    ends = cache.setdefault("ends", {})
+    key = (id(act), side)
+    if key not in ends or ends[key][0] is not act:
+        edge = _LQ_HI if side else _LQ_LO
+        # (value at the edge, exponent) from the continuation itself at two points past the edge
+        pts = np.array([edge + (1.0 if side else -1.0), edge + (2.0 if side else -2.0)])
+        lv = _log_moment(act.second_moment, pts)
+        ld = _log_moment(act.dphi_second_moment, pts)
+        ends[key] = (act, pts[0], float(lv[0]), float(lv[1] - lv[0]) / (pts[1] - pts[0]),
+                     float(ld[0]), float(ld[1] - ld[0]) / (pts[1] - pts[0]))
+    _, u0, lv0, av, ld0, ad = ends[key]
+    if not all(math.isfinite(v) for v in (lv0, av, ld0, ad)):     # e.g. phi' = 0 there
+        return (float(_log_moment(act.second_moment, lq)),
+                float(_log_moment(act.dphi_second_moment, lq)))
+    return lv0 + av * (lq - u0), ld0 + ad * (lq - u0)
+
+
+def _theta_interpolant(act: Activation, qe: float, cache: dict):
+    """The :func:`tables.rho_theta` interpolant of c -> rho(q, c) where a profile's q has settled
+    (the same q, or past the 1e13 beyond which :func:`_rho` no longer depends on it, on two
+    consecutive layers; a moving q keeps the direct rule) and at least 64 layers of the run are
+    left, else None. Only where rho_theta certifies it (5e-14 of the direct rule)."""
+    qr = min(qe, _RHO_Q_MAX)
+    held = cache.get("theta")
+    if held is not None and held[0] is act and abs(held[1] - qr) <= 4e-16 * qr:
+        return held[2]
+    last = cache.get("theta_last")
+    cache["theta_last"] = (act, qr)
+    if last is None or last[0] is not act or abs(last[1] - qr) > 4e-16 * qr:
+        return None
+    if cache.get("run_left", math.inf) < 64:
+        return None          # a build costs 41-300 direct evaluations: not for a short run
+    coef = tables.rho_theta(act, qr, _rho_fn(act))
+    cache["theta"] = (act, qr, coef)
+    return coef
+
+
+def _rho_fn(act: Activation):
+    """The direct rule rho(q, c) of ``act`` (vectorised), for the tables built from it."""
+    return lambda q, c: _rho(act, q, c)
 
 
 def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
@@ -139,15 +230,20 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
     inside = _LQ_LO <= lq <= _LQ_HI
     homogeneous = getattr(act, "homogeneous", False)
     rho = None
+    cache["c_fast"] = None          # how rho(c) was evaluated, for predict's fill of c alone
     if kernel is not None and (inside or homogeneous):
-        v, d, r = kernel(math.exp(lq) if inside else 1.0, c)
+        qk = math.exp(lq) if inside else 1.0
+        v, d, r = kernel(qk, c)
         lv, ld = math.log(v) + (0.0 if inside else lq), math.log(d)
         if c is not None:
             rho = min(1.0, max(-1.0, r))
+            cache["c_fast"] = (act, "any" if homogeneous else qk, "kernel", (kernel, qk))
     else:
         # Chebyshev tables in log q (signalprop.tables) where they exist, else the direct rules
         tm = tables.moments(act, lq)
-        lv, ld = tm if tm is not None else _layer_moments(act, lq)
+        if tm is None and lq < tables.LQ_LO:
+            tm = tables.small_moments(act, lq)
+        lv, ld = tm if tm is not None else _layer_moments(act, lq, cache)
         if c is not None:
             qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
             ser = cache.get("rho_series")               # rho(c) = sum_k w_k c^k at this q
@@ -156,17 +252,29 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
                 cache["rho_series"] = ser
             if ser[2] is not None and c != 1.0:
                 rho = min(1.0, max(-1.0, tables.series_at(ser[2], c)))
+                cache["c_fast"] = (act, qe, "series", ser[2])
+            elif c == 1.0:
+                rho = 1.0
             else:
-                series = cache.get("mehler")
-                if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
-                    coef = act.mehler_coefficients(qe)
-                    series = (act, qe, None if coef is None else coef * coef)
-                    cache["mehler"] = series
-                bk = series[2]
-                if bk is None or c == 1.0:
-                    rho = float(_rho(act, qe, c))
-                else:                                  # Mehler: rho = sum a_k^2 c^k / sum a_k^2
-                    rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
+                theta = _theta_interpolant(act, qe, cache)
+                r2 = None if theta is not None else tables.rho_2d(act, lq, c, _rho_fn(act))
+                if theta is not None:
+                    rho = min(1.0, max(-1.0, tables.theta_at(theta, c)))
+                    cache["c_fast"] = (act, min(qe, _RHO_Q_MAX), "theta", theta)
+                elif r2 is not None:
+                    rho = min(1.0, max(-1.0, r2))
+                    cache["c_fast"] = (act, qe, "rho2d", lq)
+                else:
+                    series = cache.get("mehler")
+                    if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
+                        coef = act.mehler_coefficients(qe)
+                        series = (act, qe, None if coef is None else coef * coef)
+                        cache["mehler"] = series
+                    bk = series[2]
+                    if bk is None:
+                        rho = float(_rho(act, qe, c))
+                    else:                              # Mehler: rho = sum a_k^2 c^k / sum a_k^2
+                        rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
     mu_out = None
     if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
         mu_out = 0.0 if act.odd else tables.mean_ratio(act, lq)
@@ -176,6 +284,32 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
             mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
     log_back = lsw2 + math.log(layer.width / n_in)
     return Step(lq, c, (lv, rho, mu_out), ld, log_back)
+
+
+def _c_only_rho(layer, cache: dict, lq: float, dq: float):
+    """rho(c) of the last :func:`dense_step` as a function of c alone, where it stays valid for
+    the rest of a run whose log q moves by ``dq`` per layer: the same route (closed-form kernel,
+    Mehler series of the table, :func:`tables.rho_theta` interpolant) at the same q when dq = 0;
+    for any dq for a positively homogeneous kernel; for dq >= 0 past q = 1e13, where the
+    interpolant is the one at 1e13 (:func:`_rho`). None otherwise (or for other layer kinds, or
+    when the residual stream's mean is tracked)."""
+    fast = cache.get("c_fast")
+    if (fast is None or not isinstance(layer, Dense) or cache.get("means")
+            or fast[0] is not layer.activation):
+        return None
+    _, key, kind, data = fast
+    if not (dq == 0.0 or key == "any"
+            or (kind == "theta" and key == _RHO_Q_MAX and dq >= 0 and lq >= math.log(key))):
+        return None
+    if kind == "kernel":
+        kernel, qk = data
+        return lambda c: kernel(qk, c)[2]
+    if kind == "series":
+        return lambda c: tables.series_at(data, c)
+    if kind == "rho2d":
+        act = layer.activation
+        return lambda c: tables.rho_2d(act, data, c, _rho_fn(act))
+    return lambda c: tables.theta_at(data, c)
 
 
 def _bias_free(layer) -> bool:
@@ -208,6 +342,13 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
     in with the same increments (0 at a fixed point; the growth rate of a map that is the same at
     every scale), so deep profiles are cheap and stay exact to rounding. A decaying q is never
     extrapolated past a bias (its relative share grows as q shrinks, towards a fixed point).
+    Where everything but c repeats (at the edge of chaos 1 - c^l falls like 1/l, and past
+    q = 1e13 when q* = inf), the rest of a run of Dense layers iterates the correlation map
+    alone (:func:`_c_only_rho`). ``q0`` and ``c0`` are scalars (TypeError otherwise): q0 > 0,
+    c0 in [-1, 1], both finite. Depth 1e5 takes seconds for every built-in activation at its
+    edge of chaos and deep in either phase (benchmarks/bench_deep_predict.py); a profile whose q
+    grows slowly past the Mehler tables (gelu at sigma_w^2 = 2 with a bias: q ~ l) still runs
+    the bivariate rule at every layer (~10 ms a layer).
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
@@ -231,6 +372,7 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
     state = (log_x2[0], c0, 0.0 if cache["means"] else None)
     i = 0
     while i < L:
+        cache["run_left"] = run_end[i] - i
         step = layers[i].mean_field(state, widths[i], cache)
         log_q[i], log_d[i], log_b[i] = step.log_q, step.log_d, step.log_back
         if c is not None:
@@ -248,13 +390,34 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
             if (abs(dq - (log_q[k - 1] - log_q[k - 2])) <= tol
                     and abs(dx - (log_x2[k] - log_x2[k - 1])) <= tol
                     and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
-                    and abs(log_b[k] - log_b[k - 1]) <= 2e-15 * max(1.0, abs(log_b[k]))
-                    and (c is None or abs(c[k] - c[k - 1]) <= 4e-16)):
+                    and abs(log_b[k] - log_b[k - 1]) <= 2e-15 * max(1.0, abs(log_b[k]))):
+                steady_c = c is None or abs(c[k] - c[k - 1]) <= 4e-16
                 dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
                 if (dq < 0 or dx < 0) and not _bias_free(layers[k]):
                     # a decaying q meets an additive constant (a bias) whose share grows like
                     # 1/q: the increments only look steady, so keep computing layer by layer
+                    continue
+                if not steady_c:
+                    # c still moves (at the edge of chaos, like a power of l): the rest of the
+                    # run iterates the correlation map alone, if its rho(c) no longer depends
+                    # on q (_c_only_rho); else layer by layer
+                    rho_c = _c_only_rho(layers[k], cache, log_q[k], dq)
+                    if rho_c is None:
+                        continue
+                    lsw2 = math.log(layers[k].sigma_w2)
+                    cx = state[1]
+                    for j in range(i, end):
+                        n = j - k
+                        log_q[j] = log_q[k] + n * dq
+                        log_x2[j + 1] = log_x2[k + 1] + n * dx
+                        log_d[j], log_b[j] = log_d[k], log_b[k]
+                        t = math.exp(lsw2 + log_x2[j] - log_q[j])
+                        cj = min(1.0, max(-1.0, t * cx + (1.0 - t)))   # as in dense_step
+                        c[j] = cj
+                        cx = 1.0 if cj == 1.0 else min(1.0, max(-1.0, rho_c(cj)))
+                    state = (log_x2[end], cx, state[2])
+                    i = end
                     continue
                 for j in range(i, end):
                     n = j - k
@@ -348,9 +511,12 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
             break
         q = np.exp(np.clip(u, _LQ_LO, _LQ_HI))
         v, dv = VdV(q)
-        T = sw2[idx] * v + sb2[idx]
-        g = np.log(T) - u
-        dg = sw2[idx] * q * dv / T - 1.0
+        # in logs: sigma_w^2 E[phi^2] may overflow float64 (sigma_w^2 = 1e308)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            lT = _log_affine(lsw2[idx], np.log(v), sb2[idx])
+            g = lT - u
+            share = np.exp(lsw2[idx] + np.log(v) - lT)         # sigma_w^2 V / T, in [0, 1]
+            dg = np.where(v > 0, share * (q * dv / v), 0.0) - 1.0
         same = np.sign(g) == np.sign(ga)
         a, ga = np.where(same, u, a), np.where(same, g, ga)
         b = np.where(same, b, u)
@@ -395,7 +561,7 @@ def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
         if idx.size == 0:
             break
         qi, wi, bi, ci = q[idx], sw2[idx], sb2[idx], c[idx]
-        F = correlation_map(act, qi, ci, wi, bi) - ci
+        F = _corr_map(act, qi, ci, wi, bi) - ci
         dC = wi * act.dphi_cross_moment(qi, qi, ci) * qi / (wi * act.second_moment(qi) + bi)
         cn, lo[idx], hi[idx] = _newton_step_c(ci, F, dC, lo[idx], hi[idx])
         done = (np.abs(cn - ci) <= tol) | (hi[idx] - lo[idx] <= tol) | (F == 0)
@@ -406,16 +572,44 @@ def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
     return out
 
 
-def _regime(chi_1, tol=1e-12):
+def _c_star_far(act: Activation, lq: float, sw2: float, sb2: float) -> tuple[float, float]:
+    """(c*, chi_c) for a chaotic fixed point q* = exp(lq) > 1e13 (only huge sigma_w^2 put a
+    bounded activation there): the correlation map c -> t rho(c) + 1 - t, t = sigma_w^2 E[phi^2]
+    / q*, with the post-activation correlation rho of :func:`_rho` (q clamped to 1e13, beyond
+    which it no longer changes) and chi_c its slope t rho'(c*), rho'(c) = q E[phi'(u1) phi'(u2)]
+    / E[phi^2] (Price's theorem); at a fixed point this is sigma_w^2 E[phi'(u1) phi'(u2)]."""
+    share = math.exp(min(0.0, math.log(sw2) + float(_log_moment(act.second_moment, lq)) - lq))
+    q = _RHO_Q_MAX
+    v = float(act.second_moment(q))
+    c, lo, hi = np.zeros(1), -np.ones(1), np.ones(1)
+    d = 0.0
+    for _ in range(60):
+        F = share * float(_rho(act, q, c[0])) + 1.0 - share - c
+        d = share * q * float(act.dphi_cross_moment(q, q, c[0])) / v
+        cn, lo, hi = _newton_step_c(c, F, d, lo, hi)
+        done = abs(cn[0] - c[0]) <= 1e-15 or hi[0] - lo[0] <= 1e-15 or F[0] == 0
+        c = cn
+        if done:
+            break
+    return float(c[0]), d
+
+
+def _regime(chi_1, tol=_CRIT_TOL):
+    """"critical" when |chi_1 - 1| <= tol (1e-12: about 100 times the accuracy of chi_1, whose
+    integrals are good to ~1e-15 relative; fixed_point then reports xi_c = xi_grad = inf),
+    else "ordered" (chi_1 < 1) or "chaotic" (CONVENTIONS.md, Regime)."""
     if abs(chi_1 - 1.0) <= tol:
         return "critical"
     return "ordered" if chi_1 < 1.0 else "chaotic"
 
 
 def _depth(x):
-    """-1 / log x, inf at x = 1."""
+    """-1 / log x, inf where x = 1 to the accuracy of the slopes (|x - 1| <= _CRIT_TOL, the
+    tolerance of the regime label: -1/log(1 + 1e-16) = -9e15 is rounding, not a depth)."""
+    if abs(x - 1.0) <= _CRIT_TOL:
+        return math.inf
     lx = math.log(x) if x > 0 else -math.inf
-    return math.inf if lx == 0 else -1.0 / lx
+    return -1.0 / lx
 
 
 def _limit_c_slope(chi_c, growth):
@@ -440,24 +634,45 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
     is reported as such, with the limiting chi_1; diverging depth scales are inf. There xi_c is
     that of the limiting correlation map (:func:`_limit_c_slope`; inf for relu-like and
     linear-at-0 activations) and xi_q is inf when q* = inf (no fixed point to approach).
+
+    Branch: q* is the fixed point that the iteration q -> sigma_w^2 E[phi(sqrt(q) z)^2] +
+    sigma_b^2 reaches from ``q0`` (the nearest root in the direction the map moves q0; where the
+    length map has several fixed points, as silu and gelu do, another q0 may reach another one).
+    :func:`critical_sigma_w2` and :func:`phase_diagram` use the same branch for the same ``q0``.
+
+    Regime: "critical" when |chi_1 - 1| <= 1e-12 (the Gaussian integrals behind chi_1 are good
+    to ~1e-15, and critical_sigma_w2's points are polished to 1e-13), with c* = 1 and
+    xi_c = xi_grad = inf there; "ordered" below, "chaotic" above. A q* beyond float64 (e.g.
+    sigma_w2 = sigma_b2 = 1e308) is reported as inf, with log q* in the note.
     """
     act = _activation(activation)
-    sw2 = float(check_positive("sigma_w2", sigma_w2))
-    sb2 = float(check_nonnegative("sigma_b2", sigma_b2))
-    q0 = float(check_positive("q0", q0))
+    sw2 = _check_scalar("sigma_w2", sigma_w2, check_positive)
+    sb2 = _check_scalar("sigma_b2", sigma_b2, check_nonnegative)
+    q0 = _check_scalar("q0", q0, check_positive)
     lq = float(_q_star(act, sw2, sb2, q0))
-    q_star = math.exp(lq) if math.isfinite(lq) else (0.0 if lq < 0 else math.inf)
+    note = ""
+    if not math.isfinite(lq):
+        q_star = 0.0 if lq < 0 else math.inf
+    elif lq > _LOG_MAX:
+        q_star = math.inf
+        note = f"q* = exp({lq:.17g}) exceeds float64, reported as inf"
+    else:
+        q_star = math.exp(lq)
     lq_eval = min(max(lq, _LQ_LO), _LQ_HI)
     q_eval = math.exp(lq_eval)
-    chi_1 = sw2 * float(act.dphi_second_moment(q_eval))
-    slope = sw2 * float(act.second_moment_slope(q_eval))
+    if math.isfinite(lq) and lq != lq_eval:     # beyond [1e-280, 1e100]: continued as powers
+        chi_1 = sw2 * math.exp(float(_log_moment(act.dphi_second_moment, lq)))
+        slope = sw2 * math.exp(float(_log_moment(act.second_moment_slope, lq)))
+    else:
+        chi_1 = sw2 * float(act.dphi_second_moment(q_eval))
+        slope = sw2 * float(act.second_moment_slope(q_eval))
     regime = _regime(chi_1)
-    note = ""
-    if q_star == 0.0:
-        note = "the length map collapses to q* = 0; chi_1 is its limit there"
-    elif math.isinf(q_star):
-        note = "the length map diverges (q* = inf); chi_1 is its limit as q -> inf"
-    if regime == "chaotic" and math.isfinite(lq) and q_star > 0:
+    if not math.isfinite(lq):
+        note = ("the length map collapses to q* = 0; chi_1 is its limit there" if lq < 0 else
+                "the length map diverges (q* = inf); chi_1 is its limit as q -> inf")
+    if regime == "chaotic" and math.isfinite(lq) and lq > math.log(_RHO_Q_MAX):
+        c_star, chi_c = _c_star_far(act, lq, sw2, sb2)
+    elif regime == "chaotic" and math.isfinite(lq) and q_star > 0:
         c_star = float(_c_star(act, q_eval, sw2, sb2)[0])
         chi_c = sw2 * float(act.dphi_cross_moment(q_eval, q_eval, c_star))
     else:
@@ -466,17 +681,19 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
             note += "; c* is not defined without a finite q*, reported as 1"
     xi_q, xi_c = _depth(slope), _depth(chi_c)
     if not math.isfinite(lq):
-        ratio = _limit_c_slope(chi_c, sw2 * float(act.second_moment(q_eval)) / q_eval)
+        ratio = _limit_c_slope(chi_c, sw2 * (float(act.second_moment(q_eval)) / q_eval))
         xi_c = _depth(ratio)
         if lq > 0:
             xi_q = math.inf
         note += (f"; without a finite q* the correlation map's slope at c = 1 is chi_c / "
                  f"(q^(l+1)/q^l) = {ratio:.6g} in the limit, so xi_c = {xi_c:.6g}"
                  + ("; xi_q = inf (no fixed point to approach)" if lq > 0 else ""))
+    xi_grad = _depth(chi_1) if chi_1 <= 1.0 else 1.0 / math.log(chi_1)
+    if regime == "critical":                 # chi_1 = 1 to the accuracy of the integrals
+        xi_c = xi_grad = math.inf
     return FixedPoint(q_star=q_star, c_star=c_star, chi_1=chi_1, chi_c=chi_c,
-                      xi_q=xi_q, xi_c=xi_c,
-                      xi_grad=math.inf if chi_1 == 1.0 else 1.0 / abs(math.log(chi_1)),
-                      regime=regime, activation=act.name, sigma_w2=sw2, sigma_b2=sb2, note=note)
+                      xi_q=xi_q, xi_c=xi_c, xi_grad=xi_grad, note=note.strip("; "),
+                      regime=regime, activation=act.name, sigma_w2=sw2, sigma_b2=sb2)
 
 
 def trainable_depth(activation, sigma_w2: float, sigma_b2: float) -> float:
@@ -491,31 +708,66 @@ def trainable_depth(activation, sigma_w2: float, sigma_b2: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # edge of chaos
 
+_CRIT_ACCEPT = 1e-13     #: critical_sigma_w2 returns only points with |chi_1 - 1| <= this
+_CRIT_GRID = np.linspace(math.log(1e-16), math.log(1e8), 291)   # q grid of the q* parameterisation
+_KIND_FINITE, _KIND_ZERO, _KIND_INF = 0, -1, 1
 
-def _critical_line_q(act: Activation, sb2: np.ndarray, tol=1e-15, V=None, D=None):
-    """log q* on the critical line for each sigma_b^2, from the parameterisation by q*:
-    sigma_w^2(q) = 1 / E[phi'(sqrt(q) z)^2], sigma_b^2(q) = q - sigma_w^2(q) E[phi(sqrt(q) z)^2]
-    (Schoenholz et al. 2017, Sec. 3; Pennington et al. 2017, Sec. 2.3). The smallest q whose
-    sigma_b^2(q) equals the target is taken (bracketed on a log grid over [1e-12, 1e8], then
-    vectorised Illinois regula falsi); nan where none reaches it."""
-    V = V or act.second_moment
-    D = D or act.dphi_second_moment
 
+@dataclass(frozen=True, eq=False)
+class CriticalBranch(_Result):
+    """A candidate edge-of-chaos point at one sigma_b^2 (:func:`critical_branches`).
+
+    ``sigma_w2``: where chi_1 = 1 at ``q_star`` (0 or inf for the limits q* -> 0, q* -> inf);
+    ``length_slope``: sigma_w^2 d/dq E[phi(sqrt(q) z)^2] at q* (< 1: the fixed point attracts
+    its neighbourhood; > 1: it repels, and no network settles there); ``reached``: the fixed
+    point that the length map reaches from ``q0`` (:func:`fixed_point`) has chi_1 = 1 to 1e-13
+    at ``sigma_w2`` (after polishing, so ``sigma_w2`` is then the value
+    :func:`critical_sigma_w2` may return); ``kind``: "finite", "q*=0" or "q*=inf".
+    """
+
+    sigma_w2: float
+    q_star: float
+    length_slope: float
+    reached: bool
+    kind: str
+    sigma_b2: float = math.nan
+    q0: float = 1.0
+
+
+def _integrals(act: Activation, fns=None):
+    """(V, dV, D, VdV): E[phi^2], its q-slope, E[phi'^2] and (V, dV) together; ``fns`` (from
+    phase_diagram's tables) or the activation's own integrals."""
+    if fns is not None:
+        return fns
+    V, dV, D = act.second_moment, act.second_moment_slope, act.dphi_second_moment
+    return V, dV, D, None
+
+
+def _param_roots(act: Activation, sb2: np.ndarray, V, D, tol=1e-15):
+    """Every root of sigma_b^2(q) = q - E[phi^2] / E[phi'^2] = target on a log grid of q in
+    [1e-16, 1e8] (the parameterisation of the fixed points with chi_1 = 1 by q*: Schoenholz et al.
+    2017, Sec. 3; Pennington et al. 2017, Sec. 2.3), refined by vectorised Illinois regula falsi
+    in log q. A sign change counts only where both grid values stand clear of the rounding of
+    q - V/D (2e-13 (q + V/D): the integrals are good to ~1e-15, phase_diagram's tables to
+    1e-13); below that the q -> 0 limit candidate and the polishing of _polish_critical take
+    over. Returns (row, log q) pairs."""
     def h(lq):
         q = np.exp(lq)
-        return q - V(q) / D(q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = V(q) / D(q)
+        return q - r, 2e-13 * (q + np.abs(r))
 
-    grid = np.linspace(math.log(1e-12), math.log(1e8), 241)
-    f = h(grid)[None, :] - sb2.ravel()[:, None]
-    sign_change = np.sign(f[:, :-1]) * np.sign(f[:, 1:]) <= 0
-    has = sign_change.any(axis=1)
-    j = np.argmax(sign_change, axis=1)
-    out = np.full(sb2.size, np.nan)
-    idx = np.flatnonzero(has)
-    target = sb2.ravel()[idx]
-    a, b = grid[j[idx]], grid[j[idx] + 1]
-    fa, fb = f[idx, j[idx]], f[idx, j[idx] + 1]
-    side = np.zeros(idx.size)
+    hv, noise = h(_CRIT_GRID)
+    f = hv[None, :] - sb2[:, None]
+    sure = np.abs(f) > noise[None, :]
+    sign_change = (np.sign(f[:, :-1]) * np.sign(f[:, 1:]) < 0) & sure[:, :-1] & sure[:, 1:]
+    rows, j = np.nonzero(sign_change)
+    target = sb2[rows]
+    a, b = _CRIT_GRID[j], _CRIT_GRID[j + 1]
+    fa, fb = f[rows, j], f[rows, j + 1]
+    out = np.full(rows.size, np.nan)
+    idx = np.arange(rows.size)
+    side = np.zeros(rows.size)
     for _ in range(200):
         if idx.size == 0:
             break
@@ -523,7 +775,7 @@ def _critical_line_q(act: Activation, sb2: np.ndarray, tol=1e-15, V=None, D=None
             m = b - fb * (b - a) / (fb - fa)
         bad = ~np.isfinite(m) | (m < np.minimum(a, b)) | (m > np.maximum(a, b))
         m = np.where(bad, 0.5 * (a + b), m)
-        fm = h(m) - target
+        fm = h(m)[0] - target
         left = np.sign(fm) == np.sign(fa)
         # Illinois: halve the stale end's value when the same end is kept twice
         fb = np.where(left & (side == 1), 0.5 * fb, fb)
@@ -534,58 +786,170 @@ def _critical_line_q(act: Activation, sb2: np.ndarray, tol=1e-15, V=None, D=None
         done = (np.abs(b - a) <= tol * np.maximum(1.0, np.abs(m))) | (fm == 0)
         out[idx[done]] = m[done]
         keep = ~done
-        idx, a, b, fa, fb, side, target = idx[keep], a[keep], b[keep], fa[keep], fb[keep], side[keep], target[keep]
+        idx, a, b, fa, fb, side, target = (v[keep] for v in (idx, a, b, fa, fb, side, target))
     out[idx] = 0.5 * (a + b)
-    return out.reshape(sb2.shape)
+    return rows, out
 
 
-def critical_sigma_w2(activation, sigma_b2, *, _V=None, _D=None) -> np.ndarray:
-    """The edge of chaos: the sigma_w^2 with chi_1 = 1 at q* (Poole et al. 2016, Fig. 2D;
-    Schoenholz et al. 2017, eq. 6), vectorised over ``sigma_b2``.
+def _candidates(act: Activation, sb2: np.ndarray, fns, limits=(_KIND_ZERO,)):
+    """Candidate critical points (row, sigma_w^2, log q*, kind) for the flat array ``sb2``: the
+    roots of the q* parameterisation, and the limits of chi_1 = sigma_w^2 E[phi'^2] as q* -> 0
+    (sigma_w^2 = 1 / lim_{q->0} E[phi'(sqrt(q) z)^2], e.g. 1 / phi'(0)^2 for smooth phi, and the
+    mean of the one-sided squared slopes at a kink at 0, as for selu) and, with ``_KIND_INF`` in
+    ``limits``, q* -> inf (relu-like activations: sigma_w^2 = 1 / lim E[phi'^2]), evaluated
+    where fixed_point evaluates them (q = 1e-280 and 1e100)."""
+    V, _, D, _ = fns
+    rows, lq = _param_roots(act, sb2, V, D)
+    with np.errstate(divide="ignore"):
+        sw2 = 1.0 / D(np.exp(lq)) if lq.size else np.zeros(0)
+    parts = [(rows, sw2, lq, np.full(rows.size, _KIND_FINITE))]
+    phi0 = float(act.phi(np.zeros(1))[0])
+    for kind in limits:
+        lq_e = _LQ_LO if kind == _KIND_ZERO else _LQ_HI
+        d, d_in = (float(np.asarray(D(np.exp(np.array([lq_e, lq_e - 20.0 * kind]))), float)[i])
+                   for i in (0, 1))
+        # a limit of E[phi'^2] (not a power of q: phi'(0) = 0, or tanh-like decay at infinity);
+        # q* -> 0 also needs phi(0) = 0
+        real = d_in > 0 and abs(d / d_in - 1.0) < 1e-6 and (kind != _KIND_ZERO or phi0 == 0.0)
+        if real and math.isfinite(d):
+            n = sb2.size
+            parts.append((np.arange(n), np.full(n, 1.0 / d), np.full(n, kind * math.inf),
+                          np.full(n, kind)))
+    rows, sw2, lq, kind = (np.concatenate(v) for v in zip(*parts))
+    ok = np.isfinite(sw2) & (sw2 > 0)
+    return rows[ok], sw2[ok], lq[ok], kind[ok]
 
-    At sigma_b^2 = 0 the line ends at q* -> 0 (sigma_w^2 = 1 / phi'(0)^2) for activations with
-    phi(0) = 0; for relu-like activations the only critical point is sigma_w^2 = 2/(1 + slope^2)
-    at sigma_b^2 = 0. Where no critical point exists (e.g. relu with sigma_b^2 > 0, softplus),
-    the entry is nan and a RuntimeWarning says so.
 
-    The line is traced by the parameterisation by q* (a fixed point with chi_1 = 1, the definition
-    of Hayou et al. 2019). For tanh-like activations that fixed point is stable; for silu and gelu
-    with sigma_w^2 > 2 it can be an unstable fixed point of the length map (slope > 1), which a
-    network started at another q0 never reaches: check ``fixed_point(...).regime``.
+def _chi1_reached(act, sw2, sb2, q0, fns):
+    """(chi_1 - 1, log q*) at the fixed point reached from q0, computed as fixed_point does."""
+    V, dV, D, VdV = fns
+    lq = _q_star(act, sw2, sb2, q0, V=V, dV=dV, VdV=VdV)
+    qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
+    return sw2 * D(qe) - 1.0, lq
+
+
+def _polish_critical(act, sw2, sb2, kind, q0, fns, steps=30):
+    """Newton's method on F(sigma_w^2) = chi_1(q*(sigma_w^2)) - 1, q* the fixed point reached from
+    q0 (a finite-difference slope; the step stays on the branch the candidate started on: finite,
+    or the limit q* = 0 / inf). The q* parameterisation alone gives chi_1 = 1 only to the
+    rounding of q - V/D, which near q* = 0 is many times E[phi'^2]'s own: the polishing makes
+    |chi_1 - 1| <= 1e-13 at the point fixed_point computes.
+    Returns (sigma_w^2, accepted, log q*)."""
+    sw2 = sw2.copy()
+    F, lq = _chi1_reached(act, sw2, sb2, q0, fns)
+
+    def on_branch(lq_, k):
+        """q* = inf only for the q* -> inf limit and always for it (a finite q* or q* -> 0
+        otherwise: near sigma_b^2 = 0 the q* -> 0 candidate polishes to a tiny finite q*)."""
+        return np.where(k == _KIND_INF, lq_ == np.inf, lq_ < np.inf)
+
+    live = np.flatnonzero(on_branch(lq, kind) & (np.abs(F) > 0.1 * _CRIT_ACCEPT) & np.isfinite(F))
+    for _ in range(steps):
+        if live.size == 0:
+            break
+        w, b, k = sw2[live], sb2[live], kind[live]
+        dw = 1e-7 * w
+        F2, _ = _chi1_reached(act, w + dw, b, q0, fns)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wn = w - F[live] * dw / (F2 - F[live])
+        good = np.isfinite(wn) & (wn > 0) & (np.abs(wn - w) <= 0.05 * w)
+        wn = np.where(good, wn, w)
+        Fn, lqn = _chi1_reached(act, wn, b, q0, fns)
+        better = good & (np.abs(Fn) < np.abs(F[live])) & on_branch(lqn, k)
+        sw2[live] = np.where(better, wn, w)
+        F[live] = np.where(better, Fn, F[live])
+        lq[live] = np.where(better, lqn, lq[live])
+        live = live[better & (np.abs(Fn) > 0.1 * _CRIT_ACCEPT)]
+    return sw2, on_branch(lq, kind) & (np.abs(F) <= _CRIT_ACCEPT), lq
+
+
+def critical_sigma_w2(activation, sigma_b2, *, q0: float = 1.0, _fns=None) -> np.ndarray:
+    """The edge of chaos: the sigma_w^2 at which the fixed point q* that the length map reaches
+    from ``q0`` has chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2] = 1 (Poole et al. 2016, eq. 7 and
+    Fig. 2D; Schoenholz et al. 2017, eq. 6 and Sec. 3; Hayou et al. 2019, Def. 3), vectorised
+    over ``sigma_b2``. ``q0`` is :func:`fixed_point`'s: where the iteration of the length map
+    starts.
+
+    Branch convention. Candidates are every fixed point with chi_1 = 1 of the parameterisation by
+    q* (sigma_w^2(q) = 1 / E[phi'^2], sigma_b^2(q) = q - sigma_w^2(q) E[phi^2]) and, for
+    phi(0) = 0 at sigma_b^2 -> 0, the limit q* -> 0 (sigma_w^2 = 1 / lim_{q->0} E[phi'^2]:
+    1 / phi'(0)^2, or for a kink at 0 the mean of the one-sided squared slopes, e.g. selu). A
+    candidate counts only if :func:`fixed_point` from ``q0`` reaches it, i.e. it is the attracting
+    fixed point the network actually settles at: for silu and gelu at small sigma_b^2 the
+    chi_1 = 1 point of the parameterisation repels (length-map slope > 1), the network goes to
+    an ordered fixed point or diverges, and chi_1 jumps across 1 without a critical point (a
+    discontinuous transition). Each candidate is polished (:func:`_polish_critical`) so that
+    ``fixed_point(act, result, sigma_b2, q0).chi_1`` is 1 to 1e-13, and its regime "critical"
+    with xi_c = inf. Where several remain, the smallest sigma_w^2 is returned
+    (:func:`critical_branches` lists them all).
+
+    Refusals (nan, with one RuntimeWarning naming the sigma_b2 values): no candidate is reached
+    from ``q0`` (gelu and silu below sigma_b^2 ~ 0.16 and ~0.54 from q0 = 1, softplus
+    everywhere), or chi_1 reaches 1 only as q* -> inf: relu and leaky_relu at sigma_b^2 > 0 (and
+    relu-like activations at sigma_w^2 = 1 / lim_{q->inf} E[phi'^2]), where the length diverges
+    and there is no fixed point to be critical (Hayou et al. 2019 require q* finite; fixed_point
+    reports such points as "critical" in the limit). Homogeneous activations (linear, relu,
+    leaky_relu): sigma_w^2 = 1 / E[phi'^2] at sigma_b^2 = 0, where every q is a fixed point.
     """
     act = _activation(activation)
     sb2 = check_nonnegative("sigma_b2", sigma_b2)
+    q0 = _check_scalar("q0", q0, check_positive)
     scalar = sb2.ndim == 0
-    sb2 = np.atleast_1d(sb2)
-    out = np.full(sb2.shape, np.nan)
+    flat = np.atleast_1d(sb2).astype(float).ravel()
+    out = np.full(flat.shape, np.nan)
     if act.name in ("linear", "relu", "leaky_relu"):
         d = float(act.dphi_second_moment(1.0))
-        out[sb2 == 0] = 1.0 / d
-    else:
-        pos = sb2 > 0
-        if np.any(pos):
-            lq = _critical_line_q(act, sb2[pos], V=_V, D=_D)
-            ok = np.isfinite(lq)
-            vals = np.full(lq.shape, np.nan)
-            vals[ok] = 1.0 / (_D or act.dphi_second_moment)(np.exp(lq[ok]))
-            out[pos] = vals
-        zero = ~pos
-        if np.any(zero):
-            phi0 = float(act.phi(np.array(0.0)))
-            if phi0 == 0.0:
-                d0 = float(act.dphi(np.array(0.0)))
-                out[zero] = 1.0 / d0 ** 2 if d0 != 0.0 else np.nan   # phi'(0) = 0: none
-            else:
-                lq = _critical_line_q(act, sb2[zero], V=_V, D=_D)
-                ok = np.isfinite(lq)
-                vals = np.full(lq.shape, np.nan)
-                vals[ok] = 1.0 / (_D or act.dphi_second_moment)(np.exp(lq[ok]))
-                out[zero] = vals
+        out[flat == 0] = 1.0 / d
+    elif flat.size:
+        fns = _integrals(act, _fns)
+        rows, sw2, lq, kind = _candidates(act, flat, fns)
+        if rows.size:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sw2, ok, _ = _polish_critical(act, sw2, flat[rows], kind, q0, fns)
+            rows, sw2 = rows[ok], sw2[ok]
+            order = np.lexsort((sw2, rows))            # the smallest sigma_w^2 of each row
+            rows, sw2 = rows[order], sw2[order]
+            first = np.r_[True, rows[1:] != rows[:-1]] if rows.size else np.zeros(0, bool)
+            out[rows[first]] = sw2[first]
+    out = out.reshape(np.shape(np.atleast_1d(sb2)))
     if np.any(np.isnan(out)):
-        warnings.warn(f"{act.name}: no edge of chaos (chi_1 = 1 with a finite q*) at sigma_b2 = "
-                      f"{sb2[np.isnan(out)].tolist()[:5]}; returned nan there", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"{act.name}: no edge of chaos (a fixed point with chi_1 = 1 that the "
+                      f"length map reaches from q0 = {q0:g}) at sigma_b2 = "
+                      f"{np.atleast_1d(sb2)[np.isnan(out)].tolist()[:5]}; returned nan there "
+                      f"(critical_branches lists the chi_1 = 1 points that are not reached)",
+                      RuntimeWarning, stacklevel=2)
     return out[0] if scalar else out
+
+
+def critical_branches(activation, sigma_b2: float, *, q0: float = 1.0) -> tuple:
+    """Every chi_1 = 1 point at one ``sigma_b2``, reached from ``q0`` or not, as
+    :class:`CriticalBranch` records sorted by sigma_w^2: the roots of the q* parameterisation
+    (Schoenholz et al. 2017, Sec. 3; Hayou et al. 2019), and the limits q* -> 0 and q* -> inf.
+    :func:`critical_sigma_w2` returns the smallest ``sigma_w2`` of the records with ``reached``
+    and a ``kind`` other than "q*=inf". For example silu at sigma_b^2 = 0.04: one finite branch at
+    sigma_w^2 = 2.8208 with length slope 1.2 > 1 (repelling, not reached), so no edge of chaos."""
+    act = _activation(activation)
+    sb2 = float(_check_scalar("sigma_b2", sigma_b2, check_nonnegative))
+    q0 = _check_scalar("q0", q0, check_positive)
+    if act.name in ("linear", "relu", "leaky_relu"):
+        d = float(act.dphi_second_moment(1.0))
+        if sb2 == 0:
+            return (CriticalBranch(1.0 / d, q0, 1.0, True, "finite", sb2, q0),)
+        return (CriticalBranch(1.0 / d, math.inf, 1.0, True, "q*=inf", sb2, q0),)
+    fns = _integrals(act)
+    rows, sw2_0, lq, kind = _candidates(act, np.array([sb2]), fns, (_KIND_ZERO, _KIND_INF))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sw2, ok, _ = _polish_critical(act, sw2_0, np.full(rows.size, sb2), kind, q0, fns)
+    names = {_KIND_FINITE: "finite", _KIND_ZERO: "q*=0", _KIND_INF: "q*=inf"}
+    out = []
+    for w0, w, l, k, r in zip(sw2_0, sw2, lq, kind, ok):
+        q = math.exp(l) if math.isfinite(l) else (0.0 if l < 0 else math.inf)
+        qe = math.exp(min(max(l, _LQ_LO), _LQ_HI))
+        slope = float(w0 * np.asarray(fns[1](np.array([qe])), float)[0])
+        out.append(CriticalBranch(float(w if r else w0), q, slope, bool(r), names[int(k)], sb2, q0))
+    return tuple(sorted(out, key=lambda b: b.sigma_w2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,10 +1103,38 @@ def _c_star_mehler(act: Activation, q, sw2, sb2, V, tol=4e-15):
     return c_out, d_out
 
 
-def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
+_PD_MAX_BYTES = 4 * 2**30     #: phase_diagram's cap on its working memory (4 GiB)
+_PD_BYTES_PER_CELL = 5120     #: peak working memory per grid cell, with a margin (below)
+
+
+def _check_grid_size(n_w: int, n_b: int) -> None:
+    """Refuse a phase-diagram grid whose working arrays would exceed _PD_MAX_BYTES (4 GiB):
+    every cell carries tens of float64 arrays through the fixed-point iteration, the tables'
+    barycentric evaluation and (chaotic cells) Mehler's series; the peak measured with
+    tracemalloc is 2.4 KB per cell for tanh (256^2 and 512^2 grids) and 4.7 KB for gelu
+    (256^2), so 5 KiB per cell is counted: at most 838860 cells (e.g. 915 x 915)."""
+    cells = n_w * n_b
+    need = cells * _PD_BYTES_PER_CELL
+    if need > _PD_MAX_BYTES:
+        raise ValueError(
+            f"phase_diagram: a {n_b} x {n_w} grid (sigma_b2 x sigma_w2, {cells:.3g} cells) would "
+            f"need about {need / 2**30:.3g} GiB of working memory; the limit is "
+            f"{_PD_MAX_BYTES / 2**30:g} GiB ({_PD_MAX_BYTES // _PD_BYTES_PER_CELL} cells, e.g. "
+            f"{math.isqrt(_PD_MAX_BYTES // _PD_BYTES_PER_CELL)} x "
+            f"{math.isqrt(_PD_MAX_BYTES // _PD_BYTES_PER_CELL)}): use fewer points of sigma_w2 "
+            f"or sigma_b2, or compute the diagram in blocks of sigma_b2")
+
+
+def phase_diagram(activation, sigma_w2, sigma_b2, *, q0: float = 1.0) -> PhaseDiagram:
     """q*, chi_1, c* and xi_c on the grid ``sigma_w2`` x ``sigma_b2`` (1-D arrays), vectorised,
     with the critical line at each ``sigma_b2`` (Poole et al. 2016, Fig. 2; Schoenholz et al.
     2017, Fig. 1). Arrays have shape (len(sigma_b2), len(sigma_w2)).
+
+    ``q0``: where the length map starts (:func:`fixed_point`); the critical line is
+    :func:`critical_sigma_w2`'s for the same ``q0``, and a cell with |chi_1 - 1| <= 1e-12 is
+    critical (xi_c = inf), as in :func:`fixed_point`. A grid whose working memory would exceed
+    4 GiB (5 KiB a cell: about 8.4e5 cells, e.g. 915 x 915) is refused up front with a
+    ValueError that says how much it would need.
 
     For activations without closed forms the one-dimensional integrals come from a Chebyshev
     table in log q (``tables._LogQTable``, ~1e-15, kept with the activation) and the chaotic c*
@@ -752,6 +1144,8 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
     act = _activation(activation)
     sw = np.atleast_1d(check_positive("sigma_w2", sigma_w2)).astype(float)
     sb = np.atleast_1d(check_nonnegative("sigma_b2", sigma_b2)).astype(float)
+    q0 = _check_scalar("q0", q0, check_positive)
+    _check_grid_size(sw.size, sb.size)
     SW, SB = np.meshgrid(sw, sb)
     closed = type(act).cross_moment is not Activation.cross_moment
     if closed:
@@ -763,13 +1157,13 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
         def VdV(q):
             vals = t(q)
             return vals[..., 0], vals[..., 1]
-    lq = _q_star(act, SW, SB, V=V, dV=dV, VdV=None if closed else VdV)
+    lq = _q_star(act, SW, SB, q0, V=V, dV=dV, VdV=None if closed else VdV)
     q_star = np.exp(lq)
     qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
     chi_1 = SW * D(qe)
     c_star = np.ones_like(q_star)
     chi_c = chi_1.copy()
-    chaotic = (chi_1 > 1.0 + 1e-12) & np.isfinite(lq)
+    chaotic = (chi_1 > 1.0 + _CRIT_TOL) & np.isfinite(lq)
     if np.any(chaotic):
         qc, wc, bc = qe[chaotic], SW[chaotic], SB[chaotic]
         if closed:
@@ -787,10 +1181,11 @@ def phase_diagram(activation, sigma_w2, sigma_b2) -> PhaseDiagram:
         chi_c[limit] = _limit_c_slope(chi_c[limit], SW[limit] * V(qe[limit]) / qe[limit])
     with np.errstate(divide="ignore"):
         xi_c = np.where(np.abs(np.log(chi_c)) > 0, -1.0 / np.log(chi_c), np.inf)
+    xi_c[np.abs(chi_1 - 1.0) <= _CRIT_TOL] = np.inf       # critical (_regime): xi_c = inf
     chi_c = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        crit = np.atleast_1d(critical_sigma_w2(act, sb, _V=None if closed else V,
-                                               _D=None if closed else D))
+        crit = np.atleast_1d(critical_sigma_w2(act, sb, q0=q0, _fns=None if closed else
+                                               (V, dV, D, VdV)))
     return PhaseDiagram(activation=act.name, sigma_w2=sw, sigma_b2=sb, q_star=q_star, chi_1=chi_1,
                         xi_c=xi_c, c_star=c_star, critical_sigma_w2=crit)

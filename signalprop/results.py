@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Profile", "FixedPoint", "PhaseDiagram", "to_jsonable"]
+__all__ = ["Profile", "FixedPoint", "PhaseDiagram", "to_jsonable", "summarise"]
 
 
 def to_jsonable(value):
@@ -37,7 +37,89 @@ def to_jsonable(value):
     return value
 
 
+def _fmt_number(v) -> str:
+    return f"{float(v):.4g}"
+
+
+def summarise(value, width: int = 60) -> str:
+    """A short text for one field of a result: numbers as ``%.4g``, arrays as their shape and
+    range (``array(50) 0.98..1.02``, with counts of nan/inf), dicts by their keys (scalars shown),
+    long strings cut to ``width`` characters."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return _fmt_number(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= width else repr(value[:width - 4] + " ...")
+    if isinstance(value, _Result):
+        return repr(value)
+    if isinstance(value, np.ndarray):
+        return _summarise_array(value)
+    if isinstance(value, dict):
+        items = []
+        for k, v in list(value.items())[:6]:
+            if isinstance(v, (int, float, str, bool, np.integer, np.floating, type(None))):
+                items.append(f"{k}: {summarise(v, 24)}")
+            else:
+                items.append(str(k))
+        more = ", ..." if len(value) > 6 else ""
+        return "{" + ", ".join(items) + more + "}"
+    if isinstance(value, (list, tuple)):
+        text = repr(value)
+        return text if len(text) <= width else f"<{type(value).__name__} of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 4] + " ..."
+
+
+def _summarise_array(a: np.ndarray) -> str:
+    if a.dtype.kind not in "biuf":
+        return f"array{a.shape}"
+    if a.ndim == 0:
+        return summarise(a.item())
+    if a.size <= 4 and a.ndim <= 1:
+        return "[" + ", ".join(summarise(x) for x in a.tolist()) + "]"
+    x = a.astype(float, copy=False).ravel()
+    fin = np.isfinite(x)
+    shape = str(a.shape[0]) if a.ndim == 1 else "x".join(map(str, a.shape))
+    text = f"array({shape})"
+    if fin.any():
+        lo, hi = float(np.min(x[fin])), float(np.max(x[fin]))
+        text += f" {_fmt_number(lo)}" if lo == hi else f" {_fmt_number(lo)}..{_fmt_number(hi)}"
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if n_nan:
+        text += f", {n_nan} nan"
+    if n_inf:
+        text += f", {n_inf} inf"
+    return text
+
+
 class _Result:
+    """Base of the result types: ``to_dict``/``to_json``, and a short ``repr`` (a summary: scalars,
+    the shape and range of each array, the keys of dicts; never whole arrays), which every
+    subclass gets unless it defines its own ``__repr__`` (the dataclass decorator does not replace
+    a ``__repr__`` already in the class, so ``__init_subclass__`` puts this one there)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = _Result.__repr__
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            v = getattr(self, f.name, None)
+            if v is None or (isinstance(v, (dict, tuple, str)) and not v):
+                continue
+            try:
+                parts.append(f"{f.name}={summarise(v)}")
+            except Exception:  # noqa: BLE001 - a summary must never fail
+                parts.append(f"{f.name}=<{type(v).__name__}>")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def to_dict(self) -> dict:
         """Plain dict of the fields (numpy arrays kept); ``None`` fields left out."""
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -57,6 +139,9 @@ class Profile(_Result):
     log_g: log per-unit gradient variance w.r.t. pre-activations (log_g[-1] = 0);
     log_G: log weight-gradient variance. ``*_se``: Monte Carlo standard errors (None for theory).
     ``samples``: per-sample values when requested. ``meta``: what produced it (source, q0, c0, ...).
+    ``log_q_se``: the standard error of ``log_q`` (delta method: ``q_se / q``, the relative standard
+    error, carried in logs so that it exists where ``q`` leaves the float range); optional, and
+    absent from ``to_dict``/JSON when not set (profiles written before it existed read the same).
     """
 
     layers: np.ndarray
@@ -71,6 +156,7 @@ class Profile(_Result):
     log_G_se: Optional[np.ndarray] = None
     samples: Optional[dict] = None
     meta: dict = field(default_factory=dict)
+    log_q_se: Optional[np.ndarray] = None     # last, so positional construction is unchanged
 
     @property
     def depth(self) -> int:

@@ -41,6 +41,19 @@ here: use the direct route"):
   every c in [-1, 1]), for q in [1e-6, q_max], q_max set by K < 1016 (tanh ~6.9, sigmoid ~24,
   gelu ~31).
 
+* ``rho_theta(act, q, rho)`` -> a Chebyshev interpolant in theta = arccos c of the
+  post-activation correlation c -> rho(q, c) at one q (``theta_at`` evaluates it), for a
+  profile whose q has settled while c still moves (the edge of chaos) or whose q is past 1e13;
+* ``rho_2d(act, lq, c, rho)`` -> rho(q, c) from a table in (log q, theta) (and sqrt(q) below
+  q = 1e-2), for kinked activations with a closed-form smoothing (elu, selu, hard_tanh) whose
+  q moves slowly (q* -> 0 at the edge of chaos);
+* ``small_moments(act, lq)`` -> the log moments for q <= 1e-6 (phi(0) = 0), from a Chebyshev
+  panel in sqrt(q).
+
+These three are built from the direct rules and accepted only where they reproduce them (to
+2e-14 - 1e-13, stated at each); their purpose is issue 10's depth-1e5 profiles, where the direct
+rules would otherwise run at every layer.
+
 Activations with closed forms (relu, leaky_relu, linear, erf: ``scalar_kernel``) get no tables;
 the series exists only for analytic activations without kinks (``Activation.mehler_coefficients``).
 """
@@ -56,7 +69,7 @@ import numpy as np
 from . import gaussian
 
 __all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
-           "LQ_LO", "LQ_HI"]
+           "rho_theta", "theta_at", "rho_2d", "small_moments", "LQ_LO", "LQ_HI"]
 
 # -- the scalar tables -----------------------------------------------------------------------
 LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
@@ -605,6 +618,245 @@ def mehler_rho(act, q: float, c: float) -> Optional[float]:
     ``None`` where ``mehler_sq`` would return None."""
     series = mehler_series(act, q)
     return None if series is None else series_at(series, c)
+
+
+# -- the correlation map at one q, in theta = arccos c ---------------------------------------
+
+_THETA_DEGS = (32, 64, 128, 256)   #: Chebyshev degrees in theta tried in turn
+_THETA_TAIL = 8e-15             #: last three coefficients (absolute) at rounding level
+_THETA_CHECK = 5e-14            #: off-node agreement with the direct rule (absolute): the
+                                #: direct rule itself errs by up to 3e-14 at q = 1e13 (gelu)
+_THETA_CACHE = 16               #: interpolants kept per activation
+
+
+def rho_theta(act, q: float, rho: Callable) -> Optional[tuple]:
+    """The post-activation correlation c -> rho(q, c) = E[phi(u1) phi(u2)] / E[phi^2] at one q, as
+    a Chebyshev interpolant in x = 2 theta / pi - 1, theta = arccos c, or ``None``.
+
+    For a network whose length has converged (or whose q is past the point where rho stops
+    depending on it) while c still moves (at the edge of chaos c -> 1 like a power of the depth,
+    so predict never sees c repeat) the map is evaluated at every layer; the direct bivariate
+    rule costs ~1-10 ms a call, this ~5 us. In theta, rho(q, cos theta) is smooth on [0, pi]:
+    analytic in c inside (-1, 1) (the Gaussian density is), even in theta at the ends for smooth
+    phi, and a series in odd powers of theta for kinks, whose (1 -+ c)^(k + 1/2) terms are
+    sin(theta/2)^(2k+1)-like. ``rho(q, c)`` (vectorised: meanfield._rho) gives the values at the
+    deg + 1 Chebyshev-Lobatto nodes; the interpolant is accepted when its last three
+    coefficients are below 8e-15 and it agrees with ``rho`` within 5e-14 at 8 points between the
+    nodes (the direct rule's own error reaches 3e-14 at q = 1e13), trying degrees 32, 64, 128,
+    256 while each doubling shrinks the tail 1000-fold (else ``None``, e.g. tanh at q = 1e13,
+    whose features are at theta ~ q^-1/2). Cached per activation and q (the last 16)."""
+    t = tables_of(act)
+    cache = t.__dict__.setdefault("_theta", {})
+    key = float(q)
+    if key in cache:
+        return cache[key]
+    out, prev = None, None
+    for deg in _THETA_DEGS:
+        x = _lobatto(deg)
+        c = np.cos(0.5 * np.pi * (x + 1.0))
+        vals = np.asarray(rho(np.full(c.size, key), c), float)
+        if not np.all(np.isfinite(vals)):
+            break
+        coef = _dct_matrix(deg) @ vals
+        tail = np.max(np.abs(coef[-3:]))
+        if prev is not None and tail > 1e-3 * prev:
+            break                # not converging geometrically: a higher degree will not do
+        prev = tail
+        if tail > _THETA_TAIL:
+            continue
+        xm = np.cos(np.pi * (np.arange(8) * (deg // 8) + 0.5 + 0.37 * np.arange(8) / 8) / deg)
+        cm = np.cos(0.5 * np.pi * (xm + 1.0))
+        ref = np.asarray(rho(np.full(8, key), cm), float)
+        got = np.polynomial.chebyshev.chebval(xm, coef)
+        if np.max(np.abs(got - ref)) <= _THETA_CHECK:
+            out = tuple(float(v) for v in coef[::-1])   # highest first, for Clenshaw
+            break
+    if len(cache) >= _THETA_CACHE:
+        cache.pop(next(iter(cache)))
+    cache[key] = out
+    return out
+
+
+def theta_at(coef: tuple, c: float) -> float:
+    """rho(c) from a :func:`rho_theta` interpolant: Clenshaw's recurrence for sum_k a_k T_k(x),
+    x = 2 arccos(c) / pi - 1 (plain floats, ~5 us for degree 64)."""
+    x = 2.0 * math.acos(c) / math.pi - 1.0
+    x2 = 2.0 * x
+    b1 = b2 = 0.0
+    for a in coef[:-1]:
+        b1, b2 = a + x2 * b1 - b2, b1
+    return coef[-1] + x * b1 - b2
+
+
+# -- rho(q, c) in two variables, for kinked activations with a closed-form smoothing ----------
+
+_S_MAX = 1e-3                   #: the small-q panels: s = sqrt(q) in (0, 1e-3], q <= 1e-6
+_S_DEG = 12                     #: degree in s of the moments' small-q panel (first-kind nodes)
+_S_MAX_RHO = 0.1                #: rho's small-q panel: s = sqrt(q) in (0, 0.1], q <= 1e-2 ...
+_S_DEG_RHO = 16                 #: ... degree 16 (first-kind nodes, s >= 2.1e-4)
+_RHO2_TAIL = 8e-15              #: last three theta coefficients at every node (absolute)
+_RHO2_UTAIL = 1e-14             #: last two coefficients in u (or s) of every theta coefficient
+_RHO2_CHECK = 5e-14             #: agreement with the direct rule at 4 off-grid points (the
+                                #: direct rule's own error: ~1e-14, 3e-14 at q = 1e13)
+_RHO2_CHECK_SMALL = 1e-13       #: the same in the small-q panel, where the direct rule itself
+                                #: errs by 1e-14 (q = 7e-8) to 1e-13 (1e-8) against mpmath (elu)
+
+
+def _cheb1(n: int) -> np.ndarray:
+    """First-kind Chebyshev points cos(pi (j + 1/2) / n), j = 0..n-1 (descending)."""
+    return np.cos(np.pi * (np.arange(n) + 0.5) / n)
+
+
+@lru_cache(maxsize=4)
+def _dct2_matrix(n: int) -> np.ndarray:
+    """C with c = C @ f: coefficients of the degree n-1 interpolant through values at the
+    first-kind points (c_k = (2/n) sum_j f_j cos(pi k (j + 1/2) / n), c_0 halved; ATAP ch. 3)."""
+    j = np.arange(n)
+    C = np.cos(np.pi * np.outer(j, j + 0.5) / n) * (2.0 / n)
+    C[0] *= 0.5
+    return C
+
+
+class _RhoTable:
+    """rho(q, c) = E[phi(u1) phi(u2)] / E[phi^2] of one activation, u ~ N(0, q [[1, c], [c, 1]]),
+    in two variables: Chebyshev in theta = arccos c (degree 64 on [0, pi], as :func:`rho_theta`)
+    times Chebyshev in u = log q on the panels of the moment tables (width 0.25, degree 12) above
+    q = 1e-2 or, for q <= 1e-2, in s = sqrt(q) on (0, 0.1] (degree 16): there rho is a power
+    series in sqrt(q) (phi piecewise analytic with a kink at 0, as elu and selu: rho_n(c) s^n,
+    the terms past s^16 below 1e-16), or constant to rounding (hard_tanh: its kinks at +-1 enter
+    as exp(-1/(2q)) < 1e-21), so one panel covers q -> 0. Its first-kind nodes stay at
+    s >= 2.1e-4, where the direct rule is good to ~2e-14 (it loses digits at smaller q: the
+    closed-form smoothing of elu/selu cancels, ~1e-11 at q = 1e-12), and below them the panel
+    interpolates. For a profile whose q moves slowly (q* -> 0 at the edge of chaos, as a power of
+    the depth) the direct rule would otherwise run at every layer.
+
+    Built lazily from ``rho`` (vectorised, the direct rule), panel by panel; a panel is kept
+    when every node's theta tail is below 8e-15 (degree 64, else 128), the tail of every theta
+    coefficient in u (or s) below 1e-14, and 4 off-grid points agree with ``rho`` within 5e-14
+    (1e-13 in the small-q panel); else it is rejected
+    and those q go to the direct rule. Only for activations with a closed-form smoothing
+    (``act.smooth``: elu, selu, hard_tanh), whose direct rule is cheap enough to tabulate
+    (~1e-2 s per 65 points)."""
+
+    def __init__(self, act, rho: Callable):
+        self.act, self.rho = act, rho
+        self.panels: dict = {}
+
+    def _theta_coefs(self, q: np.ndarray, deg: int = _THETA_DEGS[1]):
+        """Theta coefficients (rows: q) and whether every row's tail is at rounding level."""
+        ct = np.cos(0.5 * np.pi * (_lobatto(deg) + 1.0))
+        Q = np.repeat(q, ct.size)
+        C = np.tile(ct, q.size)
+        vals = np.asarray(self.rho(Q, C), float).reshape(q.size, ct.size)
+        if not np.all(np.isfinite(vals)):
+            return None, False
+        A = vals @ _dct_matrix(deg).T
+        return A, bool(np.max(np.abs(A[:, -3:])) <= _RHO2_TAIL)
+
+    def _build(self, k):
+        """Panel k (or "small"), degree 64 in theta, else 128 (hard_tanh's kinks at +-1 from
+        q ~ 0.5 on); False when neither passes."""
+        for deg in _THETA_DEGS[1:3]:
+            panel = self._build_deg(k, deg)
+            if panel is not False:
+                return panel
+        return False
+
+    def _build_deg(self, k, deg):
+        if k == "small":
+            x = _cheb1(_S_DEG_RHO + 1)
+            q = (0.5 * _S_MAX_RHO * (x + 1.0)) ** 2
+            A, ok = self._theta_coefs(q, deg)
+            if ok:
+                B = _dct2_matrix(_S_DEG_RHO + 1) @ A        # coefficients in s (rows) x theta
+                ok = np.max(np.abs(B[-1:])) <= _RHO2_UTAIL
+        else:
+            u = LQ_LO + (k + 0.5 * (1.0 - _lobatto(_DEG))) * _WIDTH    # ascending
+            A, ok = self._theta_coefs(np.exp(u), deg)
+            if ok:
+                B = _dct_matrix(_DEG) @ A[::-1]
+                ok = np.max(np.abs(B[-2:])) <= _RHO2_UTAIL
+        if not ok:
+            return False
+        panel = (k, B)
+        rng = np.random.default_rng(17)
+        lq = (np.log(rng.uniform(2e-4, _S_MAX_RHO, 4) ** 2) if k == "small"
+              else LQ_LO + (k + rng.uniform(0.0, 1.0, 4)) * _WIDTH)
+        cs = np.cos(np.pi * rng.uniform(0.0, 1.0, 4))
+        ref = np.asarray(self.rho(np.exp(lq), cs), float)
+        got = np.array([self._eval(panel, l, cc) for l, cc in zip(lq, cs)])
+        tol = _RHO2_CHECK_SMALL if k == "small" else _RHO2_CHECK
+        return panel if np.max(np.abs(got - ref)) <= tol else False
+
+    def _eval(self, panel, lq: float, c: float) -> float:
+        k, B = panel
+        if k == "small":
+            x = 2.0 * math.exp(0.5 * lq) / _S_MAX_RHO - 1.0
+        else:
+            x = 2.0 * ((lq - LQ_LO) * _INV_W - k) - 1.0
+        Tu = np.cos(np.arange(B.shape[0]) * math.acos(min(1.0, max(-1.0, x))))
+        coef = Tu @ B                                   # theta coefficients at this q
+        return theta_at(tuple(coef[::-1].tolist()), c)
+
+    def __call__(self, lq: float, c: float) -> Optional[float]:
+        if lq <= 2.0 * math.log(_S_MAX_RHO):
+            k = "small"
+        elif LQ_LO <= lq <= LQ_HI:
+            k = min(int((lq - LQ_LO) * _INV_W), _N_PANELS - 1)
+        else:
+            return None
+        panel = self.panels.get(k)
+        if panel is None:
+            panel = self.panels[k] = self._build(k)
+        return None if panel is False else self._eval(panel, lq, c)
+
+
+def _small_moment_panel(act):
+    """Chebyshev coefficients in s = sqrt(q) on (0, 1e-3] of log(E[phi^2] / q) and log E[phi'^2]
+    (phi(0) = 0: both are power series in s, for kinks at 0 too), or False: not for phi(0) != 0,
+    non-finite values, or a tail (last two coefficients) above 1e-14."""
+    if float(act.phi(np.zeros(1))[0]) != 0.0:
+        return False
+    x = _cheb1(_S_DEG + 1)
+    q = (0.5 * _S_MAX * (x + 1.0)) ** 2
+    v, d = _direct_moments(act, q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vals = np.stack([np.log(np.asarray(v, float) / q), np.log(np.asarray(d, float))], axis=-1)
+    if not np.all(np.isfinite(vals)):
+        return False
+    B = _dct2_matrix(_S_DEG + 1) @ vals
+    return B if np.max(np.abs(B[-2:])) <= 1e-14 else False
+
+
+def small_moments(act, lq: float):
+    """(log E[phi^2], log E[phi'^2]) at q = exp(lq) <= 1e-6 from a Chebyshev panel in
+    s = sqrt(q) (:func:`_small_moment_panel`), or ``None`` (q above 1e-6, phi(0) != 0, closed
+    forms, panel rejected). Within 1e-14 of the direct rule (tests/test_tables.py)."""
+    if not _has_moment_table(act) or not lq <= math.log(_S_MAX ** 2):
+        return None
+    t = tables_of(act)
+    B = t.__dict__.get("_small_mom")
+    if B is None:
+        B = t.__dict__["_small_mom"] = _small_moment_panel(act)
+    if B is False:
+        return None
+    x = 2.0 * math.exp(0.5 * lq) / _S_MAX - 1.0
+    T = np.cos(np.arange(B.shape[0]) * math.acos(min(1.0, max(-1.0, x))))
+    fv, fd = T @ B
+    return float(fv) + lq, float(fd)
+
+
+def rho_2d(act, lq: float, c: float, rho: Callable) -> Optional[float]:
+    """rho(q, c) from the activation's :class:`_RhoTable` (q = exp(lq) <= ~1.13e6), or ``None``
+    (no table for this activation: it has no closed-form smoothing; q outside; panel rejected).
+    Accuracy: 5e-14 of the direct rule ``rho`` (tests/test_tables.py; measured ~1e-14)."""
+    if getattr(act, "smooth", None) is None:
+        return None
+    t = tables_of(act)
+    tab = t.__dict__.get("_rho2")
+    if tab is None:
+        tab = t.__dict__["_rho2"] = _RhoTable(act, rho)
+    return tab(lq, c)
 
 
 def series_at(series: tuple, c: float) -> float:

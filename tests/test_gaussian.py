@@ -369,3 +369,31 @@ def test_price_theorem_links_the_two_cross_moments(name):
     price = np.sqrt(q1 * q2) * a.dphi_cross_moment(q1, q2, c)
     scale = np.sqrt(q1 * q2 * a.dphi_second_moment(q1) * a.dphi_second_moment(q2))
     np.testing.assert_array_less(np.abs(deriv - price), 1e-7 * scale)
+
+
+# -- issue 10 (items 3, 4): the bivariate rules' summation and their large-q bends -------------
+
+REF_CRIT = json.loads((Path(__file__).parent / "reference" / "critical_reference.json").read_text())
+
+
+def test_tensor_rule_is_summed_pairwise():
+    """E[tanh(u1) tanh(u2)] at q = 1.5175, c = 0.96615 (tanh's chaotic c* at sigma_w^2 = 2.588,
+    sigma_b^2 = 0.3) against Mehler's series at 60 digits (critical_reference.json): within
+    4e-16 relative (measured 0). The running sum (einsum) over the rule's ~5e3 nodes was 1.6e-15
+    off, which c* amplifies by 1 / (1 - chi_c) = 61: fixed_point's xi_c was 1.5e-11 off."""
+    ref = REF_CRIT["tanh_cross"]
+    q, c, E = float(ref["q"]), float(ref["c"]), float(ref["E"])
+    assert abs(float(activation("tanh").cross_moment(q, q, c)) - E) <= 4e-16 * E
+
+
+@pytest.mark.parametrize("q", [1e6, 1e8, 1e10])
+def test_conditional_rule_resolves_the_bend_at_large_q(q):
+    """gelu's post-activation correlation tends to relu's arc-cosine kernel (Cho & Saul 2009)
+    like 0.28 / q (measured at q = 1e4..1e10, c in [-1, 1]); near c = +-1 the smoothing width of
+    the inner integral is small and the outer rule must be graded there, else (before issue 10)
+    the rule was off by up to 2.6e-7 at q >= 1e8. Bound: 0.5 / q plus 2e-14 of rounding."""
+    act = activation("gelu")
+    cs = np.array([0.5, 0.99, 0.9989, 0.99986, 0.99999, -0.99986, -0.5])
+    relu = (np.sqrt(1 - cs * cs) + (np.pi - np.arccos(cs)) * cs) / np.pi
+    rho = act.cross_moment(q, q, cs) / act.second_moment(q)
+    assert np.max(np.abs(rho - relu)) <= 0.5 / q + 2e-14

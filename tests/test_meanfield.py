@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import signalprop as sp
-from signalprop.meanfield import correlation_map, length_map
+from signalprop.meanfield import correlation_map, critical_branches, length_map
 
 REF = json.loads((Path(__file__).parent / "reference" / "meanfield_reference.json").read_text())
 
@@ -38,27 +38,45 @@ def test_chaotic_c_star_matches_mpmath(case):
 
 @pytest.mark.parametrize("case", REF["critical"], ids=lambda c: f"{c['activation']}-{c['sigma_b2']}")
 def test_critical_line_matches_mpmath(case):
-    sw2 = sp.critical_sigma_w2(case["activation"], case["sigma_b2"])
-    assert sw2 == pytest.approx(float(case["sigma_w2"]), rel=1e-10)
-    act, q = sp.activation(case["activation"]), float(case["q_star"])
+    act, q, sb2 = sp.activation(case["activation"]), float(case["q_star"]), case["sigma_b2"]
+    ref = float(case["sigma_w2"])
     # q* is a fixed point of the length map with chi_1 = 1 there (Hayou et al. 2019's definition)
-    assert sw2 * act.second_moment(q) + case["sigma_b2"] == pytest.approx(q, rel=1e-10)
-    assert sw2 * act.dphi_second_moment(q) == pytest.approx(1.0, rel=1e-10)
-    slope = sw2 * act.second_moment_slope(q)
+    assert ref * act.second_moment(q) + sb2 == pytest.approx(q, rel=1e-10)
+    assert ref * act.dphi_second_moment(q) == pytest.approx(1.0, rel=1e-10)
+    branch = [b for b in critical_branches(case["activation"], sb2) if b.kind == "finite"]
+    assert len(branch) == 1 and branch[0].q_star == pytest.approx(q, rel=1e-10)
+    slope = ref * act.second_moment_slope(q)
     if slope < 1:   # a stable fixed point: fixed_point reaches it from q0 = 1
-        fp = sp.fixed_point(case["activation"], sw2, case["sigma_b2"])
+        sw2 = sp.critical_sigma_w2(case["activation"], sb2)
+        assert sw2 == pytest.approx(ref, rel=1e-10)
+        fp = sp.fixed_point(case["activation"], sw2, sb2)
         assert fp.chi_1 == pytest.approx(1.0, abs=1e-10)
         assert fp.q_star == pytest.approx(q, rel=1e-8)
+    else:
+        # Changed for issue 10 (item 3): this test used to assert critical_sigma_w2 == ref for
+        # every case, but the silu (0.04) and gelu (0.1) points repel (length-map slope > 1): no
+        # network started at q0 = 1 settles there, and fixed_point(ref) is not critical. The
+        # value is still checked, as a branch that is not reached; the edge of chaos is refused.
+        assert branch[0].sigma_w2 == pytest.approx(ref, rel=1e-10) and not branch[0].reached
+        assert branch[0].length_slope == pytest.approx(slope, rel=1e-8)
+        with pytest.warns(RuntimeWarning, match="no edge of chaos"):
+            assert math.isnan(sp.critical_sigma_w2(case["activation"], sb2))
 
 
 def test_silu_edge_of_chaos_is_an_unstable_length_fixed_point():
     # silu/gelu with sigma_w^2 > 2: the chi_1 = 1 point sits where the length map's slope exceeds 1,
-    # so a network started elsewhere never stays there (it goes to the ordered q* or diverges)
-    sw2 = sp.critical_sigma_w2("silu", 0.04)
+    # so a network started elsewhere never stays there (it goes to the ordered q* or diverges).
+    # Changed for issue 10 (item 3): critical_sigma_w2 used to return that point; it now refuses
+    # (nan and a warning), and critical_branches reports it as not reached.
     act = sp.activation("silu")
     case = next(c for c in REF["critical"] if c["activation"] == "silu")
+    (branch,) = [b for b in critical_branches("silu", 0.04) if b.kind == "finite"]
+    sw2 = branch.sigma_w2
+    assert sw2 == pytest.approx(float(case["sigma_w2"]), rel=1e-10) and not branch.reached
     assert sw2 * act.second_moment_slope(float(case["q_star"])) > 1
     assert sp.fixed_point("silu", sw2, 0.04).regime != "critical"
+    with pytest.warns(RuntimeWarning, match="no edge of chaos"):
+        assert math.isnan(sp.critical_sigma_w2("silu", 0.04))
 
 
 @pytest.mark.parametrize("case", REF["profiles"], ids=lambda c: c["activation"])

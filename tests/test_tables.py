@@ -17,8 +17,10 @@ Stated tolerances (never widened to pass; the measured figures are in the commen
   more than 4e-15 sum_k b_k (measured 9e-16).
 """
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ TABLED = ["tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "softplus", "elu", "se
           "x*tanh(x)"]
 SERIES = ["tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "softplus"]
 W = tables._WIDTH
+REF_CRIT = json.loads((Path(__file__).parent / "reference" / "critical_reference.json").read_text())
 
 
 def _lqs(rng, n=60):
@@ -196,7 +199,8 @@ def test_mehler_none_without_series_or_outside():
 
 def test_tables_are_shared_by_equal_activations_only():
     a, b = sp.activation("tanh"), sp.activation("tanh")
-    assert a is not b and tables.tables_of(a) is tables.tables_of(b)
+    # issue 11: equal built-ins are now one shared object (activation() returns it by value)
+    assert a == b and tables.tables_of(a) is tables.tables_of(b)
     assert tables.tables_of(sp.activation("elu", alpha=0.5)) is not \
         tables.tables_of(sp.activation("elu", alpha=1.0))
     f = sp.activation(lambda x: np.tanh(x), dphi=lambda x: 1 / np.cosh(x) ** 2)
@@ -251,11 +255,15 @@ def test_near_neutral_length_map_diverges_instead_of_a_spurious_root():
 
 
 def test_critical_line_without_slope_at_zero_is_nan():
-    # x tanh(x) has phi(0) = phi'(0) = 0: no critical point at sigma_b^2 = 0 (was 1 / 0)
+    # x tanh(x) has phi(0) = phi'(0) = 0: no critical point at sigma_b^2 = 0 (was 1 / 0).
+    # Changed for issue 10 (item 3): the finite entry was at sigma_b^2 = 0.1, where the chi_1 = 1
+    # fixed point repels (length-map slope 1.15; a network from q0 = 1 diverges, chi_1 -> 1.25):
+    # critical_sigma_w2 now refuses it; at 0.5 the point attracts and is returned.
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        out = sp.critical_sigma_w2("x*tanh(x)", [0.0, 0.1])
+        out = sp.critical_sigma_w2("x*tanh(x)", [0.0, 0.5])
     assert np.isnan(out[0]) and np.isfinite(out[1])
+    assert sp.fixed_point("x*tanh(x)", out[1], 0.5).regime == "critical"
     assert any(issubclass(x.category, RuntimeWarning) for x in w)
 
 
@@ -274,3 +282,71 @@ def test_mean_ratio_table_against_the_direct_route(name):
     assert tables.mean_ratio(sp.activation("tanh"), 0.0) is None       # odd: 0 exactly, no table
     assert tables.mean_ratio(sp.activation("relu"), 0.0) is None       # closed form
     assert tables.mean_ratio(a, math.log(1e7)) is None              # outside the table
+
+
+# -- issue 10 (item 4): rho(c) at a settled q, in two variables, and small-q moments -------------
+
+
+def _direct_rho(act):
+    from signalprop.meanfield import _rho
+    return lambda q, c: _rho(act, q, c)
+
+
+@pytest.mark.parametrize("name,q", [("sigmoid", 45.7), ("elu", 1.3), ("hard_tanh", 0.4639),
+                                    ("hard_tanh", 10.0), ("gelu", 1e13)])
+def test_rho_theta_against_the_direct_rule(name, q):
+    """The interpolant in theta = arccos c at one q against the direct rule at 40 random c: within
+    5e-14 (its acceptance test; measured <= 1.2e-14 away from q = 1e13)."""
+    act = sp.activation(name)
+    coef = tables.rho_theta(act, q, _direct_rho(act))
+    assert coef is not None
+    c = np.random.default_rng(11).uniform(-1.0, 1.0, 40)
+    ref = np.asarray(_direct_rho(act)(np.full(c.size, q), c))
+    got = np.array([tables.theta_at(coef, x) for x in c])
+    assert np.max(np.abs(got - ref)) <= 5e-14
+    if name == "gelu":       # q = 1e13: relu's arc-cosine kernel to 0.28 / q (closed form)
+        relu = (np.sqrt(1 - c * c) + (np.pi - np.arccos(c)) * c) / np.pi
+        assert np.max(np.abs(got - relu)) <= 1e-13
+
+
+def test_rho_theta_refuses_what_it_cannot_resolve():
+    # tanh at q = 1e13 is a smoothed sign function: its features at theta ~ 3e-7 need more than
+    # 256 terms
+    act = sp.activation("tanh")
+    assert tables.rho_theta(act, 1e13, _direct_rho(act)) is None
+
+
+@pytest.mark.parametrize("name", ["elu", "selu", "hard_tanh"])
+def test_rho_2d_against_the_direct_rule(name):
+    """The table of rho(q, c) in (log q, theta) at random points of q in [1e-6, 10]: within
+    5e-14 of the direct rule (its acceptance test; measured ~1e-14); every panel there accepted."""
+    act = sp.activation(name)
+    rng = np.random.default_rng(3)
+    for lq, c in zip(rng.uniform(math.log(1e-6), math.log(10.0), 25), rng.uniform(-1, 1, 25)):
+        got = tables.rho_2d(act, lq, c, _direct_rho(act))
+        assert got is not None, (name, lq)
+        assert abs(got - float(_direct_rho(act)(math.exp(lq), c))) <= 5e-14
+    assert tables.rho_2d(sp.activation("tanh"), 0.0, 0.5, _direct_rho(act)) is None
+
+
+def test_rho_2d_small_q_against_mpmath():
+    """elu at small q: the panel in sqrt(q) on (0, 0.1] (first-kind nodes at q >= 4.5e-8)
+    against nested mpmath quadrature (critical_reference.json): within 1e-13 (measured
+    <= 5.3e-14; the direct rule itself is 1.3e-14 to 1e-12 off at q = 7e-8 to 1e-10)."""
+    act = sp.activation("elu")
+    for case in REF_CRIT["elu_rho"]:
+        got = tables.rho_2d(act, math.log(case["q"]), case["c"], _direct_rho(act))
+        assert got is not None and abs(got - float(case["rho"])) <= 1e-13, case
+
+
+@pytest.mark.parametrize("name", ["elu", "selu", "tanh", "gelu", "hard_tanh"])
+def test_small_moments_against_the_direct_rule(name):
+    """(log E[phi^2], log E[phi'^2]) for q in [1e-12, 1e-6] from the panel in sqrt(q): within
+    2e-14 absolute (~ the rounding of log q itself, 3.6e-15 at q = 1e-12) of the direct rule."""
+    act = sp.activation(name)
+    for q in np.exp(np.linspace(math.log(1e-12), math.log(1e-6), 9)):
+        lv, ld = tables.small_moments(act, math.log(q))
+        v, d = act.moments(q)
+        assert abs(lv - math.log(v)) <= 2e-14 and abs(ld - math.log(d)) <= 2e-14
+    assert tables.small_moments(act, math.log(2e-6)) is None
+    assert tables.small_moments(sp.activation("sigmoid"), math.log(1e-8)) is None   # phi(0) != 0

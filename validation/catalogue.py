@@ -14,10 +14,18 @@ Operating points per activation ("ordered", "critical", "chaotic"):
 * tanh, erf, hard_tanh, sigmoid, elu, selu: ``sigma_b^2 = 0.05`` and ``sigma_w^2 = (0.6, 1, 1.5) x``
   the edge of chaos of :func:`signalprop.meanfield.critical_sigma_w2` (Poole et al. 2016;
   Schoenholz et al. 2017);
-* gelu, gelu_tanh, silu, softplus have no edge of chaos with a finite stable q* reached from
-  q0 = 1 (their length map either collapses or, like relu's, grows without bound): ``sigma_b^2 = 0``
-  and ``sigma_w^2 = 1.5`` (ordered), ``2`` (the relu-like edge of bounded growth, labelled
-  "critical"), ``3`` (chaotic: the length grows geometrically, chi_1 -> sigma_w^2 / 2).
+* gelu, gelu_tanh, silu, softplus: ``sigma_b^2 = 0`` and ``sigma_w^2 = 1.5`` (ordered), ``2``
+  and ``3`` (chaotic: the length grows geometrically, chi_1 -> sigma_w^2 / 2). At sigma_b^2 = 0
+  they have no edge of chaos reached from q0 = 1 (:func:`signalprop.meanfield.critical_sigma_w2`
+  is nan: chi_1 jumps from below 1 to above as the length map switches from collapsing to
+  diverging; gelu and silu have one only for sigma_b^2 >~ 0.18 and 0.6, softplus never). The
+  middle point, sigma_w^2 = 2 = 1 / lim_{q->inf} E[phi'^2] (where the growth of a large q is
+  neutral), is *ordered* by :func:`signalprop.fixed_point` (q* = 0 with chi_1 = 0.5; softplus
+  q* = 1.6e10 with chi_1 = 0.99999): its cases are named ``{act}-edge`` and labelled "ordered"
+  (issue 10: they were "critical", which the package's own fixed_point contradicted).
+
+Every label of an ``mlp`` case in the "activations" family is the regime that
+:func:`signalprop.fixed_point` gives at its point (checked by tests/test_critical.py).
 """
 
 from __future__ import annotations
@@ -77,15 +85,15 @@ NOTES = {
         "independence assumption drops; tests/test_simulate.py shows it matters for softplus) is "
         "not damped relative to the bulk of the gradient and adds up over layers. Mean-field "
         "gradient predictions for softplus need depth well below sqrt(N) at this point."),
-    "softplus-critical": "Same mechanism as softplus-ordered (the length-map slope is 0.93-0.997 "
-                         "along the profile, chi_1 = 0.64-0.88); the effect is larger.",
-    "gelu-critical": (
+    "softplus-edge": "Same mechanism as softplus-ordered (the length-map slope is 0.93-0.997 "
+                     "along the profile, chi_1 = 0.64-0.88); the effect is larger.",
+    "gelu-edge": (
         "At sigma_w^2 = 2, sigma_b^2 = 0 the gelu length map is marginal where the network starts "
         "(slope 1.004 at q = 2, 0.89 at layer 11) before q decays to 0: forward fluctuations are "
         "not damped there, the finite-width bias of the gradient accumulates faster than L/N, and "
-        "this point sits at the boundary between collapsing and exploding length (it is the "
-        "'critical' point of the relu-like family, not an ordered one)."),
-    "gelu_tanh-critical": "Same as gelu-critical (gelu_tanh differs from gelu by < 1e-3).",
+        "this point sits near the boundary between collapsing and exploding length (ordered by "
+        "fixed_point: q* = 0, chi_1 = 0.5; it was labelled 'critical' before issue 10)."),
+    "gelu_tanh-edge": "Same as gelu-edge (gelu_tanh differs from gelu by < 1e-3).",
 }
 NOTES["resnet1-relu-L20"] = (
     "A branch ending in relu adds a mean to the stream, and mean field's gradient independence "
@@ -97,7 +105,7 @@ NOTES["resnet1-relu-L20"] = (
 def point(activation: str, regime: str) -> Tuple[float, float]:
     """(sigma_w2, sigma_b2) of the catalogue's operating point (module docstring)."""
     from signalprop.meanfield import critical_sigma_w2
-    idx = {"ordered": 0, "critical": 1, "chaotic": 2}[regime]
+    idx = {"ordered": 0, "critical": 1, "chaotic": 2, "edge": 1}[regime]
     if activation in _HOMOGENEOUS:
         slope = 0.01 if activation == "leaky_relu" else (1.0 if activation == "linear" else 0.0)
         crit = 2.0 / (1.0 + slope * slope)
@@ -191,10 +199,19 @@ class Case:
         return str(self.width)
 
 
+def _tag(act: str, regime: str) -> Tuple[str, str]:
+    """(name tag, regime label) of an operating point: the relu-like family's middle point is
+    the "edge" sigma_w^2 = 2, ordered by fixed_point (module docstring); the others are labelled
+    by the regime they were chosen for, which fixed_point confirms."""
+    if act in _RELU_LIKE and regime == "critical":
+        return "edge", "ordered"
+    return regime, regime
+
+
 def _c(name, family, act, regime, width, depth, **kw) -> Case:
     sw2, sb2 = point(act, regime)
     return Case(name=name, family=family, activation=act, sigma_w2=sw2, sigma_b2=sb2, width=width,
-                depth=depth, regime=regime, **kw)
+                depth=depth, regime=_tag(act, regime)[1], **kw)
 
 
 def catalogue() -> list:
@@ -202,7 +219,8 @@ def catalogue() -> list:
     cases = []
     for act in ACTIVATIONS:
         for reg in ("ordered", "critical", "chaotic"):
-            cases.append(_c(f"{act}-{reg}", "activations", act, reg, 512, 100, c0=0.5))
+            cases.append(_c(f"{act}-{_tag(act, reg)[0]}", "activations", act, reg, 512, 100,
+                            c0=0.5))
     for n in (64, 256, 1024, 4096):
         cases.append(_c(f"tanh-critical-N{n}", "widths", "tanh", "critical", n, 20))
         cases.append(_c(f"relu-he-N{n}", "widths", "relu", "critical", n, 20))
