@@ -769,6 +769,9 @@ def _expr_jumps(pw, kinks) -> tuple:
 def _check_kinks(kinks) -> tuple:
     if kinks is None:
         return ()
+    if np.ndim(kinks) > 1:
+        raise ValueError(f"kinks must be a number or a flat sequence of real numbers, got an "
+                         f"array of shape {np.shape(kinks)}")
     try:
         pts = [float(k) for k in np.atleast_1d(np.asarray(kinks, float)).ravel()]
     except (TypeError, ValueError):
@@ -1056,7 +1059,7 @@ def activation(spec, /, *, dphi: Optional[Callable] = None, d2phi: Optional[Call
 
 
 def _kinks_key(kinks) -> tuple:
-    return () if kinks is None else tuple(float(k) for k in np.atleast_1d(kinks))
+    return _check_kinks(kinks)
 
 
 def _rebuild(key: tuple) -> Activation:

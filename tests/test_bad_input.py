@@ -247,7 +247,6 @@ _TYPES = ("str", "None", "list", "dict", "complex")
 #: cases failing because of a module another change is fixing: (function, parameter) ->
 #: (value labels, reason). Remove an entry when its fix lands (the xfail marks are strict).
 KNOWN: dict = {
-    ("correlation_map", "c"): (("None",), "owned by meanfield: c=None gives NaN"),
     ("isometry", "q_star"): (("None", "list"), "owned by spectrum.py: q_star = None (41 points) "
                              "or a list of 3 with edge_points = 2: NaN rows of upper_edge"),
     ("Spectrum.density", "x"): (("zero",), "owned by spectrum.py: density(0) is NaN"),
