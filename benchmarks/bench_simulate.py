@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from signalprop.compare import compare  # noqa: E402
-from signalprop.network import mlp  # noqa: E402
+from signalprop.architectures import mlp  # noqa: E402
 from signalprop.simulate import simulate  # noqa: E402
 
 

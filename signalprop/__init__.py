@@ -6,7 +6,6 @@ Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, 
 ``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
 """
 
-from ._bnlayer import BatchNormDense
 from .activations import Activation, activation, activations, normalising_constants
 from .clipping import ClipResult, clipping, clipping_sweep, total_gradient_law
 from .compare import Comparison, compare
@@ -15,9 +14,9 @@ from .finite import (DeadNetwork, FiniteWidthProfile, LogNormalLaw, dead_probabi
 from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
 from .meanfield import (CriticalBranch, correlation_map, critical_branches, critical_sigma_w2,
                         fixed_point, length_map, phase_diagram, predict, trainable_depth)
-from .network import Dense, Network, Nonlinearity, init_sigma_w2, mlp
-from .norm import LayerNorm, RMSNorm
-from .residual import Residual, resnet
+from .architectures import mlp, resnet
+from .layers import BatchNormDense, Dense, LayerNorm, Nonlinearity, RMSNorm, Residual
+from .network import Network, init_sigma_w2
 from .results import FixedPoint, PhaseDiagram, Profile
 from .simulate import simulate
 from .spectrum import Isometry, Spectrum, isometry, spectrum

@@ -32,6 +32,8 @@ import math
 import os
 import re
 import sys
+import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,9 @@ import numpy as np
 from . import __version__
 from .activations import Activation, activation, activations, normalising_constants
 from .meanfield import critical_sigma_w2, fixed_point, phase_diagram, predict
-from .network import MAX_DEPTH, Network, init_sigma_w2, mlp, INITS
+from .architectures import mlp, resnet
+from .layers.dense import Dense
+from .network import MAX_DEPTH, Network, init_sigma_w2, INITS
 from ._validate import check_int, check_memory
 from .results import to_jsonable
 
@@ -154,7 +158,6 @@ def _branch_scale(text: str, depth: int) -> float:
 def network_from(args: argparse.Namespace) -> Network:
     """The :class:`Network` described by :func:`add_network_options`' options (and ``--weights``
     where the command has it)."""
-    from .residual import resnet
     act = activation_from(args)
     weights = getattr(args, "weights", None)
     if args.init is not None:
@@ -189,7 +192,6 @@ def _sigma_w2_out(args: argparse.Namespace, net: Network):
 
 def is_plain(net: Network) -> bool:
     """True for a fully connected network of Dense layers only (where fixed points apply)."""
-    from .network import Dense
     return all(type(la) is Dense for la in net.layers)
 
 
@@ -668,39 +670,37 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> dict:
-    """Runs ``python -m validation`` (the suite lives in the source tree, next to the package).
-    Exit status 1 (SystemExit) when a case that is expected to agree does not."""
-    import contextlib
-    import io
+    """Runs ``python -m validation`` in a child process (the suite lives in the source tree, next
+    to the package, which never imports it). Exit status 1 (SystemExit) when a case that is
+    expected to agree does not."""
     root = Path(__file__).resolve().parents[1]
-    if not (root / "validation" / "__init__.py").exists():
+    if not (root / "validation" / "__main__.py").exists():
         raise ValueError(f"signalprop validate needs a source checkout: no validation/ folder "
                          f"next to the package ({root})")
     if not 1 <= args.jobs <= MAX_JOBS:
         raise ValueError(f"jobs must be an integer in [1, {MAX_JOBS}], got {args.jobs}")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import validation
-    unknown = [f for f in args.family or [] if f not in validation.FAMILIES]
-    if unknown:
-        raise ValueError(f"family must be among {', '.join(validation.FAMILIES)}, got {unknown[0]!r}")
     argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else [])
     argv += sum((["--family", f] for f in args.family or []), []) + ["--jobs", str(args.jobs)]
     argv += ["--no-figures"] if args.no_figures else []
-    sink, errs = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(sink) if args.json else contextlib.nullcontext(), \
-            contextlib.redirect_stderr(errs):
-        status = validation.main(argv)
-    if status == 2:
-        raise ValueError("no validation case matches the selection (see python -m validation --list)")
-    from validation.__main__ import QUICK_OUT
-    out_dir = Path(args.out) if args.out else (QUICK_OUT if args.quick else root / "validation")
-    result = {"exit_status": status, "report": str(out_dir / "report.md"),
-              "summary": sink.getvalue().strip().splitlines()[-1] if args.json else ""}
-    if status != 0:
+    proc = subprocess.run([sys.executable, "-m", "validation", *argv], cwd=root, text=True,
+                          stdout=subprocess.PIPE if args.json else None, stderr=subprocess.PIPE)
+    if proc.returncode == 2:
+        why = (proc.stderr.strip().splitlines() or ["no case matches the selection"])[-1]
+        raise ValueError(f"validation: {why.removeprefix('error: ')} (family "
+                         f"{', '.join(args.family or ['any'])}; python -m validation --list "
+                         "shows the cases)")
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"python -m validation failed (exit status {proc.returncode}): "
+                           f"{proc.stderr.strip()[-2000:]}")
+    quick_out = Path(tempfile.gettempdir()) / "signalprop-validation-quick"
+    out_dir = Path(args.out) if args.out else (quick_out if args.quick else root / "validation")
+    lines = (proc.stdout or "").strip().splitlines()
+    result = {"exit_status": proc.returncode, "report": str(out_dir / "report.md"),
+              "summary": lines[-1] if (args.json and lines) else ""}
+    if proc.returncode != 0:
         if args.json:
             print(json.dumps(to_jsonable(result)))
-        raise SystemExit(status)
+        raise SystemExit(proc.returncode)
     return result
 
 

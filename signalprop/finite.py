@@ -42,7 +42,7 @@ and the atom ``P(F = 0) = 2^{-N}`` is carried separately (``p_zero``; see :func:
 
 *The backward law is exact for the network, not only for the matrix model* (derived here): with
 ``A = <v, h^L> = <delta^l, h^l>`` (Euler, positive homogeneity), the exact conditional sampling of
-``W^l`` given ``h^l = W^l x^{l-1}`` (:class:`~signalprop.sampling.MatrixFreeGaussian`) gives
+``W^l`` given ``h^l = W^l x^{l-1}`` (:class:`~signalprop.layers.dense.MatrixFreeGaussian`) gives
 ``||delta^{l-1}||^2 = A^2/||x^{l-1}||^2 + (sigma_w^2/N_{l-1}) ||delta^l||^2 chi^2_{K_{l-1}-1}``. Writing
 ``A^2/||x^{l-1}||^2 = (sigma_w^2/N_{l-1}) ||delta^l||^2 omega_l Psi_l`` with
 ``Psi_l = ||h^l||^2 N_{l-1}/(sigma_w^2 ||x^{l-1}||^2) ~ chi^2_{N_l}`` and
@@ -126,7 +126,8 @@ from ._validate import (_as_float_array, check_finite, check_int, check_memory, 
                         positive_scalar, short_repr)
 from .activations import Activation
 from .meanfield import predict
-from .network import MAX_WIDTH, Dense, Network
+from .layers.dense import Dense
+from .network import MAX_WIDTH, Network
 from .results import _Result
 
 __all__ = ["LogNormalLaw", "FiniteWidthProfile", "finite_width", "chi2_factor", "relu_factor",
@@ -1119,7 +1120,7 @@ def _zero_probabilities(network: Network, p_off: np.ndarray):
 def finite_width(network: Network, q0: float = 1.0) -> FiniteWidthProfile:
     """Finite-width laws of the squared norms of ``h^l`` and ``delta^l`` (module docstring).
 
-    ``network``: an :func:`~signalprop.network.mlp` with Gaussian weights (any widths, biases and
+    ``network``: an :func:`~signalprop.architectures.mlp` with Gaussian weights (any widths, biases and
     activations with finite moments up to order 6); ``q0``: input second moment. Exact (§1) for
     linear layers and for ReLU without bias; otherwise the §2 approximation. Raises ValueError for
     non-Gaussian weights, an activation without the needed Gaussian moments, or (activations

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validate import check_int, check_memory, check_positive, short_repr
-from .network import Network, require_dense
+from .layers.dense import require_dense
+from .network import Network
 from .results import _Result
 from .sampling import LayerError, ldexp_rows, sampler
 from .simulate import network_inputs, one_number, root_seed, sample_streams

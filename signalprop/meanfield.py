@@ -24,7 +24,7 @@ Everything is carried in logarithms, so depth 10^5 neither overflows nor underfl
 positively homogeneous relu, leaky_relu and linear; for the others the relative error is O(q) at
 the small end and O(q^-1/2) at the large end, i.e. below 1e-50). Depth 10^5 is also cheap:
 converged runs are filled in (:func:`predict`), and where only c still moves, the correlation
-map is iterated alone with a rho(c) that no longer depends on q (:func:`_c_only_rho`).
+map is iterated alone with a rho(c) that no longer depends on q (the layer's ``c_only_rule``, :func:`signalprop.layers.dense.Dense.c_only_rule`).
 """
 
 from __future__ import annotations
@@ -38,42 +38,17 @@ import numpy as np
 from . import gaussian, tables
 from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
 from .activations import Activation, activation as _activation
-from .network import Dense, Network, Step
+from .layers.batchnorm import predict_batch
+from .maps import (LQ_HI, LQ_LO, RHO_Q_MAX, corr_map, correlation_map, length_map, log_affine,
+                   log_moment, rho)
+from .network import Network
 from .results import FixedPoint, PhaseDiagram, Profile, _Result
 
 __all__ = ["predict", "fixed_point", "critical_sigma_w2", "critical_branches", "CriticalBranch",
            "phase_diagram", "trainable_depth", "length_map", "correlation_map"]
 
-_LQ_LO, _LQ_HI = math.log(1e-280), math.log(1e100)
 _LOG_MAX = math.log(np.finfo(float).max)
 _CRIT_TOL = 1e-12        #: |chi_1 - 1| <= this is "critical" (see _regime)
-_LN10 = math.log(10.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Gaussian integrals in log space
-
-
-def _log_moment(fn, log_q):
-    """log fn(q) for q = exp(log_q), continued as a power law outside [1e-280, 1e100]."""
-    log_q = np.asarray(log_q, float)
-    lc = np.clip(log_q, _LQ_LO, _LQ_HI)
-    with np.errstate(divide="ignore"):
-        val = np.log(fn(np.exp(lc)))
-    out_lo, out_hi = log_q < _LQ_LO, log_q > _LQ_HI
-    if np.any(out_lo | out_hi):
-        edge = np.where(out_lo, _LQ_LO + _LN10, _LQ_HI - _LN10)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = (val - np.log(fn(np.exp(edge)))) / (lc - edge)
-        alpha = np.where(np.isfinite(alpha), alpha, 0.0)
-        val = np.where(out_lo | out_hi, val + alpha * (log_q - lc), val)
-    return val
-
-
-def _log_affine(log_sw2, log_m, sb2):
-    """log(sigma_w^2 exp(log_m) + sigma_b^2)."""
-    with np.errstate(divide="ignore"):
-        return np.logaddexp(log_sw2 + log_m, np.log(sb2))
 
 
 def _check_scalar(name: str, value, check) -> float:
@@ -86,58 +61,6 @@ def _check_scalar(name: str, value, check) -> float:
     return float(check(name, value))
 
 
-_NO_C = object()
-
-
-def _check_map_args(q, sigma_w2, sigma_b2, c=_NO_C):
-    """The arguments of the public maps: q > 0 finite, sigma_w2 > 0 finite, sigma_b2 >= 0 finite,
-    c in [-1, 1] (ValueError/TypeError naming the parameter and its range)."""
-    check_positive("q", q)
-    check_positive("sigma_w2", sigma_w2)
-    check_nonnegative("sigma_b2", sigma_b2)
-    if c is not _NO_C:
-        if c is None:
-            raise TypeError("c must be a correlation in [-1, 1] (a number or an array), got None")
-        check_correlation("c", c)
-
-
-def length_map(act, q, sigma_w2, sigma_b2):
-    """One step of the length map: sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (Poole et al. 2016,
-    eq. 3), vectorised. q > 0, sigma_w2 > 0 and sigma_b2 >= 0, all finite."""
-    act = _activation(act)
-    _check_map_args(q, sigma_w2, sigma_b2)
-    return sigma_w2 * act.second_moment(q) + sigma_b2
-
-
-_RHO_Q_MAX = 1e13
-
-
-def _rho(act: Activation, q, c):
-    """Correlation of the post-activations, E[phi(u1) phi(u2)] / E[phi(u1)^2].
-
-    q is clamped to [1e-280, 1e13]: beyond 1e13 the activations here are, to within their
-    O(q^-1/2) corrections (measured below 3e-13 at 1e13 for gelu and softplus), the homogeneous
-    map they approach, and the bivariate rule would need ever finer grids."""
-    q = np.clip(np.asarray(q, float), 1e-280, _RHO_Q_MAX)
-    c = np.asarray(c, float)
-    rho = act.cross_moment(q, q, c) / act.second_moment(q)
-    return np.where(c == 1.0, 1.0, np.clip(rho, -1.0, 1.0))
-
-
-def correlation_map(act, q, c, sigma_w2, sigma_b2):
-    """c^{l+1} from (q^l, c^l): (sigma_w^2 E[phi(u1)phi(u2)] + sigma_b^2) / q^{l+1} (Poole et al.
-    2016, eq. 5), vectorised. q > 0, c in [-1, 1], sigma_w2 > 0, sigma_b2 >= 0, all finite."""
-    act = _activation(act)
-    _check_map_args(q, sigma_w2, sigma_b2, c)
-    return _corr_map(act, q, c, sigma_w2, sigma_b2)
-
-
-def _corr_map(act: Activation, q, c, sigma_w2, sigma_b2):
-    """correlation_map without the checks."""
-    num = sigma_w2 * act.cross_moment(q, q, c) + sigma_b2
-    return num / (sigma_w2 * act.second_moment(q) + sigma_b2)
-
-
 # ---------------------------------------------------------------------------------------------
 # per-layer profile
 
@@ -148,168 +71,6 @@ def _check_q0_c0(q0, c0):
     if c0 is not None:
         c0 = _check_scalar("c0", c0, check_correlation)
     return q0, c0
-
-
-def _layer_moments(act: Activation, lq: float, cache: dict | None = None) -> tuple[float, float]:
-    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, exp(lq)), continued outside [1e-280, 1e100]
-    as power laws (:func:`_log_moment`); the continuation's value and exponent at each end are
-    computed once per ``cache`` (a profile past 1e100 would otherwise pay four quadratures a
-    layer)."""
-    if _LQ_LO <= lq <= _LQ_HI:
-        v, d = act.moments(math.exp(lq))
-        v, d = float(v), float(d)
-        return (math.log(v) if v > 0 else -math.inf), (math.log(d) if d > 0 else -math.inf)
-    if cache is None:
-        return (float(_log_moment(act.second_moment, lq)),
-                float(_log_moment(act.dphi_second_moment, lq)))
-    side = lq > _LQ_HI
-    ends = cache.setdefault("ends", {})
-    key = (id(act), side)
-    if key not in ends or ends[key][0] is not act:
-        edge = _LQ_HI if side else _LQ_LO
-        # (value at the edge, exponent) from the continuation itself at two points past the edge
-        pts = np.array([edge + (1.0 if side else -1.0), edge + (2.0 if side else -2.0)])
-        lv = _log_moment(act.second_moment, pts)
-        ld = _log_moment(act.dphi_second_moment, pts)
-        ends[key] = (act, pts[0], float(lv[0]), float(lv[1] - lv[0]) / (pts[1] - pts[0]),
-                     float(ld[0]), float(ld[1] - ld[0]) / (pts[1] - pts[0]))
-    _, u0, lv0, av, ld0, ad = ends[key]
-    if not all(math.isfinite(v) for v in (lv0, av, ld0, ad)):     # e.g. phi' = 0 there
-        return (float(_log_moment(act.second_moment, lq)),
-                float(_log_moment(act.dphi_second_moment, lq)))
-    return lv0 + av * (lq - u0), ld0 + ad * (lq - u0)
-
-
-def _theta_interpolant(act: Activation, qe: float, cache: dict):
-    """The :func:`tables.rho_theta` interpolant of c -> rho(q, c) where a profile's q has settled
-    (the same q, or past the 1e13 beyond which :func:`_rho` no longer depends on it, on two
-    consecutive layers; a moving q keeps the direct rule) and at least 64 layers of the run are
-    left, else None. Only where rho_theta certifies it (5e-14 of the direct rule)."""
-    qr = min(qe, _RHO_Q_MAX)
-    held = cache.get("theta")
-    if held is not None and held[0] is act and abs(held[1] - qr) <= 4e-16 * qr:
-        return held[2]
-    last = cache.get("theta_last")
-    cache["theta_last"] = (act, qr)
-    if last is None or last[0] is not act or abs(last[1] - qr) > 4e-16 * qr:
-        return None
-    if cache.get("run_left", math.inf) < 64:
-        return None          # a build costs 41-300 direct evaluations: not for a short run
-    coef = tables.rho_theta(act, qr, _rho_fn(act))
-    cache["theta"] = (act, qr, coef)
-    return coef
-
-
-def _rho_fn(act: Activation):
-    """The direct rule rho(q, c) of ``act`` (vectorised), for the tables built from it."""
-    return lambda q, c: _rho(act, q, c)
-
-
-def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
-    """Mean-field step of a :class:`~signalprop.network.Dense` layer (CONVENTIONS.md).
-
-    q^l = sigma_w^2 q_x + sigma_b^2 (Poole et al. 2016, eq. 3),
-    c^l = (sigma_w^2 q_x c_x + sigma_b^2) / q^l and c_x' = E[phi(u_1) phi(u_2)] / E[phi(u)^2]
-    (eq. 5; Mehler's series where the activation has one), the tracked gradient factor
-    E[phi'(h^l)^2] and the input factor (N_l / N_{l-1}) sigma_w^2 (Schoenholz et al. 2017, eq. 14).
-    Closed forms in plain floats where the activation has them; a positively homogeneous map is
-    evaluated at q = 1 and scaled outside [1e-280, 1e100].
-    """
-    log_x2, cx, mu = state
-    act = layer.activation
-    lsw2 = math.log(layer.sigma_w2)
-    lq = lsw2 + log_x2
-    if layer.sigma_b2 > 0:                         # log(sigma_w^2 q_x + sigma_b^2), no overflow
-        lb = math.log(layer.sigma_b2)
-        lq = max(lq, lb) + math.log1p(math.exp(-abs(lq - lb)))
-    c = None
-    if cx is not None:
-        t = math.exp(lsw2 + log_x2 - lq)             # share of the weights in q^l
-        c = min(1.0, max(-1.0, t * cx + (1.0 - t)))
-    kernel = getattr(act, "scalar_kernel", None)
-    inside = _LQ_LO <= lq <= _LQ_HI
-    homogeneous = getattr(act, "homogeneous", False)
-    rho = None
-    cache["c_fast"] = None          # how rho(c) was evaluated, for predict's fill of c alone
-    if kernel is not None and (inside or homogeneous):
-        qk = math.exp(lq) if inside else 1.0
-        v, d, r = kernel(qk, c)
-        lv, ld = math.log(v) + (0.0 if inside else lq), math.log(d)
-        if c is not None:
-            rho = min(1.0, max(-1.0, r))
-            cache["c_fast"] = (act, "any" if homogeneous else qk, "kernel", (kernel, qk))
-    else:
-        # Chebyshev tables in log q (signalprop.tables) where they exist, else the direct rules
-        tm = tables.moments(act, lq)
-        if tm is None and lq < tables.LQ_LO:
-            tm = tables.small_moments(act, lq)
-        lv, ld = tm if tm is not None else _layer_moments(act, lq, cache)
-        if c is not None:
-            qe = math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-            ser = cache.get("rho_series")               # rho(c) = sum_k w_k c^k at this q
-            if ser is None or ser[0] is not act or abs(ser[1] - qe) > 4e-16 * qe:
-                ser = (act, qe, tables.mehler_series(act, qe))
-                cache["rho_series"] = ser
-            if ser[2] is not None and c != 1.0:
-                rho = min(1.0, max(-1.0, tables.series_at(ser[2], c)))
-                cache["c_fast"] = (act, qe, "series", ser[2])
-            elif c == 1.0:
-                rho = 1.0
-            else:
-                theta = _theta_interpolant(act, qe, cache)
-                r2 = None if theta is not None else tables.rho_2d(act, lq, c, _rho_fn(act))
-                if theta is not None:
-                    rho = min(1.0, max(-1.0, tables.theta_at(theta, c)))
-                    cache["c_fast"] = (act, min(qe, _RHO_Q_MAX), "theta", theta)
-                elif r2 is not None:
-                    rho = min(1.0, max(-1.0, r2))
-                    cache["c_fast"] = (act, qe, "rho2d", lq)
-                else:
-                    series = cache.get("mehler")
-                    if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
-                        coef = act.mehler_coefficients(qe)
-                        series = (act, qe, None if coef is None else coef * coef)
-                        cache["mehler"] = series
-                    bk = series[2]
-                    if bk is None:
-                        rho = float(_rho(act, qe, c))
-                    else:                              # Mehler: rho = sum a_k^2 c^k / sum a_k^2
-                        rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
-    mu_out = None
-    if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
-        mu_out = 0.0 if act.odd else tables.mean_ratio(act, lq)
-        if mu_out is None:
-            qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, _LQ_LO), _LQ_HI))
-            m = float(act.mean(qm))
-            mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
-    log_back = lsw2 + math.log(layer.width / n_in)
-    return Step(lq, c, (lv, rho, mu_out), ld, log_back)
-
-
-def _c_only_rho(layer, cache: dict, lq: float, dq: float):
-    """rho(c) of the last :func:`dense_step` as a function of c alone, where it stays valid for
-    the rest of a run whose log q moves by ``dq`` per layer: the same route (closed-form kernel,
-    Mehler series of the table, :func:`tables.rho_theta` interpolant) at the same q when dq = 0;
-    for any dq for a positively homogeneous kernel; for dq >= 0 past q = 1e13, where the
-    interpolant is the one at 1e13 (:func:`_rho`). None otherwise (or for other layer kinds, or
-    when the residual stream's mean is tracked)."""
-    fast = cache.get("c_fast")
-    if (fast is None or not isinstance(layer, Dense) or cache.get("means")
-            or fast[0] is not layer.activation):
-        return None
-    _, key, kind, data = fast
-    if not (dq == 0.0 or key == "any"
-            or (kind == "theta" and key == _RHO_Q_MAX and dq >= 0 and lq >= math.log(key))):
-        return None
-    if kind == "kernel":
-        kernel, qk = data
-        return lambda c: kernel(qk, c)[2]
-    if kind == "series":
-        return lambda c: tables.series_at(data, c)
-    if kind == "rho2d":
-        act = layer.activation
-        return lambda c: tables.rho_2d(act, data, c, _rho_fn(act))
-    return lambda c: tables.theta_at(data, c)
 
 
 def _bias_free(layer) -> bool:
@@ -344,7 +105,7 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
     extrapolated past a bias (its relative share grows as q shrinks, towards a fixed point).
     Where everything but c repeats (at the edge of chaos 1 - c^l falls like 1/l, and past
     q = 1e13 when q* = inf), the rest of a run of Dense layers iterates the correlation map
-    alone (:func:`_c_only_rho`). ``q0`` and ``c0`` are scalars (TypeError otherwise): q0 > 0,
+    alone (the layer's ``c_only_rule``, :func:`signalprop.layers.dense.Dense.c_only_rule`). ``q0`` and ``c0`` are scalars (TypeError otherwise): q0 > 0,
     c0 in [-1, 1], both finite. Depth 1e5 takes seconds for every built-in activation at its
     edge of chaos and deep in either phase (benchmarks/bench_deep_predict.py); a profile whose q
     grows slowly past the Mehler tables (gelu at sigma_w^2 = 2 with a bias: q ~ l) still runs
@@ -355,7 +116,6 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                         f"got {type(network).__name__}")
     q0, c0 = _check_q0_c0(q0, c0)
     if network.batch_size is not None:
-        from ._bnlayer import predict_batch
         return predict_batch(network, q0, c0)
     layers = network.layers
     L = network.depth
@@ -401,8 +161,9 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                 if not steady_c:
                     # c still moves (at the edge of chaos, like a power of l): the rest of the
                     # run iterates the correlation map alone, if its rho(c) no longer depends
-                    # on q (_c_only_rho); else layer by layer
-                    rho_c = _c_only_rho(layers[k], cache, log_q[k], dq)
+                    # on q (the layer's c_only_rule); else layer by layer
+                    c_only = getattr(layers[k], "c_only_rule", None)
+                    rho_c = None if c_only is None else c_only(cache, log_q[k], dq)
                     if rho_c is None:
                         continue
                     lsw2 = math.log(layers[k].sigma_w2)
@@ -470,7 +231,7 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
     lsw2 = np.log(sw2)
 
     def G(u, idx):
-        return _log_affine(lsw2[idx], _log_moment(V, u), sb2[idx]) - u
+        return log_affine(lsw2[idx], log_moment(V, u), sb2[idx]) - u
 
     n = sw2.size
     u0 = np.full(n, math.log(q0))
@@ -509,11 +270,11 @@ def _q_star(act: Activation, sw2, sb2, q0=1.0, tol=4e-16, max_iter=200, V=None, 
     for _ in range(max_iter):
         if idx.size == 0:
             break
-        q = np.exp(np.clip(u, _LQ_LO, _LQ_HI))
+        q = np.exp(np.clip(u, LQ_LO, LQ_HI))
         v, dv = VdV(q)
         # in logs: sigma_w^2 E[phi^2] may overflow float64 (sigma_w^2 = 1e308)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            lT = _log_affine(lsw2[idx], np.log(v), sb2[idx])
+            lT = log_affine(lsw2[idx], np.log(v), sb2[idx])
             g = lT - u
             share = np.exp(lsw2[idx] + np.log(v) - lT)         # sigma_w^2 V / T, in [0, 1]
             dg = np.where(v > 0, share * (q * dv / v), 0.0) - 1.0
@@ -561,7 +322,7 @@ def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
         if idx.size == 0:
             break
         qi, wi, bi, ci = q[idx], sw2[idx], sb2[idx], c[idx]
-        F = _corr_map(act, qi, ci, wi, bi) - ci
+        F = corr_map(act, qi, ci, wi, bi) - ci
         dC = wi * act.dphi_cross_moment(qi, qi, ci) * qi / (wi * act.second_moment(qi) + bi)
         cn, lo[idx], hi[idx] = _newton_step_c(ci, F, dC, lo[idx], hi[idx])
         done = (np.abs(cn - ci) <= tol) | (hi[idx] - lo[idx] <= tol) | (F == 0)
@@ -575,16 +336,16 @@ def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
 def _c_star_far(act: Activation, lq: float, sw2: float, sb2: float) -> tuple[float, float]:
     """(c*, chi_c) for a chaotic fixed point q* = exp(lq) > 1e13 (only huge sigma_w^2 put a
     bounded activation there): the correlation map c -> t rho(c) + 1 - t, t = sigma_w^2 E[phi^2]
-    / q*, with the post-activation correlation rho of :func:`_rho` (q clamped to 1e13, beyond
+    / q*, with the post-activation correlation rho of :func:`rho` (q clamped to 1e13, beyond
     which it no longer changes) and chi_c its slope t rho'(c*), rho'(c) = q E[phi'(u1) phi'(u2)]
     / E[phi^2] (Price's theorem); at a fixed point this is sigma_w^2 E[phi'(u1) phi'(u2)]."""
-    share = math.exp(min(0.0, math.log(sw2) + float(_log_moment(act.second_moment, lq)) - lq))
-    q = _RHO_Q_MAX
+    share = math.exp(min(0.0, math.log(sw2) + float(log_moment(act.second_moment, lq)) - lq))
+    q = RHO_Q_MAX
     v = float(act.second_moment(q))
     c, lo, hi = np.zeros(1), -np.ones(1), np.ones(1)
     d = 0.0
     for _ in range(60):
-        F = share * float(_rho(act, q, c[0])) + 1.0 - share - c
+        F = share * float(rho(act, q, c[0])) + 1.0 - share - c
         d = share * q * float(act.dphi_cross_moment(q, q, c[0])) / v
         cn, lo, hi = _newton_step_c(c, F, d, lo, hi)
         done = abs(cn[0] - c[0]) <= 1e-15 or hi[0] - lo[0] <= 1e-15 or F[0] == 0
@@ -658,11 +419,11 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
         note = f"q* = exp({lq:.17g}) exceeds float64, reported as inf"
     else:
         q_star = math.exp(lq)
-    lq_eval = min(max(lq, _LQ_LO), _LQ_HI)
+    lq_eval = min(max(lq, LQ_LO), LQ_HI)
     q_eval = math.exp(lq_eval)
     if math.isfinite(lq) and lq != lq_eval:     # beyond [1e-280, 1e100]: continued as powers
-        chi_1 = sw2 * math.exp(float(_log_moment(act.dphi_second_moment, lq)))
-        slope = sw2 * math.exp(float(_log_moment(act.second_moment_slope, lq)))
+        chi_1 = sw2 * math.exp(float(log_moment(act.dphi_second_moment, lq)))
+        slope = sw2 * math.exp(float(log_moment(act.second_moment_slope, lq)))
     else:
         chi_1 = sw2 * float(act.dphi_second_moment(q_eval))
         slope = sw2 * float(act.second_moment_slope(q_eval))
@@ -670,7 +431,7 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
     if not math.isfinite(lq):
         note = ("the length map collapses to q* = 0; chi_1 is its limit there" if lq < 0 else
                 "the length map diverges (q* = inf); chi_1 is its limit as q -> inf")
-    if regime == "chaotic" and math.isfinite(lq) and lq > math.log(_RHO_Q_MAX):
+    if regime == "chaotic" and math.isfinite(lq) and lq > math.log(RHO_Q_MAX):
         c_star, chi_c = _c_star_far(act, lq, sw2, sb2)
     elif regime == "chaotic" and math.isfinite(lq) and q_star > 0:
         c_star = float(_c_star(act, q_eval, sw2, sb2)[0])
@@ -805,7 +566,7 @@ def _candidates(act: Activation, sb2: np.ndarray, fns, limits=(_KIND_ZERO,)):
     parts = [(rows, sw2, lq, np.full(rows.size, _KIND_FINITE))]
     phi0 = float(act.phi(np.zeros(1))[0])
     for kind in limits:
-        lq_e = _LQ_LO if kind == _KIND_ZERO else _LQ_HI
+        lq_e = LQ_LO if kind == _KIND_ZERO else LQ_HI
         d, d_in = (float(np.asarray(D(np.exp(np.array([lq_e, lq_e - 20.0 * kind]))), float)[i])
                    for i in (0, 1))
         # a limit of E[phi'^2] (not a power of q: phi'(0) = 0, or tanh-like decay at infinity);
@@ -824,7 +585,7 @@ def _chi1_reached(act, sw2, sb2, q0, fns):
     """(chi_1 - 1, log q*) at the fixed point reached from q0, computed as fixed_point does."""
     V, dV, D, VdV = fns
     lq = _q_star(act, sw2, sb2, q0, V=V, dV=dV, VdV=VdV)
-    qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
+    qe = np.exp(np.clip(lq, LQ_LO, LQ_HI))
     return sw2 * D(qe) - 1.0, lq
 
 
@@ -946,7 +707,7 @@ def critical_branches(activation, sigma_b2: float, *, q0: float = 1.0) -> tuple:
     out = []
     for w0, w, l, k, r in zip(sw2_0, sw2, lq, kind, ok):
         q = math.exp(l) if math.isfinite(l) else (0.0 if l < 0 else math.inf)
-        qe = math.exp(min(max(l, _LQ_LO), _LQ_HI))
+        qe = math.exp(min(max(l, LQ_LO), LQ_HI))
         slope = float(w0 * np.asarray(fns[1](np.array([qe])), float)[0])
         out.append(CriticalBranch(float(w if r else w0), q, slope, bool(r), names[int(k)], sb2, q0))
     return tuple(sorted(out, key=lambda b: b.sigma_w2))
@@ -1159,7 +920,7 @@ def phase_diagram(activation, sigma_w2, sigma_b2, *, q0: float = 1.0) -> PhaseDi
             return vals[..., 0], vals[..., 1]
     lq = _q_star(act, SW, SB, q0, V=V, dV=dV, VdV=None if closed else VdV)
     q_star = np.exp(lq)
-    qe = np.exp(np.clip(lq, _LQ_LO, _LQ_HI))
+    qe = np.exp(np.clip(lq, LQ_LO, LQ_HI))
     chi_1 = SW * D(qe)
     c_star = np.ones_like(q_star)
     chi_c = chi_1.copy()

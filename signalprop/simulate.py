@@ -43,7 +43,7 @@ equal magnitude keep the first layer close to Gaussian.
 
 Engines: ``dense`` draws every weight matrix; ``matrix-free`` samples the same joint law of all
 ``(h^l, delta^l)`` with O(N) work per layer (:mod:`signalprop.sampling` has the construction and
-the proof; O(N B^2) for batch-normalised layers over a batch of B, :mod:`signalprop._bnlayer`).
+the proof; O(N B^2) for batch-normalised layers over a batch of B, :mod:`signalprop.layers.batchnorm`).
 Both are batched over a chunk of samples and bounded in memory: when the stored per-layer state
 of a chunk exceeds ``max_memory``, the backward pass replays the forward pass from checkpoints
 (every ``m`` layers) with the very same random numbers.
@@ -67,6 +67,7 @@ import numpy as np
 
 from ._validate import (check_correlation, check_int, check_memory, check_positive,
                         short_repr)
+from . import layers  # noqa: F401  (importing the layer kinds registers their samplers)
 from .network import Network
 from .results import Profile
 from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler
@@ -586,7 +587,7 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
 
     Parameters
     ----------
-    network: a :class:`~signalprop.network.Network` (e.g. from :func:`~signalprop.network.mlp`).
+    network: a :class:`~signalprop.network.Network` (e.g. from :func:`~signalprop.architectures.mlp`).
     samples: number of sample networks, an int >= 1 (standard errors need >= 2).
     seed: an int >= 0, a ``numpy.random.SeedSequence`` or a ``numpy.random.Generator``.
     engine: ``"dense"`` (full weight matrices; every weight kind) or ``"matrix-free"`` (exact

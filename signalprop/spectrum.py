@@ -55,7 +55,9 @@ import numpy as np
 from . import freeprob as fp
 from .activations import Activation, activation as _activation
 from .meanfield import predict
-from .network import Dense, Network, mlp
+from .architectures import mlp
+from .layers.dense import Dense
+from .network import Network
 from .results import _Result, to_jsonable
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]

@@ -67,6 +67,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import gaussian
+from .activations import Activation
 
 __all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
            "rho_theta", "theta_at", "rho_2d", "small_moments", "LQ_LO", "LQ_HI"]
@@ -305,7 +306,6 @@ def _has_moment_table(act) -> bool:
 
 def _has_series(act) -> bool:
     """Whether Mehler's series is used for ``act`` (as ``Activation.mehler_coefficients``)."""
-    from .activations import Activation
     return (act.tau is not None and math.isfinite(act.tau) and not act.kinks
             and act.smooth is None and type(act).cross_moment is Activation.cross_moment)
 
@@ -319,7 +319,6 @@ def _direct_moments(act, q):
     mpmath for tanh and sigmoid over q in [1e-6, 1e6]); ``act.moments`` itself switches to
     Gauss-Hermite at small q, whose computed weights carry ~1e-14 relative errors near 200
     nodes. Activations that override the moments are asked directly."""
-    from .activations import Activation
     cls = type(act)
     if (cls.moments is Activation.moments and cls.second_moment is Activation.second_moment
             and cls.dphi_second_moment is Activation.dphi_second_moment):

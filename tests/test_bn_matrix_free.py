@@ -1,4 +1,4 @@
-"""The matrix-free engine for batch-normalised layers (signalprop._bnlayer: BatchMatrixFreeGaussian,
+"""The matrix-free engine for batch-normalised layers (signalprop.layers.batchnorm: BatchMatrixFreeGaussian,
 BatchMatrixFreeOrthogonal) against the dense engine.
 
 Rules, fixed before running:
@@ -25,7 +25,7 @@ from scipy import stats
 
 import signalprop as sp
 from signalprop import sampling
-from signalprop._bnlayer import (BatchMatrixFreeGaussian, BatchMatrixFreeOrthogonal,
+from signalprop.layers.batchnorm import (BatchMatrixFreeGaussian, BatchMatrixFreeOrthogonal,
                                  BatchNormMatrixFree)
 from signalprop.simulate import root_seed, sample_streams
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from signalprop.compare import Comparison, beta, compare, expected_to_agree
-from signalprop.network import mlp
+from signalprop.architectures import mlp
 from signalprop.results import Profile
 from signalprop.simulate import simulate
 

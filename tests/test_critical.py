@@ -217,12 +217,12 @@ def test_c_only_fill_matches_layer_by_layer(monkeypatch):
     """The run fill that iterates c alone (q settled, c still moving) against the layer-by-layer
     path on the same network (elu at its edge of chaos: the theta interpolant and the 2-D table
     of rho; tanh: Mehler's series)."""
-    from signalprop import meanfield
+    from signalprop.layers.dense import Dense
     for act, b in (("elu", 0.05), ("tanh", 0.05)):
         net = sp.mlp(600, 10, act, sigma_w2=sp.critical_sigma_w2(act, b), sigma_b2=b)
         fast = sp.predict(net, c0=0.5)
         with monkeypatch.context() as m:
-            m.setattr(meanfield, "_c_only_rho", lambda *a: None)
+            m.setattr(Dense, "c_only_rule", lambda *a: None)
             slow = sp.predict(net, c0=0.5)
         np.testing.assert_allclose(fast.c, slow.c, rtol=0, atol=1e-12)
         np.testing.assert_allclose(fast.log_g, slow.log_g, rtol=0, atol=1e-11)

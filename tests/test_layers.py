@@ -18,9 +18,9 @@ from scipy import integrate
 
 import signalprop as sp
 from signalprop import sampling
-from signalprop.network import Dense, Network, Nonlinearity
-from signalprop.norm import LayerNorm, RMSNorm
-from signalprop.residual import Residual, resnet
+from signalprop.architectures import resnet
+from signalprop.layers import Dense, LayerNorm, Nonlinearity, Residual, RMSNorm
+from signalprop.network import Network
 from signalprop.simulate import root_seed, sample_streams
 
 
@@ -315,7 +315,7 @@ def test_batchnorm_relu_rate_is_the_top_eigenvalue():
 def test_batchnorm_jacobian_against_finite_differences():
     """to_tracked of the sampled BN layer is J^T (phi'(y) * gy) with the per-unit Jacobian of
     y = sqrt(B) G h / ||G h||: checked against central differences over the whole batch."""
-    from signalprop._bnlayer import BatchNormRule
+    from signalprop.layers.batchnorm import BatchNormRule
     B, n = 6, 5
     rule = BatchNormRule(sp.BatchNormDense(n, "tanh", 1.0, B), n)
     fwd, _ = sample_streams(root_seed(1), 0, 1)
@@ -381,7 +381,7 @@ def test_norm_backward_finite_width_projection(kind, rank_loss):
     (LayerNorm: removes 1 and y) or N - 1 (RMSNorm: removes y), so for an isotropic gradient
     E||J^T g||^2 s^2 / ||g||^2 = 1 - rank_loss / N exactly (module docstring of norm.py). Checked at
     N = 8, where the 1/N term is large, within 4 standard errors."""
-    from signalprop.norm import NormRule
+    from signalprop.layers.norm import NormRule
     N, S = 8, 20000
     rng = np.random.default_rng(4)
     rule = NormRule(kind(N), N, "dense")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from signalprop.network import mlp
+from signalprop.architectures import mlp
 from signalprop.simulate import _Job, network_inputs, root_seed, simulate
 from signalprop.jacobian import _layers, jacobian, jacobian_singular_values
 
@@ -186,20 +186,21 @@ def test_matrix_free_gradient_needs_the_conditioning_term():
     assumption) shifts the mean gradient of a narrow softplus network, whose activations have a
     large mean, by many standard errors; the exact sampler matches the dense engine."""
     from signalprop import sampling
+    from signalprop.layers import dense
 
     net = mlp(8, 8, "softplus", sigma_w2=1.5)
     S = 3000
 
-    class Independent(sampling.MatrixFreeGaussian):
+    class Independent(dense.MatrixFreeGaussian):
         def backward(self, delta, ctx, rng):
             nd = np.sqrt((delta ** 2).sum(1))
             xi = rng.normal((self.n_in,), delta.dtype) * nd[:, None]
             return xi * (self.sigma_w / math.sqrt(self.n_in))
 
-    key = (sampling.Dense, "matrix-free")
+    key = (dense.Dense, "matrix-free")
     old = sampling._REGISTRY[key]
-    sampling._REGISTRY[key] = lambda layer, n: sampling.DenseRule(Independent(layer, n),
-                                                                    layer.activation)
+    sampling._REGISTRY[key] = lambda layer, n: dense.DenseRule(Independent(layer, n),
+                                                                 layer.activation)
     try:
         wrong = simulate(net, S, 4, engine="matrix-free")
     finally:

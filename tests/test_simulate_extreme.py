@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import signalprop as sp
-from signalprop.residual import resnet
+from signalprop.architectures import resnet
 
 ENGINES = ("dense", "matrix-free")
 FIELDS = ("log_q", "c", "log_g", "log_G", "c_se", "log_g_se", "log_G_se")

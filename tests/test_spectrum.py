@@ -19,7 +19,8 @@ import pytest
 import signalprop as sp
 from signalprop import freeprob as fp
 from signalprop import gaussian
-from signalprop.network import Dense, Network
+from signalprop.layers.dense import Dense
+from signalprop.network import Network
 from signalprop.spectrum import Isometry, Spectrum, isometry, spectrum
 
 

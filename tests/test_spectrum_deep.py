@@ -37,7 +37,8 @@ import numpy as np
 import pytest
 
 import signalprop as sp
-from signalprop.network import Dense, Network
+from signalprop.layers.dense import Dense
+from signalprop.network import Network
 from signalprop.spectrum import isometry, spectrum
 
 REF = json.loads((Path(__file__).resolve().parent / "reference" / "fuss_catalan_reference.json")

@@ -288,8 +288,8 @@ def test_mean_ratio_table_against_the_direct_route(name):
 
 
 def _direct_rho(act):
-    from signalprop.meanfield import _rho
-    return lambda q, c: _rho(act, q, c)
+    from signalprop.maps import rho
+    return lambda q, c: rho(act, q, c)
 
 
 @pytest.mark.parametrize("name,q", [("sigmoid", 45.7), ("elu", 1.3), ("hard_tanh", 0.4639),

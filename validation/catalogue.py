@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from signalprop.compare import beta, expected_to_agree
-from signalprop.network import Dense, Network, Nonlinearity, mlp
-from signalprop.norm import LayerNorm, RMSNorm
-from signalprop.residual import Residual, resnet
+from signalprop.architectures import mlp, resnet
+from signalprop.layers import Dense, LayerNorm, Nonlinearity, Residual, RMSNorm
+from signalprop.network import Network
 
 __all__ = ["Case", "point", "catalogue", "quick_catalogue", "ACTIVATIONS", "FAMILIES"]
 

@@ -38,11 +38,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ._validate import check_int, short_repr
-from .network import MAX_DEPTH, MAX_WIDTH, Dense, Network, Step, _per_layer, mlp
-from .sampling import ENGINES, Streams, _scaled_api, add_shifts, ldexp_rows, register, sampler
+from .._validate import check_int, short_repr
+from ..network import MAX_DEPTH, MAX_WIDTH, Network, Step
+from .dense import Dense
+from ..sampling import ENGINES, Streams, _scaled_api, add_shifts, ldexp_rows, register, sampler
 
-__all__ = ["Residual", "resnet"]
+__all__ = ["Residual"]
 
 
 def _check_scale(name: str, value) -> float:
@@ -195,43 +196,3 @@ class ResidualRule:
 
 for _engine in ENGINES:
     register(Residual, _engine)(lambda block, n_in, _e=_engine: ResidualRule(block, n_in, _e))
-
-
-def resnet(depth: int, width: int = 1000, activation="relu", *, branch_depth: int = 2,
-           alpha: Union[float, Sequence[float]] = 1.0, beta: Union[float, Sequence[float]] = 1.0,
-           sigma_w2: float = 1.0, sigma_b2: float = 0.0, init: Optional[str] = None,
-           weights: Optional[str] = None, norm: Optional[str] = None) -> Network:
-    """A residual network of ``depth`` blocks of constant ``width``.
-
-    Each block is ``x^l = alpha x^{l-1} + beta F(x^{l-1})`` with the branch
-    ``branch_depth = 1``: ``F(x) = phi(W x + b)``;
-    ``branch_depth = 2``: ``F(x) = V phi(W x + b) + a`` (Yang & Schoenholz 2017's full residual
-    network), ``V`` a linear Dense layer with the same ``sigma_w2``, ``sigma_b2``;
-    deeper branches: ``branch_depth - 1`` activated Dense layers then a linear one.
-    ``alpha``, ``beta``: one value or one per block (e.g. ``beta = 1/np.sqrt(depth)``; ``beta = 0``
-    for ReZero/SkipInit). ``init`` / ``weights``: as in :func:`~signalprop.network.mlp`, for the
-    branch layers. ``norm``: ``None``, ``"layer"`` or ``"rms"`` -- a normalisation layer at the
-    start of every branch (the "pre-norm" placement of transformers); post-norm networks
-    (``LN(x + F(x))``) are built by interleaving :class:`~signalprop.norm.LayerNorm` layers.
-    ``depth``, ``branch_depth``: integers >= 1 with ``depth * branch_depth <=``
-    :data:`~signalprop.network.MAX_DEPTH` (10^6 Dense layers; a deeper network is refused up front).
-    """
-    from .norm import LayerNorm, RMSNorm
-
-    depth = check_int("depth", depth, 1, MAX_DEPTH)
-    width = check_int("width", width, 1, MAX_WIDTH)
-    branch_depth = check_int("branch_depth", branch_depth, 1, MAX_DEPTH)
-    if depth * branch_depth > MAX_DEPTH:
-        raise ValueError(f"depth * branch_depth = {depth} * {branch_depth} Dense layers; at most "
-                         f"{MAX_DEPTH} (MAX_DEPTH): at depth {depth}, branch_depth must be in "
-                         f"[1, {MAX_DEPTH // depth}]")
-    if norm is not None and not (isinstance(norm, str) and norm in ("layer", "rms")):
-        raise ValueError(f"norm must be None, 'layer' or 'rms', got {short_repr(norm)}")
-    alphas = _per_layer("alpha", alpha, depth)
-    betas = _per_layer("beta", beta, depth)
-    acts = [activation] * (branch_depth - 1) + ["linear"] if branch_depth > 1 else [activation]
-    template = mlp(branch_depth, width, acts, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init,
-                   weights=weights).layers
-    head = () if norm is None else ((LayerNorm if norm == "layer" else RMSNorm)(width),)
-    blocks = tuple(Residual(head + template, alphas[i], betas[i]) for i in range(depth))
-    return Network(width, blocks)

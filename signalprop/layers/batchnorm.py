@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_choice, check_int, positive_scalar, short_repr
-from .activations import Activation, activation
-from .network import MAX_WIDTH, Dense, Network, WEIGHTS
-from .results import Profile
-from .sampling import DenseSampler, Streams, _finite_values, _scaled_api, register
+from .._validate import check_choice, check_int, positive_scalar, short_repr
+from ..activations import Activation, activation
+from ..batchnorm import _embed, bn_gradient_operator, bn_kernel
+from ..network import MAX_WIDTH, Network, WEIGHTS
+from ..results import Profile
+from ..sampling import Streams, _finite_values, _scaled_api, register
+from .dense import Dense, DenseSampler
 
 __all__ = ["BatchNormDense", "predict_batch"]
 
@@ -73,7 +75,6 @@ def predict_batch(network: Network, q0: float, c0) -> Profile:
     """Mean-field profile of a network of :class:`BatchNormDense` layers (Yang et al. 2019 model;
     the per-layer kernels and gradient operators of :mod:`signalprop.batchnorm`). ``c0``: the
     correlation of every pair of batch members (default 0)."""
-    from .batchnorm import _embed, bn_gradient_operator, bn_kernel
 
     layers = network.layers
     if not all(type(la) is BatchNormDense for la in layers):
@@ -268,7 +269,7 @@ class BatchMatrixFreeGaussian:
     conditioning technique of Bolthausen (2014, "An iterative construction of solutions of the TAP
     equations", Commun. Math. Phys. 325) and of the analysis of approximate message passing
     (Bayati & Montanari 2011, IEEE Trans. Inf. Theory 57), applied to one matrix per layer and a
-    k-dimensional input span (:class:`~signalprop.sampling.MatrixFreeGaussian` is the case
+    k-dimensional input span (:class:`~signalprop.layers.dense.MatrixFreeGaussian` is the case
     k <= 2 with one gradient vector).
 
     Per-sample draw order: forward ``G`` (r rows of N_l numbers); backward ``E`` (kd rows of
@@ -310,7 +311,7 @@ class BatchMatrixFreeGaussian:
 
 class BatchMatrixFreeOrthogonal:
     """Exact matrix-free sampling of a (semi-)orthogonal weight matrix acting on a batch of k
-    inputs (:class:`~signalprop.sampling.MatrixFreeOrthogonal` generalised from k <= 2 inputs and
+    inputs (:class:`~signalprop.layers.dense.MatrixFreeOrthogonal` generalised from k <= 2 inputs and
     one gradient to k inputs and kd gradients).
 
     **Construction.** ``p = max(N_l, N_{l-1})``, ``O`` Haar on O(p), ``W = s E_l^T O E_{l-1}`` with

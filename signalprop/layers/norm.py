@@ -4,7 +4,7 @@
 2016, eq. 4, with gain 1, bias 0 and eps = 0, their values at initialisation);
 ``RMSNorm``: ``y = x / rms(x)`` (Zhang & Sennrich 2019, eq. 4). The tracked variable is the
 output ``y``. Between a linear ``Dense`` layer and a
-:class:`~signalprop.network.Nonlinearity` they give the "pre-activation" placement
+:class:`~signalprop.layers.dense.Nonlinearity` they give the "pre-activation" placement
 (``phi(LN(W x + b))``); after an activated ``Dense`` layer, the "post-activation" one.
 
 Mean field. With ``q``, ``c``, ``m = mu sqrt(q)`` the per-unit second moment, correlation and
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_int
-from .network import Step
-from .sampling import ENGINES, Streams, _scaled_api, register
+from .._validate import check_int
+from ..network import Step
+from ..sampling import ENGINES, Streams, _scaled_api, register
 
 __all__ = ["LayerNorm", "RMSNorm"]
 

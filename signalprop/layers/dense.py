@@ -1,0 +1,587 @@
+"""The fully connected layer kind: :class:`Dense` (``h = W x + b``, ``x = phi(h)``) and
+:class:`Nonlinearity` (``x = phi(h)`` alone), with everything signalprop knows about them in one
+place: the description, the mean-field step (:func:`dense_step`) and the Monte Carlo samplers
+of both engines.
+
+:class:`Dense` is the fully connected layer of ``docs/notation.md``; its tracked variable is the
+pre-activation:
+
+    h^l = W^l x^{l-1} + b^l,    x^l = phi_l(h^l),
+    W^l_ij ~ N(0, sigma_w^2 / N_{l-1}) (gaussian; uniform with the same variance),
+    W^l = sigma_w O, O Haar (semi-)orthogonal scaled so E[W_ij^2] = sigma_w^2 / N_{l-1} (orthogonal),
+    b^l_i ~ N(0, sigma_b^2).
+
+Samplers. A :class:`~signalprop.layers.dense.Dense` layer is a linear sampler (``h = W x + b``; ``forward(x)
+-> (h, ctx)``, ``backward(delta) -> W^T delta``) followed by the activation (:class:`DenseRule`).
+Two engines exist for its linear part.
+
+**dense**: the weight matrix is drawn in full (CONVENTIONS.md, "Fully connected network"):
+gaussian ``W_ij ~ N(0, sigma_w^2/N_{l-1})``; uniform ``W_ij ~ U(-a, a)`` with
+``a = sqrt(3 sigma_w^2 / N_{l-1})`` (same variance); orthogonal ``W = s O`` with ``O`` Haar
+(semi-)orthogonal from the QR decomposition of a Gaussian matrix with the signs of ``diag(R)``
+moved into ``Q`` (Mezzadri 2007, "How to generate random matrices from the classical compact
+groups", Notices AMS 54, section 5), ``s = sigma_w sqrt(max(N_l, N_{l-1}) / N_{l-1})`` so that
+``E[W_ij^2] = sigma_w^2 / N_{l-1}``. Biases ``b_i ~ N(0, sigma_b^2)`` (not drawn when
+``sigma_b^2 = 0``). O(N^2) random numbers per layer.
+
+**matrix-free**: exact conditional sampling with O(N) random numbers and flops per layer, for
+gaussian and orthogonal weights; see :class:`MatrixFreeGaussian` and
+:class:`MatrixFreeOrthogonal` for the construction and the proof that the joint law of all
+forward pre-activations and backward gradients is exactly that of the dense engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import tables
+from .._validate import check_choice, check_int, nonnegative_scalar, positive_scalar
+from ..activations import Activation, activation
+from .. import maps
+from ..maps import LQ_HI, LQ_LO, RHO_Q_MAX, layer_moments, rho_fn, theta_interpolant
+from ..network import MAX_WIDTH, WEIGHTS, Network, Step, _act_label
+from ..sampling import (ENGINES, LayerError, RealScale, Streams, _combine, _coords, _dot, _finite_values,
+                        _frame, _is_zero, _neg, _scaled_api, _span, add_shifts, apply_activation,
+                        ldexp_rows, register)
+
+__all__ = ["Dense", "Nonlinearity", "dense_step", "require_dense", "DenseRule", "DenseSampler",
+           "MatrixFreeGaussian", "MatrixFreeOrthogonal"]
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully connected layer ``l``: width ``N_l``, activation ``phi_l``, ``sigma_w^2``, ``sigma_b^2``
+    and the weight distribution (``gaussian``, ``orthogonal`` or ``uniform``)."""
+
+    width: int
+    activation: Activation
+    sigma_w2: float
+    sigma_b2: float = 0.0
+    weights: str = "gaussian"
+
+    def __post_init__(self):
+        object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
+        if not isinstance(self.activation, Activation):
+            object.__setattr__(self, "activation", activation(self.activation))
+        object.__setattr__(self, "sigma_w2", positive_scalar("sigma_w2", self.sigma_w2))
+        object.__setattr__(self, "sigma_b2", nonnegative_scalar("sigma_b2", self.sigma_b2))
+        check_choice("weights", self.weights, WEIGHTS)
+
+    needs_mean = False
+
+    def same_rule(self, other) -> bool:
+        """True when both layers map kernels identically (used to skip converged runs)."""
+        return (type(other) is Dense and other.activation == self.activation
+                and other.sigma_w2 == self.sigma_w2 and other.sigma_b2 == self.sigma_b2)
+
+    def check_input(self, n_in: int) -> None:
+        """Any input width is fine for a fully connected layer."""
+
+    def with_width(self, width: int) -> "Dense":
+        return Dense(width, self.activation, self.sigma_w2, self.sigma_b2, self.weights)
+
+    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
+        """Poole et al. 2016 eqs. 3, 5; Schoenholz et al. 2017 eq. 14 (:func:`dense_step`)."""
+        return dense_step(self, state, n_in, cache)
+
+    def c_only_rule(self, cache: dict, lq: float, dq: float):
+        """rho(c) of the last step as a function of c alone, for predict's fill of a run where only
+        c still moves (:func:`c_only_rho`), or None."""
+        return c_only_rho(self, cache, lq, dq)
+
+    def label(self) -> str:
+        """A short description for :meth:`Network.__repr__`."""
+        w = "" if self.weights == "gaussian" else f", {self.weights}"
+        return (f"Dense({self.width}, {_act_label(self.activation)}, sigma_w2={self.sigma_w2:g}, "
+                f"sigma_b2={self.sigma_b2:g}{w})")
+
+
+@dataclass(frozen=True)
+class Nonlinearity:
+    """The activation alone, ``x^l = phi(x^{l-1})`` (no weights): with a linear :class:`Dense`
+    layer before it, ``Dense(linear) + Nonlinearity`` is ``Dense``, and a normalisation layer can
+    sit between the two (pre-activation placement). Like ``Dense``, its tracked variable is its
+    input (the pre-activation); the mean-field theory treats that input as a centred Gaussian,
+    which holds after a linear ``Dense`` layer and after a norm layer applied to one."""
+
+    width: int
+    activation: Activation
+    _as_dense: Dense = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
+        if not isinstance(self.activation, Activation):
+            object.__setattr__(self, "activation", activation(self.activation))
+        # the Dense layer (sigma_w^2 = 1, sigma_b^2 = 0) whose step this layer's is, built once
+        object.__setattr__(self, "_as_dense", Dense(self.width, self.activation, 1.0, 0.0))
+
+    needs_mean = False
+
+    def same_rule(self, other) -> bool:
+        return type(other) is Nonlinearity and other.activation == self.activation
+
+    def check_input(self, n_in: int) -> None:
+        if n_in != self.width:
+            raise ValueError(f"Nonlinearity keeps the width: it has width {self.width} but its "
+                             f"input has width {n_in}")
+
+    def with_width(self, width: int) -> "Nonlinearity":
+        return Nonlinearity(width, self.activation)
+
+    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
+        """The Dense step with sigma_w^2 = 1, sigma_b^2 = 0 and no weights: q^l = q_x, c^l = c_x."""
+        mu = state[2]
+        if mu is not None and abs(mu) > 1e-12:
+            raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
+                             f"after a linear Dense or a LayerNorm); its input has mean/rms {mu:.3g}")
+        return dense_step(self._as_dense, state, n_in, cache)
+
+    def label(self) -> str:
+        return f"Nonlinearity({self.width}, {_act_label(self.activation)})"
+
+
+def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
+    """Mean-field step of a :class:`~signalprop.layers.dense.Dense` layer (CONVENTIONS.md).
+
+    q^l = sigma_w^2 q_x + sigma_b^2 (Poole et al. 2016, eq. 3),
+    c^l = (sigma_w^2 q_x c_x + sigma_b^2) / q^l and c_x' = E[phi(u_1) phi(u_2)] / E[phi(u)^2]
+    (eq. 5; Mehler's series where the activation has one), the tracked gradient factor
+    E[phi'(h^l)^2] and the input factor (N_l / N_{l-1}) sigma_w^2 (Schoenholz et al. 2017, eq. 14).
+    Closed forms in plain floats where the activation has them; a positively homogeneous map is
+    evaluated at q = 1 and scaled outside [1e-280, 1e100].
+    """
+    log_x2, cx, mu = state
+    act = layer.activation
+    lsw2 = math.log(layer.sigma_w2)
+    lq = lsw2 + log_x2
+    if layer.sigma_b2 > 0:                         # log(sigma_w^2 q_x + sigma_b^2), no overflow
+        lb = math.log(layer.sigma_b2)
+        lq = max(lq, lb) + math.log1p(math.exp(-abs(lq - lb)))
+    c = None
+    if cx is not None:
+        t = math.exp(lsw2 + log_x2 - lq)             # share of the weights in q^l
+        c = min(1.0, max(-1.0, t * cx + (1.0 - t)))
+    kernel = getattr(act, "scalar_kernel", None)
+    inside = LQ_LO <= lq <= LQ_HI
+    homogeneous = getattr(act, "homogeneous", False)
+    rho = None
+    cache["c_fast"] = None          # how rho(c) was evaluated, for predict's fill of c alone
+    if kernel is not None and (inside or homogeneous):
+        qk = math.exp(lq) if inside else 1.0
+        v, d, r = kernel(qk, c)
+        lv, ld = math.log(v) + (0.0 if inside else lq), math.log(d)
+        if c is not None:
+            rho = min(1.0, max(-1.0, r))
+            cache["c_fast"] = (act, "any" if homogeneous else qk, "kernel", (kernel, qk))
+    else:
+        # Chebyshev tables in log q (signalprop.tables) where they exist, else the direct rules
+        tm = tables.moments(act, lq)
+        if tm is None and lq < tables.LQ_LO:
+            tm = tables.small_moments(act, lq)
+        lv, ld = tm if tm is not None else layer_moments(act, lq, cache)
+        if c is not None:
+            qe = math.exp(min(max(lq, LQ_LO), LQ_HI))
+            ser = cache.get("rho_series")               # rho(c) = sum_k w_k c^k at this q
+            if ser is None or ser[0] is not act or abs(ser[1] - qe) > 4e-16 * qe:
+                ser = (act, qe, tables.mehler_series(act, qe))
+                cache["rho_series"] = ser
+            if ser[2] is not None and c != 1.0:
+                rho = min(1.0, max(-1.0, tables.series_at(ser[2], c)))
+                cache["c_fast"] = (act, qe, "series", ser[2])
+            elif c == 1.0:
+                rho = 1.0
+            else:
+                theta = theta_interpolant(act, qe, cache)
+                r2 = None if theta is not None else tables.rho_2d(act, lq, c, rho_fn(act))
+                if theta is not None:
+                    rho = min(1.0, max(-1.0, tables.theta_at(theta, c)))
+                    cache["c_fast"] = (act, min(qe, RHO_Q_MAX), "theta", theta)
+                elif r2 is not None:
+                    rho = min(1.0, max(-1.0, r2))
+                    cache["c_fast"] = (act, qe, "rho2d", lq)
+                else:
+                    series = cache.get("mehler")
+                    if series is None or series[0] is not act or abs(series[1] - qe) > 4e-16 * qe:
+                        coef = act.mehler_coefficients(qe)
+                        series = (act, qe, None if coef is None else coef * coef)
+                        cache["mehler"] = series
+                    bk = series[2]
+                    if bk is None:
+                        rho = float(maps.rho(act, qe, c))
+                    else:                              # Mehler: rho = sum a_k^2 c^k / sum a_k^2
+                        rho = min(1.0, max(-1.0, float(bk @ c ** np.arange(bk.size) / bk.sum())))
+    mu_out = None
+    if cache.get("means"):                         # E[phi(h)] / sqrt(E[phi(h)^2])
+        mu_out = 0.0 if act.odd else tables.mean_ratio(act, lq)
+        if mu_out is None:
+            qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, LQ_LO), LQ_HI))
+            m = float(act.mean(qm))
+            mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
+    log_back = lsw2 + math.log(layer.width / n_in)
+    return Step(lq, c, (lv, rho, mu_out), ld, log_back)
+
+
+def c_only_rho(layer, cache: dict, lq: float, dq: float):
+    """rho(c) of the last :func:`dense_step` as a function of c alone, where it stays valid for
+    the rest of a run whose log q moves by ``dq`` per layer: the same route (closed-form kernel,
+    Mehler series of the table, :func:`tables.rho_theta` interpolant) at the same q when dq = 0;
+    for any dq for a positively homogeneous kernel; for dq >= 0 past q = 1e13, where the
+    interpolant is the one at 1e13 (:func:`rho`). None otherwise (or for other layer kinds, or
+    when the residual stream's mean is tracked)."""
+    fast = cache.get("c_fast")
+    if (fast is None or not isinstance(layer, Dense) or cache.get("means")
+            or fast[0] is not layer.activation):
+        return None
+    _, key, kind, data = fast
+    if not (dq == 0.0 or key == "any"
+            or (kind == "theta" and key == RHO_Q_MAX and dq >= 0 and lq >= math.log(key))):
+        return None
+    if kind == "kernel":
+        kernel, qk = data
+        return lambda c: kernel(qk, c)[2]
+    if kind == "series":
+        return lambda c: tables.series_at(data, c)
+    if kind == "rho2d":
+        act = layer.activation
+        return lambda c: tables.rho_2d(act, data, c, rho_fn(act))
+    return lambda c: tables.theta_at(data, c)
+
+
+def require_dense(network: Network, what: str) -> None:
+    """ValueError unless every layer of ``network`` is :class:`Dense` (for the parts of the
+    package whose theory is that of fully connected networks only)."""
+    for i, layer in enumerate(network.layers):
+        if type(layer) is not Dense:
+            raise ValueError(f"{what} supports fully connected (Dense) layers only; layer {i + 1} "
+                             f"is {type(layer).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers
+
+
+@_scaled_api
+class DenseRule:
+    """A :class:`~signalprop.layers.dense.Dense` layer in the engines: its linear sampler
+    (``h = W x + b``), then ``x^l = phi(h)``. The tracked variable is ``h``;
+    ``to_tracked`` multiplies by ``phi'(h)`` (CONVENTIONS.md, "Backward").
+
+    Scaled form: the linear part maps ``2^e x`` to ``2^e (W x + 2^-e b)``; a positively
+    homogeneous activation (relu, leaky_relu, linear: ``phi(2^e h) = 2^e phi(h)``,
+    ``phi'(2^e h) = phi'(h)``) keeps the exponent, any other is applied to the real
+    ``2^e h`` (:func:`apply_activation`). ``ctx[1]`` is the point at which ``phi'`` is
+    evaluated."""
+
+    couples_inputs = False
+
+    def __init__(self, linear, activation):
+        self.linear, self.act = linear, activation
+        self.n_in, self.n_out, self.engine = linear.n_in, linear.n_out, linear.engine
+        self.homogeneous = bool(getattr(activation, "homogeneous", False))
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return self.linear.ctx_nbytes(k, itemsize) + k * self.n_out * itemsize
+
+    def forward_scaled(self, x: np.ndarray, e, rng: Streams):
+        if _is_zero(e):
+            h, ctx = self.linear.forward(x, rng)
+        else:
+            h, ctx = self.linear.forward(x, rng, shift=e)
+        if self.homogeneous or _is_zero(e):
+            arg, ey = h, e
+            y = np.asarray(self.act.phi(arg), dtype=x.dtype)
+        else:
+            y, ey, arg = apply_activation(self.act, h, e, x.dtype)
+        _finite_values(self.act, "phi", arg, y)
+        return h, e, y, ey, (ctx, arg)
+
+    def backward_scaled(self, gt: np.ndarray, ctx, rng: Streams):
+        return self.linear.backward(gt, ctx[0], rng), None
+
+    def to_tracked_scaled(self, gy: np.ndarray, ctx):
+        h = ctx[1]
+        h = np.ascontiguousarray(h[:, 0]) if gy.ndim == 2 else h[:, :gy.shape[1]]
+        return np.asarray(self.act.dphi(h), dtype=gy.dtype) * gy, None
+
+    def diagnose(self, ctx) -> None:
+        """:class:`LayerError` naming the argument where ``phi'`` is not finite (called by the
+        engines once a gradient came out non-finite; not on the hot path)."""
+        _finite_values(self.act, "phi'", ctx[1], np.asarray(self.act.dphi(ctx[1])))
+
+
+class _Identity:
+    """The linear part of a :class:`~signalprop.layers.dense.Nonlinearity`: none."""
+
+    def __init__(self, n: int, engine: str):
+        self.n_in = self.n_out = n
+        self.engine = engine
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return 0
+
+    def forward(self, x, rng, shift=None):
+        return x, None
+
+    def backward(self, delta, ctx, rng):
+        return delta
+
+
+for _engine in ENGINES:
+    register(Nonlinearity, _engine)(
+        lambda layer, n_in, _e=_engine: DenseRule(_Identity(n_in, _e), layer.activation))
+
+
+class DenseSampler:
+    """Dense sampling of a :class:`~signalprop.layers.dense.Dense` layer: the full ``N_l x N_{l-1}``
+    weight matrix per sample (gaussian, uniform or Haar (semi-)orthogonal), then ``h = W x + b``.
+    ``ctx`` is ``(M, c)`` with ``W = c M`` (``M`` of shape ``(S, N_l, N_{l-1})``; see
+    :meth:`weights_of`). Per-sample draw order: the weights, then the bias (when
+    ``sigma_b^2 > 0``)."""
+
+    engine = "dense"
+
+    def __init__(self, layer: Dense, n_in: int):
+        self.layer = layer
+        self.n_in, self.n_out = int(n_in), int(layer.width)
+        self.weights = layer.weights
+        self.sigma_w = math.sqrt(layer.sigma_w2)
+        self.sigma_b = math.sqrt(layer.sigma_b2)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return self.n_out * self.n_in * itemsize
+
+    def draw_weights(self, rng: Streams, dtype):
+        """``(M, c)`` with ``W = c M`` for every sample (``M`` of shape ``(S, N_l, N_{l-1})``): the
+        Gaussian scale is applied to the products, not to the N^2 entries."""
+        n_out, n_in = self.n_out, self.n_in
+        if self.weights == "gaussian":
+            return rng.normal((n_out, n_in), dtype), self.sigma_w / math.sqrt(n_in)
+        if self.weights == "uniform":
+            W = rng.uniform((n_out, n_in), dtype)
+            a = math.sqrt(3.0 * self.layer.sigma_w2 / n_in)
+            W *= dtype.type(2.0 * a)
+            W -= dtype.type(a)
+            return W, 1.0
+        # orthogonal: Haar (semi-)orthogonal via QR with the sign correction
+        big, small = max(n_out, n_in), min(n_out, n_in)
+        Q, R = np.linalg.qr(rng.normal((big, small), dtype))
+        d = np.sign(np.diagonal(R, axis1=1, axis2=2))
+        d[d == 0] = 1
+        Q *= d[:, None, :]
+        W = Q if n_out >= n_in else np.ascontiguousarray(Q.transpose(0, 2, 1))
+        return W, self.sigma_w * math.sqrt(big / n_in)
+
+    def weights_of(self, ctx) -> np.ndarray:
+        """The weight matrices ``W`` (S, N_l, N_{l-1}) from a forward ``ctx``."""
+        M, c = ctx
+        return M * M.dtype.type(c) if c != 1.0 else M
+
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``h = W x + 2^-shift b`` (``shift``: per-sample exponent of ``x``, module docstring)."""
+        M, c = self.draw_weights(rng, x.dtype)
+        h = np.matmul(x, M.transpose(0, 2, 1))
+        if c != 1.0:
+            h *= x.dtype.type(c)
+        if self.sigma_b > 0:
+            b = rng.normal((self.n_out,), x.dtype)
+            b *= x.dtype.type(self.sigma_b)
+            h += ldexp_rows(b, _neg(shift))[:, None, :]
+        return h, (M, c)
+
+    def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        M, c = ctx
+        out = np.matmul(delta, M) if delta.ndim == 3 else np.matmul(delta[:, None, :], M)[:, 0, :]
+        if c != 1.0:
+            out *= delta.dtype.type(c)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix-free engine
+
+
+class MatrixFreeGaussian:
+    """Exact matrix-free sampling of a Gaussian :class:`~signalprop.layers.dense.Dense` layer.
+
+    **Construction.** Write the layer as one standard Gaussian matrix ``Z`` (``N_l x n'``, i.i.d.
+    N(0, 1) entries) acting on augmented inputs: ``h = Z y`` with
+    ``y = [sigma_w x / sqrt(N_{l-1}), sigma_b]`` (``n' = N_{l-1} + 1``; without the last entry
+    when ``sigma_b = 0``), so that ``W = (sigma_w / sqrt(N_{l-1})) Z[:, :N_{l-1}]`` and
+    ``b = sigma_b Z[:, -1]``. Let ``U`` (``n' x k``) be an orthonormal basis of the span of the
+    k <= 2 augmented inputs (Gram-Schmidt), ``Y = U R``. Forward: draw ``G`` (``N_l x k``,
+    i.i.d. N(0, 1)) and set ``H = G R`` (k pre-activation vectors). Backward, for one gradient
+    vector ``delta`` (input a): draw ``xi ~ N(0, ||delta||^2 I_{n'})`` and return
+
+        Z^T delta = U (G^T delta) + (I - U U^T) xi,     W^T delta = (sigma_w/sqrt(N_{l-1})) [Z^T delta]_{:N_{l-1}}.
+
+    Cost per layer and sample: ``k N_l + n'`` random numbers and O(k N) flops.
+
+    **Proof that the law is exact.** Complete ``U`` to an orthogonal matrix ``[U, U_perp]``.
+    ``U`` is a function of the layer's input, which is independent of ``Z``; the Gaussian
+    ensemble is invariant under right multiplication by a fixed orthogonal matrix, so
+    ``[G, G_perp] = Z [U, U_perp]`` has i.i.d. N(0, 1) entries, independent of the input, and
+    ``Z = G U^T + G_perp U_perp^T``. The forward pre-activations ``H = Z Y = G R`` depend on
+    ``G`` only. The gradient ``delta^l`` is a function of ``H``, of the later layers and of ``v``;
+    none of these involves ``G_perp``, so ``G_perp`` is independent of ``delta^l`` and, given
+    ``delta^l``, ``G_perp^T delta^l ~ N(0, ||delta^l||^2 I_{n'-k})``. Hence
+    ``Z^T delta = U G^T delta + U_perp G_perp^T delta`` where the second term has the law
+    ``N(0, ||delta||^2 U_perp U_perp^T) = (I - U U^T) N(0, ||delta||^2 I)``. ``G_perp`` enters
+    nothing else (it is used once, in this layer's backward product), so replacing it by the
+    fresh ``xi`` leaves the joint law of all ``(h^l, delta^l)`` over all layers unchanged. Any
+    orthonormal ``U`` whose span contains the inputs works, which is why a rank-deficient pair
+    (``c = 1``) or a tiny residual direction needs no special care. This is the Gaussian
+    conditioning technique of Bolthausen (2014, "An iterative construction of solutions of the
+    TAP equations") and of the analysis of approximate message passing (Bayati & Montanari 2011),
+    applied to one matrix per layer.
+    """
+
+    engine = "matrix-free"
+
+    def __init__(self, layer: Dense, n_in: int):
+        self.layer = layer
+        self.n_in, self.n_out = int(n_in), int(layer.width)
+        self.sigma_w = math.sqrt(layer.sigma_w2)
+        self.sigma_b = math.sqrt(layer.sigma_b2)
+        self.n_aug = self.n_in + (1 if self.sigma_b > 0 else 0)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return k * (self.n_aug + self.n_out) * itemsize
+
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (the bias entry of the
+        augmented input is ``2^-shift sigma_b``; module docstring of :mod:`signalprop.sampling`)."""
+        S, k, n = x.shape
+        dt = x.dtype
+        scale = dt.type(self.sigma_w / math.sqrt(n))
+        if self.sigma_b > 0:
+            y = np.empty((S, k, n + 1), dtype=dt)
+            np.multiply(x, scale, out=y[:, :, :n])
+            if _is_zero(shift):
+                y[:, :, n] = self.sigma_b
+            else:
+                y[:, :, n] = ldexp_rows(np.full(S, self.sigma_b, dtype=dt), _neg(shift))[:, None]
+        else:
+            y = x * scale
+        U, R = _frame(y)
+        G = rng.normal((k, self.n_out), dt)
+        return _combine(R, G), (U, G)
+
+    def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        U, G = ctx
+        dt = delta.dtype
+        c = _coords(G, delta)
+        nd = np.sqrt(_dot(delta, delta))
+        xi = rng.normal((self.n_aug,), dt)
+        xi *= nd[:, None].astype(dt)
+        xi -= _span(_coords(U, xi), U)
+        xi += _span(c, U)
+        out = xi[:, :self.n_in]
+        out *= dt.type(self.sigma_w / math.sqrt(self.n_in))
+        return out
+
+
+class MatrixFreeOrthogonal:
+    """Exact matrix-free sampling of an orthogonal :class:`~signalprop.layers.dense.Dense` layer.
+
+    **Construction.** Let ``p = max(N_l, N_{l-1})`` and ``O`` Haar on O(p); the (semi-)orthogonal
+    weight matrix is ``W = s E_l^T O E_{l-1}`` with ``E`` the first-columns embeddings of
+    ``R^{N_l}``, ``R^{N_{l-1}}`` into ``R^p`` and ``s = sigma_w sqrt(p / N_{l-1})``: the top-left
+    block of a Haar matrix, which has exactly the law of the dense engine's QR construction
+    (uniform on the Stiefel manifold; square when ``N_l = N_{l-1}``). Let ``U`` (``p x k``) be an
+    orthonormal basis of the embedded inputs, ``X = U R``. Forward: ``V`` = Gram-Schmidt of a
+    ``p x k`` standard Gaussian matrix (a uniformly distributed k-frame), ``h = s E_l^T V R + b``.
+    Backward: with ``d = E_l delta`` (``delta`` padded with zeros to length p),
+    ``c = V^T d``, ``rho = ||d - V c||``, ``zeta`` a uniformly random unit vector of
+    ``span(U)^perp`` (project a standard Gaussian vector of R^p and normalise):
+
+        O^T d = U c + rho zeta,       W^T delta = s E_{l-1}^T O^T d.
+
+    Cost per layer and sample: ``k p + N_l + p`` random numbers, O(k p) flops. (Equivalently
+    ``O = H_V diag(I_k, O') H_U^T`` with ``H_U``, ``H_V`` products of k Householder reflections
+    taking ``e_1..e_k`` to ``U``, ``V`` and ``O'`` a fresh Haar matrix of O(p - k); then ``O'^T``
+    applied to a vector independent of it is a uniformly random vector of the same norm.)
+
+    **Proof that the law is exact.** ``U`` is a function of the input, independent of ``O``. (i)
+    ``O U`` is uniform on the Stiefel manifold (left invariance of Haar measure), so ``V`` has the
+    law of ``O U``. (ii) Given ``O U = V``, write ``O = V U^T + Q`` where ``Q`` maps
+    ``span(U)^perp`` isometrically onto ``span(V)^perp``. For any orthogonal ``T`` fixing
+    ``span(U)`` pointwise, ``O T`` is again Haar with ``(O T) U = V``, so the conditional law of
+    ``O`` given ``V`` is invariant under ``O -> O T``, which maps ``Q^T w`` to ``T^T Q^T w``. The
+    ``T^T`` act transitively on spheres of ``span(U)^perp``; hence, for any ``w`` in
+    ``span(V)^perp`` independent of ``Q`` given ``V``, ``Q^T w`` is uniformly distributed on the
+    sphere of radius ``||w||`` of ``span(U)^perp``. (iii) ``delta^l`` depends on ``O`` only through
+    ``h^l``, i.e. through ``V`` (the bias, later layers and ``v`` are independent of ``O``); so with
+    ``w = P_{V perp} d``, ``O^T d = U V^T d + Q^T w`` has the stated law. ``Q`` enters nothing
+    else, so a fresh ``zeta`` per layer reproduces the joint law of all ``(h^l, delta^l)``.
+    Inputs that are zero or parallel give a zero column of ``U``; the matching column of ``V`` is
+    zeroed as well, which is the same construction with a smaller k.
+    """
+
+    engine = "matrix-free"
+
+    def __init__(self, layer: Dense, n_in: int):
+        self.layer = layer
+        self.n_in, self.n_out = int(n_in), int(layer.width)
+        self.p = max(self.n_in, self.n_out)
+        self.scale = math.sqrt(layer.sigma_w2) * math.sqrt(self.p / self.n_in)
+        self.sigma_b = math.sqrt(layer.sigma_b2)
+
+    def ctx_nbytes(self, k: int, itemsize: int) -> int:
+        return k * (self.n_in + self.p) * itemsize
+
+    def forward(self, x: np.ndarray, rng: Streams, shift=None):
+        """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (bias ``2^-shift b``)."""
+        S, k, n = x.shape
+        dt = x.dtype
+        p, n_out = self.p, self.n_out
+        U, R = _frame(x)
+        nb = n_out if self.sigma_b > 0 else 0
+        draws = rng.normal((k * p + nb,), dt)
+        V, _ = _frame(draws[:, :k * p].reshape(S, k, p))
+        live = (np.diagonal(R, axis1=1, axis2=2) > 0).astype(dt)
+        V *= live[:, :, None]
+        h = _combine(R, V[:, :, :n_out])
+        h *= dt.type(self.scale)
+        if nb:
+            b = draws[:, k * p:]
+            b *= dt.type(self.sigma_b)
+            h += ldexp_rows(b, _neg(shift))[:, None, :]
+        return h, (U, V)
+
+    def backward(self, delta: np.ndarray, ctx, rng: Streams) -> np.ndarray:
+        U, V = ctx
+        dt = delta.dtype
+        n_out, n_in, p = self.n_out, self.n_in, self.p
+        c = _coords(V[:, :, :n_out], delta)
+        w_top = delta - _span(c, V[:, :, :n_out])
+        rho2 = _dot(w_top, w_top)
+        if p > n_out:
+            w_bot = _span(c, V[:, :, n_out:])
+            rho2 = rho2 + _dot(w_bot, w_bot)
+        zeta = rng.normal((p,), dt)
+        zeta[:, :n_in] -= _span(_coords(U, zeta[:, :n_in]), U)
+        zn = np.sqrt(_dot(zeta, zeta))
+        f = np.divide(np.sqrt(rho2), zn, out=np.zeros_like(zn), where=zn > 0)
+        out = zeta[:, :n_in] * f[:, None].astype(dt)
+        out += _span(c, U)
+        out *= dt.type(self.scale)
+        return out
+
+
+@register(Dense, "dense")
+def _dense_dense(layer: Dense, n_in: int) -> DenseRule:
+    return DenseRule(DenseSampler(layer, n_in), layer.activation)
+
+
+@register(Dense, "matrix-free")
+def _matrix_free_dense(layer: Dense, n_in: int) -> DenseRule:
+    if layer.weights == "gaussian":
+        return DenseRule(MatrixFreeGaussian(layer, n_in), layer.activation)
+    if layer.weights == "orthogonal":
+        return DenseRule(MatrixFreeOrthogonal(layer, n_in), layer.activation)
+    raise ValueError(f"engine='matrix-free' supports gaussian and orthogonal weights, not "
+                     f"{layer.weights!r} (its conditional law given W x is not rotation invariant); "
+                     "use engine='dense'")
