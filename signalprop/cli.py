@@ -46,7 +46,7 @@ from .activations import Activation, activation, activations, normalising_consta
 from .meanfield import critical_sigma_w2, fixed_point, phase_diagram, predict
 from .architectures import mlp, resnet
 from .layers.dense import Dense
-from .network import MAX_DEPTH, Network, init_sigma_w2, INITS
+from .network import MAX_DEPTH, Network, has_capability, init_sigma_w2, INITS
 from ._validate import check_int, check_memory
 from .results import to_jsonable
 
@@ -192,7 +192,7 @@ def _sigma_w2_out(args: argparse.Namespace, net: Network):
 
 def is_plain(net: Network) -> bool:
     """True for a fully connected network of Dense layers only (where fixed points apply)."""
-    return all(type(la) is Dense for la in net.layers)
+    return all(has_capability(la, "fixed_point") for la in net.layers)
 
 
 def describe(args: argparse.Namespace, net: Network) -> str:

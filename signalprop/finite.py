@@ -127,7 +127,7 @@ from ._validate import (_as_float_array, check_finite, check_int, check_memory, 
 from .activations import Activation
 from .meanfield import predict
 from .layers.dense import Dense
-from .network import MAX_WIDTH, Network
+from .network import MAX_WIDTH, Network, has_capability
 from .results import _Result
 
 __all__ = ["LogNormalLaw", "FiniteWidthProfile", "finite_width", "chi2_factor", "relu_factor",
@@ -1086,9 +1086,9 @@ def _check_network(network) -> None:
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     for i, la in enumerate(network.layers):
-        if type(la) is not Dense:
-            raise ValueError(f"layer {i + 1}: finite-width laws are not supported for "
-                             f"{type(la).__name__} layers (only Dense)")
+        if not has_capability(la, "finite_width"):
+            raise ValueError(f"finite_width: layer {i + 1} ({type(la).__name__}) has no "
+                             "finite-width law yet")
         if la.weights != "gaussian":
             raise ValueError(f"layer {i + 1} has {la.weights} weights: the finite-width laws are "
                              "derived for gaussian weights (chi-square structure); use "

@@ -45,8 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validate import check_int, check_memory, check_positive, short_repr
-from .layers.dense import require_dense
-from .network import Network
+from .network import Network, require_capability
 from .results import _Result
 from .sampling import LayerError, ldexp_rows, sampler
 from .simulate import network_inputs, one_number, root_seed, sample_streams
@@ -194,7 +193,7 @@ def _check(network, samples, engine, q0, wrt, what: str):
     """Checked ``(samples, q0)``; ``what`` names the caller in the memory refusal."""
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network, got {type(network).__name__}")
-    require_dense(network, "jacobian")
+    require_capability(network, "sampled_jacobian", "jacobian")
     samples = check_int("samples", samples, 1)
     if not isinstance(engine, str) or engine != "dense":
         if isinstance(engine, str) and engine == "matrix-free":

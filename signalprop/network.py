@@ -18,7 +18,9 @@ test for a kind. The members a layer kind provides are declared by :class:`Layer
 * its samplers, registered per engine with :func:`signalprop.sampling.register`.
 
 Optional capabilities (asked for with ``getattr``; a feature that needs one names the layer that
-lacks it): ``c_only_rule`` (:class:`~signalprop.layers.dense.Dense`: the correlation map alone,
+lacks it, :func:`require_capability`): ``capabilities``, a set of names from
+:data:`CAPABILITIES` (free-probability factor, finite-width law, sampled Jacobian, fixed-point
+maps); ``c_only_rule`` (:class:`~signalprop.layers.dense.Dense`: the correlation map alone,
 for ``predict``'s fill), ``label()`` (a short description), ``batch_size`` (batch-coupled kinds).
 
 The backward rules are two logarithmic factors per layer (mean field: gradient independence,
@@ -47,7 +49,7 @@ from .activations import Activation, activation
 
 _activation = activation
 
-__all__ = ["Layer", "Network", "Step", "init_sigma_w2", "WEIGHTS", "INITS", "MAX_DEPTH", "MAX_WIDTH"]
+__all__ = ["Layer", "Network", "Step", "CAPABILITIES", "has_capability", "require_capability", "init_sigma_w2", "WEIGHTS", "INITS", "MAX_DEPTH", "MAX_WIDTH"]
 
 
 class Step(NamedTuple):
@@ -119,6 +121,32 @@ def _gain_squared(gain) -> float:
     if not (0.0 < g2 < math.inf):
         raise ValueError(f"gain must satisfy 0 < gain^2 < 1.8e308 (a float64), got {gain!r}")
     return g2
+
+
+#: optional capabilities a layer kind may declare in its ``capabilities`` class attribute, and
+#: what each means; features ask for one with :func:`require_capability`
+CAPABILITIES = {
+    "free_probability": "free-probability factor for its Jacobian (signalprop.spectrum)",
+    "finite_width": "finite-width law (signalprop.finite, signalprop.clipping)",
+    "sampled_jacobian": "sampled input-output Jacobian (signalprop.jacobian)",
+    "fixed_point": "length and correlation maps of fixed_point (one sigma_w2, sigma_b2, phi)",
+}
+
+
+def has_capability(layer, capability: str) -> bool:
+    """Whether ``layer``'s kind declares ``capability`` (see :data:`CAPABILITIES`)."""
+    return capability in getattr(layer, "capabilities", ())
+
+
+def require_capability(network: "Network", capability: str, feature: str) -> None:
+    """ValueError naming the first layer of ``network`` whose kind lacks ``capability``, e.g.
+    "spectrum: layer 2 (LayerNorm) has no free-probability factor ... yet"."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+    for i, layer in enumerate(network.layers):
+        if not has_capability(layer, capability):
+            raise ValueError(f"{feature}: layer {i + 1} ({type(layer).__name__}) has no "
+                             f"{CAPABILITIES[capability]} yet")
 
 
 def _act_label(act) -> str:

@@ -57,7 +57,7 @@ from .activations import Activation, activation as _activation
 from .meanfield import predict
 from .architectures import mlp
 from .layers.dense import Dense
-from .network import Network
+from .network import Network, has_capability
 from .results import _Result, to_jsonable
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]
@@ -119,10 +119,10 @@ def _check_network(network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     for i, layer in enumerate(network.layers):
-        if type(layer) is not Dense:
-            raise ValueError(f"layer {i + 1}: spectrum is not supported for {type(layer).__name__} "
-                             f"layers (only Dense): a residual Jacobian I + beta J_F is not a "
-                             f"product of freely independent factors")
+        if not has_capability(layer, "free_probability"):
+            raise ValueError(f"spectrum: layer {i + 1} ({type(layer).__name__}) has no "
+                             "free-probability factor yet (a residual Jacobian I + beta J_F is not "
+                             "a product of freely independent factors)")
         if layer.weights not in WEIGHT_LAWS:
             raise ValueError(f"layer {i + 1}: no S-transform is implemented for "
                                       f"weights={layer.weights!r}; known: {', '.join(WEIGHT_LAWS)}")

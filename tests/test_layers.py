@@ -281,13 +281,17 @@ def test_nonlinearity_needs_a_centred_input():
 
 
 def test_parts_without_residual_theory_say_so():
+    # issue 11: features ask for a declared capability and name the layer that lacks it
     net = resnet(3, 16, "tanh")
-    with pytest.raises(ValueError, match="Dense"):
+    with pytest.raises(ValueError, match=r"jacobian: layer 1 \(Residual\) has no sampled"):
         sp.jacobian(net, 1, 0)
-    with pytest.raises(ValueError, match="Dense"):
+    with pytest.raises(ValueError, match=r"finite_width: layer 1 \(Residual\) has no finite-width"):
         sp.finite_width(net)
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match=r"spectrum: layer 1 \(Residual\) has no free-probability"):
         sp.spectrum(net)
+    ln = sp.mlp(3, 16, "tanh", norm="layer")
+    with pytest.raises(ValueError, match=r"layer 2 \(LayerNorm\) has no free-probability factor"):
+        sp.spectrum(ln)
 
 
 # ---------------------------------------------------------------------------------------------

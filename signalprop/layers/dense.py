@@ -47,7 +47,7 @@ from ..sampling import (ENGINES, LayerError, RealScale, Streams, _combine, _coor
                         _frame, _is_zero, _neg, _scaled_api, _span, add_shifts, apply_activation,
                         ldexp_rows, register)
 
-__all__ = ["Dense", "Nonlinearity", "dense_step", "require_dense", "DenseRule", "DenseSampler",
+__all__ = ["Dense", "Nonlinearity", "dense_step", "DenseRule", "DenseSampler",
            "MatrixFreeGaussian", "MatrixFreeOrthogonal"]
 
 
@@ -71,6 +71,8 @@ class Dense:
         check_choice("weights", self.weights, WEIGHTS)
 
     needs_mean = False
+    capabilities = frozenset({"free_probability", "finite_width", "sampled_jacobian",
+                              "fixed_point"})
 
     def same_rule(self, other) -> bool:
         """True when both layers map kernels identically (used to skip converged runs)."""
@@ -248,15 +250,6 @@ def c_only_rho(layer, cache: dict, lq: float, dq: float):
         act = layer.activation
         return lambda c: tables.rho_2d(act, data, c, rho_fn(act))
     return lambda c: tables.theta_at(data, c)
-
-
-def require_dense(network: Network, what: str) -> None:
-    """ValueError unless every layer of ``network`` is :class:`Dense` (for the parts of the
-    package whose theory is that of fully connected networks only)."""
-    for i, layer in enumerate(network.layers):
-        if type(layer) is not Dense:
-            raise ValueError(f"{what} supports fully connected (Dense) layers only; layer {i + 1} "
-                             f"is {type(layer).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
