@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import signal
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -819,6 +821,44 @@ def _is_odd(expr) -> bool:
     return t + w <= _EXPAND_BUDGET and sp.expand(s) == 0
 
 
+#: wall-clock budget for turning an accepted expression into an activation (kinks, derivatives,
+#: oddness): a string is accepted or refused within about a second (issue 10). Typical
+#: expressions take 5-110 ms; the budget refuses the rare ones whose kink equations or piecewise
+#: folding make sympy work for seconds.
+BUILD_SECONDS = 1.0
+
+
+class _OutOfTime(BaseException):   # not Exception: sympy code catches those
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float, label: str):
+    """ValueError naming ``label`` if the block runs longer than ``seconds`` (wall clock). Uses
+    SIGALRM (POSIX, main thread, and only when no other interval timer is running); elsewhere the
+    block runs unbounded."""
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0)
+    if not usable:
+        yield
+        return
+
+    def ring(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _OutOfTime:
+        raise ValueError(f"{label}: too complex to analyse within {seconds:g} s (its kinks or "
+                         "piecewise parts make sympy work for longer); write a simpler expression "
+                         "or pass phi as a callable with dphi, d2phi and kinks") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
     """A sympy expression in x: derivatives by sympy, branch by branch where the expression has
     Max, Min, Abs, sign, Heaviside or Piecewise (``_piecewise_form``); kinks found automatically
@@ -833,7 +873,8 @@ def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
         raise ValueError(f"activation expression must depend on x only; it also uses {extra}")
     label = f"activation({short_repr(str(expr))})"
     try:
-        return _build_from_expr(expr, name, kinks, label)
+        with _deadline(BUILD_SECONDS, label):
+            return _build_from_expr(expr, name, kinks, label)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - sympy's own failures (printing, folding, ...)

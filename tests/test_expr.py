@@ -151,11 +151,11 @@ def _check_outcome(text, out, act, t_parse, t_act):
             assert t_act < SECOND, (text, t_act)
         return
     assert isinstance(out, sp.Expr) and out.free_symbols <= {X}, (text, out)
-    # accepted: the activation is built (kinks and derivatives by sympy) or refused by name;
-    # construction of an accepted expression is not part of the one-second promise (measured
-    # < 1.6 s for expressions at the branch bound; the fuzz produces small ones)
+    # accepted: the activation is built (kinks and derivatives by sympy) or refused by name, within
+    # the build budget (activations.BUILD_SECONDS = 1 s, enforced by a timer) plus the time to
+    # parse and to unwind
     assert isinstance(act, (Activation, ValueError)), act
-    assert t_act < 5 * SECOND, (text, t_act)
+    assert t_act < SECOND + 0.5, (text, t_act)
 
 
 # --------------------------------------------------------------------------------------------
@@ -645,3 +645,16 @@ def test_cli_bad_activations_are_one_line_without_warnings(tmp_path, text, word)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "Warning" not in r.stderr, r.stderr
     assert text in r.stderr and word in r.stderr
+
+
+def test_slow_analysis_is_refused_within_the_budget():
+    """An accepted string whose kink equations keep sympy busy for seconds (2.6 s measured on an
+    idle machine, 17 s under load) is refused once activations.BUILD_SECONDS is spent."""
+    text = "Max(Abs(sin(x)-0.5)*Abs(cos(x)-0.1), Abs(tan(x)-0.3))"
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="too complex to analyse within 1 s"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            activation(text)
+    assert time.perf_counter() - t0 < SECOND + 0.5
+    assert activation("x*tanh(x)").second_moment(1.0) > 0      # the timer is gone afterwards
