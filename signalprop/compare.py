@@ -14,61 +14,33 @@ it predicts none"), with an explicit constant:
     log_g:  kappa * beta_bwd(l)            beta_bwd(l) = sum_{k=l..L} 1/N_k   (log units)
     log_G:  kappa * beta                   beta = sum_{k=1..L} 1/N_k          (log units)
 
-with ``kappa = 2`` by default. Where the terms come from (Gaussian weights; orthogonal ones
-fluctuate less):
+with ``kappa = 2`` by default: a forward Jensen bias ``sigma_w^2 V''(q) Var(qt^l) / 2`` per layer,
+``Var(qt)/q^2 = O(1/N)``, and a backward O(1/N_l) per layer from gradient independence failing
+at finite width (Schoenholz et al. 2017, sec. 4); measured coefficients are at most about 1.2
+(most below 0.7) for the built-in activations at the points of ``validation/``; means are exact
+for relu and linear networks with Gaussian weights and no bias (Hanin & Rolnick 2018; Hanin
+2018). The coefficient is not bounded in general (softplus at sigma_b^2 = 0, gelu at
+sigma_w^2 = 2: it grows like L^2/N; ``validation/report.md``). The rule is first order in
+``beta``; at depth comparable to width (log-normal fluctuations, variance ~ ``5 beta`` for relu,
+Hanin & Nica 2019) cases are marked as expected to disagree beforehand
+(:func:`expected_to_agree`).
 
-* forward. Given ``x^{l-1}``, the units of ``h^l`` are i.i.d. N(0, qt^l) with the empirical
-  ``qt^l = sigma_w^2 ||x^{l-1}||^2 / N_{l-1} + sigma_b^2``, so ``E[q_hat^l] = E[qt^l]`` and
-  ``E[qt^{l+1}] = sigma_w^2 E[V(qt^l)] + sigma_b^2`` with ``V(q) = E_z[phi(sqrt(q) z)^2]``. The only
-  bias is Jensen's, ``sigma_w^2 V''(q) Var(qt^l) / 2``, with ``Var(qt^l) / q^2 = O(1/N_{l-1})``
-  (``2/N`` for a linear layer); it is carried to later layers by the slope of the length map, which
-  is below 1 at a stable fixed point, so the biases of the layers add up to ``O(beta_fwd)``. The
-  empirical correlation ``c_hat`` is a ratio of such sums: its bias is ``(1 - c^2) O(1/N)`` per layer.
-* backward. ``(W^{l+1})^T delta^{l+1}`` is not independent of ``h^l`` at finite width (the
-  "gradient independence" assumption of Schoenholz et al. 2017, section 4, is exact only as
-  N -> infinity): conditioning on ``W^{l+1} x^l`` removes one direction and adds a rank-one term
-  (:mod:`signalprop.sampling`), each changing ``E||delta^l||^2`` by a relative ``O(1/N_l)``; the
-  factor ``E[phi'(h^l)^2]`` also has a Jensen bias ``O(1/N)``. The layers ``l..L`` that the
-  gradient has crossed give ``beta_bwd``; ``log_G`` adds the forward part.
-* the constant. Measured per-layer coefficients (bias / beta, with 4000 samples at N = 32 and
-  128, L = 16 and 64, at the ordered, critical and chaotic points of ``validation/``) are at most
-  about 1.2 in absolute value (selu and sigmoid, chaotic, L = 64; most are below 0.7) for linear,
-  relu, leaky_relu, tanh, erf, sigmoid, elu, selu and hard_tanh; ``kappa = 2`` keeps a margin. For relu and linear networks with
-  Gaussian weights and no bias the means are exact at any width (Hanin & Rolnick 2018; Hanin
-  2018). The O(1/N) coefficient is *not* bounded in general: where the length map decays slower
-  than the gradient and the activation has a large mean (softplus at sigma_b^2 = 0), or where the
-  length map is marginal (gelu at sigma_w^2 = 2), it grows with depth (the correction behaves like
-  L^2/N) and the rule fails at depths far below the width; ``validation/report.md`` documents it.
+With a ``batch_size`` B in the simulation's meta every ``1/N_k`` becomes ``B/N_k`` (the B x B
+Gram matrix is estimated by N units to a relative O(B/N)). A theory profile that predicts its
+own finite-width bias can pass it as ``allowance={field: array}``, which replaces the default for
+that field.
 
-The rule is first order in ``beta``. When depth is comparable to width (``beta`` of order one) the
-fluctuations are log-normal with variance growing like ``5 beta`` for relu (Hanin & Nica 2019)
-and mean-field theory is no longer the right reference: such cases should be marked as expected
-to disagree *before* comparing (see ``validation/``); :func:`expected_to_agree` states the
-threshold used there.
-
-Batch normalisation couples the B members of a batch through their B x B Gram matrix, which N
-units estimate with a relative error O(B/N) (the finite-width error LITERATURE.md sec. 6 observes
-at B/N ~ 0.1): for a simulation whose meta has a ``batch_size`` B, every ``1/N_k`` above becomes
-``B/N_k``. (Measured: linear BN networks, B = 32, the bias of log g over 20 layers is about 0.13
-per unit of this beta at N = 512 and shrinks with N.)
-
-A theory profile that predicts its own finite-width bias can pass it as ``allowance={field:
-array}``, which replaces the default for that field.
-
-**q beyond the float range.** At extreme ``sigma_w^2`` or depth ``q^l`` leaves the normal float64
-range (gelu at sigma_w^2 = 1e-3, depth 120: theory ``q = 5e-324``, simulation 0 with se 0, an
-infinite excess; relu at 1e3: ``q = inf``, and near 1e308 ``kappa |t| beta`` overflows). Wherever
-the rule in units of q cannot be evaluated in float64 at some layer (theory or simulation q zero,
-subnormal or infinite, or a term of the rule overflowing), the whole q field is compared as
-``log_q`` instead, reported under the key ``log_q`` and said in ``rule``:
+**q beyond the float range.** Wherever the rule in units of q cannot be evaluated in float64 at
+some layer (theory or simulation q zero, subnormal or infinite, or a term of the rule
+overflowing), the whole q field is compared as ``log_q`` instead, reported under the key
+``log_q`` and said in ``rule``:
 
     |log m - log t| <= sigmas * se_log + kappa * beta_fwd(l)     (log units),
 
-``se_log`` = the simulation's ``log_q_se`` (delta method, ``se(mean)/mean`` = ``q_se / q``; it is
-computed from the per-sample ``log q_hat``, so it exists where q does not; profiles without it
-fall back to ``q_se / q``). This is the rule in units of q divided by ``t`` to first order in
-``beta`` and ``se/q`` (``log(m/t) = (m - t)/t + O(((m - t)/t)^2)``), the order the rule is stated
-to. ``fields=["log_q"]`` asks for it explicitly.
+``se_log`` = the simulation's ``log_q_se`` (else ``q_se / q``): the rule in units of q divided by
+``t``, to first order. ``fields=["log_q"]`` asks for it explicitly.
+
+Derivation of every term, the measurements and the failure cases: docs/theory/agreement-rule.md.
 """
 
 from __future__ import annotations

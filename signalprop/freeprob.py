@@ -15,9 +15,8 @@ inversion
 
     m_k = (1/k) [w^{k-1}] R(w)^k                                      (their eq. 18)
 
-which turns a product of S-transforms into the exact moments of every order. With
-``S = (1 + w)^{-L}`` (``L`` free Marchenko-Pastur factors) it gives the Fuss-Catalan numbers
-``binom((L+1)k, k)/(Lk + 1)``.
+(exact moments of every order; Fuss-Catalan ``binom((L+1)k, k)/(Lk + 1)`` for
+``S = (1 + w)^{-L}``).
 
 **The product.** A :class:`FreeProduct` is the law whose S-transform is
 
@@ -33,48 +32,21 @@ so the product's ``psi`` at ``zeta = 1/z`` solves, for ``w`` and the ``zeta_g``,
 
     log w - log(1 + w) + log S(w) = log zeta,      log psi_g(zeta_g) = log(r_g w)   (all g).
 
-**Solving it (density and CDF).** The unknowns are ``u = log(w + kappa)`` (``kappa`` = 1 minus
-the mass of the atom at 0, so that both ``w -> 0`` far above the support and ``w -> -kappa``
-below it keep their relative accuracy) and ``log zeta_g``. Newton's method with the ``zeta_g``
-eliminated (the Jacobian is an arrowhead) costs one evaluation of every ``psi_g`` and ``psi_g'``
-per iteration. The equations have several solutions; the physical one is followed by
-continuation from far away: at ``z = x + iY``, ``Y = 16 x_max``, the moment series gives ``psi``
-exactly, and ``y`` is then lowered geometrically to ``y = eps x`` (``eps = 1e-10``), each step
-starting Newton from the previous solution (quadratic predictor). A step is split in two,
-recursively, when Newton fails, when an unknown moves by more than 1 (a jump to another
-solution), or when the result leaves the region where the physical solution lives: ``w``,
-``zeta_g`` in the closed lower half-plane and ``arg eta(zeta) <= arg zeta``,
-``arg zeta_g <= arg zeta`` with ``eta = psi/(1 + psi)`` (Belinschi & Bercovici 2007, "A new
-approach to subordination results in free probability", J. Anal. Math. 101: the subordination
-functions of a free multiplicative convolution satisfy ``arg omega(z) >= arg z`` on the upper
-half-plane). No polynomial roots are picked. For a grid of points the density is obtained on
-one point in 24 this way, and on the others by Newton along the line ``y = eps x`` from the left
-neighbour, accepted only under the same conditions (plus, for solutions on the real axis,
-``d log chi / d log w`` of the sign of ``w``, i.e. ``psi' > 0``), the vertical path otherwise.
-The density of the continuous part is ``-Im G_c(x + i eps x)/pi`` with
-``G_c = (w + kappa)/z`` less the nonzero atoms. The distribution function comes from the
-vertical path too:
+**Solving it.** Newton in ``u = log(w + kappa)`` (``kappa`` = 1 minus the mass of the atom at
+0) and the ``log zeta_g`` (arrowhead Jacobian), continued down the vertical path from
+``z = x + 16 i x_max`` (exact moment series) to ``y = eps x``, ``eps = 1e-10``, steps split on
+failure or on leaving the physical region (Belinschi & Bercovici 2007: ``arg omega(z) >= arg z``);
+density ``-Im G_c(x + i eps x)/pi``, ``G_c = (w + kappa)/z`` less the nonzero atoms; CDF
 
     F_c(x) = M_c + (1/pi) int_0^inf Re[G_c(x + iy) - M_c/(x + iy)] dy,
 
-integrated by the trapezoidal rule in ``log y`` (the integrand is analytic in the strip
-``|Im log y| < pi/2`` and decays exponentially at both ends, so the error is ``~exp(-pi^2/h)``,
-about ``3e-9`` at the step ``h = 0.5`` used), continued upwards with values from the moment
-series and closed by ``int_Y^inf Re[z^{-(k+1)}] dy = Im[(x + iY)^{-k}]/k``.
+by the trapezoidal rule in ``log y`` (error ``~exp(-pi^2/h)``, about ``3e-9`` at ``h = 0.5``).
 
-**Atoms** (Bercovici & Voiculescu 1993, "Free convolution of measures with unbounded support",
-and the asymptotics of ``S`` at ``0`` and ``infinity``). At zero: a factor with an atom of mass
-``alpha_f`` at 0, acting in a space ``r_f`` times smaller, has a pole of ``S`` at
-``w = -(1 - alpha_f)/r_f``; the product has an atom at 0 of mass
-``1 - min(1, min_f (1 - alpha_f)/r_f)`` (for square factors, ``max_f alpha_f``). Away from zero:
-``S_f(w) -> (1/a_f)(1 + (1 - mu_f({a_f}))/w + ...)`` as ``w -> infinity`` for a factor with an
-atom at ``a_f``, so the product has an atom at ``prod a_f`` of mass
-``1 - sum_f (1 - mu_f({a_f}))/r_f`` whenever that is positive.
-
-**Upper edge.** Above the support ``w = psi(1/x)`` is real and increases as ``x`` decreases, and
-``x = 1/chi(w)``; the largest point of the support of the continuous part is ``1/chi(w*)`` at the
-first critical point ``w* > 0`` of ``chi`` (``1/chi`` decreases up to it), or the limit
-``w -> infinity`` when there is none (LITERATURE.md section 3, "Largest eigenvalue").
+**Atoms** (Bercovici & Voiculescu 1993): at 0 of mass ``1 - min(1, min_f (1 - alpha_f)/r_f)``;
+at ``prod a_f`` of mass ``1 - sum_f (1 - mu_f({a_f}))/r_f`` when positive. **Upper edge**:
+``1/chi(w*)`` at the first critical point ``w* > 0`` of ``chi``, else ``w -> infinity``
+(LITERATURE.md section 3). Derivations, the continuation rules and the error bound:
+docs/theory/free-probability.md.
 """
 
 from __future__ import annotations

@@ -3,41 +3,22 @@
 One engine, vectorised over arrays of ``q`` (and ``q1, q2, c``): a whole parameter grid is one
 call. Two quadrature rules, chosen per call:
 
-* **Gauss-Hermite** (probabilists' weight) with ``n`` nodes, for activations analytic in a strip
-  ``|Im x| < tau``. Its error decays like ``exp(-C tau sqrt(n / q))``; ``n = max(24,
-  ceil(1100 q / tau^2))`` puts it below 3e-14 relative for phi^2, phi'^2, phi'^4 and x phi phi' of
-  every built-in smooth activation (calibrated against the graded rule for q in [1e-3, 8]; the
-  binding cases are sigmoid and silu, which need ~830 q / tau^2). Used when n <= 200.
-* **Graded composite Gauss-Legendre** otherwise (large q, kinks, unknown analyticity): 12-node
-  panels on [-10, 10] whose breakpoints are the union of a uniform grid in z (width 1.5, for the
-  Gaussian weight), the points ``x / sqrt(q)`` for ``x = 0, +-2^k`` (k = -3..6, for the scale of
-  the activation) and the activation's kinks. Every panel sees an integrand analytic in a
-  Bernstein ellipse of parameter >= ~6, so the error is below 1e-13 for q in [1e-6, 1e4]; the
-  truncation at |z| = 10 costs < 1e-20 relative for integrands of polynomial growth.
+* **Gauss-Hermite** (probabilists' weight), ``n = max(24, ceil(1100 q / tau^2))`` nodes, for
+  activations analytic in a strip ``|Im x| < tau`` (error ``~exp(-C tau sqrt(n / q))``: below
+  3e-14 relative for every built-in smooth activation). Used when n <= 200.
+* **Graded composite Gauss-Legendre** otherwise: 12-node panels on [-10, 10] in z split at a
+  uniform grid of width 1.5, at ``x / sqrt(q)`` for ``x = 0, +-2^k`` (k = -3..6) and at the
+  kinks; error below 1e-13 for q in [1e-6, 1e4] (truncation < 1e-20 relative).
 
-Bivariate expectations of smooth functions use the rotated coordinates
-``u1 = sqrt(q1)(a s + b d)``, ``u2 = sqrt(q2)(a s - b d)`` with ``a = sqrt((1+c)/2)``,
-``b = sqrt((1-c)/2)`` and ``s, d`` i.i.d. N(0, 1) (so corr(u1, u2) = a^2 - b^2 = c), with a
-truncated trapezoidal rule in each direction whose step follows that direction's variance
-(``q a^2``, ``q b^2``): as ``c -> +-1`` one direction needs few nodes, which keeps c = +-0.9999
-accurate where the Cholesky form loses digits. When q is large the activations' features are
-sharp and sit on lines ``a s +- b d = const`` that no tensor rule can follow cheaply (a graded
-rule in s and d, refined around s = 0, misses them by up to 1e-2 at q = 1e4); there, and for
-kinks or unknown analyticity, ``expect2`` uses the conditional form ``E_z[f(sqrt(q1) z) G(z)]``
-with the inner smoothing G integrated node by node on a rule split at g's own features.
-Kinked activations with a closed-form smoothing integrate out one variable exactly
-(``expect2_smoothed``) and split the remaining 1-D integral at the kinks.
-
-Custom activations carry their kinks as a :class:`Kinks`, which marks those next to which the
-function may be singular (x^0.7 and its derivative 0.7 x^-0.3 are not analytic up to 0). For
-them the engine uses a checked rule (:func:`expect_singular`; in the conditional form of
-``expect2`` for both integrals): the graded rule refined geometrically towards each such kink
-with the innermost piece extrapolated from the panel integrals, so integrable singularities
-|x - k|^p, p > -1, are integrated to ~1e-14 (at k = 0), and split at the other kinks as for the
-built-ins; a non-finite integrand or a divergent one (p <= -1) raises :class:`IntegrandError`
-naming the function and the x, never a nan.
+Bivariate expectations: the rotated coordinates ``u1 = sqrt(q1)(a s + b d)``,
+``u2 = sqrt(q2)(a s - b d)``, ``a = sqrt((1+c)/2)``, ``b = sqrt((1-c)/2)``, ``s, d`` i.i.d.
+N(0, 1), with a trapezoidal rule per direction whose step follows its variance (``q a^2``,
+``q b^2``); or the conditional form ``E_z[f(sqrt(q1) z) G(z)]`` (large q, kinks, unknown
+analyticity); or a closed-form smoothing (``expect2_smoothed``). Custom activations with singular
+kinks (:class:`Kinks`) use the checked rule :func:`expect_singular` (integrable ``|x - k|^p``,
+p > -1, to ~1e-14 at k = 0; p <= -1 or a non-finite integrand raises :class:`IntegrandError`).
 Accuracy is checked against mpmath (``tests/reference/make_reference.py``) in
-``tests/test_gaussian.py``.
+``tests/test_gaussian.py``. Rules, calibration and error bounds: docs/theory/quadrature.md.
 """
 
 from __future__ import annotations
@@ -273,14 +254,10 @@ def expect_singular(f, q, kinks: Iterable[float] = (), *, tau: Optional[float] =
     * singular kinks: the rule of :func:`expect` (graded panels in z, split at all kinks)
       refined geometrically towards every singular kink from both sides, down to ~1e-22 of the
       panel at k = 0 and to 2^-20 |k| at k != 0, the innermost piece extrapolated (comment above
-      ``_SING_RATIO``). Measured against mpmath: f = |x|^p g(x), g analytic, p = -0.9..1.4,
-      ~1e-14 relative (the alpha-ReLU's phi'^2, alpha = 0.55..0.9, <= 7e-15 for q in
-      [1e-3, 1e3]); at k != 0, where x - k is resolved only to eps |k|, <= 1e-9 for p down to
-      -0.95 and <= 2e-11 for p >= -0.7 or a bounded f such as (1 + |x - k|^(1/2))^2;
-      log-modulated behaviour is not of the extrapolated form (|x|^-0.9 log^2|x| is off by
-      ~2e-2, log^2|x - 2| by up to 5e-7; log^2|x| at 0, whose tail is tiny, by 1e-15): a
-      RuntimeWarning gives the error estimate where it exceeds 1e-8 (it can be several times
-      too small);
+      ``_SING_RATIO``): ~1e-14 relative for ``|x|^p g(x)``, p = -0.9..1.4, g analytic; <= 1e-9
+      at k != 0; log-modulated singularities are not of the extrapolated form (measured errors
+      per case: docs/theory/quadrature.md); a RuntimeWarning gives the error estimate where it
+      exceeds 1e-8 (it can be several times too small);
     * an integrand that is not finite at a node with nonzero weight, or that grows like
       |x - k|^p with p <= -1 at a kink (a divergent integral), raises :class:`IntegrandError`
       naming ``label`` (default: ``kinks.label``) and x, instead of returning nan or inf.

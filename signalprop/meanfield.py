@@ -17,7 +17,8 @@ Fixed points and depth scales (Schoenholz et al. 2017, eqs. 4-9): chi_1, chi_c, 
 xi_grad = 1/|log chi_1|. The edge of chaos (Poole et al. 2016; Schoenholz et al. 2017; Hayou et
 al. 2019) is taken on the attracting branch: the fixed point the length map reaches from q0
 (:func:`fixed_point`, :func:`critical_sigma_w2`, :func:`critical_branches`, :func:`phase_diagram`
-share it); "critical" means |chi_1 - 1| <= 1e-12, and xi_c = inf there.
+share it); "critical" means |chi_1 - 1| <= 1e-12, and xi_c = inf there (branch conventions and
+their justification: docs/theory/edge-of-chaos.md).
 
 Everything is carried in logarithms, so depth 10^5 neither overflows nor underflows: outside q in
 [1e-280, 1e100] the Gaussian integrals are continued as local power laws in q (exact for the
@@ -401,8 +402,7 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
     length map has several fixed points, as silu and gelu do, another q0 may reach another one).
     :func:`critical_sigma_w2` and :func:`phase_diagram` use the same branch for the same ``q0``.
 
-    Regime: "critical" when |chi_1 - 1| <= 1e-12 (the Gaussian integrals behind chi_1 are good
-    to ~1e-15, and critical_sigma_w2's points are polished to 1e-13), with c* = 1 and
+    Regime: "critical" when |chi_1 - 1| <= 1e-12 (docs/theory/edge-of-chaos.md), with c* = 1 and
     xi_c = xi_grad = inf there; "ordered" below, "chaotic" above. A q* beyond float64 (e.g.
     sigma_w2 = sigma_b2 = 1e308) is reported as inf, with log q* in the note.
     """
@@ -631,26 +631,19 @@ def critical_sigma_w2(activation, sigma_b2, *, q0: float = 1.0, _fns=None) -> np
     over ``sigma_b2``. ``q0`` is :func:`fixed_point`'s: where the iteration of the length map
     starts.
 
-    Branch convention. Candidates are every fixed point with chi_1 = 1 of the parameterisation by
+    Branch convention. Candidates: the fixed points with chi_1 = 1 of the parameterisation by
     q* (sigma_w^2(q) = 1 / E[phi'^2], sigma_b^2(q) = q - sigma_w^2(q) E[phi^2]) and, for
-    phi(0) = 0 at sigma_b^2 -> 0, the limit q* -> 0 (sigma_w^2 = 1 / lim_{q->0} E[phi'^2]:
-    1 / phi'(0)^2, or for a kink at 0 the mean of the one-sided squared slopes, e.g. selu). A
-    candidate counts only if :func:`fixed_point` from ``q0`` reaches it, i.e. it is the attracting
-    fixed point the network actually settles at: for silu and gelu at small sigma_b^2 the
-    chi_1 = 1 point of the parameterisation repels (length-map slope > 1), the network goes to
-    an ordered fixed point or diverges, and chi_1 jumps across 1 without a critical point (a
-    discontinuous transition). Each candidate is polished (:func:`_polish_critical`) so that
-    ``fixed_point(act, result, sigma_b2, q0).chi_1`` is 1 to 1e-13, and its regime "critical"
-    with xi_c = inf. Where several remain, the smallest sigma_w^2 is returned
-    (:func:`critical_branches` lists them all).
+    phi(0) = 0 at sigma_b^2 -> 0, the limit q* -> 0; a candidate counts only if
+    :func:`fixed_point` from ``q0`` reaches it (silu and gelu at small sigma_b^2: the chi_1 = 1
+    point repels, a discontinuous transition). Each is polished (:func:`_polish_critical`) so
+    that ``fixed_point(act, result, sigma_b2, q0).chi_1`` is 1 to 1e-13; where several remain,
+    the smallest sigma_w^2 is returned (:func:`critical_branches` lists them all).
 
     Refusals (nan, with one RuntimeWarning naming the sigma_b2 values): no candidate is reached
     from ``q0`` (gelu and silu below sigma_b^2 ~ 0.16 and ~0.54 from q0 = 1, softplus
-    everywhere), or chi_1 reaches 1 only as q* -> inf: relu and leaky_relu at sigma_b^2 > 0 (and
-    relu-like activations at sigma_w^2 = 1 / lim_{q->inf} E[phi'^2]), where the length diverges
-    and there is no fixed point to be critical (Hayou et al. 2019 require q* finite; fixed_point
-    reports such points as "critical" in the limit). Homogeneous activations (linear, relu,
-    leaky_relu): sigma_w^2 = 1 / E[phi'^2] at sigma_b^2 = 0, where every q is a fixed point.
+    everywhere), or chi_1 reaches 1 only as q* -> inf (relu and leaky_relu at sigma_b^2 > 0).
+    Homogeneous activations (linear, relu, leaky_relu): sigma_w^2 = 1 / E[phi'^2] at
+    sigma_b^2 = 0. Derivation of the conventions: docs/theory/edge-of-chaos.md.
     """
     act = _activation(activation)
     sb2 = check_nonnegative("sigma_b2", sigma_b2)
@@ -786,16 +779,12 @@ def _c_star_mehler(act: Activation, q, sw2, sb2, V, tol=4e-15):
 
     E[phi(u1) phi(u2)] = sum_k b_k c^k and E[phi'(u1) phi'(u2)] = sum_k k b_k c^(k-1) / q
     (Mehler 1866; the second by Price's theorem, d/dc = q E[phi' phi']), with b_k = a_k(q)^2 from
-    the activation's Mehler table (``tables.mehler_sq``: Chebyshev interpolation in log q,
-    truncated where the tail is below 1e-17). Parseval (sum_k b_k = E[phi^2] = ``V``) certifies
-    each point to 1e-12; points that fail it, or lie outside the table, are returned as nan for
-    the caller to compute with the direct engine. c* is the root of C(c) - c in [-1, 1), C
-    increasing and the chaotic root unique there: safeguarded Newton, first on the first
-    _STAGE1_K terms only (cheap; close to c* up to the truncation), then on the terms that
-    matter at that c (|c|^K <= 1e-18, with a margin of 0.02 on |c|: the rest of the series adds
-    less than 1e-18 E[phi^2] to C, and ~K 1e-18 E[phi^2] to its slope) until a step is below
-    1e-8 (quadratic convergence: the next one is at rounding level), then one polishing step for
-    every point; the slope returned is the one of that last evaluation.
+    the activation's Mehler table (``tables.mehler_sq``). Parseval (sum_k b_k = E[phi^2] = ``V``)
+    certifies each point to 1e-12; points that fail it, or lie outside the table, are returned as
+    nan for the caller to compute with the direct engine. c* is the root of C(c) - c in [-1, 1)
+    by safeguarded Newton (first ``_STAGE1_K`` terms, then K terms with |c|^K <= 1e-18, then one
+    polishing step); the slope returned is the one of that last evaluation. Truncation bounds:
+    docs/theory/edge-of-chaos.md.
     """
     m = q.size
     c_out, d_out = np.full(m, np.nan), np.full(m, np.nan)

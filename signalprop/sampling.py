@@ -16,19 +16,15 @@ batch of independent sample networks and offers what the engines need:
 vector is carried as a float array times a per-sample power of two: the real input is
 ``2^e x`` (``e`` an int array of shape (S,), or None for 0), the real tracked variable
 ``2^et t``, the real output ``2^ey y``; the gradients returned are ``2^-k`` times the real
-gradients (``k`` = None for 0). Powers of two are exact in binary floating point, so a layer
-computed on ``2^-e x`` gives bit for bit ``2^-e`` times what it gives on ``x`` wherever neither
-over- nor underflows: the engines rescale by powers of two only, and their numbers are those
-of the unscaled computation wherever that one is finite, while q, c and the gradients stay
-representable at any depth (:mod:`signalprop.simulate`). A layer is exactly rescalable when
-it is positively homogeneous in its input: linear maps (a bias ``b`` becomes ``2^-e b``),
-relu, leaky_relu and linear activations (``phi(2^e h) = 2^e phi(h)``), and the normalisation
-layers, whose output does not depend on the input's scale (their backward products then carry
-``2^-e``). Any other activation is applied to the real pre-activation ``2^e h``; the rule
-raises :class:`LayerError` if that exceeds the float range (below it, an activation with
-``phi(0) = 0`` is linearised, :func:`apply_activation`), or if the activation returns non-finite
-values at finite arguments. ``forward``, ``to_tracked`` and
-``backward`` are the same maps on real (unscaled) arrays.
+gradients (``k`` = None for 0). Powers of two are exact in binary floating point, so the engines'
+numbers are bit for bit those of the unscaled computation wherever that one is finite, while q,
+c and the gradients stay representable at any depth. Exactly rescalable (positively homogeneous):
+linear maps (bias ``2^-e b``), relu, leaky_relu and linear activations, and the normalisation
+layers (output independent of the input's scale, backward products carrying ``2^-e``). Any other
+activation is applied to the real pre-activation ``2^e h`` (:func:`apply_activation`); the rule
+raises :class:`LayerError` if that exceeds the float range or if the activation returns
+non-finite values at finite arguments. ``forward``, ``to_tracked`` and ``backward`` are the same
+maps on real (unscaled) arrays. Derivation: docs/theory/log-scale-simulation.md.
 
 ``x`` has shape ``(S, k, N_{l-1})`` (S sample networks, k inputs), ``t`` and ``y`` have shape
 ``(S, k, N_l)``. Gradients have shape ``(S, N)`` (input a only) or ``(S, kd, N)`` when a layer
@@ -331,19 +327,14 @@ def apply_activation(act, h: np.ndarray, e, dtype):
     Per sample, with ``2^k`` the size of the largest entry of ``2^e h``:
 
     * in the float range: ``y = phi(2^e h)``, ``ey = 0``, ``arg = 2^e h``;
-    * tiny (``k`` below ``minexp + nmant/2 + 8``, about ``2^-987`` in float64, where the entries
-      would become subnormal and lose their digits), for ``phi(0) = 0``: the one-sided
-      linearisation ``phi(x) = phi'(0+-) x``, exact to a relative ``|phi''| |x| / |phi'|`` (about
-      ``2^-987``, far below rounding, for every built-in activation); with ``phi(0) != 0`` the
-      real value ``phi(0) + O(2^-987)`` is ``phi`` of the (sub)normal real argument, computed
-      directly;
-    * huge (``k`` above ``maxexp - 8``, about ``2^1016``): the asymptote ``phi(x) = a_+- x``
-      where phi grows linearly (:func:`_one_sided_slopes`; gelu, silu, softplus, elu and selu
-      equal it in float64 beyond |x| ~ 40, and entries of the vector below that are ~2^-1000 of
-      its norm), else :class:`LayerError`.
+    * tiny (``k`` below ``minexp + nmant/2 + 8``, about ``2^-987`` in float64), ``phi(0) = 0``:
+      ``phi(x) = phi'(0+-) x``, exact to a relative ``|phi''| |x| / |phi'|`` (about ``2^-987``);
+      ``phi(0) != 0``: ``phi`` of the (sub)normal real argument, computed directly;
+    * huge (``k`` above ``maxexp - 8``, about ``2^1016``): the asymptote ``phi(x) = a_+- x`` where
+      phi grows linearly (:func:`_one_sided_slopes`), else :class:`LayerError`.
 
-    The linearised forms are positively homogeneous: ``y = a_+- h`` at ``ey = e``, ``arg = +-x0``
-    (the point whose ``phi'`` is ``a_+-``)."""
+    The linearised forms are ``y = a_+- h`` at ``ey = e``, ``arg = +-x0`` (the point whose
+    ``phi'`` is ``a_+-``). Why these are exact to rounding: docs/theory/log-scale-simulation.md."""
     fi = np.finfo(dtype)
     S = h.shape[0]
     flat = h.reshape(S, -1)

@@ -18,20 +18,17 @@ Reported: ``q``, ``c`` = sample means, ``q_se``, ``c_se`` = their standard error
 (``std(ddof=1)/sqrt(S)``); ``log_g``, ``log_G`` = logs of the sample means, ``*_se`` = standard
 error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)``.
 
-Scale. Nothing over- or underflows at any depth: gradients are renormalised at every layer and
-their scale is carried as a logarithm (they are linear in ``v``); forward vectors are carried per
-sample as a float array times a power of two, ``2^e``, and a layer's input is rescaled when its
-mean square leaves ``[2^-256, 2^256]`` (float32: ``[2^-32, 2^32]``). Powers of two are exact, so
-the numbers are bit for bit those of the unscaled computation wherever that one stays in the
-float range; relu, leaky_relu and linear layers (positively homogeneous), biases (``2^-e b``),
-normalisation layers and residual sums are rescaled exactly (:mod:`signalprop.sampling`); any
-other activation is applied to the real pre-activation, which must then lie in the float range
-(a ``ValueError`` says so where it does not; for sigma_w^2 in [1e-3, 1e3] that is beyond depth
-about 200). ``q_hat`` is kept as a float and a binary exponent, so ``log_q`` is exact and ``q``
-is ``inf`` (or 0) exactly where ``exp(log_q)`` is, as in theory profiles; ``c_hat`` is a cosine
-of rescaled vectors. An activation that returns non-finite values at finite arguments is
-refused (``ValueError`` naming it and the layer), and so is a run whose per-sample results and
-one chunk's state would need more than half the physical memory.
+Scale. Nothing over- or underflows at any depth: gradients are renormalised at every layer, their
+scale carried as a logarithm; forward vectors are carried per sample as a float array times
+``2^e``, rescaled when the mean square leaves ``[2^-256, 2^256]`` (float32: ``[2^-32, 2^32]``).
+The numbers are bit for bit those of the unscaled computation wherever that one stays in the
+float range; an activation that is not positively homogeneous must have its real pre-activation
+in the float range (else ``ValueError``; for sigma_w^2 in [1e-3, 1e3] that is beyond depth about
+200). ``log_q`` is exact (``q_hat`` kept as a float and a binary exponent), ``q`` is ``inf`` (or
+0) exactly where ``exp(log_q)`` is. Derivation: docs/theory/log-scale-simulation.md. An
+activation that returns non-finite values at finite arguments is refused (``ValueError`` naming
+it and the layer), and so is a run whose per-sample results and one chunk's state would need more
+than half the physical memory.
 
 Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly and mean zero over their units (the
 theory's convention; it matters to mean-subtracting normalisation layers): ``x_a = sqrt(q0)
@@ -42,8 +39,8 @@ rotation invariant, so only the norms and inner products matter; for uniform wei
 equal magnitude keep the first layer close to Gaussian.
 
 Engines: ``dense`` draws every weight matrix; ``matrix-free`` samples the same joint law of all
-``(h^l, delta^l)`` with O(N) work per layer (:mod:`signalprop.sampling` has the construction and
-the proof; O(N B^2) for batch-normalised layers over a batch of B, :mod:`signalprop.layers.batchnorm`).
+``(h^l, delta^l)`` with O(N) work per layer (O(N B^2) for batch-normalised layers over a batch of
+B; construction and proof: docs/theory/matrix-free-sampling.md).
 Both are batched over a chunk of samples and bounded in memory: when the stored per-layer state
 of a chunk exceeds ``max_memory``, the backward pass replays the forward pass from checkpoints
 (every ``m`` layers) with the very same random numbers.

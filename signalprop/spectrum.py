@@ -25,21 +25,17 @@ S-transform of ``J J^T`` is the product of theirs (Voiculescu 1987):
 Layers whose laws coincide (to ``q_rtol`` in ``q^l``) are one factor raised to a power, so depth
 10^3 costs no more than the number of distinct layers.
 
-**Mean and normalised variance** (derivation). Expanding ``S_X(w) = (1/m_1)(1 - v_X w + O(w^2))``
-with ``v_X = (m_2 - m_1^2)/m_1^2`` (from ``psi = m_1 zeta + m_2 zeta^2 + ...``, its inverse and
-``S = chi (1 + w)/w``), a product of S-transforms multiplies the means and adds the ``v``'s; an
-argument rescaled by ``r`` multiplies ``v`` by ``r``; and ``S_dim`` contributes ``N_L/N_0 - 1``.
-Hence
+**Mean and normalised variance** (from ``S_X(w) = (1/m_1)(1 - v_X w + O(w^2))``,
+``v_X = (m_2 - m_1^2)/m_1^2``):
 
     m_1 = prod_l sigma_{w,l}^2 mu_1(q^l)         (= chi_1^L for identical layers at q*)
     v = sum_l [ v_D(q^l) N_L/N_l + v_W,l N_L/N_{l-1} ] + N_L/N_0 - 1,
 
-with ``mu_k(q) = E[phi'(sqrt(q) z)^(2k)]``, ``v_D = mu_2/mu_1^2 - 1``, and ``v_W,l = N_{l-1}/N_l``
-(Marchenko-Pastur) for gaussian weights, ``0`` for orthogonal weights with ``N_l >= N_{l-1}`` and
-``N_{l-1}/N_l - 1`` otherwise. For ``L`` identical square layers
-``v = L (mu_2/mu_1^2 - 1 + s)``, ``s = 1`` (gaussian: the Marchenko-Pastur term) or ``0``
-(orthogonal) -- the special cases of Pennington et al. 2017 (linear gaussian ``L``, relu
-gaussian ``2L``, relu orthogonal ``L``, hard tanh orthogonal ``L (1/p - 1)``).
+``mu_k(q) = E[phi'(sqrt(q) z)^(2k)]``, ``v_D = mu_2/mu_1^2 - 1``, ``v_W,l = N_{l-1}/N_l``
+(gaussian), ``0`` (orthogonal, ``N_l >= N_{l-1}``) or ``N_{l-1}/N_l - 1`` (orthogonal, otherwise);
+``L (mu_2/mu_1^2 - 1 + s)`` for ``L`` identical square layers, ``s = 1`` gaussian, ``0``
+orthogonal (Pennington et al. 2017's special cases). Derivation:
+docs/theory/jacobian-spectrum.md.
 """
 
 from __future__ import annotations
@@ -489,22 +485,16 @@ class Spectrum:
         """The smallest x with P(lambda <= x) >= p (atoms included), for levels ``p`` in [0, 1]
         (array-like; non-finite or out-of-range levels raise ValueError).
 
-        Solved in ``t = log x``, since the mass of a deep spectrum spans hundreds of orders of
-        magnitude (depth-L linear gaussian network: the Fuss-Catalan law, whose distribution
-        function behaves like ``x^(1/(L+1))`` near 0; Haagerup & Moller 2012, Neuschel 2014):
-        a table of F on a grid in ``t`` (dense near the top, ~1e-13 of it, then extended down
-        in steps of 10 decades to ``x = 1e-300`` only as far as the smallest level needs, atoms
-        entered with both one-sided values) brackets each level; then Newton in ``t`` on
-        ``log(F_c)`` for levels in the lower half of the continuous mass, on the log of the mass
-        above x for the upper half (both nearly linear in ``t`` in power-law tails), with
-        ``dF_c/dt = x rho(x)`` from the same vertical path as ``F_c``
-        (:meth:`signalprop.freeprob.FreeProduct.cdf_density_continuous`) and, from the second
-        step on, the secant slope of the computed F when it is within a factor 10 of that
-        (F carries a ~1e-9 absolute quadrature error, which matters for the slope far in the
-        tail), bisection in ``t`` when a step leaves the bracket; stopped when a step is below
-        1e-8 in ``t`` (the next one would be ~1e-16) or the bracket below 1e-10: the quantile
-        is the root of the computed F to ~1e-10 relative in x, so its error is that of F
-        (~1e-9 absolute) divided by ``dF/d log x``.
+        Solved in ``t = log x`` (a deep spectrum's mass spans hundreds of orders of magnitude;
+        Fuss-Catalan: ``F ~ x^(1/(L+1))`` near 0, Haagerup & Moller 2012, Neuschel 2014): a table
+        of F on a grid in ``t`` (down to ``x = 1e-300`` only as far as the smallest level needs,
+        atoms entered with both one-sided values) brackets each level; then Newton in ``t`` on
+        ``log(F_c)`` (lower half of the continuous mass) or on the log of the mass above x
+        (upper half), with ``dF_c/dt = x rho(x)``
+        (:meth:`signalprop.freeprob.FreeProduct.cdf_density_continuous`) or, from the second
+        step, the secant slope when within a factor 10 of it; bisection when a step leaves the
+        bracket; stopped at a step below 1e-8 in ``t`` or a bracket below 1e-10. Error: that of
+        F (~1e-9 absolute) divided by ``dF/d log x`` (docs/theory/jacobian-spectrum.md).
 
         Levels ``p <= mass of the atom at 0`` give 0, ``p = 1`` the top of the support, levels
         inside an atom's jump its location. A level whose quantile lies below ``x = 1e-300``

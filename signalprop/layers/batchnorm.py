@@ -10,7 +10,8 @@ gradient reaches all of them.
 Engines: ``dense`` (:class:`BatchNormRule`, the full weight matrix) and ``matrix-free``
 (:class:`BatchNormMatrixFree`: the weight matrix conditioned on its action on the span of the B
 inputs, O(N B^2) per layer and sample, exactly the dense engine's joint law of all
-``(h^l, delta^l)``; gaussian and orthogonal weights).
+``(h^l, delta^l)``; gaussian and orthogonal weights; derivation:
+docs/theory/matrix-free-sampling.md).
 """
 
 from __future__ import annotations
@@ -237,40 +238,13 @@ class BatchMatrixFreeGaussian:
         Z^T D = U (G^T D) + (I - U U^T) E C,      W^T D = c Z^T D.
 
     When ``X`` has full column rank, ``c U G^T D = (X^+)^T H^T D``: ``W P_X = H X^+`` is the part
-    of ``W`` fixed by ``H`` and ``c (I - P_X) E C`` the fresh part (the sampler written out in
-    ``validation/batchnorm_check.py``). Work per layer and sample: ``O(N k^2)`` flops (one QR of
-    ``n x k``, one ``kd x kd`` eigendecomposition, products of ``N x k`` by ``k x k`` matrices) and
-    ``r N_l + kd n`` random numbers, against ``N_l n`` numbers and ``O(N^2 k)`` flops for dense
-    weights.
-
-    **Proof that the joint law of all (h^l, delta^l) is exactly that of the dense engine.**
-    Complete ``U`` to an orthogonal ``[U, U_perp]`` (``n x n``). ``U`` is a function of the layer's
-    input batch, which depends only on earlier layers, hence is independent of ``Z``; the Gaussian
-    ensemble is invariant under right multiplication by a fixed orthogonal matrix, so
-    ``[G, G_perp] = Z [U, U_perp]`` has i.i.d. N(0, 1) entries independent of everything
-    computed before the layer, and ``Z = G U^T + G_perp U_perp^T``. (i) The layer's output on the
-    whole batch, ``H = c Z X = c G R``, depends on ``Z`` through ``G`` only; so do the per-unit
-    batch statistics, the normalised ``y`` and the next layer's input ``phi(y)``. (ii) The
-    gradients of all B batch members at this layer, ``D = d loss / d H``, are functions of ``H``,
-    of the later layers' parameters and of ``v``: batch normalisation mixes the batch members, but
-    only through ``H``. None of this involves ``G_perp``, so ``G_perp`` is independent of ``D``.
-    Given ``D``, the ``n - r`` rows of ``G_perp^T D`` (one per column ``g`` of ``G_perp``:
-    ``g^T D``, ``g ~ N(0, I)``) are i.i.d. ``N(0, D^T D)``, i.e. ``G_perp^T D`` has the law of
-    ``U_perp^T E C``, and ``Z^T D = U G^T D + U_perp G_perp^T D`` has the law of
-    ``U G^T D + U_perp U_perp^T E C``, which is the formula above. (iii) ``G_perp`` enters nothing
-    else: it is used once, in this layer's backward product. Building the network layer by layer
-    from the input (all ``G^l``, then ``v``, then the backward products from the top), the
-    conditional law of each layer's backward product given everything drawn so far is the same
-    in both constructions, so replacing every ``G_perp^l`` by the fresh ``E^l C^l`` leaves the joint
-    law of all ``(h^l, delta^l)``, over all layers and batch members, unchanged. Nothing requires
-    ``R`` to be invertible or ``D`` to have full rank (the BN gradients of a batch sum to zero
-    per unit, and at the top only one member has a gradient): any orthonormal ``U`` whose span
-    contains the inputs, and any ``C`` with ``C^T C = D^T D``, will do. This is the Gaussian
-    conditioning technique of Bolthausen (2014, "An iterative construction of solutions of the TAP
-    equations", Commun. Math. Phys. 325) and of the analysis of approximate message passing
-    (Bayati & Montanari 2011, IEEE Trans. Inf. Theory 57), applied to one matrix per layer and a
-    k-dimensional input span (:class:`~signalprop.layers.dense.MatrixFreeGaussian` is the case
-    k <= 2 with one gradient vector).
+    of ``W`` fixed by ``H`` and ``c (I - P_X) E C`` the fresh part (``validation/batchnorm_check.py``).
+    Work per layer and sample: ``O(N k^2)`` flops and ``r N_l + kd n`` random numbers, against
+    ``N_l n`` numbers and ``O(N^2 k)`` flops for dense weights. The joint law of all
+    ``(h^l, delta^l)``, over all layers and batch members, is exactly the dense engine's (Gaussian
+    conditioning: Bolthausen 2014; Bayati & Montanari 2011); ``R`` need not be invertible nor ``D``
+    of full rank. :class:`~signalprop.layers.dense.MatrixFreeGaussian` is the case k <= 2, kd = 1.
+    Derivation: docs/theory/matrix-free-sampling.md.
 
     Per-sample draw order: forward ``G`` (r rows of N_l numbers); backward ``E`` (kd rows of
     n numbers). Both counts depend on the shapes only.
@@ -327,26 +301,10 @@ class BatchMatrixFreeOrthogonal:
 
         O^T D = U Cc + F T,         W^T D = s E_{l-1}^T O^T D.
 
-    Work per layer and sample: O(p k^2) flops, ``r p + m p`` random numbers.
-
-    **Proof.** ``U`` is a function of the input, independent of ``O``. (i) ``O U`` is uniform on the
-    Stiefel manifold (left invariance of Haar measure), so ``V`` has its law, and ``H`` (hence the
-    batch statistics and the next input) depends on ``O`` only through ``V = O U``. (ii) Given
-    ``V``, ``O = V U^T + Q`` with ``Q`` an isometry of ``span(U)^perp`` onto ``span(V)^perp``;
-    right multiplication by any orthogonal ``T'`` fixing ``span(U)`` pointwise preserves Haar
-    measure and ``O U``, so the conditional law of ``O`` given ``V`` is invariant under
-    ``O -> O T'``, which maps ``Q^T Wp`` to ``T'^T Q^T Wp``. (iii) The gradients ``D`` of all batch
-    members depend on ``O`` only through ``H``, i.e. through ``V`` (later layers and ``v`` are
-    independent of ``O``), so given ``(V, D)`` the law of ``Q^T Wp`` is invariant under the group
-    ``O(span(U)^perp)`` acting on the left, and it is carried by the set of ``p x kd`` matrices with
-    columns in ``span(U)^perp`` and Gram matrix ``Wp^T Wp``. That set is a single orbit of the group
-    (two matrices with the same Gram matrix differ by an isometry between their column spans,
-    which extends to an orthogonal map of ``span(U)^perp``), and a compact group has exactly one
-    invariant probability on an orbit. ``F T`` is carried by the same orbit and is invariant (the
-    law of ``F`` is), so ``Q^T Wp`` has the law of ``F T``, and ``O^T D = U V^T D + Q^T Wp`` has
-    the law of the formula. (iv) ``Q`` enters nothing else, so a fresh ``F`` per layer gives the
-    joint law of all ``(h^l, delta^l)`` of the dense engine. Rank-deficient inputs or gradients
-    need no care: any orthonormal ``U`` spanning the inputs works, and ``T`` may be singular.
+    Work per layer and sample: O(p k^2) flops, ``r p + m p`` random numbers. The joint law of all
+    ``(h^l, delta^l)`` is exactly the dense engine's (invariance of Haar measure; ``Q^T Wp`` is
+    the unique invariant law on one orbit); rank-deficient inputs or gradients need no care.
+    Derivation: docs/theory/matrix-free-sampling.md.
     """
 
     engine = "matrix-free"

@@ -25,9 +25,9 @@ groups", Notices AMS 54, section 5), ``s = sigma_w sqrt(max(N_l, N_{l-1}) / N_{l
 ``sigma_b^2 = 0``). O(N^2) random numbers per layer.
 
 **matrix-free**: exact conditional sampling with O(N) random numbers and flops per layer, for
-gaussian and orthogonal weights; see :class:`MatrixFreeGaussian` and
-:class:`MatrixFreeOrthogonal` for the construction and the proof that the joint law of all
-forward pre-activations and backward gradients is exactly that of the dense engine.
+gaussian and orthogonal weights (:class:`MatrixFreeGaussian`, :class:`MatrixFreeOrthogonal`): the
+joint law of all forward pre-activations and backward gradients is exactly that of the dense
+engine. Construction and proof: docs/theory/matrix-free-sampling.md.
 """
 
 from __future__ import annotations
@@ -410,25 +410,10 @@ class MatrixFreeGaussian:
 
         Z^T delta = U (G^T delta) + (I - U U^T) xi,     W^T delta = (sigma_w/sqrt(N_{l-1})) [Z^T delta]_{:N_{l-1}}.
 
-    Cost per layer and sample: ``k N_l + n'`` random numbers and O(k N) flops.
-
-    **Proof that the law is exact.** Complete ``U`` to an orthogonal matrix ``[U, U_perp]``.
-    ``U`` is a function of the layer's input, which is independent of ``Z``; the Gaussian
-    ensemble is invariant under right multiplication by a fixed orthogonal matrix, so
-    ``[G, G_perp] = Z [U, U_perp]`` has i.i.d. N(0, 1) entries, independent of the input, and
-    ``Z = G U^T + G_perp U_perp^T``. The forward pre-activations ``H = Z Y = G R`` depend on
-    ``G`` only. The gradient ``delta^l`` is a function of ``H``, of the later layers and of ``v``;
-    none of these involves ``G_perp``, so ``G_perp`` is independent of ``delta^l`` and, given
-    ``delta^l``, ``G_perp^T delta^l ~ N(0, ||delta^l||^2 I_{n'-k})``. Hence
-    ``Z^T delta = U G^T delta + U_perp G_perp^T delta`` where the second term has the law
-    ``N(0, ||delta||^2 U_perp U_perp^T) = (I - U U^T) N(0, ||delta||^2 I)``. ``G_perp`` enters
-    nothing else (it is used once, in this layer's backward product), so replacing it by the
-    fresh ``xi`` leaves the joint law of all ``(h^l, delta^l)`` over all layers unchanged. Any
-    orthonormal ``U`` whose span contains the inputs works, which is why a rank-deficient pair
-    (``c = 1``) or a tiny residual direction needs no special care. This is the Gaussian
-    conditioning technique of Bolthausen (2014, "An iterative construction of solutions of the
-    TAP equations") and of the analysis of approximate message passing (Bayati & Montanari 2011),
-    applied to one matrix per layer.
+    Cost per layer and sample: ``k N_l + n'`` random numbers and O(k N) flops. The joint law of
+    all ``(h^l, delta^l)`` is exactly the dense engine's (Gaussian conditioning: Bolthausen 2014;
+    Bayati & Montanari 2011); any orthonormal ``U`` spanning the inputs works, so ``c = 1`` needs
+    no special care. Derivation: docs/theory/matrix-free-sampling.md.
     """
 
     engine = "matrix-free"
@@ -492,25 +477,10 @@ class MatrixFreeOrthogonal:
 
         O^T d = U c + rho zeta,       W^T delta = s E_{l-1}^T O^T d.
 
-    Cost per layer and sample: ``k p + N_l + p`` random numbers, O(k p) flops. (Equivalently
-    ``O = H_V diag(I_k, O') H_U^T`` with ``H_U``, ``H_V`` products of k Householder reflections
-    taking ``e_1..e_k`` to ``U``, ``V`` and ``O'`` a fresh Haar matrix of O(p - k); then ``O'^T``
-    applied to a vector independent of it is a uniformly random vector of the same norm.)
-
-    **Proof that the law is exact.** ``U`` is a function of the input, independent of ``O``. (i)
-    ``O U`` is uniform on the Stiefel manifold (left invariance of Haar measure), so ``V`` has the
-    law of ``O U``. (ii) Given ``O U = V``, write ``O = V U^T + Q`` where ``Q`` maps
-    ``span(U)^perp`` isometrically onto ``span(V)^perp``. For any orthogonal ``T`` fixing
-    ``span(U)`` pointwise, ``O T`` is again Haar with ``(O T) U = V``, so the conditional law of
-    ``O`` given ``V`` is invariant under ``O -> O T``, which maps ``Q^T w`` to ``T^T Q^T w``. The
-    ``T^T`` act transitively on spheres of ``span(U)^perp``; hence, for any ``w`` in
-    ``span(V)^perp`` independent of ``Q`` given ``V``, ``Q^T w`` is uniformly distributed on the
-    sphere of radius ``||w||`` of ``span(U)^perp``. (iii) ``delta^l`` depends on ``O`` only through
-    ``h^l``, i.e. through ``V`` (the bias, later layers and ``v`` are independent of ``O``); so with
-    ``w = P_{V perp} d``, ``O^T d = U V^T d + Q^T w`` has the stated law. ``Q`` enters nothing
-    else, so a fresh ``zeta`` per layer reproduces the joint law of all ``(h^l, delta^l)``.
-    Inputs that are zero or parallel give a zero column of ``U``; the matching column of ``V`` is
-    zeroed as well, which is the same construction with a smaller k.
+    Cost per layer and sample: ``k p + N_l + p`` random numbers, O(k p) flops. The joint law of
+    all ``(h^l, delta^l)`` is exactly the dense engine's (invariance of Haar measure). Inputs that
+    are zero or parallel give a zero column of ``U``; the matching column of ``V`` is zeroed as
+    well (the same construction with a smaller k). Derivation: docs/theory/matrix-free-sampling.md.
     """
 
     engine = "matrix-free"

@@ -13,19 +13,15 @@ mean of the input (the means of two inputs are equal by symmetry):
     LayerNorm:  q' = 1,  c' = (c - mu^2) / (1 - mu^2),  mu' = 0
     RMSNorm:    q' = 1,  c' = c,                      mu' = mu
 
-(the per-unit averages become expectations at infinite width). Backward: the Jacobian is
+(the per-unit averages become expectations at infinite width). Backward: the Jacobian
 ``(1/s)(I - 1 1^T/N - y y^T/N)`` (LayerNorm, ``s^2 = q - m^2``) or ``(1/s)(I - y y^T/N)``
-(RMSNorm, ``s^2 = q``), a projection of rank ``N - 2`` (``N - 1``) divided by ``s``; for an
-isotropic gradient it scales ``E||.||^2`` by ``(1 - 2/N)/s^2`` (``(1 - 1/N)/s^2``), so at
-infinite width ``g_x = g_y / s^2``. (Xiong et al. 2020, "On layer normalization in the
-transformer architecture", Lemma 1 states the same Jacobian.) The projection's ``1/N`` terms are
-the finite-width part; ``compare`` allows ``O(1/N)``.
+(RMSNorm, ``s^2 = q``) (Xiong et al. 2020, Lemma 1), so ``g_x = g_y / s^2`` at infinite width
+(the ``1/N`` terms are finite-width; ``compare`` allows ``O(1/N)``).
 
-Monte Carlo: deterministic given the input, so the same sampler serves both engines. The output
-does not depend on the input's scale (``LN(2^e x) = LN(x)`` bit for bit: the mean, the root mean
-square and the quotient all scale exactly by powers of two), so in the engines' scaled form
-(:mod:`signalprop.sampling`) an input at exponent ``e`` gives an output at exponent 0 and a
-backward product ``2^-e`` times the one computed on the scaled input.
+Monte Carlo: deterministic given the input, one sampler for both engines; the output does not
+depend on the input's scale, so in the engines' scaled form (:mod:`signalprop.sampling`) an
+input at exponent ``e`` gives an output at exponent 0 and a backward product ``2^-e`` times the
+one computed on the scaled input. Derivation: docs/theory/normalisation.md.
 """
 
 from __future__ import annotations

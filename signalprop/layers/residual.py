@@ -6,28 +6,19 @@ blocks) that maps the width back to itself; ``alpha``, ``beta`` are constants of
 constructor :func:`resnet` sets per block). The tracked variable of a block is its output, the
 residual stream ``x^l``: ``q^l = ||x^l||^2 / N``, ``g^l = E[(d loss / d x^l_i)^2]``.
 
-Mean field (Yang & Schoenholz 2017, "Mean field residual networks: on the edge of chaos", sec. 3,
-the recursions of their full residual network ``x^l = V phi(W x^{l-1} + b) + a + x^{l-1}``, with
-the branch and skip scalings of Hayou et al. 2021, "Stable ResNet", AISTATS, eq. 1): the stream
-and the branch output are uncorrelated unit by unit except through their means (the branch's
-first weights are independent of the stream), so with ``q_F``, ``c_F``, ``m_F`` the branch's
-output kernel and mean,
+Mean field (Yang & Schoenholz 2017, "Mean field residual networks: on the edge of chaos", sec. 3;
+branch and skip scalings of Hayou et al. 2021, "Stable ResNet", AISTATS, eq. 1), with ``q_F``,
+``c_F``, ``m_F`` the branch's output kernel and mean:
 
     q^l  = alpha^2 q^{l-1} + beta^2 q_F + 2 alpha beta m^{l-1} m_F
     q^l c^l = alpha^2 q^{l-1} c^{l-1} + beta^2 q_F c_F + 2 alpha beta m^{l-1} m_F
     m^l  = alpha m^{l-1} + beta m_F,
-
-and backward (gradient independence; the cross term ``2 alpha beta E<delta, J_F^T delta>``
-vanishes because ``J_F`` has zero-mean weights independent of ``delta``)
-
     g^{l-1} = g^l (alpha^2 + beta^2 kappa_F),   kappa_F = prod over the branch of its layers'
-    factors exp(log_d + log_back) (for YS's branch: sigma_v^2 sigma_w^2 E[phi'(h)^2]).
+    factors exp(log_d + log_back) (for YS's branch: sigma_v^2 sigma_w^2 E[phi'(h)^2])
 
-Monte Carlo: the branch layers' own samplers (dense or matrix-free), composed; the block's
-backward product is ``alpha delta + beta J_F^T delta``. In the engines' scaled form
-(:mod:`signalprop.sampling`) the stream and the branch output may carry different powers of two;
-they are added at the larger exponent (the other term is multiplied by an exact power of two,
-``2^-d``, and underflows only where it is below the float resolution of the sum).
+(gradient independence). Monte Carlo: the branch layers' own samplers composed; backward
+``alpha delta + beta J_F^T delta``; in the scaled form (:mod:`signalprop.sampling`) the two terms
+are added at the larger exponent. Derivation: docs/theory/residual.md.
 """
 
 from __future__ import annotations
