@@ -376,3 +376,64 @@ def test_deliberate_warnings_are_one_line_each_after_success(capsys, monkeypatch
     out, err = capsys.readouterr()
     assert json.loads(out) == {"ok": True}
     assert err == "signalprop: warning: a note for the user\n"
+
+
+# --------------------------------------------------------------------------------------------
+# issue 11, item 4: the CLI parses, calls the API (signalprop.saturation, one network builder)
+# and prints
+
+
+def test_saturation_module_closed_forms():
+    """signalprop.saturation against closed forms (abs 1e-12 on maxima, 1e-9 on crossings)."""
+    from signalprop.saturation import article_saturation, dphi_crossing, dphi_max
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))                       # noqa: E731
+    assert dphi_max(sp.activation("sigmoid")).value == pytest.approx(0.25, abs=1e-12)
+    m = dphi_max(sp.activation("tanh"))
+    assert m.value == pytest.approx(1.0, abs=1e-12) and abs(float(m.where)) < 1e-4
+    relu = dphi_max(sp.activation("relu"))
+    assert relu.value == 1.0 and relu.where == "[0.0000, inf]"
+    assert dphi_crossing(sp.activation("tanh"), 1e-2) == pytest.approx(math.acosh(10.0), abs=1e-9)
+    assert math.isnan(dphi_crossing(sp.activation("relu"), 1e-4))    # phi' never falls to 1e-4
+    checks = {c.activation: c for c in article_saturation()}
+    assert checks["tanh"].x == 4.0 and checks["sigmoid"].x == 5.0
+    assert checks["tanh"].dphi == pytest.approx(1.0 / math.cosh(4.0) ** 2, rel=1e-12)
+    assert checks["sigmoid"].dphi == pytest.approx(sig(5) * sig(-5), rel=1e-12)
+    assert checks["tanh"].x_at_level == pytest.approx(math.acosh(100.0), abs=1e-9)
+    assert set(checks["tanh"].to_dict()) == {"activation", "x", "article_dphi", "dphi",
+                                             "x_where_dphi_is_1e-4"}
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["finite-width", "--widths", "4", "5", "6", "--init", "he", "--depth", "3"],
+     lambda: sp.mlp(3, [4, 5, 6], "relu", init="he")),
+    (["clip", "--depth", "2", "--width", "7", "--sigma-w2", "1.5", "--sigma-b2", "0.1"],
+     lambda: sp.mlp(2, 7, "relu", sigma_w2=1.5, sigma_b2=0.1)),
+    (["spectrum", "--depth", "2", "--width", "8", "--init", "orthogonal"],
+     lambda: sp.mlp(2, 8, "tanh", init="orthogonal")),
+    (["spectrum", "--depth", "2", "--width", "8", "--weights", "uniform"],
+     lambda: sp.mlp(2, 8, "tanh", weights="uniform")),
+    (["simulate", "--depth", "3", "--width", "9", "--residual", "--branch-scale", "0.5"],
+     lambda: sp.resnet(3, 9, "tanh", beta=0.5)),
+    (["predict", "--depth", "3", "--width", "9", "--norm", "batch", "--batch-size", "4"],
+     lambda: sp.mlp(3, 9, "tanh", norm="batch", batch_size=4)),
+])
+def test_one_network_builder_for_every_command(argv, expected):
+    """Every command's network comes from cli.args.network_from and equals the API's (by value)."""
+    from signalprop.cli import build_parser, network_from
+    net = network_from(build_parser().parse_args(argv))
+    assert net == expected()
+    assert net != sp.mlp(3, 5, "tanh")
+
+
+def test_spectrum_init_orthogonal_with_other_weights_is_refused(capsys):
+    assert main(["spectrum", "--depth", "2", "--init", "orthogonal", "--weights", "uniform"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "orthogonal" in err and "weights" in err
+
+
+def test_cli_import_leaves_matplotlib_unloaded():
+    """Start-up: importing the command line does not import matplotlib (the figure commands do)."""
+    code = "import sys, signalprop.cli; print('matplotlib' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
