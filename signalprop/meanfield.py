@@ -153,8 +153,15 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                     and abs(log_d[k] - log_d[k - 1]) <= 2e-15 * max(1.0, abs(log_d[k]))
                     and abs(log_b[k] - log_b[k - 1]) <= 2e-15 * max(1.0, abs(log_b[k]))):
                 steady_c = c is None or abs(c[k] - c[k - 1]) <= 4e-16
+                dq0, dx0 = log_q[k - 1] - log_q[k - 2], log_x2[k] - log_x2[k - 1]
                 dq = 0.0 if abs(dq) <= tol else dq    # a fixed point: rounding noise, not drift
                 dx = 0.0 if abs(dx) <= tol else dx
+                if abs(dq - dq0) > 1e-6 * abs(dq) and dq or abs(dx - dx0) > 1e-6 * abs(dx) and dx:
+                    # a nonzero increment is extrapolated only when it repeats to 1e-6 of itself
+                    # (a map that is the same at every scale); the last steps of a geometric
+                    # approach to q* shrink by the length map's slope each layer and would
+                    # otherwise be extrapolated as a linear drift (3e-11 in log q at depth 1e4)
+                    continue
                 if (dq < 0 or dx < 0) and not _bias_free(layers[k]):
                     # a decaying q meets an additive constant (a bias) whose share grows like
                     # 1/q: the increments only look steady, so keep computing layer by layer
