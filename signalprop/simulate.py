@@ -473,17 +473,19 @@ def _run_in_worker(bounds):
     return _WORKER_JOB.run(*bounds)
 
 
+#: how worker processes start: "fork" where the platform has it (no start-up cost), else
+#: "spawn", which pickles the job (networks and activations are values that pickle; a callable
+#: activation whose function does not pickle says so). Results do not depend on it.
+START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
 def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int) -> dict:
     size = chunk or job.chunk_size(samples)
     if workers > 1 and chunk is None:
         size = max(1, min(size, -(-samples // workers)))
     bounds = [(a, min(samples, a + size)) for a in range(0, samples, size)]
     if workers > 1 and len(bounds) > 1:
-        try:
-            ctx = mp.get_context("fork")
-        except ValueError:
-            raise ValueError("workers > 1 needs the 'fork' start method (Linux, macOS); "
-                             "use workers=1 on this platform") from None
+        ctx = mp.get_context(START_METHOD)
         with ProcessPoolExecutor(max_workers=min(workers, len(bounds)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(job,)) as pool:
             parts = list(pool.map(_run_in_worker, bounds))

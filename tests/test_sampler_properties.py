@@ -362,3 +362,16 @@ def test_dense_engine_input_a_is_the_same_network_with_two_inputs(case, seed):
     lg = one.samples["log_g"]
     scale = max(1.0, float(np.max(np.abs(lg[np.isfinite(lg)]), initial=0.0)))
     np.testing.assert_allclose(two.samples["log_g"], lg, rtol=0, atol=ROUNDING * scale)
+
+
+def test_spawned_workers_give_the_same_numbers(monkeypatch):
+    """Networks travel by pickle: with the "spawn" start method (every platform; the default only
+    where fork is missing) two workers reproduce the single-process numbers bit for bit. Fails if
+    a network or activation does not pickle, or if a worker's streams depended on its process."""
+    simulate_module = sys.modules["signalprop.simulate"]   # (the package attribute is the function)
+    net = mlp(3, 8, "x*tanh(x)", sigma_w2=1.5, sigma_b2=0.1)
+    ref = simulate(net, 6, 11, engine="matrix-free", c0=0.4, chunk=3)
+    monkeypatch.setattr(simulate_module, "START_METHOD", "spawn")
+    got = simulate(net, 6, 11, engine="matrix-free", c0=0.4, chunk=3, workers=2)
+    for f in ("q", "c", "log_g", "log_G", "q_se", "log_g_se"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(ref, f))
