@@ -1,72 +1,32 @@
 """Mean-field theory of batch normalisation at initialisation (Yang, Pennington, Rao,
 Sohl-Dickstein, Schoenholz 2019, "A mean field theory of batch normalization", arXiv 1902.08129).
 
-Model (Yang et al. 2019, the setting of the paper): a batch of ``B`` inputs; per layer
+Derivation: docs/theory/batchnorm.md (derived there; the paper's section and theorem numbers were
+not at hand to check and are not cited). Model, per layer, for a batch of ``B`` inputs:
 
-    h^l = W^l x^{l-1}            (no bias; W_ij ~ N(0, sigma_w^2 / N_{l-1}))
-    y^l_i = BN(h^l_i) = sqrt(B) G h_i / ||G h_i||,   G = I - 1 1^T / B
-                        (per unit i, over the batch; gamma = 1, beta = 0, eps = 0)
-    x^l = phi(y^l)
+    h^l = W^l x^{l-1}  (W_ij ~ N(0, sigma_w^2 / N_{l-1}), no bias),
+    y^l_i = sqrt(B) G h_i / ||G h_i||,  G = I - 1 1^T / B  (per unit, gamma = 1, beta = 0, eps = 0),
+    x^l = phi(y^l).
 
-Everything below is exact at infinite width (gradient independence for the backward pass), and
-everything is *derived here*; where a statement is also in the paper it says so, but the paper's
-section and theorem numbers were not at hand to check and are not cited.
+What the code implements (exact at infinite width; gradient independence backwards):
 
-Forward. If the pre-BN batch kernel of a unit is BSB1 (diagonal ``q``, off-diagonal ``q c``), then
-``G h ~ N(0, q (1 - c) G)``, so ``u = G h / r`` (``r = ||G h||``) is uniform on the unit sphere
-``S^{B-2}`` of the (B-1)-dimensional subspace orthogonal to ``1``, independent of
-``r^2 ~ q (1 - c) chi^2_{B-1}``, and ``y = sqrt(B) u`` does not depend on ``q`` and ``c`` at all.
-The post-BN kernel ``K_ab = E[phi(y_a) phi(y_b)]`` is therefore a constant of ``(phi, B)``, and the
-next pre-activation kernel is again BSB1 with ``q = sigma_w^2 K_aa``, ``q c = sigma_w^2 K_ab``: the
-forward pass sits at its BSB1 fixed point from the second layer on when the input batch kernel is
-BSB1 (Yang et al. 2019 call this the BSB1 fixed point).
-
-Marginals of a uniform point on the sphere (derived here). With ``D = B - 1`` the dimension of
-``1^perp`` and ``w_a = e_a - 1/B`` (``|w_a|^2 = (B-1)/B``), ``y_a = sqrt(B) <u, w_a> =
-sqrt(B - 1) t_a`` where ``t_a = <u, n_a>`` for the unit vector ``n_a = w_a / |w_a|``:
-
-* one coordinate: ``t_a`` has density ``(1 - t^2)^{(D-3)/2} = (1 - t^2)^{(B-4)/2}`` on [-1, 1]; in
-  particular ``E[y_a^2] = 1`` exactly and ``E[y_a y_b] = -1/(B - 1)``;
-* two coordinates: ``n_a . n_b = rho = -1/(B - 1)``; in an orthonormal basis ``(n_a, n_perp)`` of
-  their span the projection ``s`` of ``u`` has density ``((B-3)/(2 pi)) (1 - |s|^2)^{(B-5)/2}`` on
-  the unit disc, and ``(t_a, t_b) = R (cos theta, cos(theta - alpha))`` with ``cos alpha = rho``.
-
-Quadrature (derived here): ``t = sin psi`` turns the one-dimensional weight into
-``cos^{B-3} psi`` (smooth for every B >= 4), and ``R = sin chi`` the radial weight into
-``sin chi cos^{B-4} chi``; composite Gauss-Legendre rules (panels of width ~1/sqrt(B), weights cut
-below exp(-90)) are split at the activation's kinks (``act.kinks``): in the angle at the kink
-lines (fixed angles for a kink at 0), in ``chi`` where the lines of ``y_a`` and ``y_b`` cross, and
-above the radius where a kink ``k != 0`` first appears the variable ``sqrt(chi - chi_k)`` removes
-the square-root onset. The angular average is even in ``R``, so no odd-power singularity at
-``R = 0``. Accuracy ~1e-14 for analytic and piecewise-analytic activations whose kinks are
-declared (checked against closed forms, mpmath and nested adaptive quadrature).
-
-Backward (derived here; that BN makes gradients explode at every sigma_w^2 and activation is the
-headline of Yang et al. 2019). Per unit the BN Jacobian is ``J = (sqrt(B)/r) (G - u u^T)``
-(symmetric), so with ``delta = d loss / d h`` (rows: batch members), ``Pi^l = E[delta^l
-delta^l^T] / N_l``, ``D = diag(phi'(y))`` and ``Q = G - u u^T``:
-
-    Pi_x^l = sigma_w^2 (N_{l+1}/N_l) Pi_h^{l+1}                   (Dense layer l+1)
-    Pi_h^l = E[B / r_l^2] M(Pi_x^l),   M(P) = E_u[Q D P D Q],     (phi and BN of layer l)
-    E[B / r^2] = B / ((B - 3) q (1 - c))                          (E[1/chi^2_k] = 1/(k-2))
-
-which needs ``B - 3 > 0``: for B <= 3, E[1/r^2] is infinite. ``M`` commutes with permutations of
-the batch. The loss ``<v, h^L_a>`` of signalprop (one batch member ``a``, ``v ~ N(0, I)``) starts
-the recursion at ``Pi^L = e_a e_a^T``, which is invariant under the permutations fixing ``a``; so
-is every later ``Pi``, and such symmetric matrices form the 4-dimensional orbit space spanned by
-``{e_a e_a^T, e_a 1^T + 1 e_a^T, I, 1 1^T}`` (coordinates: the entries aa, ab, bb, bc). Since
-``Q 1 = 0``, ``M`` maps it onto the 2-dimensional subspace ``{P : P 1 = 0}`` spanned by ``G`` and
-``w w^T`` (``w = w_a``); there ``M(G) = mu G`` (the fully symmetric sector) and ``M(w w^T) =
-alpha w w^T + beta G`` (the standard-representation sector), so the per-layer operator is
-triangular with eigenvalues ``lambda_G = s mu`` and ``lambda_V = s alpha``, ``s = sigma_w^2
-E[B/r^2]``. The entries of ``M`` reduce to expectations over one and two coordinates of ``u``
-with the exchangeability identities ``E[u_a F(u)] = 0`` and ``E[u_a^2 F(u)] = E[F(u)]/B`` for
-symmetric ``F`` (from ``sum_a u_a = 0``, ``sum_a u_a^2 = 1``), so no three-coordinate integral is
-needed. At the fixed point ``s = B / ((B - 3)(K_aa - K_ab))`` does not depend on sigma_w^2.
-
-Linear phi: ``mu = (B-2)/(B-1)``, ``alpha = 1 - 2/D + 2/(D(D+2))``, ``K_aa - K_ab = B/(B-1)``, so
-``lambda = lambda_G = (B - 2)/(B - 3)``. Large B: ``lambda -> E[phi'(z)^2] / Var[phi(z)]``,
-``z ~ N(0, 1)`` (relu: pi/(pi - 1)).
+* Forward (BSB1 fixed point): ``y = sqrt(B) u``, ``u`` uniform on the unit sphere of ``1^perp``,
+  whatever the BSB1 pre-BN kernel; ``K_ab = E[phi(y_a) phi(y_b)]`` is a constant of (phi, B) and
+  ``q = sigma_w^2 K_aa``, ``q c = sigma_w^2 K_ab``.
+* Sphere marginals, ``y_a = sqrt(B - 1) t_a``: one coordinate ``t ~ (1 - t^2)^{(B-4)/2}`` on
+  [-1, 1] (``t = sin psi``: weight ``cos^{B-3} psi``); two coordinates
+  ``(t_a, t_b) = R (cos theta, cos(theta - alpha))``, ``cos alpha = -1/(B - 1)``, density
+  ``((B-3)/(2 pi)) (1 - R^2)^{(B-5)/2}`` on the disc (``R = sin chi``: weight
+  ``sin chi cos^{B-4} chi``). Composite Gauss-Legendre rules split at the kinks; ~1e-14.
+* Backward: ``Pi_x^l = sigma_w^2 (N_{l+1}/N_l) Pi_h^{l+1}``, ``Pi_h^l = E[B/r^2] M(Pi_x^l)``,
+  ``M(P) = E_u[Q D P D Q]``, ``Q = G - u u^T``, ``D = diag(phi'(y))``,
+  ``E[B/r^2] = B / ((B - 3) q (1 - c))`` (so B >= 4). On the 4-dim space of
+  matrices invariant under the permutations fixing ``a`` (the loss starts at ``e_a e_a^T``)
+  ``M(G) = mu G``, ``M(w w^T) = alpha w w^T + beta G`` (``w = e_a - 1/B``): eigenvalues
+  ``lambda_G = s mu``, ``lambda_V = s alpha``, ``s = sigma_w^2 E[B/r^2]``, which at the fixed
+  point is ``B / ((B - 3)(K_aa - K_ab))``, independent of sigma_w^2.
+* Checks: linear phi gives ``lambda = (B - 2)/(B - 3)``; large B gives
+  ``lambda -> E[phi'(z)^2] / Var[phi(z)]`` (relu: pi/(pi - 1)).
 """
 
 from __future__ import annotations
@@ -75,6 +35,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -126,12 +87,21 @@ def _act(act) -> Activation:
 # quadrature on the sphere marginals (derived here)
 
 
-@lru_cache(maxsize=None)
+# The quadrature rules below are cached by value (lru_cache: _gl by its node count, the 4 most
+# recent; _rule1 / _rule2 by (B, kinks), the 8 most recent): pure functions of their arguments,
+# returned as read-only arrays, so a cached rule is the rule a cold call builds.
+@lru_cache(maxsize=4)
 def _gl(n: int):
     """Gauss-Legendre nodes and weights on [-1, 1] (numerical helper of the quadrature derived
     here)."""
     x, w = np.polynomial.legendre.leggauss(n)
-    return x, w
+    return _frozen(x), _frozen(w)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` made read-only (the cached rules are shared by every caller)."""
+    a.flags.writeable = False
+    return a
 
 
 def _composite(breaks, n: int = _GL_N):
@@ -177,7 +147,7 @@ def _rule1(B: int, kinks: tuple):
     w = w * np.exp(_log_cos_weight(p, psi))
     # c1 = 1 / sum(w): the rule integrates the bare weight to ~1e-16, more accurately than the
     # gamma-function ratio evaluates at large B
-    return s * np.sin(psi), w / w.sum()
+    return _frozen(s * np.sin(psi)), _frozen(w / w.sum())
 
 
 @lru_cache(maxsize=8)
@@ -241,7 +211,7 @@ def _rule2(B: int, kinks: tuple):
     ya = (rr * np.cos(theta)).ravel()
     yb = (rr * np.cos(theta - alpha)).ravel()
     keep = ww > 0
-    return ya[keep], yb[keep], ww[keep]
+    return _frozen(ya[keep]), _frozen(yb[keep]), _frozen(ww[keep])
 
 
 def _kinks(act: Activation) -> tuple:
@@ -279,19 +249,23 @@ def _moments(act: Activation, B: int) -> dict:
     }
 
 
-_MOMENT_CACHE: dict = {}
+#: What: the sphere-marginal expectations (:func:`_moments`) of an activation at batch size B.
+#: Keyed by value: (the Activation itself, which hashes and compares by value: built-ins by name
+#: and parameters, expressions by their sympy tree, callables by reference; B). Bound: the
+#: _MOMENT_CACHE_MAX most recently used (lru_cache on _cached_moments). Why it cannot change a
+#: result: _moments is a fixed function of (activation value, B) on fixed rules, and the cached
+#: dict is handed out read-only (tests/test_caches.py: cold == warm).
+_MOMENT_CACHE_MAX = 64
 
 
-def _get_moments(act: Activation, B: int) -> dict:
-    """_moments (derived here), cached for built-in activations (by name and parameters)."""
-    if act.name == "custom":
-        return _moments(act, B)
-    key = (act.name, tuple(sorted(act.params.items())), B)
-    if key not in _MOMENT_CACHE:
-        if len(_MOMENT_CACHE) > 1024:
-            _MOMENT_CACHE.clear()
-        _MOMENT_CACHE[key] = _moments(act, B)
-    return _MOMENT_CACHE[key]
+@lru_cache(maxsize=_MOMENT_CACHE_MAX)
+def _cached_moments(act: Activation, B: int) -> MappingProxyType:
+    return MappingProxyType(_moments(act, B))
+
+
+def _get_moments(act: Activation, B: int) -> MappingProxyType:
+    """_moments (derived here) through the bounded cache ``_cached_moments``, read-only."""
+    return _cached_moments(act, B)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,10 +297,10 @@ def bn_kernel(act, B: int, sigma_w2: float = 1.0) -> BNKernel:
     mean-field ``q``, ``c`` of the next pre-activation (Yang et al. 2019, BSB1 fixed point).
 
     y = sqrt(B) u with u uniform on the unit sphere of 1^perp whatever the (BSB1) pre-BN kernel:
-    exact one- and two-coordinate sphere-marginal integrals (derived here, see the module
-    docstring). E[y_a^2] = 1 and E[y_a y_b] = -1/(B-1) exactly (from sum_a y_a = 0 and
-    sum_a y_a^2 = B). B must be an integer >= 4 (the gradient side needs B - 3 > 0; the same
-    range is kept here); sigma_w2 > 0."""
+    exact one- and two-coordinate sphere-marginal integrals (derived in
+    docs/theory/batchnorm.md). E[y_a^2] = 1 and E[y_a y_b] = -1/(B-1) exactly (from
+    sum_a y_a = 0 and sum_a y_a^2 = B). B must be an integer >= 4 (the gradient side needs
+    B - 3 > 0; the same range is kept here); sigma_w2 > 0."""
     B = _check_batch(B)
     sw2 = _check_sw2(sigma_w2)
     a = _act(act)

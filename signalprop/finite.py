@@ -114,6 +114,7 @@ mean is carried by rare large draws. The log-normal law itself is asymptotic (Ko
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -429,6 +430,9 @@ def chi2_factor(n: int) -> dict:
     return dict(_chi2_factor(_check_width("N", n)))
 
 
+# _chi2_factor and _relu_factor are cached by the width n (an int; lru_cache, the 4096 most
+# recent): pure functions of n, read only through chi2_factor / relu_factor, which copy the dict,
+# so no caller can alter a cached value.
 @lru_cache(maxsize=4096)
 def _chi2_factor(n: int) -> dict:
     """The factor ``f = chi^2_N / N`` (a Gaussian layer): ``mean = 1``, ``m2 = E f^2 = 1 + 2/N``,
@@ -687,26 +691,32 @@ class _Stats:
                 "r_pd": (1.0 if lin else 2.0) * one, "s_pd": one, "p_off": p_off}
 
 
-_TABLES: dict = {}
+#: What: the moment tables (:class:`_Stats`) of general activations. Keyed by value: (the
+#: Activation itself, which hashes and compares by value, and the log q range snapped outward to
+#: multiples of 4, so that networks of similar scale share a table). Bound: the _TABLES_MAX most
+#: recently used (an OrderedDict, oldest dropped). Why it cannot change a result: a table is a
+#: fixed function of (activation, snapped range) except for the contiguous valid stretch it keeps
+#: around the mean-field range, and it is reused only when that range lies inside the stretch,
+#: which is then the stretch a cold build would keep (tests/test_caches.py: cold == warm).
+_TABLES: OrderedDict = OrderedDict()
+_TABLES_MAX = 32
 
 
 def _stats_table(act: Activation, lo: float, hi: float, need: tuple) -> _Stats:
-    """A cached :class:`_Stats`: ranges are snapped outward to multiples of 4 in log q so that
-    networks of similar scale share a table (custom activations are keyed by identity and kept
-    alive by the cache)."""
+    """A cached :class:`_Stats` (``_TABLES``) of a general activation; closed forms are cheap
+    and built each time."""
     if _kind(act) != "general":
         return _Stats(act, lo, hi, need)
     lo4 = max(math.log(_Q_LO), 4.0 * math.floor(lo / 4.0))
     hi4 = min(math.log(_Q_HI), 4.0 * math.ceil(hi / 4.0))
-    ident = repr(act) if act.name != "custom" else ("custom", id(act))
-    key = (ident, lo4, hi4)
+    key = (act, lo4, hi4)
     st = _TABLES.get(key)
     if st is None or not (st.lo <= need[0] and need[1] <= st.hi):
         st = _Stats(act, lo4, hi4, need)
-        if len(_TABLES) >= 32:
-            _TABLES.pop(next(iter(_TABLES)))
         _TABLES[key] = st
-        st._keep = act
+    _TABLES.move_to_end(key)
+    while len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
     return st
 
 

@@ -61,6 +61,7 @@ the series exists only for analytic activations without kinks (``Activation.mehl
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable, Optional
 
@@ -91,6 +92,8 @@ def _lobatto(deg: int) -> np.ndarray:
     return np.cos(np.pi * np.arange(deg + 1) / deg)
 
 
+# The matrices below are cached by degree (an int; at most 8 / 4 degrees kept, lru_cache): pure
+# functions of it, returned read-only so no caller can alter a cached one.
 @lru_cache(maxsize=8)
 def _dct_matrix(deg: int) -> np.ndarray:
     """C with c = C @ f: the Chebyshev coefficients c_0..c_deg of the degree-``deg`` polynomial
@@ -101,6 +104,7 @@ def _dct_matrix(deg: int) -> np.ndarray:
     C = np.cos(np.pi * np.outer(j, j) / deg) * (2.0 / deg)
     C[:, [0, deg]] *= 0.5
     C[[0, deg], :] *= 0.5
+    C.flags.writeable = False
     return C
 
 
@@ -113,6 +117,7 @@ def _cheb_to_monomial(deg: int) -> np.ndarray:
         e[k] = 1.0
         mk = np.polynomial.chebyshev.cheb2poly(e)
         A[:mk.size, k] = mk
+    A.flags.writeable = False
     return A
 
 
@@ -122,7 +127,7 @@ class _LogQTable:
     fn(q) is analytic in u in the strip |Im u| < pi/2 (module docstring), so on panels of width
     ``width`` the degree-``deg`` interpolant converges like rho^{-deg}, rho ~ 25 for width 0.25
     (Trefethen, ATAP, ch. 8): degree 16 gives ~1e-16 relative. Panels are built when first
-    needed (``lazy``), several at once in one vectorised call of ``fn``; ``accept(u, vals)`` may
+    needed (``lazy``), one vectorised call of ``fn`` per panel; ``accept(u, vals)`` may
     transform a panel's node values or reject the panel (return None), which then counts as
     outside the table. Evaluation (``__call__``, vectorised over q) is by the barycentric formula
     for Chebyshev points (Berrut & Trefethen, SIAM Review 46, 2004; ATAP, ch. 5), which is
@@ -139,6 +144,7 @@ class _LogQTable:
         self.w = (-1.0) ** np.arange(deg + 1)
         self.w[[0, -1]] *= 0.5
         self.panels: list = [None] * self.n      # None: not built; False: rejected; else values
+        self.lazy = lazy
         if not lazy:
             self.build(range(self.n))
 
@@ -148,10 +154,22 @@ class _LogQTable:
         return self.lo + (k[..., None] + 0.5 * (1.0 - self.x)) * self.width
 
     def build(self, ks) -> None:
-        """Build the panels ``ks`` (those not built yet) with one call of ``fn``."""
+        """Build the panels ``ks`` (those not built yet). A lazy table calls ``fn`` once per
+        panel, so that a panel's values never depend on which other panels were built with it
+        (a vectorised ``fn`` may pick its rule, or its BLAS blocking, from the whole batch:
+        ~1e-16 differences), i.e. never on the cache's history; the eager table of ``pd`` is
+        built in one call, as it always was."""
         ks = [int(k) for k in ks if self.panels[int(k)] is None]
         if not ks:
             return
+        if self.lazy:
+            for k in ks:
+                self._build_one([k])
+        else:
+            self._build_one(ks)
+
+    def _build_one(self, ks: list) -> None:
+        """The panels ``ks`` from one call of ``fn``."""
         u = self.nodes(np.array(ks))
         vals = np.asarray(self.fn(np.exp(u.ravel())))
         vals = vals.reshape(u.shape + vals.shape[1:])
@@ -219,8 +237,66 @@ class _LogQTable:
 
 # -- per-activation cache ---------------------------------------------------------------------
 
-_ATTR = "_signalprop_tables"
-_SHARED: dict = {}
+
+class _LRU(OrderedDict):
+    """A dict of at most ``maxsize`` entries: ``put`` drops the least recently used one past it,
+    ``hit`` marks an entry as used (a small helper; functools.lru_cache cannot hold the lazily
+    extended per-activation tables)."""
+
+    def __init__(self, maxsize: int):
+        super().__init__()
+        self.maxsize = int(maxsize)
+
+    def hit(self, key):
+        """The value of ``key`` (marked as most recently used), or None."""
+        v = self.get(key)
+        if v is not None:
+            self.move_to_end(key)
+        return v
+
+    def put(self, key, value):
+        """Store ``value`` under ``key`` (most recently used); drop the oldest past the bound."""
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+        return value
+
+
+class _TableCache(_LRU):
+    """The cache of :func:`tables_of` (``_SHARED``); ``pop`` and ``clear`` also forget the
+    last-used entry (``_LAST``), so that an entry popped is really cold."""
+
+    def pop(self, *args):
+        global _LAST
+        _LAST = (None, None)
+        return super().pop(*args)
+
+    def popitem(self, last: bool = True):
+        global _LAST
+        _LAST = (None, None)
+        return super().popitem(last)
+
+    def clear(self) -> None:
+        global _LAST
+        _LAST = (None, None)
+        super().clear()
+
+
+#: What: the lazily built tables (:class:`_Tables`) of each activation met. Keyed by the
+#: Activation's value (``Activation.__eq__`` / ``__hash__``: built-ins by name and parameters,
+#: expressions by their sympy tree, callables by reference), so equal activations share one
+#: entry. Bound: the ``_TABLES_MAX`` most recently used activations (each entry holds at most a
+#: few MB: the panels actually touched). Why it cannot change a result: every table is a fixed
+#: function of the activation's value, built panel by panel on fixed nodes and accepted by a
+#: fixed test, so a panel read from a warm cache is the panel a cold one builds
+#: (tests/test_caches.py checks cold == warm bit for bit).
+_TABLES_MAX = 32
+_SHARED = _TableCache(_TABLES_MAX)
+#: (activation, its tables) most recently returned by tables_of: an identity check in the per-layer
+#: evaluators, cheaper than hashing the activation (~0.3 us a call). Always the newest entry of
+#: ``_SHARED``, so it never holds anything beyond the bound.
+_LAST: tuple = (None, None)
 
 
 class _Tables:
@@ -230,6 +306,10 @@ class _Tables:
     def __init__(self, act):
         self.act = act
         self._mom = self._meh = self._pd = self._mu = None
+        self._small_mom = self._rho2 = None
+        #: rho_theta's interpolants by q (at most _THETA_CACHE, oldest dropped): each a fixed
+        #: function of (activation, q), so a cached one is the one a cold call builds
+        self._theta: dict = {}
 
     # log moments ----------------------------------------------------------------------------
     @property
@@ -277,26 +357,20 @@ class _Tables:
 
 
 def _key(act):
-    """Activations built from the same formula share their tables: built-ins (and sympy
-    expressions) are identified by class, name, parameters, expression, strip and kinks; a
-    Python callable only by its object."""
-    if act.expr is None:
-        return None
-    return (type(act), act.name, tuple(sorted(act.params.items())), act.expr, act.tau, act.kinks)
+    """The key of ``act`` in ``_SHARED``: the Activation itself (hashed and compared by value)."""
+    return act
 
 
 def tables_of(act) -> _Tables:
-    """The (cached) tables of ``act``: an attribute on the object, shared between objects that
-    describe the same activation (``_key``)."""
-    t = act.__dict__.get(_ATTR)
+    """The (cached) tables of ``act``, shared by every activation equal to it (``_SHARED``)."""
+    global _LAST
+    last = _LAST
+    if last[0] is act:
+        return last[1]
+    t = _SHARED.hit(act)
     if t is None:
-        key = _key(act)
-        t = _SHARED.get(key) if key is not None else None
-        if t is None:
-            t = _Tables(act)
-            if key is not None:
-                _SHARED[key] = t
-        object.__setattr__(act, _ATTR, t)    # the dataclass is frozen; this is a private cache
+        t = _SHARED.put(act, _Tables(act))
+    _LAST = (act, t)
     return t
 
 
@@ -369,7 +443,8 @@ def moments(act, lq: float):
     or its panel was rejected when built: the caller then computes the moments directly.
     Accuracy against ``act.moments``: <= 1e-13 relative (tests/test_tables.py; typically 1e-15).
     """
-    t = act.__dict__.get(_ATTR) or tables_of(act)
+    last = _LAST
+    t = last[1] if last[0] is act else tables_of(act)
     tab = t._mom if t._mom is not None else t.mom
     if tab is False:
         return None
@@ -397,7 +472,11 @@ def moments(act, lq: float):
 _TRAP_L = 14.0      # |z| <= L: the integrand carries exp(-z^2/4) (below 1e-21 there)
 _TRAP_QMAX = 8.0    # no series table where sqrt(q) / tau > 8 (tanh: q > 158; K would be ~2e4)
 _K_FIRST = 256      # terms tried first; a panel that needs more is recomputed with _K_MAX
-_ROWS: dict = {}    # level -> (z, P): the trapezoidal rule and its Hermite rows so far
+#: What: the trapezoidal nodes and Hermite rows of _hermite_rows. Keyed by the level (a value);
+#: bound: 8 levels (the oldest dropped). Cannot change a result: rows are extended by the same
+#: recurrence that builds them, so a cached row equals a fresh one bit for bit.
+_ROWS: dict = {}
+_ROWS_MAX = 8
 
 
 def _hermite_rows(level: int, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +505,7 @@ def _hermite_rows(level: int, K: int) -> tuple[np.ndarray, np.ndarray]:
             k0 = P.shape[0] - 1
         for k in range(k0, K - 1):
             new[k + 1] = (z * new[k] - math.sqrt(k) * new[k - 1]) / math.sqrt(k + 1)
-        if len(_ROWS) >= 8:
+        if level not in _ROWS and len(_ROWS) >= _ROWS_MAX:
             _ROWS.pop(next(iter(_ROWS)))
         _ROWS[level] = (z, new)
         P = new
@@ -518,7 +597,8 @@ _KS = np.arange(_DEG + 1, dtype=float)
 
 def _mehler_locate(act, q: float):
     """(Mehler table, panel k, x in [-1, 1]) of ``q``, or None (no table, q outside it)."""
-    t = act.__dict__.get(_ATTR) or tables_of(act)
+    last = _LAST
+    t = last[1] if last[0] is act else tables_of(act)
     tab = t._meh if t._meh is not None else t.meh
     if tab is False or not q > 0.0:
         return None
@@ -572,7 +652,8 @@ def mean_ratio(act, lq: float) -> Optional[float]:
     """E[phi(sqrt(q) z)] / sqrt(E[phi(sqrt(q) z)^2]) at q = exp(lq) from a Chebyshev table in
     log q (analytic in the strip like the moments, so ~1e-15; tests/test_tables.py), or ``None``
     (odd activations, closed forms, lq outside the table, a rejected panel)."""
-    t = act.__dict__.get(_ATTR) or tables_of(act)
+    last = _LAST
+    t = last[1] if last[0] is act else tables_of(act)
     tab = t.mu
     if tab is False or not LQ_LO <= lq <= tab.hi:
         return None
@@ -643,9 +724,10 @@ def rho_theta(act, q: float, rho: Callable) -> Optional[tuple]:
     coefficients are below 8e-15 and it agrees with ``rho`` within 5e-14 at 8 points between the
     nodes (the direct rule's own error reaches 3e-14 at q = 1e13), trying degrees 32, 64, 128,
     256 while each doubling shrinks the tail 1000-fold (else ``None``, e.g. tanh at q = 1e13,
-    whose features are at theta ~ q^-1/2). Cached per activation and q (the last 16)."""
+    whose features are at theta ~ q^-1/2). Cached per activation and q (the last 16), so
+    ``rho`` must be the activation's own direct rule (``maps.rho_fn(act)``, as callers pass)."""
     t = tables_of(act)
-    cache = t.__dict__.setdefault("_theta", {})
+    cache = t._theta
     key = float(q)
     if key in cache:
         return cache[key]
@@ -713,6 +795,7 @@ def _dct2_matrix(n: int) -> np.ndarray:
     j = np.arange(n)
     C = np.cos(np.pi * np.outer(j, j + 0.5) / n) * (2.0 / n)
     C[0] *= 0.5
+    C.flags.writeable = False
     return C
 
 
@@ -834,9 +917,9 @@ def small_moments(act, lq: float):
     if not _has_moment_table(act) or not lq <= math.log(_S_MAX ** 2):
         return None
     t = tables_of(act)
-    B = t.__dict__.get("_small_mom")
+    B = t._small_mom
     if B is None:
-        B = t.__dict__["_small_mom"] = _small_moment_panel(act)
+        B = t._small_mom = _small_moment_panel(act)
     if B is False:
         return None
     x = 2.0 * math.exp(0.5 * lq) / _S_MAX - 1.0
@@ -852,9 +935,9 @@ def rho_2d(act, lq: float, c: float, rho: Callable) -> Optional[float]:
     if getattr(act, "smooth", None) is None:
         return None
     t = tables_of(act)
-    tab = t.__dict__.get("_rho2")
+    tab = t._rho2
     if tab is None:
-        tab = t.__dict__["_rho2"] = _RhoTable(act, rho)
+        tab = t._rho2 = _RhoTable(act, rho)
     return tab(lq, c)
 
 
