@@ -40,8 +40,9 @@ import numpy as np
 from scipy import stats
 
 from ._validate import check_finite, check_int, positive_scalar, short_repr
-from .finite import (_MAX_SKEW, LogNormalLaw, _check_network, _finite_width, _innovation_draws,
-                     _log_covariance)
+from .finite.laws import _check_network, _finite_width
+from .finite.lognormal import LogNormalLaw
+from .finite.model import _MAX_SKEW, _innovation_draws, _log_covariance
 from .network import Network
 from .results import _Result
 

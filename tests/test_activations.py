@@ -8,6 +8,7 @@ are exact. Tolerances are fixed here and are not to be widened to make a test pa
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import pickle
@@ -574,3 +575,86 @@ def test_kinks_keyword_validation():
     k2 = pickle.loads(pickle.dumps(k))
     assert k2 == (0.0, 1.0) and k2.label == "label" and isinstance(k2, gaussian.Kinks)
     assert k2.singular == (1.0,) and k2.regular == (0.0,)
+
+
+# --------------------------------------------------------------------------------------------
+# the package layout (issue 11, item 4): one job per module, imports downward only, old names
+
+
+def _tanh_module_level(v):
+    return np.tanh(v)
+
+
+def _package():
+    """The package signalprop.activations (``signalprop.activations`` as an attribute is the
+    function ``activations()``, re-exported by signalprop)."""
+    return importlib.import_module("signalprop.activations")
+
+
+def test_submodules_import_downward_only():
+    """core <- kinks <- builtins | custom | callables <- __init__, read from the sources' import
+    statements (``lint-imports`` checks the package as one layer only)."""
+    import ast
+
+    pkg = _package()
+    rank = {"core": 0, "kinks": 1, "builtins": 2, "custom": 2, "callables": 2, "__init__": 3}
+    root = Path(pkg.__file__).parent
+    assert {p.stem for p in root.glob("*.py")} == set(rank)
+    for name, r in rank.items():
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                target = node.module or "__init__"
+                assert rank[target] < r, f"{name} imports {target}"
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("signalprop.activations"), name
+        # no function-level imports of the package's own modules
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    assert node.level == 0 and "signalprop" not in (node.module or ""), \
+                        f"{name}.{fn.name} imports {node.module}"
+
+
+def test_names_of_the_former_module_still_import():
+    """Every name other modules, tests or pickles may hold of the single-file module."""
+    A = _package()
+    for n in ("Activation", "activation", "activations", "normalising_constants",
+              "BUILD_SECONDS", "_rebuild", "_builtin", "_make", "_NAMES", "_PARAMS", "_LeakyReLU",
+              "_Erf", "_Jumping", "_from_expr", "_from_callable", "_check_kinks", "_deadline",
+              "_expr_kinks", "_expr_jumps", "_piecewise_form", "_SELU_ALPHA", "_SELU_SCALE"):
+        assert hasattr(A, n), n
+    assert A.BUILD_SECONDS == 1.0
+    # the constants against their definitions (Klambauer et al. 2017, eq. 14), to 40 digits
+    assert A._SELU_ALPHA == float(_SELU_ALPHA) and A._SELU_SCALE == float(_SELU_SCALE)
+
+
+class _OldPickle:
+    """Pickles as the single-file module did: ``signalprop.activations._rebuild(key)``."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __reduce__(self):
+        return (_package()._rebuild, (self.key,))
+
+
+@pytest.mark.parametrize("spec", [("relu", {}), ("leaky_relu", {"slope": 0.2}), ("swish", {}),
+                                  ("Max(x, 0)**0.7", {}), (_tanh_module_level, {})])
+def test_pickles_round_trip_and_old_pickles_load(spec):
+    """Each kind of activation (built-in, expression, callable) pickles to an equal value (the
+    same object for a built-in), and a pickle written through ``activations._rebuild`` loads."""
+    s, params = spec
+    a = activation(s, **params)
+    b = pickle.loads(pickle.dumps(a))
+    assert b == a and hash(b) == hash(a) and type(b) is type(a)
+    assert (b is a) == (a.key[0] == "builtin")
+    old = pickle.loads(pickle.dumps(_OldPickle(a.key)))
+    assert old == a and float(old.second_moment(0.8)) == float(a.second_moment(0.8))
+
+
+def test_hand_built_activation_refuses_to_pickle():
+    a = Activation("mine", np.tanh, np.tanh, np.tanh)
+    assert a == a and a != activation("tanh")          # compared by identity
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(a)

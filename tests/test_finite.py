@@ -433,3 +433,24 @@ def test_relu_law_at_huge_sigma_w2_is_finite():
     r = clipping(sp.mlp(10, 16, "relu", sigma_w2=1e300), [1.0, 1e308])
     assert np.all(np.isfinite(r.p_clip)) and np.all(np.isfinite(r.shrink))
     assert r.median_norm == math.inf and r.mean_field_norm == math.inf
+
+
+def test_finite_package_keeps_every_import():
+    """signalprop.finite is a package split by concept (issue 11, item 4): its public names, and
+    the private ones signalprop.clipping and tests/test_caches.py import, are re-exported as the
+    very objects of the submodule that defines each, and clipping uses the same law class."""
+    import importlib
+
+    import signalprop.finite as fin
+    from signalprop.finite import chisquare, dead, laws, local, lognormal, model
+    owner = {"LogNormalLaw": lognormal, "FiniteWidthProfile": laws, "finite_width": laws,
+             "chi2_factor": chisquare, "relu_factor": chisquare, "hanin_nica_beta": chisquare,
+             "regime_of_beta": chisquare, "BETA_MEANFIELD": chisquare, "BETA_BREAKS": chisquare,
+             "DeadNetwork": dead, "dead_probability": dead, "_check_network": laws,
+             "_finite_width": laws, "_TABLES": local, "_TABLES_MAX": local, "_stats_table": local,
+             "_MAX_SKEW": model, "_innovation_draws": model, "_log_covariance": model}
+    assert sorted(fin.__all__) == sorted(n for n in owner if not n.startswith("_"))
+    for name, mod in owner.items():
+        assert getattr(fin, name) is getattr(mod, name), name
+    assert importlib.import_module("signalprop.clipping").LogNormalLaw is fin.LogNormalLaw
+    assert sp.finite_width is fin.finite_width and sp.dead_probability is fin.dead_probability
