@@ -162,10 +162,17 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
                     # approach to q* shrink by the length map's slope each layer and would
                     # otherwise be extrapolated as a linear drift (3e-11 in log q at depth 1e4)
                     continue
-                if (dq < 0 or dx < 0) and not _bias_free(layers[k]):
-                    # a decaying q meets an additive constant (a bias) whose share grows like
-                    # 1/q: the increments only look steady, so keep computing layer by layer
-                    continue
+                if (dq or dx) and not _bias_free(layers[k]):
+                    if dq < 0 or dx < 0:
+                        # a decaying q meets an additive constant (a bias) whose share grows
+                        # like 1/q: the increments only look steady, so keep going layer by layer
+                        continue
+                    if (abs(dq - dq0) > 4e-16 * max(1.0, abs(lq))
+                            or abs(dx - dx0) > 4e-16 * max(1.0, abs(log_x2[i]))):
+                        # a growing q leaves a bias behind geometrically, so the increment still
+                        # approaches its limit; extrapolating it early costs n |dq - dq_limit|
+                        # over n layers: wait until it repeats to rounding (2 ulps of log q)
+                        continue
                 if not steady_c:
                     # c still moves (at the edge of chaos, like a power of l): the rest of the
                     # run iterates the correlation map alone, if its rho(c) no longer depends

@@ -53,7 +53,7 @@ from .activations import Activation, activation as _activation
 from .meanfield import predict
 from .architectures import mlp
 from .layers.dense import Dense
-from .network import Network, has_capability
+from .network import Network, require_capability
 from .results import _Result, to_jsonable
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]
@@ -114,11 +114,8 @@ def _check_network(network):
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
+    require_capability(network, "free_probability", "spectrum")
     for i, layer in enumerate(network.layers):
-        if not has_capability(layer, "free_probability"):
-            raise ValueError(f"spectrum: layer {i + 1} ({type(layer).__name__}) has no "
-                             "free-probability factor yet (a residual Jacobian I + beta J_F is not "
-                             "a product of freely independent factors)")
         if layer.weights not in WEIGHT_LAWS:
             raise ValueError(f"layer {i + 1}: no S-transform is implemented for "
                                       f"weights={layer.weights!r}; known: {', '.join(WEIGHT_LAWS)}")

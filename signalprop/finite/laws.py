@@ -15,7 +15,7 @@ import numpy as np
 
 from .._validate import check_int, positive_scalar
 from ..meanfield import predict
-from ..network import Network, has_capability
+from ..network import Network, require_capability
 from ..results import _Result
 from .chisquare import BETA_BREAKS, regime_of_beta
 from .local import _Q_HI, _Q_LO, _kind
@@ -129,10 +129,8 @@ def _check_network(network) -> None:
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
+    require_capability(network, "finite_width", "finite_width")
     for i, la in enumerate(network.layers):
-        if not has_capability(la, "finite_width"):
-            raise ValueError(f"finite_width: layer {i + 1} ({type(la).__name__}) has no "
-                             "finite-width law yet")
         if la.weights != "gaussian":
             raise ValueError(f"layer {i + 1} has {la.weights} weights: the finite-width laws are "
                              "derived for gaussian weights (chi-square structure); use "
