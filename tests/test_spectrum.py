@@ -11,7 +11,10 @@ engine), Kolmogorov distance against the agreement rule of CONVENTIONS.md (see
 
 from __future__ import annotations
 
+import ast
+import importlib
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -46,6 +49,28 @@ def gl_rule(a, b, panels=48, order=16):
 def gl_integrate(f, a, b, panels=48, order=16):
     x, wx = gl_rule(a, b, panels, order)
     return float(np.sum(f(x) * wx))
+
+
+# ---------------------------------------------------------------------------------------------
+# the freeprob package
+
+
+def test_freeprob_reexports_what_spectrum_uses():
+    """Every ``fp.<name>`` that signalprop/spectrum.py uses (read from its source) is a public
+    name of the package signalprop.freeprob (issue 11: the module became a package), and is the
+    very object defined in one of its submodules."""
+    spectrum_module = importlib.import_module("signalprop.spectrum")   # sp.spectrum: the function
+    assert spectrum_module.fp is fp
+    tree = ast.parse(pathlib.Path(spectrum_module.__file__).read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "fp"}
+    assert used >= {"FreeProduct", "Law", "pushforward_law", "ClosedFactor", "marchenko_pastur",
+                    "bernoulli", "point_mass", "dimension_change"}
+    for name in sorted(used | {"fuss_catalan", "series_reversion", "lagrange_moments"}):
+        assert name in fp.__all__, name
+        obj = getattr(fp, name)
+        assert obj.__module__.startswith("signalprop.freeprob."), (name, obj.__module__)
+        assert getattr(importlib.import_module(obj.__module__), name) is obj, name
 
 
 # ---------------------------------------------------------------------------------------------
