@@ -208,11 +208,20 @@ class Network:
             raise ValueError("depth must be an integer >= 1, got a network with no layers")
         n_in = self.input_width
         kinds = set()                    # the protocol is checked once per layer type
+        shared: dict = {}                # share name -> (layer number, what must agree)
         for i, layer in enumerate(self.layers):
             if type(layer) not in kinds and not isinstance(layer, Layer):
                 raise TypeError(f"layer {i + 1}: {type(layer).__name__} is not a signalprop layer "
                                 f"(Dense, Residual, LayerNorm, ...)")
             kinds.add(type(layer))
+            spec = layer.shared_spec(n_in) if hasattr(layer, "shared_spec") else None
+            if spec is not None:
+                name, what = spec
+                first = shared.setdefault(name, (i + 1, what))
+                if first[1] != what:
+                    raise ValueError(f"layer {i + 1} shares {name!r} with layer {first[0]} but "
+                                     f"differs in (n_in, width, sigma_w2, sigma_b2, weights): "
+                                     f"{what} against {first[1]}")
             try:
                 layer.check_input(n_in)
             except ValueError as e:

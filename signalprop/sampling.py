@@ -120,8 +120,18 @@ class Streams:
     receives do not depend on which other samples share its batch.
     """
 
-    def __init__(self, generators):
+    def __init__(self, generators, named=None):
         self.generators = list(generators)
+        self._named = named
+
+    def named(self, name: str) -> "Streams":
+        """The streams of the parameter shared under ``name``: fresh generators seeded from each
+        sample's seed and the name alone, so every use of a shared parameter draws the same
+        numbers, whatever else was drawn before it (see ``Dense.share``)."""
+        if self._named is None:
+            raise ValueError(f"these streams cannot draw shared parameters (share={name!r}): "
+                             "they were made without per-sample seeds")
+        return self._named(name)
 
     def __len__(self):
         return len(self.generators)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import hashlib
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
@@ -120,7 +121,15 @@ def sample_streams(root: np.random.SeedSequence, start: int, stop: int, pool=Non
         words = _child(root, s).generate_state(8, np.uint64)
         fwd[i].bit_generator.state = _pcg_state(words[:4])
         bwd[i].bit_generator.state = _pcg_state(words[4:])
-    return Streams(fwd), Streams(bwd)
+    def named(name: str) -> Streams:
+        tag = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        return Streams([np.random.Generator(np.random.PCG64(_child(root, s, _SHARED_KEY, tag)))
+                        for s in range(start, stop)])
+
+    return Streams(fwd, named), Streams(bwd)
+
+
+_SHARED_KEY = 0x5EED   # spawn-key branch of shared parameters (a sample's own streams use key s)
 
 
 def network_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None,

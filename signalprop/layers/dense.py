@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from .. import tables
-from .._validate import check_choice, check_int, nonnegative_scalar, positive_scalar
+from .._validate import check_choice, check_int, nonnegative_scalar, positive_scalar, short_repr
 from ..activations import Activation, activation
 from .. import maps
 from ..maps import LQ_HI, LQ_LO, RHO_Q_MAX, layer_moments, rho_fn, theta_interpolant
@@ -54,13 +55,24 @@ __all__ = ["Dense", "Nonlinearity", "dense_step", "DenseRule", "DenseSampler",
 @dataclass(frozen=True)
 class Dense:
     """Fully connected layer ``l``: width ``N_l``, activation ``phi_l``, ``sigma_w^2``, ``sigma_b^2``
-    and the weight distribution (``gaussian``, ``orthogonal`` or ``uniform``)."""
+    and the weight distribution (``gaussian``, ``orthogonal`` or ``uniform``).
+
+    ``share``: a name; every Dense layer of a network with the same name uses the same sampled
+    ``W`` and ``b`` in each sample network (a recurrent cell unrolled in time, tied weights). They
+    must agree on shape, variances and law (:class:`~signalprop.network.Network` checks). The
+    dense engine draws a shared parameter from a stream of its own, derived from the sample and
+    the name, so every use gets the same numbers whatever the order of evaluation; the
+    matrix-free engine refuses sharing (its conditioning is per use). Mean-field theory treats
+    every use as an independent draw (gradient independence, Schoenholz et al. 2017 sec. 4), so
+    ``predict`` ignores ``share``; ``simulate`` measures what sharing changes at finite width.
+    """
 
     width: int
     activation: Activation
     sigma_w2: float
     sigma_b2: float = 0.0
     weights: str = "gaussian"
+    share: Optional[str] = None
 
     def __post_init__(self):
         object.__setattr__(self, "width", check_int("width", self.width, 1, MAX_WIDTH))
@@ -69,6 +81,9 @@ class Dense:
         object.__setattr__(self, "sigma_w2", positive_scalar("sigma_w2", self.sigma_w2))
         object.__setattr__(self, "sigma_b2", nonnegative_scalar("sigma_b2", self.sigma_b2))
         check_choice("weights", self.weights, WEIGHTS)
+        if self.share is not None and not (isinstance(self.share, str) and self.share):
+            raise TypeError(f"share must be None or a non-empty name (str), got "
+                            f"{short_repr(self.share)}")
 
     needs_mean = False
     capabilities = frozenset({"free_probability", "finite_width", "sampled_jacobian",
@@ -83,7 +98,14 @@ class Dense:
         """Any input width is fine for a fully connected layer."""
 
     def with_width(self, width: int) -> "Dense":
-        return Dense(width, self.activation, self.sigma_w2, self.sigma_b2, self.weights)
+        return Dense(width, self.activation, self.sigma_w2, self.sigma_b2, self.weights, self.share)
+
+    def shared_spec(self, n_in: int):
+        """``(name, what must agree)`` for a shared layer, None otherwise (Network checks that all
+        uses of a name agree)."""
+        if self.share is None:
+            return None
+        return self.share, (n_in, self.width, self.sigma_w2, self.sigma_b2, self.weights)
 
     def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step:
         """Poole et al. 2016 eqs. 3, 5; Schoenholz et al. 2017 eq. 14 (:func:`dense_step`)."""
@@ -97,6 +119,7 @@ class Dense:
     def label(self) -> str:
         """A short description for :meth:`Network.__repr__`."""
         w = "" if self.weights == "gaussian" else f", {self.weights}"
+        w += "" if self.share is None else f", share={self.share!r}"
         return (f"Dense({self.width}, {_act_label(self.activation)}, sigma_w2={self.sigma_w2:g}, "
                 f"sigma_b2={self.sigma_b2:g}{w})")
 
@@ -373,7 +396,11 @@ class DenseSampler:
         return M * M.dtype.type(c) if c != 1.0 else M
 
     def forward(self, x: np.ndarray, rng: Streams, shift=None):
-        """``h = W x + 2^-shift b`` (``shift``: per-sample exponent of ``x``, module docstring)."""
+        """``h = W x + 2^-shift b`` (``shift``: per-sample exponent of ``x``, module docstring). A
+        shared layer draws ``W`` and ``b`` from the named stream of its ``share`` (the same numbers
+        at every use)."""
+        if self.layer.share is not None:
+            rng = rng.named(self.layer.share)
         M, c = self.draw_weights(rng, x.dtype)
         h = np.matmul(x, M.transpose(0, 2, 1))
         if c != 1.0:
@@ -541,6 +568,10 @@ def _dense_dense(layer: Dense, n_in: int) -> DenseRule:
 
 @register(Dense, "matrix-free")
 def _matrix_free_dense(layer: Dense, n_in: int) -> DenseRule:
+    if layer.share is not None:
+        raise ValueError(f"engine='matrix-free' cannot sample shared weights (a Dense layer with "
+                         f"share={layer.share!r}: its exact conditioning holds for one use of each "
+                         "weight matrix); use engine='dense'")
     if layer.weights == "gaussian":
         return DenseRule(MatrixFreeGaussian(layer, n_in), layer.activation)
     if layer.weights == "orthogonal":
