@@ -284,6 +284,7 @@ def expect_singular(f, q, kinks: Iterable[float] = (), *, tau: Optional[float] =
                 bad = np.flatnonzero(~np.isfinite(r))
                 if bad.size:
                     raise _locate(fs[i], i, float(qf[rows[bad[0]]]), label, r[bad[0]], reg)
+        _check_tails(fs, qf, outs, ok & (qf > 0), label)
         return tuple(o.reshape(shape) for o in outs)
     zero = np.flatnonzero(ok & (qf == 0))
     if zero.size:
@@ -301,7 +302,47 @@ def expect_singular(f, q, kinks: Iterable[float] = (), *, tau: Optional[float] =
             for o, v in zip(outs, _singular_rows(fs, s[sl], kz, label,
                                                  extra=_kink_points(reg, s[sl]))):
                 o[rows[sl]] = v
+    _check_tails(fs, qf, outs, ok & (qf > 0), label)
     return tuple(o.reshape(shape) for o in outs)
+
+
+#: largest estimated share of an expectation beyond |z| = Z_MAX that the checked rule accepts
+_TAIL_REL = 1e-13
+
+
+def _check_tails(fs: tuple, q: np.ndarray, outs: list, rows: np.ndarray, label: str) -> None:
+    """IntegrandError where the mass of E[f(sqrt(q) z)] beyond the range the rules integrate over
+    (|z| <= Z_MAX) is not negligible. With t(z) = |f(sqrt(q) z)| phi(z), the tail beyond Z_MAX is
+    about t(Z_MAX) / g, g = log t(Z_MAX - 1) - log t(Z_MAX) (an exponential fit over the last unit);
+    g <= 0 (t does not decay) or a tail above 1e-13 |E| means the truncated integral is not the
+    expectation: exp(x**2) for q >= 1/4 (t ~ exp((2q - 1/2) z^2), the expectation is infinite) and
+    just below it, or exp(x) at q >~ 1 (its integrand peaks at z = 2 sqrt(q)). Custom integrands
+    only (built-ins are checked against closed forms and mpmath by their tests)."""
+    idx = np.flatnonzero(rows)
+    if not idx.size:
+        return
+    s = np.sqrt(q[idx])[:, None]
+    z = np.array([-Z_MAX, -(Z_MAX - 1.0), Z_MAX - 1.0, Z_MAX])
+    log_pdf = -0.5 * z * z - 0.5 * math.log(2.0 * math.pi)
+    for i, (fn, o) in enumerate(zip(fs, outs)):
+        with np.errstate(all="ignore"):
+            v = np.abs(_values(fn, s * z))
+            lt = np.log(v) + log_pdf
+            tails = []
+            for end, inner in ((0, 1), (3, 2)):
+                g = lt[:, inner] - lt[:, end]
+                tails.append(np.where(v[:, end] == 0, 0.0,
+                                      np.where(g > 0, np.exp(lt[:, end]) / g, np.inf)))
+            tail = tails[0] + tails[1]
+        scale = np.abs(o[idx])
+        bad = ~np.isfinite(v).all(axis=1) | ~(tail <= _TAIL_REL * scale + 1e-300)
+        if bad.any():
+            k = np.flatnonzero(bad)[0]
+            raise IntegrandError(
+                f"{label}: the Gaussian integrand |f(sqrt(q) z)| phi(z) is not negligible at "
+                f"|z| = {Z_MAX:g} for q = {float(q[idx[k]]):.6g} (estimated mass beyond it "
+                f"{float(tail[k]):.3g} against the value {float(scale[k]):.3g}): the expectation is "
+                "infinite or lies beyond the range the rule covers, so no value is returned", i)
 
 
 def _locate(fn, i, q, label, value, kinks=()) -> IntegrandError:

@@ -658,3 +658,20 @@ def test_hand_built_activation_refuses_to_pickle():
     assert a == a and a != activation("tanh")          # compared by identity
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(a)
+
+
+def test_expectations_that_do_not_converge_in_range_are_refused():
+    """E[exp(2 q z^2)] = 1/sqrt(1 - 4q) for q < 1/4 and is infinite beyond; E[exp(2 sqrt(q) z)] =
+    exp(2q) has its mass near z = 2 sqrt(q). The checked rule integrates |z| <= 10: it returns the
+    closed form where the mass beyond is negligible and refuses (ValueError naming the
+    activation) where it is not, instead of a finite wrong number (3.7e63 at q = 1 before)."""
+    import math
+    sq = activation("exp(x**2)")
+    assert float(sq.second_moment(0.1)) == pytest.approx(1 / math.sqrt(1 - 0.4), rel=1e-12)
+    for q in (0.2, 0.24, 0.26, 1.0):
+        with pytest.raises(ValueError, match=r"activation\('exp\(x\*\*2\)'\).*not negligible"):
+            sq.second_moment(q)
+    ex = activation("exp(x)")
+    assert float(ex.second_moment(0.5)) == pytest.approx(math.e, rel=1e-12)
+    with pytest.raises(ValueError, match="not negligible"):
+        ex.second_moment(10.0)
