@@ -81,8 +81,8 @@ def _is_odd(expr) -> bool:
 BUILD_SECONDS = 1.0
 
 
-class _OutOfTime(BaseException):   # not Exception: sympy code catches those
-    pass
+class _OutOfTime(BaseException):
+    """The build budget ran out (a BaseException: sympy code catches Exception)."""
 
 
 @contextmanager
