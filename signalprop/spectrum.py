@@ -55,6 +55,7 @@ from .architectures import mlp
 from .layers.dense import Dense
 from .network import Network, require_capability
 from .results import _Result, to_jsonable
+from ._validate import check_int
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]
 
@@ -202,8 +203,8 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
     _check_network(network)
     q0 = _check_real("q0", q0, lo=0.0, hi=1e200)
     q_rtol = _check_real("q_rtol", q_rtol, lo=0.0, hi=1e-2, hi_open=True)
-    resolution = _check_integer("resolution", resolution, *RESOLUTION_RANGE)
-    max_laws = _check_integer("max_laws", max_laws, 1, None)
+    resolution = check_int("resolution", resolution, *RESOLUTION_RANGE)
+    max_laws = check_int("max_laws", max_laws, 1, None)
     profile = predict(network, q0)
     q = np.asarray(profile.q, float)
     if not np.all(np.isfinite(q)) or np.any(q <= 0) or np.any(q > 1e200) or np.any(q < 1e-200):
@@ -338,7 +339,7 @@ class Spectrum:
         ``dps`` digits."""
         if dps is not None:
             kmax = _check_k(kmax, "kmax", self._kmax_allowed(mp=True))
-            dps = _check_integer("dps", dps, 15, _DPS_MAX)
+            dps = check_int("dps", dps, 15, _DPS_MAX)
             return self.product.moments_mp(kmax, dps)
         kmax = _check_k(kmax, "kmax", self._kmax_allowed())
         with np.errstate(over="ignore"):
@@ -655,7 +656,7 @@ class Spectrum:
         """``n`` points (an integer in [1, 10^7]) over the support of the continuous part,
         clustered towards its edges (linear in x: for deep spectra, whose mass lies many orders
         of magnitude below the top, use a grid in log x between quantiles instead)."""
-        n = _check_integer("n", n, 1, 10 ** 7)
+        n = check_int("n", n, 1, 10 ** 7)
         U = self.product.upper_edge_continuous()
         lo = self.lower_edge
         t = (1 - np.cos(np.linspace(0, math.pi, n + 2)[1:-1])) / 2
@@ -699,19 +700,6 @@ def _log_gap(f, q, top, low):
     return np.where(low, np.log(f) - np.log(q), np.log(top - q) - np.log(top - f))
 
 
-def _check_integer(name: str, value, lo: int, hi: Optional[int]) -> int:
-    """An integer (not a bool) in [lo, hi] (no upper bound when ``hi`` is None)."""
-    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be an integer {rng}, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
-    return int(value)
-
-
 def _check_real(name: str, value, lo: Optional[float] = None, hi: Optional[float] = None,
                 hi_open: bool = False) -> float:
     """A finite real number (not a bool) in [lo, hi] (or [lo, hi) with ``hi_open``)."""
@@ -727,7 +715,7 @@ def _check_real(name: str, value, lo: Optional[float] = None, hi: Optional[float
 
 
 def _check_k(k, name: str = "kmax", kmax: int = _KMAX_FLOAT) -> int:
-    return _check_integer(name, k, 1, kmax)
+    return check_int(name, k, 1, kmax)
 
 
 def _check_array(name: str, x) -> np.ndarray:
@@ -827,10 +815,10 @@ def isometry(activation="tanh", weights: str = "orthogonal", *,
         raise ValueError("q_star must be a non-empty 1-D array of positive finite numbers")
     if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__"):
         raise TypeError(f"depths must be a sequence of integers in [1, 100000], got {depths!r}")
-    depths = np.asarray([_check_integer("depths", d, 1, 10 ** 5) for d in depths], int)
+    depths = np.asarray([check_int("depths", d, 1, 10 ** 5) for d in depths], int)
     if depths.size == 0:
         raise ValueError("depths must be a non-empty sequence of integers in [1, 100000]")
-    edge_points = _check_integer("edge_points", edge_points, 1, 1000)
+    edge_points = check_int("edge_points", edge_points, 1, 1000)
     m1 = np.asarray(act.dphi_second_moment(qs), float)
     m2 = np.asarray(act.dphi_fourth_moment(qs), float)
     with np.errstate(divide="ignore", invalid="ignore"):

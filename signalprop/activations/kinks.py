@@ -111,20 +111,18 @@ def _periodic_radius(sol) -> Optional[float]:
     return r
 
 
-def _real_zeros(g) -> list:
-    """The finite real zeros of g(x) (those of a periodic or numerically searched g within
-    |x| <= _KINK_RANGE; where there are many, at least the _MAX_KINKS nearest 0, the ones
-    ``_expr_kinks`` keeps). By sympy's solveset over the reals where ``_symbolic_zeros_ok``
-    (a periodic solution set within the box of ``_periodic_radius``), else numerically: sign
-    changes of g on a grid refined by brentq."""
+def _symbolic_zeros(g) -> Optional[list]:
+    """The real zeros of g by sympy's solveset (a periodic solution set restricted to the box of
+    ``_periodic_radius``), or None where sympy gives no usable answer (then ``_real_zeros``
+    searches numerically)."""
+    if not _symbolic_zeros_ok(g):
+        return None
     try:
-        if not _symbolic_zeros_ok(g):
-            raise NotImplementedError
         sol = sp.solveset(g, _X, domain=sp.S.Reals)
         if not isinstance(sol, sp.FiniteSet) and not sol.is_empty:
             r = _periodic_radius(sol)
-            if r is None:
-                raise NotImplementedError      # not a union of arithmetic progressions
+            if r is None:                      # not a union of arithmetic progressions
+                return None
             sol = sp.solveset(g, _X, domain=sp.Interval(-r, r))
         if isinstance(sol, sp.FiniteSet):
             pts = []
@@ -137,7 +135,19 @@ def _real_zeros(g) -> list:
         if sol.is_empty or isinstance(sol, sp.Interval):  # no zero / g = 0 on a whole interval
             return []
     except Exception:  # noqa: BLE001 - solveset raises NotImplementedError and others
-        pass            # no symbolic answer: fall through to the numerical search below
+        return None
+    return None
+
+
+def _real_zeros(g) -> list:
+    """The finite real zeros of g(x) (those of a periodic or numerically searched g within
+    |x| <= _KINK_RANGE; where there are many, at least the _MAX_KINKS nearest 0, the ones
+    ``_expr_kinks`` keeps). By sympy's solveset over the reals where ``_symbolic_zeros_ok``
+    (a periodic solution set within the box of ``_periodic_radius``), else numerically: sign
+    changes of g on a grid refined by brentq."""
+    pts = _symbolic_zeros(g)
+    if pts is not None:
+        return pts
     try:  # numerically: sign changes on a grid, refined by brentq
         fg = sp.lambdify(_X, g, modules=["numpy", "scipy"])
         t = np.linspace(-_KINK_RANGE, _KINK_RANGE, 200_001)
