@@ -85,15 +85,19 @@ def flat_figure(nrows: int, ncols: int, width: float, height: float):
     return fig, axes.ravel()
 
 
-def write_figures(figures, out: pathlib.Path, *args) -> None:
+def write_figures(figures, out: pathlib.Path, *args, progress: bool | None = None) -> None:
     """Create the folder ``out``, call each ``figure(out, *args)`` (it returns the path it wrote)
-    and print that path with the seconds it took, then the total."""
+    and print that path with the seconds it took, then the total. ``progress``: a bar over the
+    figures on stderr (None: when stderr is a terminal; ``signalprop.progress``)."""
+    from signalprop.progress import progress_bar
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    for figure in figures:
-        t = time.perf_counter()
-        path = figure(out, *args)
-        print(f"wrote {path} ({time.perf_counter() - t:.1f} s)")
+    with progress_bar(len(figures), "figures", "figures", progress=progress) as bar:
+        for figure in figures:
+            t = time.perf_counter()
+            path = figure(out, *args)
+            bar.write(f"wrote {path} ({time.perf_counter() - t:.1f} s)")
+            bar.update(1)
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

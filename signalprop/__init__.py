@@ -4,35 +4,44 @@ Mean-field theory (``predict``, ``fixed_point``, ``critical_sigma_w2``, ``phase_
 Monte Carlo (``simulate``, ``jacobian``) read one network description (``mlp``, ``resnet``,
 ``Network`` of ``Dense``, ``Residual``, ``LayerNorm``, ``RMSNorm``, ``Nonlinearity`` layers);
 ``compare`` checks one against the other. Notation and output names: CONVENTIONS.md.
+
+The public names are imported from their submodules on first use (:data:`_EXPORTS`, through
+:func:`signalprop._lazy.lazy_exports`), so ``import signalprop`` and the command line start fast;
+``from signalprop import mlp``, ``signalprop.predict`` and ``from signalprop import *`` work as
+they always did. To export a new name, add one line ``"Name": "submodule",`` to :data:`_EXPORTS`
+(``__all__`` follows the table).
 """
 
-from .activations import Activation, activation, activations, normalising_constants
-from .clipping import ClipResult, clipping, clipping_sweep, total_gradient_law
-from .compare import Comparison, compare
-from .finite import (DeadNetwork, FiniteWidthProfile, LogNormalLaw, dead_probability, finite_width,
-                     hanin_nica_beta)
-from .jacobian import JacobianSpectrum, jacobian, jacobian_singular_values
-from .meanfield import (CriticalBranch, correlation_map, critical_branches, critical_sigma_w2,
-                        fixed_point, length_map, phase_diagram, predict, trainable_depth)
-from .architectures import mlp, resnet
-from .layers import BatchNormDense, Dense, LayerNorm, Nonlinearity, RMSNorm, Residual
-from .network import Network, init_sigma_w2
-from .results import FixedPoint, PhaseDiagram, Profile
-from .simulate import simulate
-from .spectrum import Isometry, Spectrum, isometry, spectrum
+from ._lazy import lazy_exports as _lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Activation", "activation", "activations", "normalising_constants",
-    "Dense", "Nonlinearity", "Network", "mlp", "init_sigma_w2",
-    "Residual", "resnet", "LayerNorm", "RMSNorm", "BatchNormDense",
-    "predict", "fixed_point", "critical_sigma_w2", "critical_branches", "CriticalBranch",
-    "phase_diagram", "trainable_depth",
-    "length_map", "correlation_map",
-    "Profile", "FixedPoint", "PhaseDiagram",
-    "simulate", "compare", "Comparison", "jacobian", "jacobian_singular_values", "JacobianSpectrum",
-    "finite_width", "FiniteWidthProfile", "LogNormalLaw", "dead_probability", "DeadNetwork",
-    "hanin_nica_beta", "clipping", "ClipResult", "total_gradient_law", "clipping_sweep",
-    "spectrum", "Spectrum", "isometry", "Isometry",
-]
+#: public name -> the submodule defining it (the one table the lazy exports are driven by).
+_EXPORTS = {
+    "Activation": "activations", "activation": "activations", "activations": "activations",
+    "normalising_constants": "activations",
+    "Dense": "layers", "Nonlinearity": "layers", "Network": "network", "mlp": "architectures",
+    "init_sigma_w2": "network",
+    "Residual": "layers", "resnet": "architectures", "LayerNorm": "layers", "RMSNorm": "layers",
+    "BatchNormDense": "layers", "Serial": "layers", "Add": "layers", "Kernel": "kernel",
+    "predict": "meanfield", "fixed_point": "meanfield", "critical_sigma_w2": "meanfield",
+    "critical_branches": "meanfield", "CriticalBranch": "meanfield",
+    "phase_diagram": "meanfield", "trainable_depth": "meanfield",
+    "length_map": "meanfield", "correlation_map": "meanfield", "chi_1": "maps", "chi_c": "maps",
+    "fixed_points": "meanfield", "FixedPoints": "meanfield",
+    "nlo_correction": "nlo", "NLOCorrection": "nlo",
+    "sweep": "sweeps", "load_sweep": "sweeps", "Grid": "sweeps", "Cases": "sweeps",
+    "SweepResult": "sweeps",
+    "Profile": "results", "FixedPoint": "results", "PhaseDiagram": "results",
+    "simulate": "simulate", "compare": "compare", "Comparison": "compare",
+    "jacobian": "jacobian", "jacobian_singular_values": "jacobian", "JacobianSpectrum": "jacobian",
+    "finite_width": "finite", "FiniteWidthProfile": "finite", "LogNormalLaw": "finite",
+    "dead_probability": "finite", "DeadNetwork": "finite",
+    "hanin_nica_beta": "finite", "clipping": "clipping", "ClipResult": "clipping",
+    "total_gradient_law": "clipping", "clipping_sweep": "clipping",
+    "spectrum": "spectrum", "Spectrum": "spectrum", "isometry": "spectrum", "Isometry": "spectrum",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, hidden=("_EXPORTS", "_lazy_exports"))

@@ -45,7 +45,8 @@ from .activations import Activation, activation as _activation
 from .results import _Result
 
 __all__ = ["BNKernel", "BNGradientOperator", "BNGradientProfile", "bn_kernel",
-           "bn_gradient_operator", "bn_gradient_profile", "bn_explosion_rate", "orbit_basis"]
+           "bn_gradient_operator", "bn_gradient_profile", "bn_explosion_rate", "bn_orbit_map",
+           "orbit_basis"]
 
 _GL_N = 24          # Gauss-Legendre nodes per panel
 _CUT = 90.0         # weights below exp(-_CUT) are dropped
@@ -356,6 +357,13 @@ def _m_from4(mo: dict, B: int) -> np.ndarray:
                   [f1, 2 * f2, f3, e2]])
     S = np.array([[B - 1.0, om], [om, om * om]])
     return np.linalg.solve(S, T)
+
+
+def bn_orbit_map(act, B: int) -> np.ndarray:
+    """``M(P) = E_u[Q D P D Q]`` (unscaled; :class:`BNGradientOperator`) as a 2 x 4 matrix from the
+    orbit basis (e_a e_a^T, e_a 1^T + 1 e_a^T, I, 1 1^T) to the coefficients of (G, w w^T)."""
+    B = _check_batch(B)
+    return _m_from4(_get_moments(_act(act), B), B)
 
 
 @dataclass(frozen=True, eq=False)

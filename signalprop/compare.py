@@ -25,6 +25,12 @@ sigma_w^2 = 2: it grows like L^2/N; ``validation/report.md``). The rule is first
 Hanin & Nica 2019) cases are marked as expected to disagree beforehand
 (:func:`expected_to_agree`).
 
+**A theory of order 1** (``predict(..., order=1)``: the leading 1/N correction included,
+``meta["order"] = 1``) is held to the next order: its default allowance is the square of its own
+correction plus ``kappa_2 = 8`` times the sum of ``1/N_k^2`` over the same layers as ``beta``
+(``q``: ``|t| (dlog_q^2 + kappa_2 beta_2)``; ``c``: ``dc^2 + ...``; ``log_g``, ``log_G`` likewise),
+the size of the O(1/N^2) terms it leaves out (docs/theory/finite-width-nlo.md).
+
 With a ``batch_size`` B in the simulation's meta every ``1/N_k`` becomes ``B/N_k`` (the B x B
 Gram matrix is estimated by N units to a relative O(B/N)). A theory profile that predicts its
 own finite-width bias can pass it as ``allowance={field: array}``, which replaces the default for
@@ -157,6 +163,28 @@ def _betas(widths, L):
     fwd = np.cumsum(inv)
     bwd = np.cumsum(inv[::-1])[::-1]
     return fwd, bwd, float(inv.sum())
+
+
+KAPPA_2 = 8.0   #: the next-order allowance constant of an order-1 theory (module docstring)
+
+
+def _second_order(theory: Profile, nlo: dict, widths, L: int) -> dict:
+    """The default allowances of an order-1 theory: its correction squared plus
+    ``KAPPA_2 * sum 1/N_k^2`` (module docstring)."""
+    inv2 = 1.0 / np.asarray(widths, float)[1:] ** 2
+    fwd, bwd, tot = np.cumsum(inv2), np.cumsum(inv2[::-1])[::-1], float(inv2.sum())
+
+    def sq(key):
+        v = nlo.get(key)
+        return np.zeros(L) if v is None else np.nan_to_num(np.asarray(v, float)) ** 2
+
+    out = {"log_q": sq("dlog_q") + KAPPA_2 * fwd, "c": sq("dc") + KAPPA_2 * fwd,
+           "log_g": sq("dlog_g") + KAPPA_2 * bwd, "log_G": sq("dlog_G") + KAPPA_2 * tot}
+    with np.errstate(over="ignore", invalid="ignore"):
+        out["q"] = np.abs(np.asarray(theory.q, float)) * out["log_q"]
+    if not np.all(np.isfinite(out["q"])):
+        del out["q"]
+    return out
 
 
 def _scalar(name: str, value, positive: bool) -> float:
@@ -312,6 +340,9 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
     bfwd, bbwd, btot = _betas([w / (B or 1) for w in widths], L)
     base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot)}
     allowance = _allowances(allowance, L)
+    nlo = theory.meta.get("nlo") if isinstance(theory.meta, dict) else None
+    if theory.meta.get("order") == 1 and isinstance(nlo, dict):
+        allowance = {**_second_order(theory, nlo, widths, L), **allowance}
     out = {k: {} for k in ("theory", "simulation", "se", "diff", "z", "allowance", "agree", "skipped")}
     max_z, max_ex, any_se, disagree = 0.0, -math.inf, False, False
     compared, q_in_logs = [], False

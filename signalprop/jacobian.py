@@ -41,11 +41,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from ._validate import check_int, check_memory, check_positive, short_repr
 from .network import Network, require_capability
+from .progress import track
 from .results import _Result
 from .sampling import LayerError, ldexp_rows, sampler
 from .simulate import network_inputs, one_number, root_seed, sample_streams
@@ -247,16 +249,18 @@ def _layers(network: Network, root, s: int, q0: float, wrt: str):
 
 
 def jacobian(network: Network, samples: int, seed, q0: float = 1.0, *, wrt: str = "post",
-             engine: str = "dense") -> np.ndarray:
+             engine: str = "dense", progress: Optional[bool] = None) -> np.ndarray:
     """The input-output Jacobians of ``samples`` sampled networks, shape ``(samples, N_L, N_0)``.
 
     ``wrt="post"``: ``dx^L/dx^0``; ``"pre"``: ``dh^L/dx^0``. Formed as a plain float64 product, so it
     over- or underflows at large depth: use :func:`jacobian_singular_values` there. Only the dense
-    engine forms weight matrices (``engine="matrix-free"`` raises ValueError)."""
+    engine forms weight matrices (``engine="matrix-free"`` raises ValueError). ``progress``: a
+    bar per sample network on stderr (None: auto, when stderr is a terminal;
+    :mod:`signalprop.progress`)."""
     samples, q0 = _check(network, samples, engine, q0, wrt, "jacobian")
     root = root_seed(seed)
     out = np.empty((samples, network.widths[-1], network.input_width))
-    for s in range(samples):
+    for s in track(range(samples), "jacobian", "samples", progress=progress):
         J = None
         for d, W in _layers(network, root, s, q0, wrt):
             A = W if d is None else d[:, None] * W
@@ -266,18 +270,20 @@ def jacobian(network: Network, samples: int, seed, q0: float = 1.0, *, wrt: str 
 
 
 def jacobian_singular_values(network: Network, samples: int, seed, q0: float = 1.0, *,
-                             wrt: str = "post", engine: str = "dense") -> JacobianSpectrum:
+                             wrt: str = "post", engine: str = "dense",
+                             progress: Optional[bool] = None) -> JacobianSpectrum:
     """Log singular values of the input-output Jacobians of ``samples`` sampled networks, by the
     stabilised accumulation of the module docstring (no over- or underflow at any depth).
 
     Same networks as ``simulate(network, samples, seed, engine="dense")`` and :func:`jacobian`.
-    Returns a :class:`JacobianSpectrum` (``squared_singular_values`` = eigenvalues of ``J J^T``)."""
+    Returns a :class:`JacobianSpectrum` (``squared_singular_values`` = eigenvalues of ``J J^T``).
+    ``progress``: a bar per sample network on stderr (None: auto; :mod:`signalprop.progress`)."""
     samples, q0 = _check(network, samples, engine, q0, wrt, "jacobian_singular_values")
     root = root_seed(seed)
     n0 = network.input_width
     r_max = min(n0, int(network.widths[-1]))
     out = np.full((samples, r_max), -np.inf)
-    for s in range(samples):
+    for s in track(range(samples), "jacobian_singular_values", "samples", progress=progress):
         Q = np.eye(n0)
         ell = np.zeros(n0)
         T = np.eye(n0)

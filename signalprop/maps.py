@@ -22,7 +22,7 @@ from . import tables
 from ._validate import check_correlation, check_nonnegative, check_positive
 from .activations import Activation, activation as _activation
 
-__all__ = ["length_map", "correlation_map"]
+__all__ = ["length_map", "correlation_map", "chi_1", "chi_c"]
 
 LQ_LO, LQ_HI = math.log(1e-280), math.log(1e100)   #: log q range of the direct integrals
 LN10 = math.log(10.0)
@@ -67,10 +67,64 @@ def _check_map_args(q, sigma_w2, sigma_b2, c=_NO_C):
 
 def length_map(act, q, sigma_w2, sigma_b2):
     """One step of the length map: sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (Poole et al. 2016,
-    eq. 3), vectorised. q > 0, sigma_w2 > 0 and sigma_b2 >= 0, all finite."""
+    eq. 3), vectorised. q > 0, sigma_w2 > 0 and sigma_b2 >= 0, all finite (broadcast).
+
+    E[phi^2] from the activation's Chebyshev table in log q (:func:`tables.moments_array`,
+    q in [1e-6, ~1.13e6]; ``small_moments_array`` below 1e-6 where phi(0) = 0), else directly
+    (closed forms; q outside; custom activations whose panels are rejected): docs/theory/
+    quadrature.md, "Routes of the public maps"."""
     act = _activation(act)
     _check_map_args(q, sigma_w2, sigma_b2)
-    return sigma_w2 * act.second_moment(q) + sigma_b2
+    return sigma_w2 * _second_moment(act, np.asarray(q, float)) + sigma_b2
+
+
+def chi_1(act, q, sigma_w2):
+    """chi_1 = sigma_w^2 E[phi'(sqrt(q) z)^2] at any q (Poole et al. 2016, eq. 7; Schoenholz et
+    al. 2017, eq. 5): the slope of the correlation map at c = 1, and the per-layer growth of the
+    squared gradient. Vectorised; q > 0 and sigma_w2 > 0, finite (broadcast). Same routes as
+    :func:`length_map`; an activation that jumps raises ValueError (phi' has a Dirac delta)."""
+    act = _activation(act)
+    check_positive("q", q)
+    check_positive("sigma_w2", sigma_w2)
+    return sigma_w2 * _dphi_second_moment(act, np.asarray(q, float))
+
+
+def _table_logs(act, q: np.ndarray):
+    """(log E[phi^2], log E[phi'^2], ok) from the tables (flat arrays, nan where not ok)."""
+    q = q.ravel()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lq = np.log(q)
+        lv, ld, ok = tables.moments_array(act, lq)
+        low = ~ok & (lq < tables.LQ_LO)
+        if np.any(low):
+            sv, sd, sok = tables.small_moments_array(act, lq[low])
+            lv[low], ld[low] = sv, sd
+            ok[low] = sok
+    return lv, ld, ok
+
+
+def _second_moment(act: Activation, q: np.ndarray) -> np.ndarray:
+    """E[phi(sqrt(q) z)^2] over an array q: tables where they answer, else ``act.second_moment``
+    (also for an activation that jumps: the tables carry E[phi'^2], which is infinite there)."""
+    if not tables._has_moment_table(act) or act.jumps:
+        return act.second_moment(q)
+    lv, _, ok = _table_logs(act, q)
+    out = np.exp(lv)
+    if not np.all(ok):
+        out[~ok] = act.second_moment(q.ravel()[~ok])
+    return out.reshape(q.shape)
+
+
+def _dphi_second_moment(act: Activation, q: np.ndarray) -> np.ndarray:
+    """E[phi'(sqrt(q) z)^2] over an array q: tables where they answer, else directly (which
+    raises for an activation that jumps: the table, built from phi' pointwise, would not)."""
+    if not tables._has_moment_table(act) or act.jumps:
+        return act.dphi_second_moment(q)
+    _, ld, ok = _table_logs(act, q)
+    out = np.exp(ld)
+    if not np.all(ok):
+        out[~ok] = act.dphi_second_moment(q.ravel()[~ok])
+    return out.reshape(q.shape)
 
 
 RHO_Q_MAX = 1e13
@@ -90,10 +144,83 @@ def rho(act: Activation, q, c):
 
 def correlation_map(act, q, c, sigma_w2, sigma_b2):
     """c^{l+1} from (q^l, c^l): (sigma_w^2 E[phi(u1)phi(u2)] + sigma_b^2) / q^{l+1} (Poole et al.
-    2016, eq. 5), vectorised. q > 0, c in [-1, 1], sigma_w2 > 0, sigma_b2 >= 0, all finite."""
+    2016, eq. 5), vectorised. q > 0, c in [-1, 1], sigma_w2 > 0, sigma_b2 >= 0, all finite
+    (broadcast).
+
+    E[phi(u1) phi(u2)] = rho(q, c) E[phi^2]: rho from Mehler's series read off the activation's
+    table (:func:`tables.mehler_array`: analytic activations, q in [1e-6, q_max], q_max ~6.9 for
+    tanh, ~24 sigmoid, ~31 gelu) or the (log q, theta) table of kinked activations with a
+    closed-form smoothing (:func:`tables.rho_2d_array`: elu, selu, hard_tanh, q <= ~1.13e6),
+    E[phi^2] as in :func:`length_map`; everything else (closed forms, custom activations
+    without a series, q outside the tables) by the direct Gaussian engine, as before
+    (docs/theory/quadrature.md, "Routes of the public maps")."""
     act = _activation(act)
     _check_map_args(q, sigma_w2, sigma_b2, c)
-    return corr_map(act, q, c, sigma_w2, sigma_b2)
+    q, c, sw2, sb2 = np.broadcast_arrays(*(np.asarray(v, float)
+                                           for v in (q, c, sigma_w2, sigma_b2)))
+    shape = q.shape
+    q, c, sw2, sb2 = (v.ravel() for v in (q, c, sw2, sb2))
+    r, ok = _table_rho(act, q, c)
+    out = np.empty(q.size)
+    if np.any(ok):
+        V = _second_moment(act, q[ok])
+        rr = np.where(c[ok] == 1.0, 1.0, np.clip(r[ok], -1.0, 1.0))
+        out[ok] = (sw2[ok] * V * rr + sb2[ok]) / (sw2[ok] * V + sb2[ok])
+    if not np.all(ok):
+        m = ~ok
+        out[m] = corr_map(act, q[m], c[m], sw2[m], sb2[m])
+        out[m & (c == 1.0)] = 1.0       # E[phi(u1) phi(u2)] = E[phi^2] at c = 1 exactly
+    return out.reshape(shape)[()]
+
+
+def chi_c(act, q, c, sigma_w2):
+    """chi_c = sigma_w^2 E[phi'(u1) phi'(u2)], u ~ N(0, q [[1, c], [c, 1]]), at any (q, c): the
+    slope of the correlation map's numerator, d/dc [sigma_w^2 E[phi(u1) phi(u2)]] / q (Price's
+    theorem), i.e. the slope of c -> c^{l+1} at a fixed point of q (Schoenholz et al. 2017, eq. 6
+    at c = c*; chi_c(q, 1) = chi_1(q)). Vectorised; q > 0, c in [-1, 1], sigma_w2 > 0, finite
+    (broadcast).
+
+    Mehler's series where the table answers (:func:`tables.mehler_array`: q E[phi' phi'] =
+    sum_k k b_k c^(k-1)), kept only where that sum is >= 1e-3 E[phi^2] (the b_k carry absolute
+    errors ~1e-16 E[phi^2]: for phi with a large mean at small q, e.g. sigmoid at q = 1e-5, the
+    sum is ~1e-6 E[phi^2] and would lose 6 digits); else the direct engine. An activation that
+    jumps raises ValueError (phi' has a Dirac delta)."""
+    act = _activation(act)
+    check_positive("q", q)
+    check_positive("sigma_w2", sigma_w2)
+    if c is None:
+        raise TypeError("c must be a correlation in [-1, 1] (a number or an array), got None")
+    check_correlation("c", c)
+    q, c, sw2 = np.broadcast_arrays(*(np.asarray(v, float) for v in (q, c, sigma_w2)))
+    shape = q.shape
+    q, c, sw2 = (v.ravel() for v in (q, c, sw2))
+    out = np.empty(q.size)
+    ok = np.zeros(q.size, bool)
+    if not act.jumps:
+        _, ds, ok = tables.mehler_array(act, q, c, slope=True)
+        if np.any(ok):
+            V = _second_moment(act, q[ok])
+            good = ds[ok] >= _SLOPE_MIN * V
+            ok[np.flatnonzero(ok)[~good]] = False
+            out[ok] = ds[ok] / q[ok]
+    if not np.all(ok):
+        m = ~ok
+        out[m] = act.dphi_cross_moment(q[m], q[m], c[m])
+    return (sw2 * out).reshape(shape)[()]
+
+
+_SLOPE_MIN = 1e-3    #: chi_c by Mehler's series only where sum_k k b_k c^(k-1) >= this E[phi^2]
+
+
+def _table_rho(act: Activation, q: np.ndarray, c: np.ndarray):
+    """rho(q, c) = E[phi(u1) phi(u2)] / E[phi^2] from a table, and where it answered (flat)."""
+    if tables._has_series(act):
+        r, _, ok = tables.mehler_array(act, q, c)
+        return r, ok
+    if getattr(act, "smooth", None) is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return tables.rho_2d_array(act, q, c, rho_fn(act))
+    return np.full(q.size, np.nan), np.zeros(q.size, bool)
 
 
 def corr_map(act: Activation, q, c, sigma_w2, sigma_b2):

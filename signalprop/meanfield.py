@@ -36,17 +36,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gaussian, tables
-from ._validate import check_correlation, check_finite, check_int, check_nonnegative, check_positive
+from . import gaussian, nlo, tables
+from ._validate import (check_correlation, check_finite, check_int, check_memory,
+                        check_nonnegative, check_positive)
 from .activations import Activation, activation as _activation
-from .layers.batchnorm import predict_batch
 from .maps import (LQ_HI, LQ_LO, RHO_Q_MAX, corr_map, correlation_map, length_map, log_affine,
                    log_moment, rho)
+from .kernel import Kernel
 from .network import Network
 from .results import FixedPoint, PhaseDiagram, Profile, _Result
 
 __all__ = ["predict", "fixed_point", "critical_sigma_w2", "critical_branches", "CriticalBranch",
-           "phase_diagram", "trainable_depth", "length_map", "correlation_map"]
+           "phase_diagram", "trainable_depth", "length_map", "correlation_map", "fixed_points",
+           "FixedPoints"]
 
 _LOG_MAX = math.log(np.finfo(float).max)
 _CRIT_TOL = 1e-12        #: |chi_1 - 1| <= this is "critical" (see _regime)
@@ -79,7 +81,7 @@ def _bias_free(layer) -> bool:
     log q continues unchanged (the map is the same at every scale up to vanishing corrections)."""
     if getattr(layer, "sigma_b2", 0.0) > 0:
         return False
-    return all(_bias_free(la) for la in getattr(layer, "branch", ()))
+    return all(_bias_free(la) for la in getattr(layer, "sublayers", ()))
 
 
 def _runs(layers) -> list[int]:
@@ -91,15 +93,29 @@ def _runs(layers) -> list[int]:
     return end
 
 
-def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
+def predict(network: Network, q0: float = 1.0, c0=None, *, inputs=None, order: int = 0) -> Profile:
     """Mean-field per-layer profile of ``network`` (CONVENTIONS.md "Forward" and "Backward").
 
     ``q0``: input second moment ||x^0||^2 / N_0; ``c0``: correlation of a second input of the same
     norm (``None``: one input, no ``c``). Returns a :class:`Profile` with ``layers, q, log_q, c,
-    log_g, log_G``. Every layer kind supplies its own step (``layer.mean_field``; see
-    :mod:`signalprop.network`); the input has mean zero over its units.
+    log_g, log_G``. Every layer kind supplies its own step (``layer.mean_field``,
+    ``layer.kernel_step``; see :mod:`signalprop.network`); the input has mean zero over its units.
 
-    Within a run of identical layers, once the per-layer increments of log q and log E[x^2] and
+    ``order``: 0, infinite width; 1, with the leading finite-width correction of every field,
+    summed over the network's real widths (:func:`signalprop.nlo.nlo_correction`; fully connected
+    layers; ``meta["order"] = 1`` and the correction's note in ``meta["nlo_note"]``).
+
+    ``inputs``: instead of ``q0``/``c0``, the k inputs' per-unit Gram matrix (k x k, or a
+    :class:`~signalprop.kernel.Kernel`): the kernel path, which carries the k x k kernel forward
+    and the k x k gradient covariance back (loss ``<v, t^L_0>`` on input 0; ``g^l`` its trace) and
+    adds ``kernel_log_q`` (L, k), ``kernel_corr`` (L, k, k) and ``grad_share`` (L, k, k) to the
+    profile; ``q`` and ``c`` are input 0's and the pair (0, 1)'s. Networks with layers that
+    couple their inputs (``BatchNormDense``: the batch of B, default pairwise ``c0 = 0``) always
+    take it. It evaluates every layer (no fill of converged runs; about a millisecond a layer
+    for k = 2).
+
+    Fast path (one or two inputs of equal norm, every layer with a ``mean_field`` rule): within a
+    run of identical layers, once the per-layer increments of log q and log E[x^2] and
     the values of the backward factors and c repeat to a few ulps, the rest of the run is filled
     in with the same increments (0 at a fixed point; the growth rate of a map that is the same at
     every scale), so deep profiles are cheap and stay exact to rounding. A decaying q is never
@@ -116,8 +132,16 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
     q0, c0 = _check_q0_c0(q0, c0)
-    if network.batch_size is not None:
-        return predict_batch(network, q0, c0)
+    order = check_int("order", order, 0, 1)
+    kernel = _input_kernel(network, q0, c0, inputs)
+    if kernel is not None:
+        if order:
+            raise ValueError("order=1 (the 1/N correction) is derived for one or two inputs of "
+                             "fully connected layers, not on the kernel path (inputs=, batch norm)")
+        return _predict_kernel(network, kernel)
+    if order:
+        mean_field = predict(network, q0, c0)
+        return nlo.corrected(mean_field, nlo.nlo_correction(network, q0, c0))
     layers = network.layers
     L = network.depth
     widths = [int(w) for w in network.widths]
@@ -220,6 +244,85 @@ def predict(network: Network, q0: float = 1.0, c0=None) -> Profile:
         meta["note"] = "q over- or underflows float64 in some layers; log_q holds the exact values"
     return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G, c=c,
                    meta=meta)
+
+
+def _input_kernel(network: Network, q0: float, c0, inputs):
+    """The input :class:`Kernel` of the kernel path, or None for the fast path."""
+    B = network.coupled_inputs
+    if inputs is None:
+        if B is None and network.pair_rule:
+            return None
+        if B is not None:
+            c0 = 0.0 if c0 is None else c0
+            if c0 < -1.0 / (B - 1) or c0 >= 1.0:
+                raise ValueError(f"c0 must lie in [-1/(k-1), 1) = [{-1.0 / (B - 1):.6g}, 1) for "
+                                 f"k = {B} inputs with equal pairwise correlation, got {c0}")
+        k = B if B is not None else (1 if c0 is None else 2)
+        return Kernel.uniform(k, q0, 0.0 if c0 is None else c0, means=network.needs_mean)
+    if q0 != 1.0 or c0 is not None:
+        raise TypeError("give either q0/c0 or inputs, not both")
+    if isinstance(inputs, Kernel):
+        if network.needs_mean and inputs.mu is None:
+            return Kernel(inputs.log_q, inputs.corr, np.zeros(inputs.k))
+        return inputs
+    kernel = Kernel.from_gram(inputs)
+    return Kernel(kernel.log_q, kernel.corr, np.zeros(kernel.k)) if network.needs_mean else kernel
+
+
+def _predict_kernel(network: Network, kernel: Kernel) -> Profile:
+    """The kernel path of :func:`predict`: every layer's ``kernel_step``, then the gradient
+    covariance back from ``Pi^L = e_0 e_0^T`` (carried as ``exp(log_s) P``, ``tr P = 1``)."""
+    layers, L, k = network.layers, network.depth, kernel.k
+    check_memory(f"predict on the kernel path (depth {L}, k = {k} inputs)", 24.0 * L * k * k)
+    widths = [int(w) for w in network.widths]
+    cache = {"means": network.needs_mean}
+    kq, kc = np.empty((L, k)), np.empty((L, k, k))
+    log_x2 = np.empty(L + 1)
+    log_x2[0] = kernel.log_q[0]
+    maps_back = []
+    state = kernel
+    for i, layer in enumerate(layers):
+        if not hasattr(layer, "kernel_step"):
+            raise ValueError(f"predict: layer {i + 1} ({type(layer).__name__}) has no rule for k "
+                             f"inputs (kernel_step) yet")
+        cache["layer"] = i + 1           # kinds computed numerically note their errors by layer
+        step = layer.kernel_step(state, widths[i], cache)
+        kq[i], kc[i] = step.tracked.log_q, step.tracked.corr
+        maps_back.append((step.to_tracked, step.back))
+        state = step.out
+        log_x2[i + 1] = state.log_q[0]
+    share = np.zeros((L, k, k))
+    P = np.zeros((k, k))
+    P[0, 0] = 1.0
+    share[L - 1] = P
+    log_g = np.zeros(L)
+    log_s = 0.0
+    for i in range(L - 1, 0, -1):
+        f1, P = maps_back[i][1](P)
+        f2, P = maps_back[i - 1][0](P)
+        tr = float(np.trace(P))
+        log_s += f1 + f2 + (math.log(tr) if tr > 0 else -math.inf)
+        if tr > 0:
+            P = P / tr
+        log_g[i - 1] = log_s
+        share[i - 1] = P
+    log_q = kq[:, 0].copy()
+    with np.errstate(over="ignore", under="ignore"):
+        q = np.exp(log_q)
+    c = kc[:, 0, 1].copy() if k > 1 else None
+    meta = {"source": "theory", "q0": float(math.exp(kernel.log_q[0])),
+            "c0": float(kernel.corr[0, 1]) if k > 1 else None, "depth": L, "k": k,
+            "g": "trace of the k x k gradient covariance for the loss <v, t^L_0> on input 0"}
+    if network.batch_size is not None:
+        meta["batch_size"] = network.batch_size
+        meta["g"] = "sum over the batch of E||d loss/d h^l_b||^2 / N_l (loss <v, h^L_a>)"
+    if not np.all(np.isfinite(q)) or np.any(q == 0):
+        meta["note"] = "q over- or underflows float64 in some layers; log_q holds the exact values"
+    if cache.get("numerical"):        # numerical rules' stated errors, per layer
+        meta["numerical"] = cache["numerical"]
+    return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g,
+                   log_G=log_g + log_x2[:-1], c=c, meta=meta, kernel_log_q=kq, kernel_corr=kc,
+                   grad_share=share)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,6 +572,120 @@ def fixed_point(activation, sigma_w2: float, sigma_b2: float, q0: float = 1.0) -
     return FixedPoint(q_star=q_star, c_star=c_star, chi_1=chi_1, chi_c=chi_c,
                       xi_q=xi_q, xi_c=xi_c, xi_grad=xi_grad, note=note.strip("; "),
                       regime=regime, activation=act.name, sigma_w2=sw2, sigma_b2=sb2)
+
+
+@dataclass(frozen=True, eq=False)
+class FixedPoints(_Result):
+    """:func:`fixed_point` over arrays of (sigma_w2, sigma_b2) (:func:`fixed_points`): every field
+    an array of the broadcast shape (``regime``: strings), with the meaning it has in
+    :class:`signalprop.results.FixedPoint`; the notes of points without a finite q* in [1e-280,
+    1e13] are in ``notes`` (index into the flattened arrays -> note)."""
+
+    q_star: np.ndarray
+    c_star: np.ndarray
+    chi_1: np.ndarray
+    chi_c: np.ndarray
+    xi_q: np.ndarray
+    xi_c: np.ndarray
+    xi_grad: np.ndarray
+    regime: np.ndarray
+    sigma_w2: np.ndarray
+    sigma_b2: np.ndarray
+    activation: str = ""
+    q0: float = 1.0
+    notes: dict = None
+
+
+def _depths(x: np.ndarray) -> np.ndarray:
+    """:func:`_depth` over an array: -1/log x, inf where |x - 1| <= _CRIT_TOL."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lx = np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), -np.inf)
+        return np.where(np.abs(x - 1.0) <= _CRIT_TOL, np.inf, -1.0 / lx)
+
+
+def fixed_points(activation, sigma_w2, sigma_b2, *, q0: float = 1.0) -> FixedPoints:
+    """:func:`fixed_point` at every (sigma_w2, sigma_b2) of two arrays (broadcast), vectorised:
+    q* (Poole et al. 2016, eq. 3, the branch reached from ``q0``), chi_1 (eq. 7), c*, chi_c,
+    xi_q, xi_c (Schoenholz et al. 2017, eqs. 4-9), xi_grad, regime, with the same definitions and
+    branch conventions as :func:`fixed_point`.
+
+    Route (as :func:`phase_diagram`): for activations without closed forms E[phi^2], its slope and
+    E[phi'^2] come from the activation's Chebyshev table in log q (``tables._LogQTable``, ~1e-15)
+    and the chaotic c* and chi_c from Mehler's series (``_c_star_mehler``, certified by Parseval;
+    points it does not cover by the direct engine); points whose q* is 0, inf or outside
+    [1e-280, 1e13] (power-law continuations, the far-chaotic c*) are computed one by one by
+    :func:`fixed_point` itself. Agrees with :func:`fixed_point` to ~1e-12 (tests/test_maps.py).
+    At most 838860 points (5 KiB of working memory each, as phase_diagram): more is refused up
+    front with the memory it would need."""
+    act = _activation(activation)
+    sw = np.asarray(check_positive("sigma_w2", sigma_w2), float)
+    sb = np.asarray(check_nonnegative("sigma_b2", sigma_b2), float)
+    q0 = _check_scalar("q0", q0, check_positive)
+    SW, SB = np.broadcast_arrays(sw, sb)
+    shape = SW.shape
+    if SW.size * _PD_BYTES_PER_CELL > _PD_MAX_BYTES:
+        raise ValueError(
+            f"fixed_points: {SW.size} points (sigma_w2 x sigma_b2 broadcast to {shape}) would "
+            f"need about {SW.size * _PD_BYTES_PER_CELL / 2**30:.3g} GiB of working memory; the "
+            f"limit is {_PD_MAX_BYTES / 2**30:g} GiB ({_PD_MAX_BYTES // _PD_BYTES_PER_CELL} "
+            "points): pass fewer points, or call it in blocks")
+    SW, SB = SW.ravel().astype(float), SB.ravel().astype(float)
+    closed = type(act).cross_moment is not Activation.cross_moment
+    if closed:
+        V, dV, D = act.second_moment, act.second_moment_slope, act.dphi_second_moment
+        VdV = None
+    else:
+        t = tables.tables_of(act).pd
+        V, dV, D = (lambda q: t(q)[..., 0]), (lambda q: t(q)[..., 1]), (lambda q: t(q)[..., 2])
+
+        def VdV(q):
+            vals = t(q)
+            return vals[..., 0], vals[..., 1]
+    n = SW.size
+    lq = _q_star(act, SW, SB, q0, V=V, dV=dV, VdV=VdV) if n else np.zeros(0)
+    reg = np.isfinite(lq) & (lq >= LQ_LO) & (lq <= math.log(RHO_Q_MAX))
+    out = {k: np.full(n, np.nan) for k in ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c",
+                                          "xi_grad")}
+    regime = np.empty(n, dtype=object)
+    notes = {}
+    i = np.flatnonzero(reg)
+    if i.size:
+        q = np.exp(lq[i])
+        chi_1 = SW[i] * D(q)
+        slope = SW[i] * dV(q)
+        c_star, chi_c = np.ones(i.size), chi_1.copy()
+        chaotic = chi_1 - 1.0 > _CRIT_TOL
+        if np.any(chaotic):
+            qc, wc, bc = q[chaotic], SW[i][chaotic], SB[i][chaotic]
+            if closed:
+                cs = _c_star(act, qc, wc, bc)
+                dd = act.dphi_cross_moment(qc, qc, cs)
+            else:
+                cs, dd = _c_star_mehler(act, qc, wc, bc, V(qc))
+                miss = np.isnan(cs)
+                if np.any(miss):
+                    cs[miss] = _c_star(act, qc[miss], wc[miss], bc[miss])
+                    dd[miss] = act.dphi_cross_moment(qc[miss], qc[miss], cs[miss])
+            c_star[chaotic], chi_c[chaotic] = cs, wc * dd
+        critical = np.abs(chi_1 - 1.0) <= _CRIT_TOL
+        with np.errstate(divide="ignore"):
+            xi_grad = np.where(chi_1 <= 1.0, _depths(chi_1), 1.0 / np.log(chi_1))
+        xi_c = _depths(chi_c)
+        xi_c[critical], xi_grad[critical] = np.inf, np.inf
+        for k, v in (("q_star", q), ("c_star", c_star), ("chi_1", chi_1), ("chi_c", chi_c),
+                     ("xi_q", _depths(slope)), ("xi_c", xi_c), ("xi_grad", xi_grad)):
+            out[k][i] = v
+        regime[i] = np.where(critical, "critical", np.where(chi_1 < 1.0, "ordered", "chaotic"))
+    for j in np.flatnonzero(~reg):           # q* = 0, inf or beyond [1e-280, 1e13]: one by one
+        fp = fixed_point(act, float(SW[j]), float(SB[j]), q0)
+        for k in out:
+            out[k][j] = getattr(fp, k)
+        regime[j] = fp.regime
+        if fp.note:
+            notes[int(j)] = fp.note
+    return FixedPoints(**{k: v.reshape(shape) for k, v in out.items()},
+                       regime=regime.astype(str).reshape(shape), sigma_w2=SW.reshape(shape),
+                       sigma_b2=SB.reshape(shape), activation=act.name, q0=q0, notes=notes)
 
 
 def trainable_depth(activation, sigma_w2: float, sigma_b2: float) -> float:

@@ -7,11 +7,16 @@ test for a kind. The members a layer kind provides are declared by :class:`Layer
 
 * ``width`` and ``check_input(n_in)``: its output width ``N_l``, and a ValueError for an input
   width it cannot take (e.g. a residual block whose branch changes the width);
-* ``mean_field(state, n_in, cache) -> Step`` (theory): from the mean-field state of its input
-  vector, ``state = (log q_x, c_x, mu_x)`` (log second moment per unit, correlation of the two
-  inputs or ``None``, and the mean per unit in units of ``sqrt(q_x)``, ``None`` when no layer
-  needs it), the :class:`Step`: the tracked variable ``t^l`` whose ``q^l``, ``c^l`` and gradient
-  ``g^l`` the profile reports, the state of its output, and two backward factors;
+* ``kernel_step(kernel, n_in, cache) -> KernelStep`` (theory): from the
+  :class:`~signalprop.kernel.Kernel` of k inputs at its input (k x k second moments and means),
+  the :class:`KernelStep`: the kernel of the tracked variable ``t^l`` whose ``q^l``, ``c^l`` and
+  gradient ``g^l`` the profile reports, the kernel of its output, and the two backward maps of
+  the k x k gradient covariance;
+* ``mean_field(state, n_in, cache) -> Step`` (optional, the fast path of ``predict``): the same
+  rule for one or two inputs of equal norm in plain floats, ``state = (log q_x, c_x, mu_x)`` (log
+  second moment per unit, correlation of the two inputs or ``None``, and the mean per unit in
+  units of ``sqrt(q_x)``, ``None`` when no layer needs it) -> :class:`Step`; a kind without it
+  (batch-coupled, token-mixing) runs on the kernel path only;
 * ``same_rule(other)``: whether ``other`` maps kernels identically (``predict`` fills runs of
   such layers once they settle); ``with_width(n)``: the same layer at width ``n``;
 * ``needs_mean``: whether it reads the mean of its input (mean-subtracting normalisation);
@@ -21,10 +26,12 @@ Optional capabilities (asked for with ``getattr``; a feature that needs one name
 lacks it, :func:`require_capability`): ``capabilities``, a set of names from
 :data:`CAPABILITIES` (free-probability factor, finite-width law, sampled Jacobian, fixed-point
 maps); ``c_only_rule`` (:class:`~signalprop.layers.dense.Dense`: the correlation map alone,
-for ``predict``'s fill), ``label()`` (a short description), ``batch_size`` (batch-coupled kinds).
+for ``predict``'s fill), ``label()`` (a short description), ``coupled_inputs`` (k, for kinds that
+act on k inputs together: batch norm's batch, attention's tokens), ``sublayers`` (composed kinds).
 
-The backward rules are two logarithmic factors per layer (mean field: gradient independence,
-Schoenholz et al. 2017 sec. 4):
+The backward rules are two maps per layer (mean field: gradient independence, Schoenholz et al.
+2017 sec. 4): on the kernel path, of the k x k gradient covariance ``Pi`` (``g^l = tr Pi_t^l``,
+:mod:`signalprop.kernel`); on the fast path, two logarithmic factors:
 
     g_t^l = g_x^l exp(log_d_l)          (tracked variable from the layer's output)
     g_x^{l-1} = g_t^l exp(log_back_l)   (the layer's input from its tracked variable)
@@ -39,27 +46,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Protocol, Sequence, Union, runtime_checkable
+from functools import cached_property
+from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
 from ._validate import (check_choice, check_int, nonnegative_scalar, positive_scalar,
                         short_repr)
 from .activations import Activation, activation
+from .kernel import Kernel
 
 _activation = activation
 
-__all__ = ["Layer", "Network", "Step", "CAPABILITIES", "has_capability", "require_capability", "init_sigma_w2", "WEIGHTS", "INITS", "MAX_DEPTH", "MAX_WIDTH"]
+__all__ = ["Layer", "Network", "Step", "KernelStep", "GradientMap", "CAPABILITIES", "has_pair_rule", "has_capability", "require_capability", "init_sigma_w2", "WEIGHTS", "INITS", "MAX_DEPTH", "MAX_WIDTH"]
 
 
 class Step(NamedTuple):
-    """One layer's mean-field step (see the module docstring)."""
+    """One layer's mean-field step on the fast path (see the module docstring)."""
 
     log_q: float            # log q^l of the tracked variable t^l
     c: Optional[float]      # c^l of t^l (None with one input)
     out: tuple              # (log q_x, c_x, mu_x) of the output vector fed to layer l + 1
     log_d: float            # log(g_t^l / g_x^l)
     log_back: float         # log(g_x^{l-1} / g_t^l)
+
+
+#: a backward map of the gradient covariance: ``P -> (log_factor, P')`` with
+#: ``Pi' = exp(log_factor) P'`` for ``Pi = P`` (P: k x k, symmetric positive semi-definite)
+GradientMap = Callable[[np.ndarray], tuple]
+
+
+class KernelStep(NamedTuple):
+    """One layer's mean-field step on the kernel path (see the module docstring)."""
+
+    tracked: Kernel         # kernel of the tracked variable t^l
+    out: Kernel             # kernel of the output vector fed to layer l + 1
+    to_tracked: GradientMap  # Pi_x^l -> Pi_t^l
+    back: GradientMap       # Pi_t^l -> Pi_x^{l-1}
 
 @runtime_checkable
 class Layer(Protocol):
@@ -71,7 +94,7 @@ class Layer(Protocol):
 
     def check_input(self, n_in: int) -> None: ...
 
-    def mean_field(self, state: tuple, n_in: int, cache: dict) -> Step: ...
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep: ...
 
     def same_rule(self, other) -> bool: ...
 
@@ -133,6 +156,12 @@ CAPABILITIES = {
 }
 
 
+def has_pair_rule(layer) -> bool:
+    """Whether ``layer`` has the fast two-input rule ``mean_field`` (a composed layer has it when
+    all its layers do: its ``pair_rule``)."""
+    return callable(getattr(layer, "mean_field", None)) and getattr(layer, "pair_rule", True)
+
+
 def has_capability(layer, capability: str) -> bool:
     """Whether ``layer``'s kind declares ``capability`` (see :data:`CAPABILITIES`)."""
     return capability in getattr(layer, "capabilities", ())
@@ -176,6 +205,19 @@ def _runs(labels: list) -> list:
         else:
             out.append([1, lab])
     return [lab if k == 1 else f"{k} x {lab}" for k, lab in out]
+
+
+def _coupled(layer):
+    """A layer's ``coupled_inputs`` (None for kinds that act on each input alone), looking inside
+    composed layers."""
+    k = getattr(layer, "coupled_inputs", None)
+    if k:
+        return k
+    ks = {k for k in (_coupled(la) for la in getattr(layer, "sublayers", ())) if k}
+    if len(ks) > 1:
+        raise ValueError(f"the layers inside {type(layer).__name__} act on different numbers of "
+                         f"inputs: {sorted(ks)}")
+    return ks.pop() if ks else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -228,7 +270,7 @@ class Network:
                 raise ValueError(f"layer {i + 1}: {e}") from None
             n_in = layer.width
 
-    @property
+    @cached_property
     def batch_size(self):
         """The batch size B of the network's batch-normalised layers, or None without any."""
         sizes = {la.batch_size for la in self.layers if getattr(la, "batch_size", None)}
@@ -237,10 +279,26 @@ class Network:
                              f"{sorted(sizes)}")
         return sizes.pop() if sizes else None
 
-    @property
+    @cached_property
+    def coupled_inputs(self):
+        """k, the number of inputs the network's input-coupling layers act on together (a batch
+        for batch norm, the tokens for attention: their ``coupled_inputs``), or None without any.
+        ``predict`` and ``simulate`` then propagate k inputs (the kernel path)."""
+        sizes = {k for k in (_coupled(la) for la in self.layers) if k}
+        if len(sizes) > 1:
+            raise ValueError(f"all layers that couple their inputs must act on the same number of "
+                             f"inputs (batch_size, tokens), got {sorted(sizes)}")
+        return sizes.pop() if sizes else None
+
+    @cached_property
     def needs_mean(self) -> bool:
         """Whether some layer reads the mean of its input (mean-subtracting normalisation)."""
         return any(layer.needs_mean for layer in self.layers)
+
+    @cached_property
+    def pair_rule(self) -> bool:
+        """Whether every layer has the fast rule for one or two inputs (:func:`has_pair_rule`)."""
+        return all(has_pair_rule(layer) for layer in self.layers)
 
     @property
     def depth(self) -> int:

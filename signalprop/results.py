@@ -6,8 +6,10 @@ profile of the same network line up key by key.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -95,6 +97,14 @@ def _summarise_array(a: np.ndarray) -> str:
     return text
 
 
+def _write_csv(fh, cols: dict) -> None:
+    """Columns ``name -> 1-D array`` as CSV rows on the text file ``fh``."""
+    w = csv.writer(fh, lineterminator="\n")
+    w.writerow(list(cols))
+    for row in zip(*cols.values()):
+        w.writerow([int(v) if isinstance(v, np.integer) else repr(float(v)) for v in row])
+
+
 class _Result:
     """Base of the result types: ``to_dict``/``to_json``, and a short ``repr`` (a summary: scalars,
     the shape and range of each array, the keys of dicts; never whole arrays), which every
@@ -142,6 +152,10 @@ class Profile(_Result):
     ``log_q_se``: the standard error of ``log_q`` (delta method: ``q_se / q``, the relative standard
     error, carried in logs so that it exists where ``q`` leaves the float range); optional, and
     absent from ``to_dict``/JSON when not set (profiles written before it existed read the same).
+    Kernel path of ``predict`` (k inputs; :mod:`signalprop.kernel`): ``kernel_log_q`` (L, k) the log
+    second moment of every input's tracked variable, ``kernel_corr`` (L, k, k) their correlations,
+    ``grad_share`` (L, k, k) the per-unit gradient covariance divided by its trace ``g^l``; ``q``
+    and ``c`` are then input 0's and the pair (0, 1)'s.
     """
 
     layers: np.ndarray
@@ -157,6 +171,9 @@ class Profile(_Result):
     samples: Optional[dict] = None
     meta: dict = field(default_factory=dict)
     log_q_se: Optional[np.ndarray] = None     # last, so positional construction is unchanged
+    kernel_log_q: Optional[np.ndarray] = None  # (L, k): log q^l of each of k inputs (kernel path)
+    kernel_corr: Optional[np.ndarray] = None   # (L, k, k): their correlations
+    grad_share: Optional[np.ndarray] = None    # (L, k, k): gradient covariance / its trace
 
     @property
     def depth(self) -> int:
@@ -167,6 +184,46 @@ class Profile(_Result):
         """g^l = exp(log_g) (may under/overflow; log_g is the exact field)."""
         with np.errstate(over="ignore", under="ignore"):
             return np.exp(self.log_g)
+
+    #: the per-layer columns of :meth:`to_csv` / :meth:`to_dataframe`, in order (those that are
+    #: None are left out): the fields, then their Monte Carlo standard errors.
+    TABLE_COLUMNS = ("q", "log_q", "c", "log_g", "log_G",
+                     "q_se", "log_q_se", "c_se", "log_g_se", "log_G_se")
+
+    def table(self) -> dict:
+        """The per-layer table: ``{"layer": layers, "q": ..., ...}`` (:data:`TABLE_COLUMNS` that
+        are set), every column a 1-D array of length L."""
+        out = {"layer": np.asarray(self.layers).astype(int)}
+        for name in self.TABLE_COLUMNS:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = np.asarray(v, dtype=float).reshape(-1)
+        return out
+
+    def to_csv(self, path_or_file) -> None:
+        """Write the per-layer table (:meth:`table`) as CSV: a header row ``layer,q,log_q,...``
+        then one row per layer; floats as ``repr`` (round-trip exact; ``inf``, ``-inf``,
+        ``nan`` as such). ``path_or_file``: a path (its folder must exist) or a text file open
+        for writing. ``meta`` is not written (it is in :meth:`to_json`)."""
+        cols = self.table()
+        if isinstance(path_or_file, (str, os.PathLike)):
+            with open(path_or_file, "w", newline="") as fh:
+                _write_csv(fh, cols)
+        elif hasattr(path_or_file, "write"):
+            _write_csv(path_or_file, cols)
+        else:
+            raise TypeError(f"path_or_file must be a path or a text file open for writing, got "
+                            f"{type(path_or_file).__name__}")
+
+    def to_dataframe(self):
+        """The per-layer table (:meth:`table`) as a pandas DataFrame, one row per layer (pandas
+        is optional: ``pip install "signalprop[sweep]"`` or ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError('Profile.to_dataframe needs pandas: pip install "signalprop[sweep]" '
+                              "(or pip install pandas)") from None
+        return pd.DataFrame(self.table())
 
 
 @dataclass(frozen=True, eq=False)

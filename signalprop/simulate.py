@@ -67,6 +67,7 @@ from ._validate import (check_correlation, check_int, check_memory, check_positi
                         short_repr)
 from . import layers  # noqa: F401  (importing the layer kinds registers their samplers)
 from .network import Network
+from .progress import progress_bar
 from .results import Profile
 from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler
 
@@ -311,7 +312,7 @@ class _Job:
 
     def _describe(self, l: int) -> str:
         layer = self.network.layers[l]
-        parts = getattr(layer, "branch", (layer,))
+        parts = getattr(layer, "sublayers", (layer,))
         acts = [la.activation for la in parts if hasattr(la, "activation")]
         what = type(layer).__name__
         return f"{what}, {acts[0]!r}" if len(acts) == 1 else what
@@ -488,18 +489,25 @@ def _run_in_worker(bounds):
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
-def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int) -> dict:
+def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int,
+             progress: Optional[bool] = None) -> dict:
     size = chunk or job.chunk_size(samples)
     if workers > 1 and chunk is None:
         size = max(1, min(size, -(-samples // workers)))
     bounds = [(a, min(samples, a + size)) for a in range(0, samples, size)]
-    if workers > 1 and len(bounds) > 1:
-        ctx = mp.get_context(START_METHOD)
-        with ProcessPoolExecutor(max_workers=min(workers, len(bounds)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(job,)) as pool:
-            parts = list(pool.map(_run_in_worker, bounds))
-    else:
-        parts = [job.run(a, b) for a, b in bounds]
+    parts = []
+    with progress_bar(samples, "simulate", "samples", progress=progress) as bar:
+        if workers > 1 and len(bounds) > 1:
+            ctx = mp.get_context(START_METHOD)
+            with ProcessPoolExecutor(max_workers=min(workers, len(bounds)), mp_context=ctx,
+                                     initializer=_init_worker, initargs=(job,)) as pool:
+                for (a, b), part in zip(bounds, pool.map(_run_in_worker, bounds)):
+                    parts.append(part)
+                    bar.update(b - a)
+        else:
+            for a, b in bounds:
+                parts.append(job.run(a, b))
+                bar.update(b - a)
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -590,7 +598,8 @@ def _profile(per: dict, network: Network, samples: int, meta: dict, return_sampl
 
 def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: float = 1.0,
              c0: Optional[float] = None, *, dtype="float64", return_samples: bool = False,
-             chunk: Optional[int] = None, workers: int = 1, max_memory: int = 1 << 30) -> Profile:
+             chunk: Optional[int] = None, workers: int = 1, max_memory: int = 1 << 30,
+             progress: Optional[bool] = None) -> Profile:
     """Monte Carlo profile of ``network`` over ``samples`` independent finite networks.
 
     Parameters
@@ -612,6 +621,9 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
         whose per-sample results (about 40 bytes per sample and layer, twice while chunks are
         joined) and one chunk's state exceed half the physical memory is refused up front
         (``ValueError`` saying how much it would need).
+    progress: a bar on stderr advancing per chunk of samples: None (auto: when stderr is a
+        terminal), True or False (:mod:`signalprop.progress`; ``SIGNALPROP_PROGRESS=0`` turns it
+        off). Results do not depend on it.
 
     Returns a :class:`~signalprop.results.Profile` with ``q``, ``log_q``, ``log_g``, ``log_G``
     (``c`` with two inputs) and ``q_se``, ``log_g_se``, ``log_G_se`` (``c_se``); ``meta`` records
@@ -620,21 +632,24 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
     samples, q0, c0, dt, chunk, workers, max_memory = _check_args(
         network, samples, engine, q0, c0, dtype, chunk, workers, max_memory, return_samples)
     root = root_seed(seed)
-    B = network.batch_size
+    B = network.coupled_inputs
     if B is not None and c0 is None:
-        c0 = 0.0                          # a batch: B inputs of pairwise correlation 0
+        c0 = 0.0                          # k coupled inputs (a batch, tokens): correlation 0
     X0 = network_inputs(network.input_width, q0, c0, k=B)
     job = _Job(network, engine, X0, dt, root, max_memory)
     check_memory(f"simulate with samples={samples} on a network of depth {network.depth}",
                  job.nbytes_needed(samples, return_samples))
-    per = _run_job(job, samples, chunk, workers)
+    per = _run_job(job, samples, chunk, workers, progress)
     meta = {"source": "simulate", "engine": engine, "samples": samples,
             "seed": int(seed) if isinstance(seed, numbers.Integral) else repr(seed),
             "q0": q0, "c0": c0, "dtype": dt.name,
             "widths": [int(w) for w in network.widths],
             "weights": sorted({getattr(la, "weights", "?") for la in network.layers}),
             "loss": "<v, h^L>, v ~ N(0, I)"}
-    if B is not None:
+    if network.batch_size is not None:
         meta["batch_size"] = B
         meta["loss"] = "<v, h^L_a> on one batch member; g sums over the batch"
+    elif B is not None:
+        meta["k"] = B
+        meta["loss"] = "<v, t^L_0> on input 0; g sums over the k coupled inputs"
     return _profile(per, network, samples, meta, return_samples)

@@ -54,6 +54,7 @@ from .meanfield import predict
 from .architectures import mlp
 from .layers.dense import Dense
 from .network import Network, require_capability
+from .progress import track
 from .results import _Result, to_jsonable
 from ._validate import check_int
 
@@ -174,7 +175,8 @@ def _check_work(network: Network, q, q_rtol: float, resolution: int, max_laws: i
 
 
 def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
-             resolution: int = 64, max_laws: int = MAX_LAWS) -> "Spectrum":
+             resolution: int = 64, max_laws: int = MAX_LAWS,
+             progress: Optional[bool] = None) -> "Spectrum":
     """The limiting law of the squared singular values of the input-output Jacobian
     ``J = dx^L/dx^0 = D_L W_L ... D_1 W_1`` of ``network`` (the eigenvalues of ``J J^T``, in
     dimension ``N_L``), for inputs with ``||x^0||^2/N_0 = q0``. See the module docstring.
@@ -196,6 +198,8 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
 
     To put every layer at the fixed point ``q*`` (Pennington et al.'s setting) pass
     ``q0 = (q* - sigma_b^2)/sigma_w^2``.
+    ``progress``: a bar over the layers on stderr while their laws are built (None: auto, when
+    stderr is a terminal; :mod:`signalprop.progress`).
     Raises TypeError / ValueError for layers or weight laws without an S-transform, for
     arguments out of range (naming them), and ValueError when the mean-field profile
     degenerates (``q^l`` = 0 or inf).
@@ -228,7 +232,8 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
         else:
             closed[key] = [f, 1, r]
 
-    for l, layer in enumerate(network.layers):
+    for l, layer in track(enumerate(network.layers), "spectrum", "layers", total=L,
+                          progress=progress):
         n_in, n_out = widths[l], widths[l + 1]
         wf = _weight_factor(layer, n_in, n_out)
         add_closed(wf, NL / n_in)

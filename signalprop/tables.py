@@ -71,7 +71,8 @@ from . import gaussian
 from .activations import Activation
 
 __all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
-           "rho_theta", "theta_at", "rho_2d", "small_moments", "LQ_LO", "LQ_HI"]
+           "rho_theta", "theta_at", "rho_2d", "small_moments", "moments_array",
+           "small_moments_array", "mehler_array", "rho_2d_array", "LQ_LO", "LQ_HI"]
 
 # -- the scalar tables -----------------------------------------------------------------------
 LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
@@ -405,7 +406,14 @@ def _moment_table(act) -> _LogQTable:
     C = _dct_matrix(_DEG)
 
     def fn(q):
-        v, d = _direct_moments(act, q)
+        try:
+            v, d = _direct_moments(act, q)
+        except gaussian.IntegrandError:
+            # the engine refuses some node of the panel (a custom phi whose Gaussian mass is not
+            # negligible at |z| = 10 there, e.g. exp(x**2) near q = 1/4): the panel is rejected
+            # (non-finite values) and its q go to the direct route, which raises or answers
+            # point by point, as without tables
+            v = d = np.full(np.shape(q), np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.stack([np.log(v), np.log(d)], axis=-1)
 
@@ -582,7 +590,10 @@ def _mehler_table(act) -> _LogQTable:
         K = int(big[-1]) + 1 if big.size else 1
         if K >= _K_MAX - 8:
             return None                                        # series too long here
-        v = np.asarray(_direct_moments(act, np.exp(u))[0], float)
+        try:
+            v = np.asarray(_direct_moments(act, np.exp(u))[0], float)
+        except gaussian.IntegrandError:                        # engine refuses: no panel here
+            return None
         if np.any(np.abs(total - v) > _PARSEVAL_TOL * v):
             return None
         return C @ b[::-1, :K]                                  # nodes x_j = cos(pi j / deg)
@@ -950,3 +961,222 @@ def series_at(series: tuple, c: float) -> float:
         return float(w[0]) if exps[0] == 0.0 else 0.0
     pw = np.exp(exps * math.log(abs(c)))
     return float(w @ (pw * sign if c < 0.0 else pw))
+
+
+# -- vectorised evaluators (many points at once), for the public maps --------------------------
+#
+# The same tables as the per-layer evaluators above, read for a whole array of points: panel by
+# panel, no Python loop per point. Each returns its values and a boolean mask ``ok`` of the points
+# the table answered; the caller computes the others directly (the certified fallback).
+
+_VEC_BLOCK = 1 << 21            #: most float64 entries of one block of work (16 MiB)
+
+
+def _mono_array(tab) -> np.ndarray:
+    """(n_panels, deg + 1, 2) monomial coefficients (highest first) of the built panels of a
+    moment table, nan for panels not built or rejected; filled from ``tab.panels`` as they are
+    built, so a value read here is the one :func:`moments` reads."""
+    m = getattr(tab, "mono", None)
+    if m is None:
+        m = tab.mono = np.full((tab.n, _DEG + 1, 2), np.nan)
+        tab.mono_done = np.zeros(tab.n, bool)
+    return m
+
+
+def moments_array(act, lq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`moments` for an array of log q: (log E[phi^2], log E[phi'^2], ok), nan where not
+    ``ok`` (no table for ``act``, lq outside [LQ_LO, LQ_HI] or non-finite, panel rejected).
+
+    Horner's rule on the panel's monomial coefficients with the very operations of
+    :func:`moments`, vectorised over the points: the same numbers, bit for bit."""
+    lq = np.asarray(lq, float)
+    lv, ld = np.full(lq.shape, np.nan), np.full(lq.shape, np.nan)
+    ok = np.zeros(lq.shape, bool)
+    if not _has_moment_table(act):
+        return lv, ld, ok
+    tab = tables_of(act).mom
+    if tab is False:
+        return lv, ld, ok
+    s = (lq - LQ_LO) * _INV_W
+    inside = (s >= 0.0) & (s <= _N_PANELS)                # nan: False
+    k = np.minimum(np.where(inside, s, 0.0).astype(int), _N_PANELS - 1)
+    mono = _mono_array(tab)
+    for j in np.unique(k[inside]):
+        if not tab.mono_done[j]:
+            poly = tab.panel(int(j))
+            if poly:
+                mono[j] = np.array(poly)
+            tab.mono_done[j] = True
+    ok = inside & np.isfinite(mono[k, 0, 0])
+    flat = np.flatnonzero(ok)
+    step = _VEC_BLOCK // (2 * (_DEG + 1))          # gathered coefficients: at most 16 MiB
+    for r0 in range(0, flat.size, step):
+        idx = flat[r0:r0 + step]
+        kk = k.ravel()[idx]
+        x = 2.0 * (s.ravel()[idx] - kk) - 1.0
+        coef = mono[kk]
+        a, b = coef[:, 0, 0].copy(), coef[:, 0, 1].copy()
+        for j in range(1, _DEG + 1):
+            a = a * x + coef[:, j, 0]
+            b = b * x + coef[:, j, 1]
+        lv.ravel()[idx], ld.ravel()[idx] = a, b
+    return lv, ld, ok
+
+
+_SMALL_LQ_MIN = math.log(1e-280)   #: below, the direct route (its power-law continuation)
+
+
+def small_moments_array(act, lq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`small_moments` for an array of log q in [log 1e-280, LQ_LO]: (log E[phi^2],
+    log E[phi'^2], ok), the same Chebyshev panel in s = sqrt(q) (within 1e-14 of the direct
+    rule, tests/test_tables.py), nan where not ``ok``."""
+    lq = np.asarray(lq, float)
+    lv, ld = np.full(lq.shape, np.nan), np.full(lq.shape, np.nan)
+    ok = (lq >= _SMALL_LQ_MIN) & (lq <= math.log(_S_MAX ** 2))
+    if not _has_moment_table(act) or not np.any(ok):
+        return lv, ld, np.zeros(lq.shape, bool)
+    t = tables_of(act)
+    B = t._small_mom
+    if B is None:
+        B = t._small_mom = _small_moment_panel(act)
+    if B is False:
+        return lv, ld, np.zeros(lq.shape, bool)
+    idx = np.flatnonzero(ok)
+    u = lq.ravel()[idx]
+    x = np.clip(2.0 * np.exp(0.5 * u) / _S_MAX - 1.0, -1.0, 1.0)
+    T = np.cos(np.arccos(x)[:, None] * np.arange(B.shape[0]))
+    vals = _rowdot(T, B)
+    lv.ravel()[idx], ld.ravel()[idx] = vals[:, 0] + u, vals[:, 1]
+    return lv, ld, ok
+
+
+def _powers_upto(c: np.ndarray, K: int) -> np.ndarray:
+    """P[i, j] = c_i^j, j <= K, by repeated doubling (each a product of <= 2 log2 K factors)."""
+    P = np.empty((c.size, K + 1))
+    P[:, 0] = 1.0
+    if K >= 1:
+        P[:, 1] = c
+    n = 2
+    while n <= K:
+        m = min(n, K + 1 - n)
+        np.multiply(P[:, :m], (P[:, n - 1] * c)[:, None], out=P[:, n:n + m])
+        n += m
+    return P
+
+
+def _rowdot(T: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """T @ C accumulated term by term in a fixed order, so that a row's result never depends on
+    the other rows (BLAS and einsum may block or vectorise by the shape: ~1e-16 differences)."""
+    out = T[:, :1] * C[0]
+    for m in range(1, C.shape[0]):
+        out += T[:, m:m + 1] * C[m]
+    return out
+
+
+def mehler_array(act, q, c, slope: bool = False):
+    """Mehler's series for arrays of (q, c) (broadcast): (rho, dS, ok) with
+    rho = sum_k b_k c^k / sum_k b_k = E[phi(u1) phi(u2)] / E[phi^2] and, if ``slope``,
+    dS = sum_k k b_k c^(k-1) = q E[phi'(u1) phi'(u2)] (Price's theorem, d/dc of
+    E[phi(u1) phi(u2)] = sum_k b_k c^k), u ~ N(0, q [[1, c], [c, 1]]) (Mehler 1866; O'Donnell 2014,
+    Prop. 11.31); b_k(q) read from the table of :func:`mehler_sq` (the terms kept by
+    :func:`mehler_series`). nan where not ``ok``: no series for ``act``, q outside the table,
+    panel rejected. rho is not clipped; rho = 1 exactly at c = 1 is left to the caller.
+
+    Powers c^j by repeated doubling (relative error ~log2(K) eps) and sums over the terms: the
+    error is a few eps of sum_k b_k |c|^k <= E[phi^2]; points are done panel by panel, in blocks
+    of at most 2^21 numbers."""
+    q, c = np.broadcast_arrays(np.asarray(q, float), np.asarray(c, float))
+    shape = q.shape
+    q, c = q.ravel(), c.ravel()
+    rho, ds = np.full(q.size, np.nan), np.full(q.size, np.nan)
+    ok = np.zeros(q.size, bool)
+    if not _has_series(act):
+        return rho.reshape(shape), ds.reshape(shape), ok.reshape(shape)
+    tab = tables_of(act).meh
+    if tab is False:
+        return rho.reshape(shape), ds.reshape(shape), ok.reshape(shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (np.log(q) - LQ_LO) * _INV_W
+    inside = (s >= 0.0) & (s <= _N_PANELS)
+    k = np.minimum(np.where(inside, s, 0.0).astype(int), _N_PANELS - 1)
+    idx = np.flatnonzero(inside)
+    order = idx[np.argsort(k[idx], kind="stable")]
+    kk = k[order]
+    starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]]) if kk.size else np.array([], int)
+    for a, b in zip(starts, np.r_[starts[1:], kk.size]):
+        j = int(kk[a])
+        data = tab.rho_data[j]
+        if data is None:
+            coef = tab.panel(j)
+            if coef is None:
+                continue
+            data = _rho_panel(coef, j, tab)
+        exps, cs, den, _ = data
+        e = exps.astype(int)
+        K = int(e[-1])
+        rows_all = order[a:b]
+        step = max(1, _VEC_BLOCK // (K + 1 + exps.size))
+        for r0 in range(0, rows_all.size, step):
+            rows = rows_all[r0:r0 + step]
+            x = np.clip(2.0 * (s[rows] - j) - 1.0, -1.0, 1.0)
+            T = np.cos(np.arccos(x)[:, None] * _KS)          # T_m(x), m = 0..deg
+            # row by row in a fixed order: a point's value never depends on the others
+            w = _rowdot(T, cs)                               # b_k of the kept k, per point
+            P = _powers_upto(c[rows], K)
+            rho[rows] = (w * P[:, e]).sum(axis=1) / _rowdot(T, den[:, None])[:, 0]
+            if slope:
+                ds[rows] = (w * exps * P[:, np.maximum(e - 1, 0)]).sum(axis=1)
+            ok[rows] = True
+    return rho.reshape(shape), ds.reshape(shape), ok.reshape(shape)
+
+
+def rho_2d_array(act, q, c, rho: Callable):
+    """:func:`rho_2d` for arrays of (q, c) (broadcast): (rho, ok), nan where not ``ok``. The same
+    panels (built from the direct rule ``rho`` and certified to 5e-14 of it); the theta
+    coefficients of every point by one matrix product per panel and Clenshaw's recurrence in
+    theta vectorised over the points."""
+    q, c = np.broadcast_arrays(np.asarray(q, float), np.asarray(c, float))
+    shape = q.shape
+    q, c = q.ravel(), c.ravel()
+    out, ok = np.full(q.size, np.nan), np.zeros(q.size, bool)
+    if getattr(act, "smooth", None) is None:
+        return out.reshape(shape), ok.reshape(shape)
+    t = tables_of(act)
+    tab = t._rho2
+    if tab is None:
+        tab = t._rho2 = _RhoTable(act, rho)
+    with np.errstate(divide="ignore"):
+        lq = np.log(q)
+    small = lq <= 2.0 * math.log(_S_MAX_RHO)
+    mid = ~small & (lq >= LQ_LO) & (lq <= LQ_HI)
+    with np.errstate(invalid="ignore"):
+        pan = np.minimum(np.where(mid, (lq - LQ_LO) * _INV_W, 0.0).astype(int), _N_PANELS - 1)
+    key = np.where(small, -1, np.where(mid, pan, -2))
+    for kv in np.unique(key):
+        if kv == -2:
+            continue
+        kpan = "small" if kv == -1 else int(kv)
+        panel = tab.panels.get(kpan)
+        if panel is None:
+            panel = tab.panels[kpan] = tab._build(kpan)
+        if panel is False:
+            continue
+        B = panel[1]
+        rows_all = np.flatnonzero(key == kv)
+        for r0 in range(0, rows_all.size, 1 << 14):
+            rows = rows_all[r0:r0 + (1 << 14)]
+            if kpan == "small":
+                x = 2.0 * np.exp(0.5 * lq[rows]) / _S_MAX_RHO - 1.0
+            else:
+                x = 2.0 * ((lq[rows] - LQ_LO) * _INV_W - kpan) - 1.0
+            Tu = np.cos(np.arange(B.shape[0]) * np.arccos(np.clip(x, -1.0, 1.0))[:, None])
+            coef = _rowdot(Tu, B)                           # theta coefficients, per point
+            xt = 2.0 * np.arccos(c[rows]) / math.pi - 1.0
+            x2 = 2.0 * xt
+            b1 = np.zeros(rows.size)
+            b2 = np.zeros(rows.size)
+            for m in range(coef.shape[1] - 1, 0, -1):       # Clenshaw, as theta_at
+                b1, b2 = coef[:, m] + x2 * b1 - b2, b1
+            out[rows] = coef[:, 0] + xt * b1 - b2
+            ok[rows] = True
+    return out.reshape(shape), ok.reshape(shape)

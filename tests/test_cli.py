@@ -437,3 +437,100 @@ def test_cli_import_leaves_matplotlib_unloaded():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# issue 15: saving results (--csv, --plot; Profile.to_csv, to_dataframe)
+
+
+def _read_csv(path) -> tuple[list, dict]:
+    import csv
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    return header, {h: [r[i] for r in body] for i, h in enumerate(header)}
+
+
+def _same(column: list, values) -> None:
+    """CSV text -> float equals the array exactly (repr round-trips float64; inf/nan included)."""
+    got = np.array([float(v) for v in column])
+    np.testing.assert_array_equal(got, np.asarray(values, float))
+
+
+def test_profile_to_csv_round_trip_with_inf_and_nan(tmp_path):
+    from signalprop.results import Profile
+    prof = Profile(layers=np.arange(1, 5), q=np.array([1.0, 1e300 * 10, 0.1 + 0.2, 5e-324]),
+                   log_q=np.array([0.0, 700.5, math.log(0.1 + 0.2), -744.44007192138126]),
+                   log_g=np.array([-1.0 / 3, np.nan, -np.inf, 0.0]),
+                   log_G=np.array([2.0 / 3, 1.0, np.nan, -0.0]),
+                   q_se=np.array([0.01, np.nan, 0.0, 1e-300]))
+    prof.to_csv(tmp_path / "p.csv")
+    text = (tmp_path / "p.csv").read_text()
+    assert text.splitlines()[0] == "layer,q,log_q,log_g,log_G,q_se"      # no comment line
+    assert "inf" in text and "nan" in text and "-inf" in text
+    header, cols = _read_csv(tmp_path / "p.csv")
+    assert cols["layer"] == ["1", "2", "3", "4"]
+    for h in header[1:]:
+        _same(cols[h], getattr(prof, h))
+    import io
+    buf = io.StringIO()
+    prof.to_csv(buf)
+    assert buf.getvalue() == text
+    with pytest.raises(TypeError, match="path_or_file"):
+        prof.to_csv(42)
+
+
+def test_profile_to_dataframe():
+    pd = pytest.importorskip("pandas")
+    prof = sp.predict(sp.mlp(5, 100, "tanh", sigma_w2=1.5, sigma_b2=0.05), c0=0.3)
+    df = prof.to_dataframe()
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns) == ["layer", "q", "log_q", "c", "log_g", "log_G"]
+    np.testing.assert_array_equal(df["layer"].to_numpy(), np.arange(1, 6))
+    for f in ("q", "log_q", "c", "log_g", "log_G"):
+        np.testing.assert_array_equal(df[f].to_numpy(), getattr(prof, f))
+
+
+def test_to_dataframe_without_pandas_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)       # import pandas -> ImportError
+    prof = sp.predict(sp.mlp(2, 10, "tanh"))
+    with pytest.raises(ImportError, match=r'pip install "signalprop\[sweep\]"'):
+        prof.to_dataframe()
+
+
+def test_predict_csv_and_plot(capsys, tmp_path):
+    csv_path, png = tmp_path / "sub" / "p.csv", tmp_path / "p.png"
+    d = run_json(capsys, "predict", "--depth", "6", "--c0", "0.5", "--sigma-w2", "1.5",
+                 "--csv", str(csv_path), "--plot", str(png))
+    assert d["csv"] == str(csv_path) and d["figure"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prof = sp.predict(sp.mlp(6, 1000, "tanh", sigma_w2=1.5), c0=0.5)
+    header, cols = _read_csv(csv_path)
+    assert header == ["layer", "q", "log_q", "c", "log_g", "log_G"]
+    for h in header[1:]:
+        _same(cols[h], getattr(prof, h))
+    assert main(["predict", "--depth", "3", "--csv", str(tmp_path / "t.csv")]) == 0
+    assert f"wrote {tmp_path / 't.csv'}" in capsys.readouterr().out
+
+
+def test_simulate_csv_has_the_standard_errors(capsys, tmp_path):
+    path = tmp_path / "s.csv"
+    d = run_json(capsys, "simulate", "--depth", "3", "--width", "8", "--samples", "6",
+                 "--c0", "0.2", "--csv", str(path), "--plot", str(tmp_path / "s.svg"))
+    header, cols = _read_csv(path)
+    assert header == ["layer", "q", "log_q", "c", "log_g", "log_G", "q_se", "log_q_se", "c_se",
+                      "log_g_se", "log_G_se"]
+    prof = sp.simulate(sp.mlp(3, 8, "tanh"), 6, 0, c0=0.2)
+    for h in header[1:]:
+        _same(cols[h], getattr(prof, h))
+        if h != "log_q_se":                         # (the JSON has no log_q_se)
+            np.testing.assert_array_equal(d[h], getattr(prof, h))
+    assert (tmp_path / "s.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_unwritable_csv_exits_2(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["predict", "--depth", "2", "--csv", str(blocker / "x.csv")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("signalprop: error: ") and err.count("\n") == 1 and str(blocker) in err

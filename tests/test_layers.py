@@ -365,9 +365,6 @@ def test_batchnorm_bad_input():
         sp.mlp(3, 16, "relu", norm="batch", batch_size=2.5)
     with pytest.raises(ValueError, match="sigma_b2"):
         sp.mlp(3, 16, "relu", norm="batch", batch_size=8, sigma_b2=0.1)
-    net = sp.Network(16, (sp.BatchNormDense(16, "relu", 2.0, 8), Dense(16, "tanh", 1.0)))
-    with pytest.raises(ValueError, match="BatchNormDense layers only"):
-        sp.predict(net)
     bn = sp.mlp(3, 16, "relu", norm="batch", batch_size=8)
     with pytest.raises(ValueError, match="matrix-free"):       # uniform weights: dense only
         sp.simulate(sp.mlp(3, 16, "relu", norm="batch", batch_size=8, weights="uniform"), 2, 0,
@@ -377,6 +374,21 @@ def test_batchnorm_bad_input():
     with pytest.raises(ValueError, match="share one batch_size"):
         sp.Network(16, (sp.BatchNormDense(16, "relu", 2.0, 8),
                         sp.BatchNormDense(16, "relu", 2.0, 4))).batch_size
+
+
+def test_batchnorm_mixed_with_other_kinds_theory_vs_monte_carlo():
+    """Batch norm is an ordinary layer kind on the kernel path: BN, Dense and LayerNorm layers
+    mixed in one network (the B x B kernel and gradient covariance pass through all of them);
+    theory against the dense engine (64 samples, compare's standard-error rule)."""
+    n = 256
+    net = sp.Network(n, (sp.BatchNormDense(n, "relu", 2.0, 8), Dense(n, "tanh", 1.5, 0.1),
+                         sp.BatchNormDense(n, "tanh", 1.0, 8), Dense(n, "relu", 2.0),
+                         LayerNorm(n), sp.BatchNormDense(n, "relu", 2.0, 8)))
+    th = sp.predict(net)
+    assert th.kernel_corr.shape == (6, 8, 8)
+    mc = sp.simulate(net, 64, seed=1)
+    cmp = sp.compare(th, mc)
+    assert cmp.verdict == "agree", cmp.worst()
 
 
 @pytest.mark.parametrize("kind,rank_loss", [(LayerNorm, 2), (RMSNorm, 1)])

@@ -350,3 +350,72 @@ def test_small_moments_against_the_direct_rule(name):
         assert abs(lv - math.log(v)) <= 2e-14 and abs(ld - math.log(d)) <= 2e-14
     assert tables.small_moments(act, math.log(2e-6)) is None
     assert tables.small_moments(sp.activation("sigmoid"), math.log(1e-8)) is None   # phi(0) != 0
+
+
+# -- the vectorised evaluators (for the public maps) ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "elu", "x*tanh(x)"])
+def test_moments_array_is_moments_bit_for_bit(name):
+    """moments_array: the same Horner operations as moments, so the same numbers exactly; None
+    <-> not ok (outside, nan); small_moments_array within 1e-15 of small_moments (a row-order
+    accumulation instead of a matrix product)."""
+    act = sp.activation(name)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    lq = np.r_[_lqs(rng, 40), LQ_HI + 1e-9, LQ_LO - 1e-9, math.nan]
+    lv, ld, ok = tables.moments_array(act, lq)
+    for i, u in enumerate(lq):
+        m = tables.moments(act, float(u))
+        assert (m is None) == (not ok[i])
+        if m is not None:
+            assert (lv[i], ld[i]) == m
+    lq = rng.uniform(math.log(1e-280), LQ_LO, 20)
+    lv, ld, ok = tables.small_moments_array(act, lq)
+    for i, u in enumerate(lq):
+        m = tables.small_moments(act, float(u))
+        assert (m is None) == (not ok[i])
+        if m is not None:
+            assert abs(lv[i] - m[0]) <= 1e-15 * abs(m[0]) and abs(ld[i] - m[1]) <= 1e-15
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_mehler_array_against_mehler_rho_and_price(name):
+    """mehler_array: rho within 2e-15 of mehler_rho (powers by doubling instead of exp(k log c);
+    measured <= 7e-16), not ok exactly where mehler_rho is None; its slope sum_k k b_k c^(k-1) / q
+    within 1e-12 relative of the direct E[phi'(u1) phi'(u2)] (Price's theorem) wherever it is
+    >= 1e-3 E[phi^2] (the rule maps.chi_c keeps; measured <= 7e-15); a point's value does not
+    depend on the other points of the call."""
+    act = sp.activation(name)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    q = np.exp(rng.uniform(math.log(1e-6), math.log(40.0), 40))
+    c = np.r_[rng.uniform(-1.0, 1.0, 36), -1.0, 1.0, 0.0, 1e-9]
+    r, ds, ok = tables.mehler_array(act, q, c, slope=True)
+    for i in range(q.size):
+        m = tables.mehler_rho(act, float(q[i]), float(c[i]))
+        assert (m is None) == (not ok[i])
+        if m is not None:
+            assert abs(r[i] - m) <= 2e-15
+            one = tables.mehler_array(act, q[i], c[i], slope=True)
+            assert float(one[0]) == r[i] and float(one[1]) == ds[i]
+    keep = ok & (ds >= 1e-3 * act.second_moment(q))
+    assert keep.sum() >= 15
+    dd = act.dphi_cross_moment(q[keep], q[keep], c[keep])
+    assert np.max(np.abs(ds[keep] / q[keep] - dd) / dd) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["elu", "selu", "hard_tanh"])
+def test_rho_2d_array_against_rho_2d(name):
+    """rho_2d_array within 2e-15 of rho_2d (the same panels; measured <= 8e-16), not ok exactly
+    where rho_2d is None."""
+    from signalprop.maps import rho_fn
+    act = sp.activation(name)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    q = np.r_[np.exp(rng.uniform(math.log(1e-8), math.log(1e6), 30)), 2e6]
+    c = np.r_[rng.uniform(-1.0, 1.0, 28), -1.0, 1.0, 0.0]
+    r, ok = tables.rho_2d_array(act, q, c, rho_fn(act))
+    for i in range(q.size):
+        m = tables.rho_2d(act, math.log(q[i]), float(c[i]), rho_fn(act))
+        assert (m is None) == (not ok[i])
+        if m is not None:
+            assert abs(r[i] - m) <= 2e-15
+    assert not ok[-1] and ok.sum() >= 10      # q > ~1.13e6: no table; some panels are rejected

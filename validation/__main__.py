@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -27,12 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes (default 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (drawn on stderr when it is a terminal)")
+    # the file descriptor signalprop validate hands over for the bar (its stderr is a pipe)
+    p.add_argument("--progress-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None) -> int:
     """Run the suite; returns the exit status (0: every case expected to agree agrees)."""
     from .catalogue import catalogue, quick_catalogue
+    from signalprop.progress import progress_bar
+
     from .runner import run_cases, write_report
 
     args = build_parser().parse_args(argv)
@@ -54,12 +61,16 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else (QUICK_OUT if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
 
-    def progress(r):
-        print(f"{r.case.family:13s} {r.case.name:40s} {r.verdict:9s} "
-              f"(expected {r.case.expected}) {r.seconds:7.1f} s", flush=True)
-
+    # the bar: on stderr when it is a terminal, or on the descriptor signalprop validate passes
+    stream = None if args.progress_fd is None else os.fdopen(args.progress_fd, "w", closefd=False)
+    show = False if args.quiet else (True if stream is not None else None)
     t0 = time.perf_counter()
-    results = run_cases(cases, jobs=args.jobs, progress=progress)
+    with progress_bar(len(cases), "validation", "cases", progress=show, stream=stream) as bar:
+        def progress(r):
+            bar.write(f"{r.case.family:13s} {r.case.name:40s} {r.verdict:9s} "
+                      f"(expected {r.case.expected}) {r.seconds:7.1f} s")
+            bar.update(1)
+        results = run_cases(cases, jobs=args.jobs, progress=progress)
     wall = time.perf_counter() - t0
     cmd = "python -m validation" + (" --quick" if args.quick else "")
     if args.family:

@@ -25,16 +25,20 @@ Layout
 * :mod:`.registry`: :data:`COMMANDS` and the parser; this module: :func:`main` and the error
   policy above.
 
-Heavy modules (matplotlib and :mod:`signalprop.plot`, the theory and simulation modules a single
-command needs) are imported inside the commands that use them.
+Start-up: ``signalprop --help`` and a command's ``--help`` must be quick, so this package
+imports nothing heavy. :func:`~.registry.build_parser` imports only the module of the command
+the command line names (:class:`~.registry.Command` holds its module's name); numpy, the results
+module and the helpers re-exported here are imported on first use, through
+:mod:`signalprop._lazy`, the package's one mechanism for deferred imports.
 
 Adding a command
 ----------------
 Write ``add_<name>(parser)`` (its options; reuse :func:`~.args.add_activation_options`,
 :func:`~.args.add_network_options`, ...) and ``run_<name>(args) -> dict`` (calls the API, prints
 the text output unless ``args.json``, and returns the JSON-able result) in a ``commands_*``
-module, then add one line to :data:`COMMANDS`. ``--json`` is added to every command, and printing
-the returned dict is done by :func:`main`.
+module, then add one line to :data:`COMMANDS` naming the module. ``--json`` is added to every
+command, and printing the returned dict is done by :func:`main`. Commands that show progress take
+``--quiet`` (:func:`~.args.add_quiet_option`).
 """
 
 from __future__ import annotations
@@ -46,18 +50,28 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-import numpy as np
+from .._lazy import lazy_exports, lazy_module
+from .registry import COMMANDS, FP_WARNING, PROG, Command, UsageError, build_parser
 
-from ..results import to_jsonable
-from .args import (FP_WARNING, UsageError, activation_from, add_activation_options,
-                   add_network_options, add_weight_options, network_from, sigma_w2_from)
-from .commands_meanfield import add_fixed_point as _add_fixed_point
-from .output import print_table
-from .registry import COMMANDS, PROG, Command, build_parser
+np = lazy_module("numpy")
+_results = lazy_module("signalprop.results")
+_meanfield_commands = lazy_module("signalprop.cli.commands_meanfield")
 
-__all__ = ["main", "COMMANDS", "Command", "build_parser", "add_activation_options",
-           "add_weight_options", "add_network_options", "activation_from", "sigma_w2_from",
-           "network_from", "print_table"]
+#: helpers re-exported from the submodules, imported on first use (name -> submodule).
+_EXPORTS = {name: "args" for name in ("add_activation_options", "add_weight_options",
+                                      "add_network_options", "activation_from", "sigma_w2_from",
+                                      "network_from")}
+_EXPORTS["print_table"] = "output"
+
+__all__ = ["main", "COMMANDS", "Command", "build_parser", *_EXPORTS]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, hidden=("_EXPORTS", "lazy_exports"))
+
+
+def _add_fixed_point(p) -> None:
+    """``fixed-point``'s options (kept for callers that build a :class:`Command` around them)."""
+    _meanfield_commands.add_fixed_point(p)
+
 
 _BAD_INPUT = (UsageError, ValueError, TypeError, OverflowError, MemoryError)
 
@@ -85,8 +99,8 @@ def _run(argv: Optional[Sequence[str]]) -> tuple[int, list]:
         warnings.filterwarnings("default", category=RuntimeWarning)
         warnings.filterwarnings("default", category=UserWarning)
         warnings.filterwarnings("error", message=FP_WARNING, category=RuntimeWarning)
+        args = build_parser(argv).parse_args(argv)
         with np.errstate(over="warn", invalid="warn", divide="warn"):
-            args = build_parser().parse_args(argv)
             try:
                 result = args.run(args)
             except RuntimeWarning as exc:
@@ -97,7 +111,7 @@ def _run(argv: Optional[Sequence[str]]) -> tuple[int, list]:
                     + (f" with {_options_given(argv)}" if argv and len(argv) > 1 else "")
                     + ": the arguments are outside the range this command can evaluate") from None
         if args.json:
-            print(json.dumps(to_jsonable(result)))
+            print(json.dumps(_results.to_jsonable(result)))
     return 0, list(caught)
 
 

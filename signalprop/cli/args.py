@@ -12,22 +12,12 @@ from ..activations import Activation, activation, activations
 from ..architectures import mlp, resnet
 from ..network import MAX_DEPTH, INITS, Network, has_capability, init_sigma_w2
 from .._validate import check_int
+from .registry import FP_WARNING, Parser, UsageError  # noqa: F401 - re-exported (they lived here)
 
 __all__ = ["UsageError", "Parser", "FP_WARNING", "add_activation_options", "activation_from",
            "add_weight_options", "sigma_w2_from", "add_network_options", "network_from",
-           "weights_name", "sigma_w2_out", "is_plain"]
-
-#: numpy's floating-point warnings ("overflow encountered in exp", ...): errors inside a command.
-FP_WARNING = r".*encountered in"
-
-
-class UsageError(Exception):
-    """A malformed command line (raised instead of argparse's print-usage-and-exit)."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block; main() turns it into exit 2
-        raise UsageError(message)
+           "weights_name", "sigma_w2_out", "is_plain", "add_quiet_option", "progress_from",
+           "add_save_options"]
 
 
 def add_activation_options(p: argparse.ArgumentParser, default: str = "tanh") -> None:
@@ -160,3 +150,25 @@ def sigma_w2_out(args: argparse.Namespace, net: Network):
 def is_plain(net: Network) -> bool:
     """True for a fully connected network of Dense layers only (where fixed points apply)."""
     return all(has_capability(la, "fixed_point") for la in net.layers)
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bar (one is drawn on stderr while it is a terminal)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: one on stderr when it is a terminal; "
+                        "SIGNALPROP_PROGRESS=0 turns it off everywhere)")
+
+
+def progress_from(args: argparse.Namespace) -> Optional[bool]:
+    """The ``progress`` argument of the API for ``--quiet``: False, else None (auto)."""
+    return False if getattr(args, "quiet", False) else None
+
+
+def add_save_options(p: argparse.ArgumentParser) -> None:
+    """``--csv FILE`` (the per-layer table) and ``--plot FILE`` (q, c, log g against layer)."""
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the per-layer table to FILE (CSV: layer, q, log_q, c, log_g, "
+                        "log_G and the standard errors present)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="also save a figure of q, c and log g against layer to FILE (.png, .pdf "
+                        "or .svg)")

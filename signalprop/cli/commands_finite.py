@@ -7,7 +7,8 @@ import argparse
 import math
 
 from ..meanfield import fixed_point
-from .args import add_activation_options, add_weight_options, network_from, weights_name
+from .args import (add_activation_options, add_quiet_option, add_weight_options, network_from,
+                   progress_from, weights_name)
 from .output import print_table, shown_layers
 
 
@@ -100,6 +101,7 @@ def add_spectrum(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=0, metavar="P",
                    help="also give the density on P points of the support (default: 0)")
     p.add_argument("--plot", default=None, metavar="FILE", help="save the density to FILE (PNG)")
+    add_quiet_option(p)
 
 
 def _spectrum_q0(args: argparse.Namespace, net) -> float:
@@ -144,7 +146,7 @@ def run_spectrum(args: argparse.Namespace) -> dict:
     q0 = _spectrum_q0(args, net)
     if args.moments < 1 or args.points < 0:
         raise ValueError("--moments must be >= 1 and --points >= 0")
-    s = spectrum(net, q0)
+    s = spectrum(net, q0, progress=progress_from(args))
     out = s.to_dict(condition=True)
     out["moments"] = s.moments(args.moments).tolist()
     out["activation"] = args.activation

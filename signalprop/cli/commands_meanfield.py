@@ -13,9 +13,10 @@ import numpy as np
 from ..meanfield import critical_sigma_w2, fixed_point, phase_diagram, predict
 from .._validate import check_memory
 from .args import (FP_WARNING, activation_from, add_activation_options, add_network_options,
-                   add_weight_options, is_plain, network_from, sigma_w2_from, sigma_w2_out)
-from .output import (SCALARS, describe, figure, fixed_point_dict, plot_phase_figure,
-                     print_fixed_point, print_table, profile_rows, save)
+                   add_save_options, add_weight_options, is_plain, network_from, sigma_w2_from,
+                   sigma_w2_out)
+from .output import (SCALARS, describe, fixed_point_dict, plot_phase_figure, print_fixed_point,
+                     print_table, profile_figure, profile_rows, save, save_profile)
 
 #: default file names of ``phase`` (a prefix) and ``demo`` (without --json, or with --out).
 PHASE_OUT = "signalprop-phase"
@@ -72,6 +73,15 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     add_network_options(p)
     p.add_argument("--every", type=int, default=0, metavar="K",
                    help="print every K-th layer (text only; default: about 50 rows)")
+    add_save_options(p)
+
+
+def _title(out: dict) -> str:
+    """The figures' title: activation and weight variances."""
+    def num(v):
+        return format(v, "g") if isinstance(v, (int, float)) else str(v)
+    return (f"{out['activation']}, $\\sigma_w^2$={num(out['sigma_w2'])}, "
+            f"$\\sigma_b^2$={num(out['sigma_b2'])}")
 
 
 def _predict(args: argparse.Namespace, title: str) -> tuple[dict, object]:
@@ -102,7 +112,9 @@ def _predict(args: argparse.Namespace, title: str) -> tuple[dict, object]:
 
 
 def run_predict(args: argparse.Namespace) -> dict:
-    return _predict(args, "mean-field profile")[0]
+    out, prof = _predict(args, "mean-field profile")
+    save_profile(args, prof, _title(out), out)
+    return out
 
 
 def add_demo(p: argparse.ArgumentParser) -> None:
@@ -117,16 +129,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     out, prof = _predict(args, "signalprop demo")
     if args.json and args.out is None:
         return out
-    from ..plot import plot_profile
-    fig, axes = figure(3, width=3.3, height=2.6)
-    title = f"{args.activation}, $\\sigma_w^2$={out['sigma_w2']:g}, $\\sigma_b^2$={out['sigma_b2']:g}"
-    for ax, field in zip(axes, ("q", "c", "log_g")):
-        if field == "c" and prof.c is None:
-            ax.set_visible(False)
-            continue
-        plot_profile(prof, ax, field=field, color="black")
-        ax.set_title(title if field == "q" else "", loc="left")
-    path = save(fig, args.out or DEMO_OUT)
+    path = save(profile_figure(prof, _title(out)), args.out or DEMO_OUT)
     if not args.json:
         print(f"wrote {path}")
     out["figure"] = str(path)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from ..progress import enabled as progress_enabled
 from ..results import to_jsonable
-from .args import add_network_options, network_from, sigma_w2_out, weights_name
-from .output import describe, print_table, shown_layers
+from .args import (add_network_options, add_quiet_option, add_save_options, network_from,
+                   progress_from, sigma_w2_out, weights_name)
+from .output import describe, print_table, save_profile, shown_layers
 
 #: most worker processes ``validate --jobs`` starts.
 MAX_JOBS = 256
@@ -34,6 +37,8 @@ def add_simulate(p: argparse.ArgumentParser) -> None:
                    help="also compare with mean-field theory (signalprop.compare) and report it")
     p.add_argument("--every", type=int, default=0, metavar="K",
                    help="print every K-th layer (text only; default: about 50 rows)")
+    add_save_options(p)
+    add_quiet_option(p)
 
 
 def _comparison(net, args: argparse.Namespace, prof) -> dict:
@@ -67,7 +72,7 @@ def run_simulate(args: argparse.Namespace) -> dict:
     from ..simulate import simulate
     net = network_from(args)
     prof = simulate(net, args.samples, args.seed, engine=args.engine, q0=args.q0, c0=args.c0,
-                    dtype=args.dtype, workers=args.workers)
+                    dtype=args.dtype, workers=args.workers, progress=progress_from(args))
     out = {"activation": args.activation, "sigma_w2": sigma_w2_out(args, net),
            "sigma_b2": args.sigma_b2, "residual": args.residual, "norm": args.norm,
            "depth": net.depth, "width": args.width, "weights": weights_name(args), "q0": args.q0,
@@ -80,6 +85,8 @@ def run_simulate(args: argparse.Namespace) -> dict:
         out["comparison"] = _comparison(net, args, prof)
     if not args.json:
         _print_simulation(args, net, prof, out)
+    title = f"{args.activation}, Monte Carlo ({args.samples} samples, N = {args.width})"
+    save_profile(args, prof, title, out)
     return out
 
 
@@ -92,6 +99,7 @@ def add_validate(p: argparse.ArgumentParser) -> None:
                    help="only cases of this family (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="cases run in parallel (default: 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    add_quiet_option(p)
 
 
 def run_validate(args: argparse.Namespace) -> dict:
@@ -107,8 +115,18 @@ def run_validate(args: argparse.Namespace) -> dict:
     argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else [])
     argv += sum((["--family", f] for f in args.family or []), []) + ["--jobs", str(args.jobs)]
     argv += ["--no-figures"] if args.no_figures else []
-    proc = subprocess.run([sys.executable, "-m", "validation", *argv], cwd=root, text=True,
-                          stdout=subprocess.PIPE if args.json else None, stderr=subprocess.PIPE)
+    argv += ["--quiet"] if args.quiet else []
+    # the child's stderr is read for its errors, so its bar goes to a copy of ours, when drawn
+    bar_fd = os.dup(sys.stderr.fileno()) if progress_enabled(progress_from(args)) else None
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "validation", *argv]
+            + ([] if bar_fd is None else ["--progress-fd", str(bar_fd)]), cwd=root, text=True,
+            stdout=subprocess.PIPE if args.json else None, stderr=subprocess.PIPE,
+            pass_fds=() if bar_fd is None else (bar_fd,))
+    finally:
+        if bar_fd is not None:
+            os.close(bar_fd)
     if proc.returncode == 2:
         why = (proc.stderr.strip().splitlines() or ["no case matches the selection"])[-1]
         raise ValueError(f"validation: {why.removeprefix('error: ')} (family "

@@ -14,7 +14,8 @@ import numpy as np
 from .args import sigma_w2_from
 
 __all__ = ["SCALARS", "fmt", "print_table", "print_fixed_point", "fixed_point_dict",
-           "profile_rows", "describe", "figure", "save", "plot_phase_figure"]
+           "profile_rows", "describe", "figure", "save", "plot_phase_figure", "profile_figure",
+           "save_profile"]
 
 #: the fixed-point scalars of CONVENTIONS.md, in the order they are printed.
 SCALARS = ("q_star", "c_star", "chi_1", "chi_c", "xi_q", "xi_c", "xi_grad", "regime")
@@ -126,3 +127,36 @@ def plot_phase_figure(pd):
         plot_phase_diagram(pd, field, ax=ax, **limits)
     fig.suptitle(r"dashed: the edge of chaos, $\chi_1 = 1$", x=0.01, ha="left", fontsize=8)
     return fig
+
+
+def profile_figure(prof, title: str):
+    """q^l, c^l and log g^l against layer side by side (the c panel hidden for one input); a
+    Monte Carlo profile is drawn with error bars of 2 standard errors."""
+    from ..plot import plot_profile
+    fig, axes = figure(3, width=3.3, height=2.6)
+    for ax, field in zip(axes, ("q", "c", "log_g")):
+        if field == "c" and prof.c is None:
+            ax.set_visible(False)
+            continue
+        plot_profile(prof, ax, field=field, color="black")
+        ax.set_title(title if field == "q" else "", loc="left")
+    return fig
+
+
+def save_profile(args: argparse.Namespace, prof, title: str, out: dict) -> None:
+    """``--csv FILE`` and ``--plot FILE``: write them (folders created), record their paths in
+    ``out`` (``"csv"``, ``"figure"``) and, in text mode, say so."""
+    written = []
+    if getattr(args, "csv", None):
+        path = Path(args.csv)
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        prof.to_csv(path)
+        out["csv"] = str(path)
+        written.append(path)
+    if getattr(args, "plot", None):
+        path = save(profile_figure(prof, title), args.plot)
+        out["figure"] = str(path)
+        written.append(path)
+    if written and not args.json:
+        print(f"wrote {', '.join(map(str, written))}")

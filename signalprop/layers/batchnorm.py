@@ -23,13 +23,14 @@ import numpy as np
 
 from .._validate import check_choice, check_int, positive_scalar, short_repr
 from ..activations import Activation, activation
-from ..batchnorm import _embed, bn_gradient_operator, bn_kernel
-from ..network import MAX_WIDTH, Network, WEIGHTS
-from ..results import Profile
+from .. import kernel as kernel_maths
+from ..batchnorm import bn_kernel, bn_orbit_map, orbit_basis
+from ..kernel import Kernel
+from ..network import MAX_WIDTH, WEIGHTS, KernelStep, Network
 from ..sampling import Streams, _finite_values, _scaled_api, register
 from .dense import Dense, DenseSampler
 
-__all__ = ["BatchNormDense", "predict_batch"]
+__all__ = ["BatchNormDense"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class BatchNormDense:
     needs_mean = False
     sigma_b2 = 0.0
 
+    @property
+    def coupled_inputs(self) -> int:
+        """The batch of B inputs it normalises over (:attr:`signalprop.network.Network.coupled_inputs`)."""
+        return self.batch_size
+
     def check_input(self, n_in: int) -> None:
         """Any input width."""
 
@@ -67,63 +73,61 @@ class BatchNormDense:
     def same_rule(self, other) -> bool:
         return other == self
 
-    def mean_field(self, state, n_in, cache):
-        raise ValueError("batch-normalised layers couple the batch: predict handles networks made "
-                         "of BatchNormDense layers only (no other layer kinds mixed in)")
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
+        """The batch of B inputs (k = B, a batch-symmetric kernel: equal q, equal pairwise c):
+        ``K_h = sigma_w^2 K_x``; after BN and phi the BSB1 kernel of :func:`bn_kernel` (Yang et al.
+        2019; exact sphere marginals). Backward ``Pi_h = E[B / r^2] E_u[Q D Pi_x D Q]`` with
+        ``E[B/r^2] = B / ((B - 3) q_perp)``, ``q_perp = q_h (1 - c_h)``, on the orbit space of the
+        permutations fixing batch member 0 (:func:`signalprop.batchnorm.bn_gradient_operator`;
+        docs/theory/batchnorm.md), then ``Pi_x^{l-1} = sigma_w^2 (N_l / N_{l-1}) Pi_h``."""
+        B = self.batch_size
+        if kernel.k != B:
+            raise ValueError(f"a BatchNormDense layer with batch_size {B} needs the kernel of B = "
+                             f"{B} inputs, got k = {kernel.k}")
+        off = kernel.corr[~np.eye(B, dtype=bool)]
+        if (np.ptp(kernel.log_q) > 1e-12 * max(1.0, float(np.max(np.abs(kernel.log_q))))
+                or np.ptp(off) > 1e-12):
+            raise ValueError("a BatchNormDense layer needs a batch-symmetric input kernel (equal "
+                             "second moments, equal pairwise correlations)")
+        tracked = kernel.affine(self.sigma_w2, 0.0)
+        bk = bn_kernel(self.activation, B, self.sigma_w2)
+        corr = np.full((B, B), bk.cross_moment / bk.second_moment)
+        np.fill_diagonal(corr, 1.0)
+        mu = None if kernel.mu is None else np.full(B, bk.mean / math.sqrt(bk.second_moment))
+        out = Kernel(np.full(B, math.log(bk.second_moment)), corr, mu)
+        c_h = float(tracked.corr[0, 1])
+        log_scale = math.log(B / (B - 3)) - float(tracked.log_q[0]) - math.log1p(-c_h)
+        from4 = bn_orbit_map(self.activation, B)
+        basis = orbit_basis(B)
+
+        def to_tracked(P: np.ndarray) -> tuple:
+            v2 = from4 @ _orbit_coordinates(P)
+            return log_scale, v2[0] * basis["G"] + v2[1] * basis["ww"]
+
+        back = kernel_maths.scale(math.log(self.sigma_w2) + math.log(self.width / n_in))
+        return KernelStep(tracked, out, to_tracked, back)
 
 
-def predict_batch(network: Network, q0: float, c0) -> Profile:
-    """Mean-field profile of a network of :class:`BatchNormDense` layers (Yang et al. 2019 model;
-    the per-layer kernels and gradient operators of :mod:`signalprop.batchnorm`). ``c0``: the
-    correlation of every pair of batch members (default 0)."""
-
-    layers = network.layers
-    if not all(type(la) is BatchNormDense for la in layers):
-        kinds = sorted({type(la).__name__ for la in layers} - {"BatchNormDense"})
-        raise ValueError(f"predict handles batch normalisation in networks of BatchNormDense layers "
-                         f"only; this one also has {', '.join(kinds)}")
-    B = layers[0].batch_size
-    c0 = 0.0 if c0 is None else float(c0)
-    if c0 < -1.0 / (B - 1) or c0 >= 1.0:
-        raise ValueError(f"c0 must lie in [-1/(B-1), 1) = [{-1.0 / (B - 1):.6g}, 1) for a batch of "
-                         f"B = {B} inputs with equal pairwise correlation, got {c0}")
-    L = network.depth
-    widths = network.widths.astype(float)
-    kern = [bn_kernel(la.activation, B, la.sigma_w2) for la in layers]
-    log_q, c = np.empty(L), np.empty(L)
-    log_x2 = np.empty(L + 1)
-    log_x2[0] = math.log(q0)
-    q_perp = np.empty(L)
-    for l, la in enumerate(layers):
-        if l == 0:
-            log_q[0], c[0] = math.log(la.sigma_w2 * q0), c0
-        else:
-            k = kern[l - 1]
-            log_q[l], c[l] = math.log(la.sigma_w2 * k.second_moment), k.c
-        q_perp[l] = math.exp(log_q[l]) * (1.0 - c[l])
-        log_x2[l + 1] = math.log(kern[l].second_moment)
-    # backward on the orbit space: Pi^L = e_a e_a^T (coordinates (aa, a1, I, 11)); layer l maps
-    # Pi_h^{l+1} to Pi_h^l = s_l M_l(Pi_h^{l+1}) with values in span{G, w w^T}
-    log_g = np.zeros(L)
-    v4 = np.array([1.0, 0.0, 0.0, 0.0])
-    log_scale = 0.0
-    for l in range(L - 2, -1, -1):
-        la_next, la = layers[l + 1], layers[l]
-        op = bn_gradient_operator(la.activation, B, la_next.sigma_w2, q_perp=q_perp[l],
-                                  width_ratio=widths[l + 2] / widths[l + 1])
-        v2 = op.scale * (op.from4 @ v4)                # coefficients of (G, w w^T)
-        v4 = _embed(B) @ v2
-        n = float(np.abs(v4).sum())
-        log_scale += math.log(n)
-        v4 = v4 / n
-        trace = (B - 1) * (v2[0] / n) + (B - 1) / B * (v2[1] / n)
-        log_g[l] = log_scale + math.log(trace)
-    with np.errstate(over="ignore", under="ignore"):
-        q = np.exp(log_q)
-    meta = {"source": "theory", "q0": q0, "c0": c0, "depth": L, "batch_size": B,
-            "g": "sum over the batch of E||d loss/d h^l_b||^2 / N_l (loss <v, h^L_a>)"}
-    return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g,
-                   log_G=log_g + log_x2[:-1], c=c, meta=meta)
+def _orbit_coordinates(P: np.ndarray) -> np.ndarray:
+    """Coordinates of a B x B matrix in the orbit basis (e_0 e_0^T, e_0 1^T + 1 e_0^T, I, 1 1^T)
+    of the permutations fixing batch member 0 (:func:`signalprop.batchnorm.orbit_basis`); a
+    ValueError when ``P`` is not in that span (a gradient covariance that is not symmetric under
+    permutations of the other batch members)."""
+    c11 = P[1, 2]
+    cI = P[1, 1] - c11
+    ca1 = P[0, 1] - c11
+    caa = P[0, 0] - 2.0 * ca1 - cI - c11
+    B = P.shape[0]
+    e = np.zeros(B)
+    e[0] = 1.0
+    one = np.ones(B)
+    rebuilt = (caa * np.outer(e, e) + ca1 * (np.outer(e, one) + np.outer(one, e)) + cI * np.eye(B)
+               + c11 * np.outer(one, one))
+    if np.max(np.abs(rebuilt - P)) > 1e-12 * max(1e-300, float(np.max(np.abs(P)))):
+        raise ValueError("batch normalisation's backward map needs a gradient covariance symmetric "
+                         "under permutations of the batch members other than the one the loss "
+                         "reads (the loss <v, t^L_0> of predict)")
+    return np.array([caa, ca1, cI, c11])
 
 
 @_scaled_api

@@ -43,12 +43,14 @@ from .._validate import check_choice, check_int, nonnegative_scalar, positive_sc
 from ..activations import Activation, activation
 from .. import maps
 from ..maps import LQ_HI, LQ_LO, RHO_Q_MAX, layer_moments, rho_fn, theta_interpolant
-from ..network import MAX_WIDTH, WEIGHTS, Network, Step, _act_label
+from .. import kernel as kernel_maths
+from ..kernel import Kernel
+from ..network import MAX_WIDTH, WEIGHTS, KernelStep, Network, Step, _act_label
 from ..sampling import (ENGINES, LayerError, RealScale, Streams, _combine, _coords, _dot, _finite_values,
                         _frame, _is_zero, _neg, _scaled_api, _span, add_shifts, apply_activation,
                         ldexp_rows, register)
 
-__all__ = ["Dense", "Nonlinearity", "dense_step", "DenseRule", "DenseSampler",
+__all__ = ["Dense", "Nonlinearity", "dense_step", "phi_kernel_step", "DenseRule", "DenseSampler",
            "MatrixFreeGaussian", "MatrixFreeOrthogonal"]
 
 
@@ -111,6 +113,15 @@ class Dense:
         """Poole et al. 2016 eqs. 3, 5; Schoenholz et al. 2017 eq. 14 (:func:`dense_step`)."""
         return dense_step(self, state, n_in, cache)
 
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
+        """``K_h = sigma_w^2 K_x + sigma_b^2`` and ``K_x' = E[phi(u) phi(u)^T]``, ``u ~ N(0, K_h)``
+        (Lee et al. 2018, eq. 4); backward ``Pi_h = Pi_x o E[phi'(u) phi'(u)^T]`` and
+        ``Pi_x^{l-1} = sigma_w^2 (N_l / N_{l-1}) Pi_h`` (Schoenholz et al. 2017, eq. 14, for k
+        inputs). :func:`phi_kernel_step`."""
+        tracked = kernel.affine(self.sigma_w2, self.sigma_b2)
+        return phi_kernel_step(self.activation, tracked,
+                               math.log(self.sigma_w2) + math.log(self.width / n_in), cache)
+
     def c_only_rule(self, cache: dict, lq: float, dq: float):
         """rho(c) of the last step as a function of c alone, for predict's fill of a run where only
         c still moves (:func:`c_only_rho`), or None."""
@@ -163,6 +174,14 @@ class Nonlinearity:
             raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
                              f"after a linear Dense or a LayerNorm); its input has mean/rms {mu:.3g}")
         return dense_step(self._as_dense, state, n_in, cache)
+
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
+        """:meth:`Dense.kernel_step` without the weights: the tracked kernel is the input's."""
+        if kernel.mu is not None and np.any(np.abs(kernel.mu) > 1e-12):
+            raise ValueError("Nonlinearity needs a centred input (mean zero over the units, e.g. "
+                             f"after a linear Dense or a LayerNorm); its input has mean/rms "
+                             f"{float(np.max(np.abs(kernel.mu))):.3g}")
+        return phi_kernel_step(self.activation, kernel, 0.0, cache)
 
     def label(self) -> str:
         return f"Nonlinearity({self.width}, {_act_label(self.activation)})"
@@ -247,6 +266,89 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
             mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
     log_back = lsw2 + math.log(layer.width / n_in)
     return Step(lq, c, (lv, rho, mu_out), ld, log_back)
+
+
+def _log_moments(act: Activation, lq: float, cache: dict) -> tuple:
+    """(log E[phi(h)^2], log E[phi'(h)^2]) for h ~ N(0, e^lq): the tables where they hold, else
+    the direct rules continued as power laws (as in :func:`dense_step`)."""
+    tm = tables.moments(act, lq)
+    if tm is None and lq < tables.LQ_LO:
+        tm = tables.small_moments(act, lq)
+    return tm if tm is not None else layer_moments(act, lq, cache)
+
+
+def _mean_ratio(act: Activation, lq: float) -> float:
+    """E[phi(h)] / sqrt(E[phi(h)^2]) for h ~ N(0, e^lq) (as in :func:`dense_step`)."""
+    if act.odd:
+        return 0.0
+    mu = tables.mean_ratio(act, lq)
+    if mu is None:
+        inside = LQ_LO <= lq <= LQ_HI
+        homogeneous = getattr(act, "homogeneous", False)
+        qm = 1.0 if (homogeneous and not inside) else math.exp(min(max(lq, LQ_LO), LQ_HI))
+        m = float(act.mean(qm))
+        mu = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
+    return mu
+
+
+def _pair_correlations(act: Activation, lq: np.ndarray, corr: np.ndarray, what: str,
+                       log_v: np.ndarray) -> np.ndarray:
+    """The k x k matrix ``E[f(u_a) f(u_b)] / sqrt(E[f(u_a)^2] E[f(u_b)^2])`` for ``u ~ N(0, K)``,
+    ``K`` given by ``lq``, ``corr``; ``f = phi`` (``what = "phi"``) or ``phi'``; ``log_v`` the
+    logs of the diagonal moments. Each distinct (q_a, q_b, c_ab) is evaluated once; equal
+    variances take :func:`signalprop.maps.rho` (and its q range), unequal ones the bivariate rule
+    directly, which needs both q in [1e-280, 1e100]."""
+    k = lq.size
+    R = np.eye(k)
+    if k == 1:
+        return R
+    ia, ib = np.triu_indices(k, 1)
+    rows = np.stack([lq[ia], lq[ib], corr[ia, ib]], axis=1)
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    vals = np.empty(len(uniq))
+    equal = uniq[:, 0] == uniq[:, 1]
+    cross = act.cross_moment if what == "phi" else act.dphi_cross_moment
+    if what == "phi" and equal.any():
+        vals[equal] = maps.rho(act, np.exp(np.clip(uniq[equal, 0], LQ_LO, LQ_HI)), uniq[equal, 2])
+    todo = np.flatnonzero(~equal) if what == "phi" else np.arange(len(uniq))
+    if todo.size:
+        lqa, lqb, c = uniq[todo, 0], uniq[todo, 1], uniq[todo, 2]
+        if np.any((np.minimum(lqa, lqb) < LQ_LO) | (np.maximum(lqa, lqb) > LQ_HI)):
+            raise ValueError("the kernel path needs the second moments of inputs with different "
+                             "norms in [1e-280, 1e100]; this profile leaves that range")
+        e = np.asarray(cross(np.exp(lqa), np.exp(lqb), c), float)
+        vb = dict(zip(lq.tolist(), log_v.tolist()))
+        norm = np.exp(0.5 * (np.array([vb[a] for a in lqa]) + np.array([vb[b] for b in lqb])))
+        vals[todo] = np.clip(e / norm, -1.0, 1.0)
+    R[ia, ib] = vals[inv]
+    R[ib, ia] = vals[inv]
+    return R
+
+
+def phi_kernel_step(act: Activation, tracked: Kernel, log_back: float, cache: dict) -> KernelStep:
+    """The activation's half of a fully connected layer on the kernel path, for the tracked
+    pre-activation kernel ``K_h`` (Lee et al. 2018, eq. 4; Poole et al. 2016, eqs. 3, 5):
+    ``K_x'[a, b] = E[phi(u_a) phi(u_b)]``, ``m_a = E[phi(u_a)]``; backward
+    ``Pi_h = Pi_x o E[phi'(u) phi'(u)^T]`` (the off-diagonal expectations only when ``Pi`` has
+    off-diagonal entries), then ``Pi_x^{l-1} = exp(log_back) Pi_h``."""
+    lq = tracked.log_q
+    mom = [_log_moments(act, float(v), cache) for v in lq]
+    lv = np.array([m[0] for m in mom])
+    ld = np.array([m[1] for m in mom])
+    corr = _pair_correlations(act, lq, tracked.corr, "phi", lv)
+    mu = None
+    if tracked.mu is not None:
+        mu = np.array([_mean_ratio(act, float(v)) for v in lq])
+    out = Kernel(lv, corr, mu)
+
+    def to_tracked(P: np.ndarray) -> tuple:
+        R = None
+        if not kernel_maths.is_diagonal(P):
+            R = _pair_correlations(act, lq, tracked.corr, "dphi", ld)
+        return kernel_maths.congruence(P, ld, R)
+
+    return KernelStep(tracked, out, to_tracked, kernel_maths.scale(log_back))
 
 
 def c_only_rho(layer, cache: dict, lq: float, dq: float):

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import check_int
-from ..network import Step
+from .. import kernel as kernel_maths
+from ..kernel import Kernel
+from ..network import KernelStep, Step
 from ..sampling import ENGINES, Streams, _scaled_api, register
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -72,6 +74,24 @@ class LayerNorm(_Norm):
         c_out = None if c is None else min(1.0, max(-1.0, (c - (1.0 - v)) / v))
         return Step(0.0, c_out, (0.0, c_out, 0.0), 0.0, -(lq + math.log(v)))
 
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
+        """k inputs: ``corr'_ab = (corr_ab - mu_a mu_b) / sqrt((1 - mu_a^2)(1 - mu_b^2))``,
+        ``q' = 1``, ``mu' = 0``; backward ``Pi_x = Pi_y / (s_a s_b)``, ``s_a^2 = q_a (1 - mu_a^2)``
+        (module docstring)."""
+        k = kernel.k
+        mu = np.zeros(k) if kernel.mu is None else kernel.mu
+        v = 1.0 - mu * mu
+        if not np.all(v > 0):
+            raise ValueError("LayerNorm of an input with zero variance over its units "
+                             "(a constant vector) is undefined")
+        sv = np.sqrt(v)
+        corr = np.clip((kernel.corr - np.outer(mu, mu)) / np.outer(sv, sv), -1.0, 1.0)
+        np.fill_diagonal(corr, 1.0)
+        out = Kernel(np.zeros(k), corr, np.zeros(k))
+        log_w = -(kernel.log_q + np.log(v))
+        return KernelStep(out, out, kernel_maths.identity,
+                          lambda P: kernel_maths.congruence(P, log_w))
+
 
 class RMSNorm(_Norm):
     """RMS normalisation, ``y = x / rms x`` (gain 1, eps 0)."""
@@ -82,6 +102,14 @@ class RMSNorm(_Norm):
         """Zhang & Sennrich 2019, eq. 4 at infinite width (module docstring)."""
         lq, c, mu = state
         return Step(0.0, c, (0.0, c, mu), 0.0, -lq)
+
+    def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
+        """k inputs: ``corr' = corr``, ``q' = 1``, ``mu' = mu``; backward ``Pi_x = Pi_y /
+        sqrt(q_a q_b)`` (module docstring)."""
+        out = Kernel(np.zeros(kernel.k), kernel.corr, kernel.mu)
+        log_w = -kernel.log_q
+        return KernelStep(out, out, kernel_maths.identity,
+                          lambda P: kernel_maths.congruence(P, log_w))
 
 
 @_scaled_api

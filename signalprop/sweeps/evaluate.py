@@ -1,0 +1,311 @@
+"""What a sweep computes for one case: build the network, run the requested evaluators, and
+return a JSON-able record. Everything here is picklable (module-level functions and a frozen
+dataclass), so a case runs the same in this process, a spawned worker or a dask worker."""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import __version__
+from .._validate import check_choice, check_int, positive_scalar, short_repr
+from ..architectures import mlp, resnet
+from ..compare import ALL_FIELDS, compare
+from ..meanfield import fixed_point, predict
+from ..network import Network
+from ..results import _Result, to_jsonable
+from ..simulate import simulate
+from .cases import case_hash
+
+__all__ = ["BUILTIN", "OPTION_KEYS", "CASE_OPTION_KEYS", "BUILDERS", "build_mlp", "build_resnet",
+           "Task", "make_task", "run_case", "RECORD_FORMAT", "TIMING_FIELDS"]
+
+#: the evaluators a sweep knows by name.
+BUILTIN = ("predict", "simulate", "compare", "fixed_point")
+#: options each evaluator takes (``options={"simulate": {"samples": 16}}``).
+OPTION_KEYS = {
+    "predict": ("q0", "c0"),
+    "simulate": ("samples", "engine", "dtype", "q0", "c0", "chunk"),
+    "compare": ("sigmas", "kappa", "fields"),
+    "fixed_point": ("q0",),
+}
+#: case keys that go to the evaluators rather than to the network builder.
+CASE_OPTION_KEYS = ("q0", "c0", "samples")
+#: case keys that only tell cases apart (and so change their seeds): independent repeats.
+REPEAT_KEYS = ("replicate",)
+#: default Monte Carlo sample count when neither the options nor the case give one.
+DEFAULT_SAMPLES = 100
+RECORD_FORMAT = "signalprop.sweep.case/1"
+#: fields of a stored record that depend on when and how fast it ran, not on what it computed.
+TIMING_FIELDS = ("date", "timings")
+
+
+def _builder_keys(fn) -> tuple:
+    return tuple(inspect.signature(fn).parameters)
+
+
+def _builder_kwargs(fn, name: str, case: dict) -> dict:
+    """The case's keys for the builder ``fn``; ValueError for a key it lacks or no depth."""
+    allowed = _builder_keys(fn)
+    kwargs = {k: v for k, v in case.items() if k not in CASE_OPTION_KEYS + REPEAT_KEYS}
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ValueError(f"case key {unknown[0]!r} is not a parameter of {name}; allowed keys: "
+                         f"{', '.join(allowed + CASE_OPTION_KEYS + REPEAT_KEYS)} (or pass build=)")
+    if "depth" not in kwargs:
+        raise ValueError(f"each case needs a 'depth' for {name} (case {json.dumps(case)})")
+    return kwargs
+
+
+def _build_with(fn, name: str, case: dict) -> Network:
+    return fn(**_builder_kwargs(fn, name, case))
+
+
+def build_mlp(case: dict) -> Network:
+    """The default builder: ``signalprop.mlp(**case)`` (keys ``q0``, ``c0``, ``samples`` go to
+    the evaluators instead; ``replicate`` only changes the case, hence its seed)."""
+    return _build_with(mlp, "mlp", case)
+
+
+def build_resnet(case: dict) -> Network:
+    """``signalprop.resnet(**case)`` (``q0``, ``c0``, ``samples``, ``replicate``: as in
+    :func:`build_mlp`)."""
+    return _build_with(resnet, "resnet", case)
+
+
+#: builders a spec file may name (``build = "resnet"``).
+BUILDERS = {"mlp": build_mlp, "resnet": build_resnet}
+_CONSTRUCTORS = {build_mlp: (mlp, "mlp"), build_resnet: (resnet, "resnet")}
+
+
+def _name(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every case of a sweep runs: ``build(case) -> Network``; ``what``, pairs
+    ``(name, callable or None)`` (None: a built-in evaluator); ``options``, pairs
+    ``(evaluator, ((key, value), ...))``."""
+
+    build: Callable
+    what: tuple
+    options: tuple
+
+    def opts(self, name: str) -> dict:
+        return dict(dict(self.options).get(name, ()))
+
+    def spec(self, seed: int) -> dict:
+        """What makes two runs' records comparable: the store refuses a different one."""
+        return {"build": _name(self.build), "seed": int(seed),
+                "what": [n if f is None else f"{n}={_name(f)}" for n, f in self.what],
+                "options": {k: dict(v) for k, v in self.options}}
+
+
+def _check_option(name: str, key: str, value):
+    where = f"options[{name!r}][{key!r}]"
+    if key == "samples":
+        return check_int(where, value, 1)
+    if key == "chunk":
+        return check_int(where, value, 1)
+    if key in ("q0", "sigmas"):
+        return positive_scalar(where, value)
+    if key == "kappa":
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if v is None or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{where} must be a finite number >= 0, got {short_repr(value)}")
+        return v
+    if key == "c0":
+        if value is None:
+            return None
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if v is None or not -1.0 <= v <= 1.0:
+            raise ValueError(f"{where} must be None or a number in [-1, 1], got {short_repr(value)}")
+        return v
+    if key == "engine":
+        return check_choice(where, value, ("dense", "matrix-free"))
+    if key == "dtype":
+        return check_choice(where, value, ("float64", "float32"))
+    if key == "fields":
+        vals = [value] if isinstance(value, str) else value
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise TypeError(f"{where} must be a list of {', '.join(ALL_FIELDS)}")
+        return tuple(check_choice(where, f, ALL_FIELDS) for f in vals)
+    raise AssertionError(key)  # pragma: no cover - keys are checked before
+
+
+def make_task(what, build: Optional[Callable], options: Optional[dict]) -> Task:
+    """Check ``what``, ``build`` and ``options`` (errors name the parameter and what is allowed)."""
+    items = [what] if isinstance(what, str) or callable(what) else what
+    if not isinstance(items, (list, tuple)) or not items:
+        raise TypeError(f"what must be one of {', '.join(BUILTIN)}, a callable f(case, network, "
+                        f"seed) or a list of them, got {short_repr(what)}")
+    pairs = []
+    for w in items:
+        if isinstance(w, str):
+            pairs.append((check_choice("what", w, BUILTIN), None))
+        elif callable(w):
+            name = getattr(w, "__name__", "")
+            if not name.isidentifier() or name in BUILTIN:
+                raise ValueError(f"what: a callable needs a plain __name__ other than "
+                                 f"{', '.join(BUILTIN)} (it names its results), got {name!r}")
+            pairs.append((name, w))
+        else:
+            raise TypeError(f"what entries must be one of {', '.join(BUILTIN)} or a callable, "
+                            f"got {short_repr(w)}")
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"what names {sorted(n for n in names if names.count(n) > 1)[0]!r} twice")
+    build = build_mlp if build is None else build
+    if not callable(build):
+        raise TypeError(f"build must be a callable build(case) -> Network, got {short_repr(build)}")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict {{evaluator: {{key: value}}}}, got "
+                        f"{short_repr(options)}")
+    checked = []
+    for name, opts in options.items():
+        if name not in OPTION_KEYS:
+            raise ValueError(f"options: unknown evaluator {name!r}; allowed: "
+                             f"{', '.join(OPTION_KEYS)}")
+        if not isinstance(opts, dict):
+            raise TypeError(f"options[{name!r}] must be a dict, got {short_repr(opts)}")
+        for key in opts:
+            if key not in OPTION_KEYS[name]:
+                raise ValueError(f"options[{name!r}]: unknown key {key!r}; allowed: "
+                                 f"{', '.join(OPTION_KEYS[name])}")
+        checked.append((name, tuple(sorted((k, _check_option(name, k, v))
+                                           for k, v in opts.items()))))
+    return Task(build, tuple(pairs), tuple(sorted(checked)))
+
+
+def check_case_keys(task: Task, case: dict) -> None:
+    """Up front, before any case runs: keys the built-in builder does not take, and case keys
+    that an evaluator option also sets (which one wins would be a silent choice), are refused."""
+    if task.build in _CONSTRUCTORS:
+        _builder_kwargs(*_CONSTRUCTORS[task.build], case)
+    for key in CASE_OPTION_KEYS:
+        if key in case:
+            for name, opts in task.options:
+                if key in dict(opts):
+                    raise ValueError(f"{key!r} is set both by the cases and by "
+                                     f"options[{name!r}]; give it in one place")
+
+
+def _evaluator_args(task: Task, case: dict, name: str) -> dict:
+    opts = task.opts(name)
+    for key in CASE_OPTION_KEYS:
+        if key in case and key in OPTION_KEYS[name]:
+            opts[key] = _check_option(name, key, case[key])
+    return opts
+
+
+def _jsonable(value):
+    """Results as plain JSON values (Result objects by their ``to_dict``; arrays as lists, inf
+    and nan as strings: :func:`signalprop.results.to_jsonable`)."""
+    if isinstance(value, _Result):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu" or \
+            (isinstance(value, np.ndarray) and value.dtype.kind == "f" and np.isfinite(value).all()):
+        return value.tolist()      # the same lists to_jsonable makes, without its per-item walk
+    return to_jsonable(value)
+
+
+def _comparison(comp) -> dict:
+    field, layer, z, excess = comp.worst()
+    out = {"verdict": comp.verdict, "max_abs_z": comp.max_abs_z, "max_excess": comp.max_excess,
+           "worst_field": field, "worst_layer": layer, "rule": comp.rule,
+           "layers": comp.layers}
+    for f in comp.fields:
+        out[f"z_{f}"] = comp.z[f]
+    return out
+
+
+def _uniform_rule(net: Network) -> tuple:
+    rules = {(la.activation, float(la.sigma_w2), float(la.sigma_b2)) for la in net.layers
+             if hasattr(la, "activation") and hasattr(la, "sigma_w2")}
+    if len(rules) != 1:
+        raise ValueError("what='fixed_point' needs a network whose layers share one activation, "
+                         f"sigma_w2 and sigma_b2; this one has {len(rules)} distinct rules")
+    return rules.pop()
+
+
+def _evaluate(task: Task, case: dict, seed: int, timings: dict) -> dict:
+    net = task.build(case)
+    if not isinstance(net, Network):
+        raise TypeError(f"build must return a signalprop Network, got {short_repr(net)} for case "
+                        f"{json.dumps(case)}")
+    names = [n for n, _ in task.what]
+    results: dict = {}
+    sim = theory = None
+    if "simulate" in names or "compare" in names:
+        t = time.perf_counter()
+        a = _evaluator_args(task, case, "simulate")
+        sim = simulate(net, a.pop("samples", DEFAULT_SAMPLES), seed, **a)
+        timings["simulate"] = time.perf_counter() - t
+    if "predict" in names:
+        t = time.perf_counter()
+        theory = predict(net, **_evaluator_args(task, case, "predict"))
+        timings["predict"] = time.perf_counter() - t
+    for name, fn in task.what:
+        t = time.perf_counter()
+        if name == "predict":
+            results[name] = _jsonable(theory)
+            continue
+        if name == "simulate":
+            results[name] = _jsonable(sim)
+            continue
+        if name == "compare":
+            sa = _evaluator_args(task, case, "simulate")
+            q0, c0 = sa.get("q0", 1.0), sa.get("c0")
+            pa = _evaluator_args(task, case, "predict") if "predict" in names else None
+            th = theory if pa is not None and (pa.get("q0", 1.0), pa.get("c0")) == (q0, c0) \
+                else predict(net, q0=q0, c0=c0)
+            results[name] = _jsonable(_comparison(compare(th, sim, **task.opts("compare"))))
+        elif name == "fixed_point":
+            act, sw2, sb2 = _uniform_rule(net)
+            results[name] = _jsonable(fixed_point(act, sw2, sb2,
+                                                  **_evaluator_args(task, case, "fixed_point")))
+        else:
+            out = fn(case, net, seed)
+            if not isinstance(out, (dict, _Result)):
+                raise TypeError(f"what={name}: must return a dict or a signalprop Result, got "
+                                f"{short_repr(out)}")
+            results[name] = _jsonable(out)
+            try:
+                json.dumps(results[name], allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"what={name} returned values that are not JSON-able ({exc}) "
+                                f"for case {json.dumps(case)}: return plain values, numpy "
+                                "arrays or signalprop Results") from None
+        timings[name] = time.perf_counter() - t
+    for name, value in results.items():
+        if isinstance(value, dict):
+            value.pop("samples", None)
+    return results
+
+
+def run_case(task: Task, case: dict, seed: int) -> dict:
+    """The stored record of one case: ``case``, ``case_hash``, ``seed``, ``results``
+    (evaluator -> JSON-able dict), ``version``; plus ``date`` and ``timings`` (seconds), the only
+    fields that differ between two runs of the same case (:data:`TIMING_FIELDS`)."""
+    timings: dict = {}
+    start = time.perf_counter()
+    results = _evaluate(task, case, seed, timings)
+    timings["total"] = time.perf_counter() - start
+    record = {"format": RECORD_FORMAT, "case_hash": case_hash(case), "case": case, "seed": seed,
+              "results": results, "version": __version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "timings": timings}
+    return record

@@ -1,0 +1,380 @@
+"""signalprop.sweeps: case hashes and seeds, executors (identical records whatever runs them),
+the resumable store (interruption, killed workers, atomic writes), tables, spec files, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from signalprop import mlp, predict, simulate
+from signalprop.cli.commands_sweep import add_sweep, run_sweep
+from signalprop.sweeps import Cases, Grid, case_hash, case_seed, load, parse_spec, sweep
+from signalprop.sweeps.evaluate import TIMING_FIELDS
+from signalprop.sweeps.store import atomic_write
+
+SMALL = Grid(activation=["tanh", "relu"], sigma_w2=[1.0, 2.0], depth=[4], width=[8])
+SIM = {"simulate": {"samples": 6}}
+
+
+# --- user callables: module level, so that spawned and dask workers can import them ----------
+
+def count_calls(case, network, seed):
+    """Records one call as a file in $SWEEP_TEST_CALLS (counts across processes) and fails on the
+    case with fail=True when $SWEEP_TEST_FAIL is set (os._exit kills the worker if 'exit')."""
+    d = Path(os.environ["SWEEP_TEST_CALLS"])
+    (d / f"{case_hash(case)}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    mode = os.environ.get("SWEEP_TEST_FAIL", "")
+    if case.get("k") == 3 and mode == "raise":
+        raise ArithmeticError("case 3 fails on purpose")
+    if case.get("k") == 3 and mode == "exit":
+        os._exit(13)
+    if case.get("k") == 3 and mode == "interrupt":
+        raise KeyboardInterrupt
+    time.sleep(float(os.environ.get("SWEEP_TEST_SLEEP", "0")))
+    return {"k2": case["k"] ** 2, "depth": network.depth, "seed_mod": seed % 1000}
+
+
+def build_fixed(case):
+    return mlp(2, 4, "tanh")
+
+
+def stored_without_timing(store) -> dict:
+    out = {}
+    for f in sorted(Path(store).glob("*.json")):
+        if f.name == "sweep.json":
+            continue
+        rec = json.loads(f.read_text())
+        for k in TIMING_FIELDS:
+            rec.pop(k)
+        out[f.name] = json.dumps(rec)          # key order as stored
+    return out
+
+
+@pytest.fixture
+def calls(tmp_path, monkeypatch):
+    d = tmp_path / "calls"
+    d.mkdir()
+    monkeypatch.setenv("SWEEP_TEST_CALLS", str(d))
+    monkeypatch.delenv("SWEEP_TEST_FAIL", raising=False)
+    return d
+
+
+# --- cases, hashes, seeds --------------------------------------------------------------------
+
+def test_case_hash_and_seed_are_sha256_of_the_canonical_json():
+    case = {"sigma_w2": 1.5, "activation": "tanh", "depth": 20}
+    text = '{"activation":"tanh","depth":20,"sigma_w2":1.5}'       # written out by hand
+    assert case_hash(case) == hashlib.sha256(text.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"signalprop.sweep seed 7\n{text}".encode()).digest()
+    assert case_seed(case, 7) == int.from_bytes(digest[:8], "big")
+    assert case_seed(dict(reversed(list(case.items()))), 7) == case_seed(case, 7)
+    assert case_seed(case, 8) != case_seed(case, 7)
+    assert case_hash({"depth": 1}) != case_hash({"depth": 1.0})
+
+
+def test_grid_is_the_product_with_the_last_axis_fastest():
+    g = Grid(a=[1, 2], b=["x", "y", "z"])
+    assert len(g) == 6
+    assert list(g)[:4] == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"},
+                           {"a": 2, "b": "x"}]
+
+
+@pytest.mark.parametrize("make, exc, text", [
+    (lambda: Grid(), ValueError, "at least one axis"),
+    (lambda: Grid(depth=5), TypeError, "axis 'depth'"),
+    (lambda: Grid(depth=[]), TypeError, "axis 'depth'"),
+    (lambda: Grid(depth=[1, 1]), ValueError, "repeats"),
+    (lambda: Grid(depth=[float("nan")]), ValueError, "finite"),
+    (lambda: Grid(depth=[[1, 2]]), TypeError, "str, int, float, bool or None"),
+    (lambda: Grid(layer=[1]), ValueError, "reserved"),
+    (lambda: Grid(a=list(range(1001)), b=list(range(1001))), ValueError, "at most"),
+    (lambda: Cases([{"depth": 2}, {"depth": 2}]), ValueError, "repeats case 0"),
+    (lambda: Cases([{"depth": 2}, 3]), TypeError, "case 1"),
+    (lambda: Cases([{"bad key": 2}]), ValueError, "identifiers"),
+])
+def test_bad_cases_are_refused(make, exc, text):
+    with pytest.raises(exc, match=text):
+        make()
+
+
+@pytest.mark.parametrize("kwargs, exc, text", [
+    (dict(what="spectrum"), ValueError, "what must be one of"),
+    (dict(what=["predict", "predict"]), ValueError, "twice"),
+    (dict(executor="threads"), ValueError, "executor must be one of"),
+    (dict(workers=0), ValueError, "workers"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(address="tcp://127.0.0.1:1"), ValueError, "address goes with executor='dask'"),
+    (dict(options={"simulate": {"samplez": 3}}), ValueError, "unknown key 'samplez'"),
+    (dict(options={"simulate": {"samples": 0}}), ValueError, "samples"),
+    (dict(options={"spectrum": {}}), ValueError, "unknown evaluator"),
+    (dict(build=lambda c: mlp(2), executor="processes"), TypeError, "picklable"),
+])
+def test_bad_arguments_are_refused(kwargs, exc, text):
+    with pytest.raises(exc, match=text):
+        sweep([{"depth": 2, "width": 4}], **kwargs)
+
+
+def test_unknown_case_key_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="'widht' is not a parameter of mlp; allowed keys: depth"):
+        sweep([{"depth": 2, "widht": 4}])
+    with pytest.raises(ValueError, match="'q0' is set both"):
+        sweep([{"depth": 2, "q0": 2.0}], options={"predict": {"q0": 1.0}})
+
+
+# --- what is stored equals the API called directly ------------------------------------------
+
+def test_records_equal_direct_api_calls(tmp_path):
+    res = sweep(SMALL, ["predict", "simulate", "fixed_point"], options=SIM, seed=3,
+                store=tmp_path / "s")
+    assert (res.computed, res.skipped, len(res)) == (4, 0, 4)
+    for case, rec in zip(SMALL, res.records):
+        net = mlp(**case)
+        assert rec["case"] == case and rec["seed"] == case_seed(case, 3)
+        th, mc = predict(net), simulate(net, 6, case_seed(case, 3))
+        np.testing.assert_array_equal(rec["results"]["predict"]["log_g"], th.log_g)
+        np.testing.assert_array_equal(rec["results"]["simulate"]["q"], mc.q)
+        np.testing.assert_array_equal(rec["results"]["simulate"]["log_G_se"], mc.log_G_se)
+        assert rec["results"]["fixed_point"]["regime"] in ("ordered", "critical", "chaotic")
+    # relu at sigma_w2 = 2 is critical (chi_1 = sigma_w2 / 2 = 1; Poole et al. 2016, eq. 7)
+    relu2 = res.records[3]["results"]["fixed_point"]
+    assert res.records[3]["case"]["sigma_w2"] == 2.0 and relu2["chi_1"] == pytest.approx(1, abs=1e-12)
+
+
+def test_same_records_inline_processes_and_any_order(tmp_path):
+    """Records are byte-identical apart from timing fields: per-case seeds, not scheduling."""
+    what = ["predict", "simulate", "compare"]
+    sweep(SMALL, what, options=SIM, store=tmp_path / "inline")
+    cases = list(SMALL)[::-1]
+    sweep(cases, what, options=SIM, store=tmp_path / "proc", executor="processes", workers=2)
+    a, b = stored_without_timing(tmp_path / "inline"), stored_without_timing(tmp_path / "proc")
+    assert len(a) == 4 and a == b
+    assert not list((tmp_path / "proc").glob(".*"))          # no temporary files left
+
+
+# --- resumption ------------------------------------------------------------------------------
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path, calls, monkeypatch):
+    grid = Grid(k=list(range(8)))
+    store = tmp_path / "s"
+    monkeypatch.setenv("SWEEP_TEST_FAIL", "raise")
+    with pytest.raises(ArithmeticError, match="on purpose"):
+        sweep(grid, count_calls, build=build_fixed, store=store)
+    assert len(list(calls.iterdir())) == 4                   # cases 0..3, 3 raised
+    assert {r["case"]["k"] for r in load(store).records} == {0, 1, 2}
+    monkeypatch.setenv("SWEEP_TEST_FAIL", "")
+    res = sweep(grid, count_calls, build=build_fixed, store=store)
+    assert (res.computed, res.skipped) == (5, 3)
+    assert len(list(calls.iterdir())) == 4 + 5               # nothing finished ran twice
+    assert [r["results"]["count_calls"]["k2"] for r in res.records] == [k * k for k in range(8)]
+    again = sweep(grid, count_calls, build=build_fixed, store=store)
+    assert (again.computed, again.skipped) == (0, 8) and len(list(calls.iterdir())) == 9
+
+
+def test_ctrl_c_keeps_the_finished_cases(tmp_path, calls, monkeypatch):
+    monkeypatch.setenv("SWEEP_TEST_FAIL", "interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        sweep(Grid(k=list(range(6))), count_calls, build=build_fixed, store=tmp_path / "s")
+    assert [r["case"]["k"] for r in load(tmp_path / "s").records] == [0, 1, 2]
+
+
+def test_replicates_are_cases_with_their_own_seeds():
+    res = sweep(Grid(depth=[3], width=[8], replicate=[0, 1]), "simulate", options=SIM)
+    a, b = res.records
+    assert a["seed"] != b["seed"] and a["results"]["simulate"]["q"] != b["results"]["simulate"]["q"]
+    with pytest.raises(ValueError, match="allowed keys: .*replicate"):
+        sweep(Grid(depth=[3], repeat=[0, 1]), executor="processes")   # refused before any runs
+
+
+def test_killed_worker_process_loses_nothing_finished(tmp_path, calls, monkeypatch):
+    grid = Grid(k=list(range(8)))
+    store = tmp_path / "s"
+    monkeypatch.setenv("SWEEP_TEST_FAIL", "exit")
+    with pytest.raises(RuntimeError, match="worker process died"):
+        sweep(grid, count_calls, build=build_fixed, store=store, executor="processes", workers=1)
+    first = {r["case"]["k"] for r in load(store).records}
+    assert first <= {0, 1, 2}           # one worker runs cases in order; case 3 killed it
+    monkeypatch.setenv("SWEEP_TEST_FAIL", "")
+    before = len(list(calls.iterdir()))
+    res = sweep(grid, count_calls, build=build_fixed, store=store)
+    left = 8 - len(first)
+    assert (res.computed, res.skipped) == (left, len(first))
+    assert len(list(calls.iterdir())) == before + left
+
+
+def test_store_of_another_spec_is_refused_and_grids_may_grow(tmp_path):
+    store = tmp_path / "s"
+    sweep(Grid(depth=[2, 3]), "predict", store=store)
+    with pytest.raises(ValueError, match="another spec.*differs in seed"):
+        sweep(Grid(depth=[2, 3]), "predict", store=store, seed=1)
+    with pytest.raises(ValueError, match="differs in what"):
+        sweep(Grid(depth=[2, 3]), "fixed_point", store=store)
+    grown = sweep(Grid(depth=[2, 3, 4]), "predict", store=store)
+    assert (grown.computed, grown.skipped) == (1, 2)
+    assert [r["case"]["depth"] for r in load(store).records] == [2, 3, 4]
+    fresh = sweep(Grid(depth=[2]), "fixed_point", store=store, replace=True)
+    assert fresh.computed == 1 and len(load(store)) == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="non-empty directory"):
+        sweep(Grid(depth=[2]), store=tmp_path / "other")
+
+
+def test_atomic_write_keeps_the_old_file_when_replacing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "x.json"
+    atomic_write(target, "old")
+
+    def fail(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+def test_dataframe_is_tidy_and_xarray_has_the_grid_axes(tmp_path):
+    pytest.importorskip("pandas")
+    pytest.importorskip("xarray")
+    grid = Grid(activation=["tanh", "relu"], sigma_w2=[1.0, 2.0], depth=[3, 5], width=[8])
+    sweep(grid, ["predict", "fixed_point"], store=tmp_path / "s")
+    res = load(tmp_path / "s")
+    df = res.to_dataframe()
+    assert len(df) == 2 * 2 * (3 + 5)                       # one row per case and layer
+    assert {"activation", "sigma_w2", "depth", "width", "seed", "layer", "predict.q",
+            "predict.log_g", "fixed_point.chi_1"} <= set(df.columns)
+    assert df.attrs["signalprop_version"] and "predict" in df.attrs["spec"]
+    row = df[(df.activation == "relu") & (df.sigma_w2 == 2.0) & (df.depth == 5)]
+    np.testing.assert_array_equal(row["predict.q"], predict(mlp(5, 8, "relu", sigma_w2=2.0)).q)
+    ds = res.to_xarray()
+    assert dict(ds["predict.q"].sizes) == {"activation": 2, "sigma_w2": 2, "depth": 2, "width": 1,
+                                           "layer": 5}
+    assert list(ds.activation.values) == ["tanh", "relu"]
+    q = ds["predict.q"].sel(activation="tanh", sigma_w2=1.0, depth=3, width=8)
+    np.testing.assert_array_equal(q.values[:3], predict(mlp(3, 8, "tanh")).q)
+    assert np.isnan(q.values[3:]).all()                      # depth 3: no layers 4, 5
+    assert ds["fixed_point.regime"].sel(activation="relu", sigma_w2=2.0, depth=3,
+                                        width=8).item() == "critical"
+
+
+# --- spec files and the command line ---------------------------------------------------------
+
+SPEC = """
+[sweep]
+what = ["predict", "simulate"]
+store = "runs/s"
+seed = 5
+[grid]
+activation = ["tanh", "relu"]
+depth = [3]
+width = [8]
+[simulate]
+samples = 4
+"""
+
+
+def cli(*argv) -> dict:
+    p = argparse.ArgumentParser()
+    add_sweep(p)
+    p.add_argument("--json", action="store_true")
+    return run_sweep(p.parse_args([*argv, "--json"]))
+
+
+def test_cli_runs_a_spec_and_resumes(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    out = cli(str(spec))
+    assert (out["cases"], out["computed"], out["skipped"]) == (2, 2, 0)
+    assert Path(out["store"]) == tmp_path / "runs" / "s"     # relative to the spec's folder
+    out = cli(str(spec))
+    assert (out["computed"], out["skipped"]) == (0, 2)
+    rec = load(tmp_path / "runs" / "s").records[0]
+    assert rec["seed"] == case_seed({"activation": "tanh", "depth": 3, "width": 8}, 5)
+    assert rec["results"]["simulate"]["meta"]["samples"] == 4
+    spec.write_text(SPEC.replace("seed = 5", "seed = 6"))
+    with pytest.raises(ValueError, match="another spec"):
+        cli(str(spec))
+    out = cli(str(spec), "--replace", "--csv", str(tmp_path / "t.csv"))
+    assert out["computed"] == 2
+    if "csv" in out:
+        assert (tmp_path / "t.csv").read_text().startswith("activation,depth,width,seed,layer")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[sweep]\nwhat='predict'\nstor='x'\n[grid]\ndepth=[2]", "unknown key 'stor' in \\[sweep\\]"),
+    ("[sweeps]\n[grid]\ndepth=[2]", "unknown table or key 'sweeps'"),
+    ("[sweep]\n", "exactly one of \\[grid\\]"),
+    ("[grid]\ndepth=[2]\n[[cases]]\ndepth=2", "exactly one of"),
+    ("[grid]\ndepth=[2]\n[simulate]\nsample=3", "unknown key 'sample'"),
+    ("[sweep]\nwhat=['spectrum']\n[grid]\ndepth=[2]", "what must be one of"),
+    ("[sweep]\nexecutor='gpu'\n[grid]\ndepth=[2]", "executor must be one of"),
+    ("[grid]\ndepth=2", "axis 'depth'"),
+    ("[grid]\ndepth=[2", "not valid TOML"),
+    ("[sweep]\nbuild='__import__(\"os\")'\n[grid]\ndepth=[2]", "build must be one of"),
+])
+def test_bad_spec_files_are_refused(text, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        parse_spec(text)
+
+
+def test_spec_with_explicit_cases_and_resnet(tmp_path):
+    spec = parse_spec("[sweep]\nbuild='resnet'\nstore='r'\n[[cases]]\ndepth=2\nwidth=4\n"
+                      "[[cases]]\ndepth=3\nwidth=4\n", tmp_path)
+    res = spec.run()
+    assert [r["case"]["depth"] for r in res.records] == [2, 3]
+    assert res.path == str(tmp_path / "r")
+
+
+# --- dask.distributed ------------------------------------------------------------------------
+
+def test_dask_scheduler_address_gives_the_inline_records(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    cases = [{"depth": d, "width": 8, "activation": "tanh"} for d in (2, 3, 4)]
+    sweep(cases, ["predict", "simulate"], options=SIM, store=tmp_path / "inline")
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        res = sweep(cases, ["predict", "simulate"], options=SIM, store=tmp_path / "dask",
+                    executor="dask", address=cluster.scheduler_address)
+    assert res.computed == 3
+    assert stored_without_timing(tmp_path / "inline") == stored_without_timing(tmp_path / "dask")
+
+
+def test_dask_cluster_survives_a_killed_worker_with_identical_numbers(tmp_path, calls,
+                                                                      monkeypatch):
+    """Issue 15: an embedded LocalCluster of 2 worker processes runs a 64-case simulate sweep;
+    one worker is killed (SIGKILL) part-way; the sweep finishes with the in-process numbers."""
+    pytest.importorskip("dask.distributed")
+    grid = Grid(k=list(range(64)))
+    what = [count_calls, "simulate"]
+    opts = {"simulate": {"samples": 4}}
+    monkeypatch.setenv("SWEEP_TEST_SLEEP", "0.04")
+    killed: list = []
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            done = len(list((tmp_path / "dask").glob("*.json"))) if (tmp_path / "dask").exists() else 0
+            pids = {int(f.name.split("-")[1]) for f in calls.iterdir()} - {os.getpid()}
+            if done >= 12 and pids:
+                pid = min(pids)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(done)
+            time.sleep(0.02)
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    res = sweep(grid, what, build=build_fixed, options=opts, store=tmp_path / "dask",
+                executor="dask", workers=2)
+    thread.join()
+    assert killed and killed[0] < 64 and len(res) == 64     # killed part-way through
+    monkeypatch.setenv("SWEEP_TEST_SLEEP", "0")
+    sweep(grid, what, build=build_fixed, options=opts, store=tmp_path / "inline")
+    assert stored_without_timing(tmp_path / "dask") == stored_without_timing(tmp_path / "inline")
