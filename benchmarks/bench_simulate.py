@@ -13,7 +13,12 @@ Prints, in one run:
 4. the matrix-free engine at width 10^5, depth 10^3;
 5. the stabilised Jacobian accumulation (log singular values) against the plain GEMM chain;
 6. batch-normalised networks (BatchNormDense, B = 32, N = 1024, L = 20): the matrix-free engine's
-   speed-up over the dense engine, gaussian and orthogonal weights.
+   speed-up over the dense engine, gaussian and orthogonal weights;
+7. (issue 17) both engines against the time of drawing their normals alone (one generator per
+   sample, as the engines draw them: on one thread and on every core) and against the plain
+   PyTorch loop of the anchors (/work/shared/anchors/torch_mc.py, float64, run as a subprocess
+   from the anchors' virtualenv when present), at N = 512, L = 50, 16 samples and at
+   N = 64, L = 200, 64 samples (where per-layer overhead dominates). ``--only 7`` runs it alone.
 
 BLAS and OpenMP are pinned to one thread (set before numpy is imported) so that the ratios do not
 depend on how busy the other cores are; export OPENBLAS_NUM_THREADS etc. to override. Times are
@@ -198,14 +203,96 @@ def section6(N, L, B, S_dense, S_mf, repeats):
               f"{per_m * 1e3:7.2f} ms/sample: speed-up {per_d / per_m:5.1f}x")
 
 
+ANCHORS = Path(os.environ.get("SIGNALPROP_ANCHORS", "/work/shared/anchors"))
+ANCHOR_PYTHON = Path.home() / ".cache" / "signalprop-anchors-venv" / "bin" / "python"
+
+
+def normals_floor(S, counts, nthreads):
+    """Drawing ``sum(counts)`` standard normals per sample, one generator per sample, as calls of
+    ``counts[i]`` numbers each (fresh arrays, as the engines allocate them), on ``nthreads``
+    threads (:meth:`signalprop.sampling.Streams.normal`)."""
+    from signalprop import sampling
+
+    def run():
+        st = sampling.Streams([np.random.default_rng(s) for s in range(S)])
+        sampling.set_threads(nthreads)
+        try:
+            for c in counts:
+                st.normal((c,))
+        finally:
+            sampling.set_threads(None)
+    return run
+
+
+def torch_anchor(N, L, S, repeats, sw2=1.5, sb2=0.05):
+    """Best time of the anchors' plain PyTorch loop (float64, 2 threads), or None (and why)."""
+    import json
+    import subprocess
+    script = ANCHORS / "torch_mc.py"
+    if not (script.exists() and ANCHOR_PYTHON.exists()):
+        return None, f"no anchors ({script} or {ANCHOR_PYTHON} missing)"
+    cmd = [str(ANCHOR_PYTHON), str(script), "--act", "tanh", "--sw2", str(sw2), "--sb2", str(sb2),
+           "--depth", str(L), "--width", str(N), "--samples", str(S), "--dtype", "float64",
+           "--repeats", str(repeats), "--threads", str(os.cpu_count() or 1)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=str(ANCHORS))
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        return float(out["timings"]["experiment"]["min_s"]), "torch " + \
+            str(out.get("versions", {}).get("torch", "?"))
+    except Exception as err:                     # report, do not fail the benchmark
+        return None, f"torch anchor failed: {type(err).__name__}: {err}"[:200]
+
+
+def section7(N, L, S, repeats, anchor=True):
+    """Both engines against their normals (one input, tanh, sigma_w^2 = 1.5, sigma_b^2 = 0.05)."""
+    from signalprop import sampling
+    net = mlp(L, N, "tanh", sigma_w2=1.5, sigma_b2=0.05)
+    cpus = sampling.usable_cpus()
+    dense_counts = [N * N + N] * L                          # W and b per layer
+    mf_counts = [N] * L + [N] + [N + 1] * (L - 1)           # G per layer; v; xi per layer
+    mf_total = [sum(mf_counts)]                             # the same, one call per sample
+    names = ["dense engine", f"dense normals, 1 thread", f"dense normals, {cpus} threads",
+             "matrix-free engine", "matrix-free normals (one call per sample), 1 thread",
+             f"matrix-free normals (one call per sample), {cpus} threads",
+             "matrix-free normals (one call per sample and layer), 1 thread"]
+    fns = [lambda: simulate(net, S, 0, engine="dense"), normals_floor(S, dense_counts, 1),
+           normals_floor(S, dense_counts, None), lambda: simulate(net, S, 0, engine="matrix-free"),
+           normals_floor(S, mf_total, 1), normals_floor(S, mf_total, None),
+           normals_floor(S, mf_counts, 1)]
+    t = dict(zip(names, race(fns, repeats)))
+    t_torch, what = torch_anchor(N, L, S, repeats) if anchor else (None, "skipped")
+    print(f"  N={N} L={L} samples={S} (best of {repeats}, round-robin; load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs: other work on the machine inflates "
+          "every time, minima are the least affected):")
+    for k, v in t.items():
+        print(f"      {k:58s} {v * 1e3:9.1f} ms")
+    d, dn = t["dense engine"], t[f"dense normals, {cpus} threads"]
+    m, mn = t["matrix-free engine"], t[f"matrix-free normals (one call per sample), {cpus} threads"]
+    print(f"      dense / its normals on all cores: {d / dn:5.2f} (target <= 1.25); "
+          f"on one thread: {d / t['dense normals, 1 thread']:5.2f}")
+    print(f"      matrix-free / its normals on all cores: {m / mn:5.2f} (target <= 1.25); "
+          f"on one thread: {m / t['matrix-free normals (one call per sample), 1 thread']:5.2f}")
+    if t_torch is None:
+        print(f"      plain PyTorch loop: {what}")
+    else:
+        print(f"      plain PyTorch loop (anchors, float64, {what}) {t_torch * 1e3:9.1f} ms: "
+              f"dense engine / torch = {d / t_torch:5.2f} (target <= 1), matrix-free / torch = "
+              f"{m / t_torch:6.3f}")
+    return t, t_torch
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", type=int, choices=range(1, 8), help="run one section (1, 2, 4-7)")
+    ap.add_argument("--no-anchor", action="store_true", help="section 7 without the torch run")
     args = ap.parse_args(argv)
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, BLAS threads "
           f"{os.environ.get('OPENBLAS_NUM_THREADS')}, load average "
           f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "")
+    if args.only == 7:
+        return run_section7(args)
     print("1. dense engine vs plain batched GEMM of the same shapes (tanh, one input)")
     if args.quick:
         section1(256, 5, 4, 1)
@@ -232,6 +319,14 @@ def main(argv=None):
         section6(256, 5, 8, 4, 32, 1)
     else:
         section6(1024, 20, 32, 4, 32, max(1, args.repeats - 1))
+    run_section7(args)
+
+
+def run_section7(args):
+    print("7. the engines against the time to draw their normals, and the plain PyTorch loop")
+    sizes = ((128, 10, 4), (32, 50, 16)) if args.quick else ((512, 50, 16), (64, 200, 64))
+    for N, L, S in sizes:
+        section7(N, L, S, args.repeats, anchor=not args.no_anchor)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def _input_kernel(network: Network, q0: float, c0, inputs):
             return None
         if B is not None:
             c0 = 0.0 if c0 is None else c0
-            if c0 < -1.0 / (B - 1) or c0 >= 1.0:
+            if (B > 1 and c0 < -1.0 / (B - 1)) or c0 >= 1.0:
                 raise ValueError(f"c0 must lie in [-1/(k-1), 1) = [{-1.0 / (B - 1):.6g}, 1) for "
                                  f"k = {B} inputs with equal pairwise correlation, got {c0}")
         k = B if B is not None else (1 if c0 is None else 2)
@@ -287,14 +287,16 @@ def _predict_kernel(network: Network, kernel: Kernel) -> Profile:
                              f"inputs (kernel_step) yet")
         cache["layer"] = i + 1           # kinds computed numerically note their errors by layer
         step = layer.kernel_step(state, widths[i], cache)
-        kq[i], kc[i] = step.tracked.log_q, step.tracked.corr
+        # a tracked kernel may carry rows beyond the k inputs' (state the loss does not read, as
+        # an LSTM's cell): the profile reports its first k rows
+        kq[i], kc[i] = step.tracked.log_q[:k], step.tracked.corr[:k, :k]
         maps_back.append((step.to_tracked, step.back))
         state = step.out
         log_x2[i + 1] = state.log_q[0]
     share = np.zeros((L, k, k))
-    P = np.zeros((k, k))
+    P = np.zeros((step.tracked.k, step.tracked.k))
     P[0, 0] = 1.0
-    share[L - 1] = P
+    share[L - 1] = P[:k, :k]
     log_g = np.zeros(L)
     log_s = 0.0
     for i in range(L - 1, 0, -1):
@@ -305,7 +307,12 @@ def _predict_kernel(network: Network, kernel: Kernel) -> Profile:
         if tr > 0:
             P = P / tr
         log_g[i - 1] = log_s
-        share[i - 1] = P
+        if P.shape[0] > k:               # g^l: the trace over the first k rows (see above)
+            tk = float(np.trace(P[:k, :k]))
+            log_g[i - 1] += math.log(tk) if tk > 0 else -math.inf
+            share[i - 1] = P[:k, :k] / tk if tk > 0 else P[:k, :k]
+        else:
+            share[i - 1] = P
     log_q = kq[:, 0].copy()
     with np.errstate(over="ignore", under="ignore"):
         q = np.exp(log_q)

@@ -15,7 +15,13 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Profile", "FixedPoint", "PhaseDiagram", "to_jsonable", "summarise"]
+from . import __version__
+
+__all__ = ["Profile", "FixedPoint", "PhaseDiagram", "to_jsonable", "summarise", "VERSION_KEY"]
+
+#: the key under which JSON output (``to_json``, the CLI's ``--json``, sweep records and tables)
+#: carries the version of signalprop that made it.
+VERSION_KEY = "signalprop_version"
 
 
 def to_jsonable(value):
@@ -136,8 +142,9 @@ class _Result:
                 if getattr(self, f.name) is not None}
 
     def to_json(self, **kwargs) -> str:
-        """JSON text of :meth:`to_dict` (arrays as lists; inf/nan as strings)."""
-        return json.dumps(to_jsonable(self.to_dict()), **kwargs)
+        """JSON text of :meth:`to_dict` (arrays as lists; inf/nan as strings), with the version
+        of the package that made it as ``signalprop_version`` (:data:`VERSION_KEY`)."""
+        return json.dumps({**to_jsonable(self.to_dict()), VERSION_KEY: __version__}, **kwargs)
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,12 +42,15 @@ them with :func:`register`; the engines dispatch on ``(type(layer), engine)`` an
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 
-__all__ = ["Streams", "register", "sampler", "ENGINES", "LayerError", "ldexp_rows", "add_shifts"]
+__all__ = ["Streams", "register", "sampler", "ENGINES", "LayerError", "ldexp_rows", "add_shifts",
+           "set_threads", "threads", "usable_cpus"]
 
 ENGINES = ("dense", "matrix-free")
 
@@ -113,16 +116,69 @@ def _scaled_api(cls):
     return cls
 
 
+#: numbers per sample below which a draw stays on the calling thread (a hand-off to the pool
+#: costs about as much as drawing a few thousand normals)
+PARALLEL_MIN = 1 << 15
+
+_THREADS: Optional[int] = None
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_KEY: Tuple[int, int] = (0, 0)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: Optional[int]) -> None:
+    """Threads that draw the random numbers of large per-sample draws (:meth:`Streams.for_each`):
+    an int >= 1, or None for every usable CPU (the default). The numbers do not depend on it:
+    each sample's generator is used by one thread at a time, in the sample's own order."""
+    global _THREADS
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"threads must be an int >= 1 or None, got {n!r}")
+    _THREADS = n
+
+
+def threads() -> int:
+    """The number of drawing threads now in force (:func:`set_threads`)."""
+    return usable_cpus() if _THREADS is None else _THREADS
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A pool of ``n - 1`` helper threads (the caller is the n-th), made again after a fork (a
+    forked child inherits the pool object but not its threads)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), n)
+    if _POOL is None or _POOL_KEY != key:
+        _POOL = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="signalprop-draw")
+        _POOL_KEY = key
+    return _POOL
+
+
 class Streams:
     """The random streams of a batch of sample networks: one numpy ``Generator`` per sample.
 
     Every draw fills row ``s`` of the output from generator ``s`` alone, so the numbers a sample
-    receives do not depend on which other samples share its batch.
+    receives do not depend on which other samples share its batch. Large draws run on several
+    threads (numpy's fills release the GIL), each sample on one thread in its own order, so the
+    numbers do not depend on the thread count either (:func:`set_threads`).
+
+    :meth:`reserve` draws the next ``count`` normals of every sample in one call per sample and
+    serves the following :meth:`normal` calls from them, in order: the numbers are exactly those
+    of the separate calls (a generator's stream is one sequence, however it is cut), with one
+    Python call per sample for many small draws instead of one per draw.
     """
 
     def __init__(self, generators, named=None):
         self.generators = list(generators)
         self._named = named
+        self._buf: Optional[np.ndarray] = None     # reserved normals (S, count), or None
+        self._cur = 0
 
     def named(self, name: str) -> "Streams":
         """The streams of the parameter shared under ``name``: fresh generators seeded from each
@@ -136,29 +192,98 @@ class Streams:
     def __len__(self):
         return len(self.generators)
 
+    def for_each(self, fn: Callable, cost: int) -> None:
+        """``fn(s, generator_s)`` for every sample ``s``: in order on the calling thread when
+        ``cost`` (numbers drawn per sample) is below :data:`PARALLEL_MIN` or one thread is set,
+        else contiguous groups of samples on the drawing threads (``fn`` must only touch row
+        ``s`` of shared arrays). Exceptions are re-raised here."""
+        self._check_idle("for_each")
+        gens = self.generators
+        n = min(threads(), len(gens))
+        if n <= 1 or cost < PARALLEL_MIN:
+            for s, g in enumerate(gens):
+                fn(s, g)
+            return
+        bounds = [len(gens) * i // n for i in range(n + 1)]
+
+        def group(i):
+            for s in range(bounds[i], bounds[i + 1]):
+                fn(s, gens[s])
+
+        futures = [_pool(n).submit(group, i) for i in range(1, n)]
+        try:
+            group(0)
+        finally:
+            for f in futures:
+                f.result()
+
     def normal(self, shape, dtype=np.float64) -> np.ndarray:
-        """Standard normal array of shape ``(S, *shape)``."""
+        """Standard normal array of shape ``(S, *shape)`` (from the reservation when one is
+        pending: then a view of it)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if self._buf is not None:
+            return self._take(shape, np.dtype(dtype))
         out = np.empty((len(self.generators),) + shape, dtype=dtype)
-        for s, g in enumerate(self.generators):
-            g.standard_normal(out=out[s], dtype=dtype)
+        self.for_each(lambda s, g: g.standard_normal(out=out[s], dtype=dtype), _size(shape))
         return out
 
     def uniform(self, shape, dtype=np.float64) -> np.ndarray:
         """Uniform [0, 1) array of shape ``(S, *shape)``."""
+        self._check_idle("uniform")
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         out = np.empty((len(self.generators),) + shape, dtype=dtype)
-        for s, g in enumerate(self.generators):
-            g.random(out=out[s], dtype=dtype)
+        self.for_each(lambda s, g: g.random(out=out[s], dtype=dtype), _size(shape))
         return out
+
+    # -- reservations ------------------------------------------------------------------------
+
+    def reserve(self, count: int, dtype=np.float64) -> None:
+        """Draw the next ``count`` standard normals (``dtype``) of every sample now; the next
+        :meth:`normal` calls of that dtype, ``count`` numbers in all, are served from them.
+        Any other draw, or :meth:`get_state`, before they are used up is an error (it would
+        take numbers out of order)."""
+        self._check_idle("reserve")
+        buf = np.empty((len(self.generators), int(count)), dtype=dtype)
+        self.for_each(lambda s, g: g.standard_normal(out=buf[s], dtype=dtype), int(count))
+        self._buf, self._cur = buf, 0
+
+    def reserved(self) -> int:
+        """Reserved numbers not yet served (0: none pending)."""
+        return 0 if self._buf is None else self._buf.shape[1] - self._cur
+
+    def _take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        n = _size(shape)
+        buf, a = self._buf, self._cur
+        if dtype != buf.dtype or a + n > buf.shape[1]:
+            raise RuntimeError(f"a draw of {n} {dtype.name} normals does not match the "
+                               f"reservation ({buf.shape[1] - a} {buf.dtype.name} left): a "
+                               "sampler's declared draws (normals_drawn) are wrong")
+        self._cur = a + n
+        if self._cur == buf.shape[1]:
+            self._buf = None
+        return buf[:, a:a + n].reshape((buf.shape[0],) + shape)
+
+    def _check_idle(self, what: str) -> None:
+        if self._buf is not None:
+            raise RuntimeError(f"{what} while {self.reserved()} reserved normals are pending: "
+                               "a sampler's declared draws (normals_drawn) are wrong")
 
     def get_state(self) -> list:
         """The bit-generator states (to replay a stretch of draws exactly)."""
+        self._check_idle("get_state")
         return [g.bit_generator.state for g in self.generators]
 
     def set_state(self, states) -> None:
+        self._buf = None
         for g, st in zip(self.generators, states):
             g.bit_generator.state = st
+
+
+def _size(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,8 +48,12 @@ of a chunk exceeds ``max_memory``, the backward pass replays the forward pass fr
 Reproducibility: sample ``s`` uses the ``s``-th child of the root ``SeedSequence``
 (``spawn_key = root.spawn_key + (s,)``), which seeds two PCG64 streams (forward: weights and
 biases; backward: ``v`` and the matrix-free backward draws). Every sample consumes its
-streams in a fixed order, so the numbers are the same whatever the chunk size, the checkpointing
-or the number of worker processes.
+streams in a fixed order, so the numbers are the same whatever the chunk size, the checkpointing,
+the number of worker processes or of drawing threads (large draws run on every CPU,
+:func:`signalprop.sampling.set_threads`; the matrix-free engine reserves many layers' normals in
+one call per sample, :meth:`~signalprop.sampling.Streams.reserve`). One caveat: the dense
+engine's matrix products go through BLAS, whose rounding can depend on the BLAS thread count
+(OPENBLAS_NUM_THREADS=1 against 2: 7e-16 relative in q, 2e-14 in log g at N = 512, L = 50).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ from . import layers  # noqa: F401  (importing the layer kinds registers their s
 from .network import Network
 from .progress import progress_bar
 from .results import Profile
-from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler
+from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler, set_threads, threads
 
 __all__ = ["simulate", "root_seed", "sample_streams", "network_inputs", "ENGINES"]
 
@@ -230,6 +234,9 @@ _LN2 = math.log(2.0)
 _INPUT_RANGE = {"float64": (256, 256), "float32": (32, 32)}
 #: row sums of squares measured directly within [2^-lo, 2^hi]; outside, after rescaling
 _MEASURE_RANGE = {"float64": (480, 480), "float32": (64, 96)}
+#: bytes of normals reserved at once for a run of layers with small declared draws (at most
+#: max_memory / 8)
+_BLOCK_BYTES = 1 << 22
 
 
 def _in_range(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -264,6 +271,10 @@ class _Job:
         self.network, self.engine, self.dtype, self.root = network, engine, dtype, root
         self.rules = [sampler(layer, int(widths[i]), engine) for i, layer in enumerate(network.layers)]
         self.widths = [int(w) for w in widths]
+        # units of each vector the profile reads: the first ``tracked_units`` of a layer's tracked
+        # variable and output (all of them unless the kind carries extra state, as an LSTM's cell)
+        self.units = self.widths[:1] + [int(getattr(la, "tracked_units", la.width))
+                                        for la in network.layers]
         self.X0 = X0.astype(dtype)
         self.k = X0.shape[0]
         self.kd = self.k if any(r.couples_inputs for r in self.rules) else 1
@@ -277,6 +288,26 @@ class _Job:
         self.input_range = [(2.0 ** -lo * n, 2.0 ** hi * n) for n in self.widths[:-1]]
         lo, hi = _MEASURE_RANGE[dtype.name]
         self.measure_range = (2.0 ** -lo, 2.0 ** hi)
+        counts = [getattr(r, "normals_drawn", lambda k: (None, None))(self.k) for r in self.rules]
+        self.fcount = [c[0] for c in counts]
+        self.bcount = [c[1] if self.kd == 1 else None for c in counts]
+        self.block_bytes = min(_BLOCK_BYTES, max_memory // 8)
+
+    def _reserve(self, streams: Streams, counts: list, l: int, stop: int, step: int,
+                 S: int) -> None:
+        """Reserve in ``streams`` the normals of layers ``l, l + step, ...`` (short of ``stop``)
+        as far as they are declared (``counts``) and fit :data:`_BLOCK_BYTES`: one call per
+        sample for many layers' small draws, the very same numbers (Streams.reserve)."""
+        if streams.reserved() or not counts[l]:
+            return
+        total, item = 0, self.dtype.itemsize
+        for j in range(l, stop, step):
+            c = counts[j]
+            if c is None or (total and S * (total + c) * item > self.block_bytes):
+                break
+            total += c
+        if total:
+            streams.reserve(total, self.dtype)
 
     def chunk_size(self, samples: int) -> int:
         """Samples per chunk: the preferred batch that keeps all layers' state in memory, else 1."""
@@ -349,7 +380,9 @@ class _Job:
     def _measure(self, l: int, t: np.ndarray, et, q, qexp, c) -> None:
         """``q_hat`` (as ``q * 2^qexp``) and ``c_hat`` of layer ``l``'s tracked variable
         ``2^et t``; rows whose sums of squares leave the measuring range are rescaled first."""
-        n_out = self.widths[l + 1]
+        n_out = self.units[l + 1]
+        if n_out < self.widths[l + 1]:
+            t = t[..., :n_out]
         lo, hi = self.measure_range
         ta = np.ascontiguousarray(t[:, 0])
         qa = _sq(ta)
@@ -409,8 +442,12 @@ class _Job:
                 seg = l // m
                 if l % m == 0:
                     ckpt.append((x, e, fwd.get_state() if seg < last else None))
-                _, ex, sx, t, et, x, e, ctx = self._forward(l, x, e, fwd)
-                lx2[:, l] = np.log(sx / self.widths[l])
+                self._reserve(fwd, self.fcount, l, min(L, (seg + 1) * m), 1, S)
+                xin, ex, sx, t, et, x, e, ctx = self._forward(l, x, e, fwd)
+                if self.units[l] < self.widths[l]:
+                    sx = _sq(xin[:, 0, :self.units[l]])
+                lx2[:, l] = np.log(sx / self.units[l])
+                del xin
                 if ex is not None:
                     lx2[:, l] += (2.0 * _LN2) * ex
                 self._measure(l, t, et, q, qexp, c)
@@ -420,6 +457,7 @@ class _Job:
             # backward: the loss <v, t^L_a>; gt^l = to_tracked_l(backward_{l+1}(gt^{l+1}));
             # the gradient is renormalised at every layer, its scale carried as a log
             v = bwd.normal((self.widths[-1],), dt)
+            v[..., self.units[-1]:] = 0         # the loss reads the reported units only
             if self.kd > 1:
                 gt = np.zeros((S, self.kd, self.widths[-1]), dtype=dt)
                 gt[:, 0] = v
@@ -433,6 +471,7 @@ class _Job:
                 if si != last:
                     fwd.set_state(state)
                     for l in range(l0, l1):
+                        self._reserve(fwd, self.fcount, l, l1, 1, S)
                         *_, xs, es, store[l] = self._forward(l, xs, es, fwd)
                     del xs
                 for l in range(l1 - 1, l0 - 1, -1):
@@ -449,9 +488,12 @@ class _Job:
                         lscale += np.log(s)
                         if k1 is not None:
                             lscale += _LN2 * k1
-                    lg[:, l] = np.log(_sq(gt.reshape(S, -1)) / self.widths[l + 1]) + 2.0 * lscale
+                    n = self.units[l + 1]
+                    gr = gt if n == self.widths[l + 1] else gt[..., :n]
+                    lg[:, l] = np.log(_sq(gr.reshape(S, -1)) / n) + 2.0 * lscale
                     if l == 0:
                         break
+                    self._reserve(bwd, self.bcount, l, max(l0, 1) - 1, -1, S)
                     gx, k2 = self._backward_step(l, "backward_scaled", gt, ctx, bwd)
                     if k2 is not None:
                         lscale += _LN2 * k2
@@ -474,9 +516,12 @@ class _Job:
 _WORKER_JOB: Optional[_Job] = None
 
 
-def _init_worker(job):
+def _init_worker(job, nthreads=None):
+    """A worker process: its job, and its share of the drawing threads (the numbers do not
+    depend on it)."""
     global _WORKER_JOB
     _WORKER_JOB = job
+    set_threads(nthreads)
 
 
 def _run_in_worker(bounds):
@@ -500,7 +545,8 @@ def _run_job(job: _Job, samples: int, chunk: Optional[int], workers: int,
         if workers > 1 and len(bounds) > 1:
             ctx = mp.get_context(START_METHOD)
             with ProcessPoolExecutor(max_workers=min(workers, len(bounds)), mp_context=ctx,
-                                     initializer=_init_worker, initargs=(job,)) as pool:
+                                     initializer=_init_worker,
+                                     initargs=(job, max(1, threads() // workers))) as pool:
                 for (a, b), part in zip(bounds, pool.map(_run_in_worker, bounds)):
                     parts.append(part)
                     bar.update(b - a)

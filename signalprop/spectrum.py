@@ -40,6 +40,7 @@ docs/theory/jacobian-spectrum.md.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -55,7 +56,8 @@ from .architectures import mlp
 from .layers.dense import Dense
 from .network import Network, require_capability
 from .progress import track
-from .results import _Result, to_jsonable
+from . import __version__
+from .results import VERSION_KEY, _Result, to_jsonable
 from ._validate import check_int
 
 __all__ = ["spectrum", "Spectrum", "isometry", "Isometry", "WEIGHT_LAWS"]
@@ -691,8 +693,8 @@ class Spectrum:
         return d
 
     def to_json(self, **kwargs) -> str:
-        import json
-        return json.dumps(to_jsonable(self.to_dict()), **kwargs)
+        """JSON text of :meth:`to_dict`, with the package version (``signalprop_version``)."""
+        return json.dumps({**to_jsonable(self.to_dict()), VERSION_KEY: __version__}, **kwargs)
 
 
 class _BelowFloatRange(ValueError):

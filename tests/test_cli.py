@@ -374,7 +374,7 @@ def test_deliberate_warnings_are_one_line_each_after_success(capsys, monkeypatch
                                                                  warns))
     assert main(["fixed-point", "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"ok": True}
+    assert json.loads(out) == {"ok": True, "signalprop_version": sp.__version__}
     assert err == "signalprop: warning: a note for the user\n"
 
 

@@ -442,3 +442,17 @@ def test_yang2019_reproduce_has_main():
             if 8 <= B <= 64:
                 assert abs(float(v) / bn_explosion_rate(act, B) - 1) < 0.0125
     assert float(m.LIT_TANH[4]) / bn_explosion_rate("tanh", 4) - 1 < -0.05
+
+
+def test_xiong2020_lemma2_theory():
+    """Xiong et al. 2020, Lemma 2 [NUM, LITERATURE.md sec. 15]: pre-LN stream norms between
+    (1 + l/2) d and (1 + 3l/2) d; post-LN feed-forward sums at (3/2) d. signalprop's transformer
+    theory against the closed-form recursion of papers/xiong2020 (to 1e-13) and the bounds."""
+    m = _load("xiong2020")
+    pre, post = sp.predict(m.network("pre", 12)), sp.predict(m.network("post", 12))
+    ref = m.recursion(12)
+    np.testing.assert_allclose(pre.q, ref[:, 0], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(pre.c, ref[:, 1], rtol=0, atol=1e-13)
+    l = np.arange(1, 13)
+    assert np.all((1 + l / 2 <= pre.q[1::2]) & (pre.q[1::2] <= 1 + 1.5 * l))
+    np.testing.assert_allclose(post.q[2::4], 1.5, rtol=1e-14)

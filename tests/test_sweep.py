@@ -1,15 +1,20 @@
 """signalprop.sweeps: case hashes and seeds, executors (identical records whatever runs them),
-the resumable store (interruption, killed workers, atomic writes), tables, spec files, the CLI."""
+the resumable store (interruption, killed workers and clients, self-checking log lines, torn
+lines, fsync policy), tables, spec files, the CLI."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,8 @@ from signalprop import mlp, predict, simulate
 from signalprop.cli.commands_sweep import add_sweep, run_sweep
 from signalprop.sweeps import Cases, Grid, case_hash, case_seed, load, parse_spec, sweep
 from signalprop.sweeps.evaluate import TIMING_FIELDS
-from signalprop.sweeps.store import atomic_write
+from signalprop.sweeps import store as store_module
+from signalprop.sweeps.store import LogWriter, atomic_write, encode_line
 
 SMALL = Grid(activation=["tanh", "relu"], sigma_w2=[1.0, 2.0], depth=[4], width=[8])
 SIM = {"simulate": {"samples": 6}}
@@ -47,16 +53,45 @@ def build_fixed(case):
     return mlp(2, 4, "tanh")
 
 
+def log_lines(store) -> list:
+    """Every complete line of the store's logs, read and checked here without the package: each
+    is a JSON object whose sha256 is SHA-256 of the text between '"sha256":"<hex>",' and the
+    final '}', whose case_hash is the record's."""
+    out = []
+    for f in sorted(Path(store).glob("records-*.jsonl")):
+        for line in f.read_bytes().split(b"\n")[:-1]:
+            obj = json.loads(line)
+            assert list(obj) == ["sha256", "case_hash", "arrays", "record"]
+            body = line[len(b'{"sha256":"') + 64 + 2:-1]
+            assert hashlib.sha256(body).hexdigest() == obj["sha256"]
+            assert obj["record"]["case_hash"] == obj["case_hash"]
+            out.append(obj)
+    return out
+
+
 def stored_without_timing(store) -> dict:
+    """case hash -> the stored record's JSON text (key order as stored) and its arrays' bytes
+    (so equal entries are bit-identical numbers), without the timing fields; each case is
+    stored once."""
     out = {}
-    for f in sorted(Path(store).glob("*.json")):
-        if f.name == "sweep.json":
-            continue
-        rec = json.loads(f.read_text())
+    for obj in log_lines(store):
+        rec = obj["record"]
         for k in TIMING_FIELDS:
             rec.pop(k)
-        out[f.name] = json.dumps(rec)          # key order as stored
+        assert obj["case_hash"] not in out
+        out[obj["case_hash"]] = (json.dumps(rec), obj["arrays"])
     return out
+
+
+def unpacked(value, data: bytes):
+    """A stored value with its packed arrays decoded here: {"$array": "f8" or "i8", "shape",
+    "at"} -> the little-endian float64/int64 array at byte offset "at" of the line's arrays."""
+    if isinstance(value, dict) and value.get("$array") in ("f8", "i8"):
+        n = int(np.prod(value["shape"]))
+        return np.frombuffer(data, "<" + value["$array"], n, value["at"]).reshape(value["shape"])
+    if isinstance(value, dict):
+        return {k: unpacked(v, data) for k, v in value.items()}
+    return value
 
 
 @pytest.fixture
@@ -208,6 +243,213 @@ def test_killed_worker_process_loses_nothing_finished(tmp_path, calls, monkeypat
     left = 8 - len(first)
     assert (res.computed, res.skipped) == (left, len(first))
     assert len(list(calls.iterdir())) == before + left
+
+
+def odd_values(case, network, seed):
+    """Arrays of every kind a result may hold, non-finite floats included."""
+    return {"f": np.array([1.5, -np.inf, np.nan, 1e-310, np.inf]),
+            "f32": np.array([0.1, 2.0], dtype=np.float32), "m": np.arange(6.0).reshape(2, 3),
+            "i": np.array([3, -4]), "b": np.array([True, False]), "x": np.float64(0.25),
+            "n": {"deep": [np.array([7.0]), "text", None]}, "e": np.zeros(0)}
+
+
+def test_stored_records_read_back_equal_the_records_in_memory(tmp_path):
+    res = sweep([{"depth": 2}], odd_values, build=build_fixed, store=tmp_path / "s")
+    expected = {"f": [1.5, "-inf", "nan", 1e-310, "inf"], "f32": [float(np.float32(0.1)), 2.0],
+                "m": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], "i": [3, -4], "b": [True, False],
+                "x": 0.25, "n": {"deep": [[7.0], "text", None]}, "e": []}
+    assert res.records[0]["results"]["odd_values"] == expected
+    assert load(tmp_path / "s").records[0]["results"]["odd_values"] == expected
+    assert load(tmp_path / "s").records == res.records
+    (obj,) = log_lines(tmp_path / "s")                      # float arrays packed bit for bit
+    raw = unpacked(obj["record"]["results"]["odd_values"], base64.b64decode(obj["arrays"]))
+    assert raw["f"].tobytes() == odd_values(None, None, 0)["f"].tobytes()
+    assert raw["f32"][0] == np.float32(0.1) and raw["m"].shape == (2, 3)
+
+
+def test_log_lines_check_themselves_and_hold_the_api_numbers(tmp_path):
+    sweep(SMALL, ["predict", "simulate"], options=SIM, seed=3, store=tmp_path / "s")
+    logs = list((tmp_path / "s").glob("records-*.jsonl"))
+    assert len(logs) == 1 and sorted(p.name for p in (tmp_path / "s").iterdir()) == \
+        sorted(["sweep.json", logs[0].name])
+    lines = log_lines(tmp_path / "s")
+    assert [o["record"]["case"] for o in lines] == list(SMALL)     # one line per case, in order
+    for o in lines:
+        case = o["record"]["case"]
+        net = mlp(**case)
+        stored = unpacked(o["record"]["results"], base64.b64decode(o["arrays"]))
+        assert stored["predict"]["log_g"].tobytes() == predict(net).log_g.tobytes()
+        assert stored["simulate"]["q"].tobytes() == simulate(net, 6, case_seed(case, 3)).q.tobytes()
+
+
+def _three_case_store(tmp_path, calls) -> tuple:
+    grid = Grid(k=[0, 1, 2])
+    store = tmp_path / "s"
+    sweep(grid, count_calls, build=build_fixed, store=store)
+    (log,) = store.glob("records-*.jsonl")
+    return grid, store, log
+
+
+def test_a_torn_last_line_is_ignored_and_its_case_recomputed(tmp_path, calls):
+    """A crash part-way through writing the last line: the line fails its check, is ignored
+    with a warning, and a rerun computes only that case."""
+    grid, store, log = _three_case_store(tmp_path, calls)
+    data = log.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    for cut in (len(data) - 1, len(data) - 2, last + 40):      # without its newline, or shorter
+        log.write_bytes(data[:cut])
+        with pytest.warns(UserWarning, match="ignored 1 damaged line.*line 3"):
+            assert [r["case"]["k"] for r in load(store).records] == [0, 1]
+    with pytest.warns(UserWarning, match="damaged"):
+        res = sweep(grid, count_calls, build=build_fixed, store=store)
+    assert (res.computed, res.skipped) == (1, 2) and len(list(calls.iterdir())) == 3 + 1
+    assert len(list(store.glob("records-*.jsonl"))) == 2        # the rerun wrote its own log
+    with pytest.warns(UserWarning, match="damaged"):
+        assert [r["results"]["count_calls"]["k2"] for r in load(store).records] == [0, 1, 4]
+
+
+def test_a_damaged_line_is_ignored_and_the_others_kept(tmp_path, calls):
+    grid, store, log = _three_case_store(tmp_path, calls)
+    lines = log.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"k2":1', b'"k2":7')           # a flipped digit in case 1
+    log.write_bytes(b"\n".join(lines))
+    with pytest.warns(UserWarning, match="ignored 1 damaged line.*line 2"):
+        assert [r["case"]["k"] for r in load(store).records] == [0, 2]
+
+
+def test_a_case_stored_twice_keeps_the_first_log_and_line(tmp_path, calls):
+    grid, store, log = _three_case_store(tmp_path, calls)
+    rec = load(store).records[1]
+
+    def altered(k2) -> bytes:
+        return encode_line({**rec, "results": {"count_calls": {**rec["results"]["count_calls"],
+                                                               "k2": k2}}})
+    (store / "records-20000101T000000000000Z-1-00000000.jsonl").write_bytes(altered(-1) + altered(-2))
+    (store / "records-29990101T000000000000Z-1-00000000.jsonl").write_bytes(altered(-3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = load(store)
+    assert [r["results"]["count_calls"]["k2"] for r in res.records] == [0, -1, 4]
+    assert sweep(grid, count_calls, build=build_fixed, store=store).computed == 0
+
+
+def test_a_failed_write_never_appends_after_its_torn_line(tmp_path, monkeypatch):
+    writer = LogWriter(tmp_path, fsync=False)
+    rec = {"case_hash": "0" * 24, "case": {"k": 0}, "results": {}}
+    writer.write(rec)
+    real = os.write
+
+    def half(fd, data):
+        real(fd, bytes(data[:len(data) // 2]))
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "write", half)
+    with pytest.raises(OSError, match="disk full"):
+        writer.write({**rec, "case_hash": "1" * 24})
+    monkeypatch.setattr(os, "write", real)
+    with pytest.raises(OSError, match="failed earlier"):
+        writer.write({**rec, "case_hash": "2" * 24})
+    writer.close()
+    assert writer.path.read_bytes().count(b"\n") == 1
+
+
+def test_the_log_is_synced_off_thread_at_most_every_interval_and_at_the_end(tmp_path,
+                                                                           monkeypatch):
+    synced: list = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    rec = {"case": {"k": 0}, "results": {}}
+
+    def wait_for(cond) -> None:
+        deadline = time.monotonic() + 10
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    writer = LogWriter(tmp_path, fsync=True, interval=3600.0)
+    log_fd = writer._fd
+    wait_for(lambda: len(synced) == 1)                    # at once: the folder's new entry
+    for i in range(50):
+        writer.write({**rec, "case_hash": f"{i:024x}"})
+    time.sleep(0.05)
+    assert len(synced) == 1 and log_fd not in synced     # none within the interval
+    writer.close()
+    assert synced[1:] == [log_fd]                        # at the end: the log
+    synced.clear()
+    writer = LogWriter(tmp_path, fsync=True, interval=0.05)
+    log_fd = writer._fd
+    writer.write({**rec, "case_hash": "a" * 24})
+    wait_for(lambda: log_fd in synced)                   # no other write comes: the thread syncs
+    assert log_fd in synced and not writer._dirty
+    writer.close()
+    synced.clear()
+    sweep(Grid(depth=[2, 3]), store=tmp_path / "nosync", fsync=False)
+    assert synced == []
+    sweep(Grid(depth=[2, 3]), store=tmp_path / "sync")
+    assert len(synced) >= 3          # sweep.json, the log and the folder, at least once each
+
+
+KILLED_CLIENT = """
+import sys, time
+from signalprop import mlp
+from signalprop.sweeps import Grid, sweep
+
+def slow(case, network, seed):
+    print(case["k"], flush=True)        # case k starts: cases < k are finished
+    time.sleep(0.05)
+    return {"k": case["k"]}
+
+def build(case):
+    return mlp(2, 4)
+
+sweep(Grid(k=list(range(200))), slow, build=build, store=sys.argv[1])
+"""
+
+
+def test_a_killed_client_loses_nothing_finished(tmp_path):
+    """SIGKILL of the process running an in-process sweep: every case finished before the one
+    it was running is in the store (each line reaches the OS before the next case starts)."""
+    script = tmp_path / "client.py"
+    script.write_text(KILLED_CLIENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, text=True)
+    started = [int(proc.stdout.readline()) for _ in range(6)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    proc.stdout.close()
+    stored = {r["case"]["k"] for r in load(tmp_path / "s").records}
+    assert started == list(range(6)) and set(range(5)) <= stored <= set(range(8))
+
+
+def reserved_key(case, network, seed):
+    return {"x": {"$array": "f8"}}
+
+
+def test_result_dicts_may_not_use_the_packed_array_key(tmp_path):
+    for store in (None, tmp_path / "s"):
+        with pytest.raises(ValueError, match="reserves"):
+            sweep([{"depth": 2}], reserved_key, build=build_fixed, store=store)
+
+
+def test_a_store_of_the_one_file_per_case_format_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(
+        {"format": "signalprop.sweep/1", "spec": {}, "runs": [], "version": "0.1.0"}))
+    with pytest.raises(ValueError, match="format signalprop.sweep/1.*new store"):
+        load(tmp_path / "s")
+
+
+def test_json_outputs_carry_the_package_version_and_the_same_numbers(tmp_path, capsys):
+    import signalprop
+    from signalprop.cli import main
+    from signalprop.results import to_jsonable
+    prof = predict(mlp(4, 8, "tanh"), c0=0.5)
+    out = json.loads(prof.to_json())
+    assert out.pop("signalprop_version") == signalprop.__version__ == "0.1.0"
+    assert out == json.loads(json.dumps(to_jsonable(prof.to_dict())))      # numbers unchanged
+    assert main(["fixed-point", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signalprop_version"] == signalprop.__version__
+    res = sweep([{"depth": 2}], store=tmp_path / "s")
+    assert res.records[0]["signalprop_version"] == signalprop.__version__
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["signalprop_version"] == \
+        signalprop.__version__
 
 
 def test_store_of_another_spec_is_refused_and_grids_may_grow(tmp_path):
@@ -362,7 +604,7 @@ def test_dask_cluster_survives_a_killed_worker_with_identical_numbers(tmp_path, 
     def killer():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
-            done = len(list((tmp_path / "dask").glob("*.json"))) if (tmp_path / "dask").exists() else 0
+            done = sum(f.read_bytes().count(b"\n") for f in (tmp_path / "dask").glob("*.jsonl"))
             pids = {int(f.name.split("-")[1]) for f in calls.iterdir()} - {os.getpid()}
             if done >= 12 and pids:
                 pid = min(pids)

@@ -2,7 +2,8 @@
 
 Every command prints a readable table, or with ``--json`` one JSON object whose keys are those of
 CONVENTIONS.md (scalars ``q_star, c_star, chi_1, chi_c, xi_q, xi_c, xi_grad, regime``; profiles
-``layers, q, c, log_g, log_G``; inf/nan as the strings "inf"/"nan"). With ``--json``, commands
+``layers, q, c, log_g, log_G``; inf/nan as the strings "inf"/"nan"; ``signalprop_version``, the
+package's version). With ``--json``, commands
 that can write files (``phase``, ``demo``) write them only when ``--out`` is given.
 
 Bad input is one line on stderr, ``signalprop: error: ...``, and exit status 2, never a traceback
@@ -50,6 +51,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from .. import __version__
 from .._lazy import lazy_exports, lazy_module
 from .registry import COMMANDS, FP_WARNING, PROG, Command, UsageError, build_parser
 
@@ -111,7 +113,10 @@ def _run(argv: Optional[Sequence[str]]) -> tuple[int, list]:
                     + (f" with {_options_given(argv)}" if argv and len(argv) > 1 else "")
                     + ": the arguments are outside the range this command can evaluate") from None
         if args.json:
-            print(json.dumps(_results.to_jsonable(result)))
+            payload = _results.to_jsonable(result)
+            if isinstance(payload, dict):   # which signalprop made it (results.VERSION_KEY)
+                payload = {**payload, _results.VERSION_KEY: __version__}
+            print(json.dumps(payload))
     return 0, list(caught)
 
 

@@ -8,6 +8,9 @@
 * :mod:`.norm`: :class:`LayerNorm`, :class:`RMSNorm`;
 * :mod:`.batchnorm`: :class:`BatchNormDense` (``phi(BN(W x))`` over a batch);
 * :mod:`.recurrent`: :class:`RNNStep` (one time step of a vanilla RNN, weights shared by name).
+* :mod:`.attention`: :class:`Attention` (multi-head self-attention over T tokens).
+* :mod:`.gated`: :class:`MinimalStep`, :class:`GRUStep`, :class:`LSTMStep` (gated recurrent
+  cells, one time step each).
 
 The members every kind provides are listed in :mod:`signalprop.network` (the layer protocol).
 """
@@ -19,5 +22,6 @@ from .compose import Add, Serial
 from .residual import Residual
 from .recurrent import RNNStep
 from .attention import Attention
+from .gated import Gate, GRUStep, LSTMStep, MinimalStep
 
-__all__ = ["Dense", "Nonlinearity", "Serial", "Add", "Residual", "LayerNorm", "RMSNorm", "BatchNormDense", "RNNStep", "Attention"]
+__all__ = ["Dense", "Nonlinearity", "Serial", "Add", "Residual", "LayerNorm", "RMSNorm", "BatchNormDense", "RNNStep", "Attention", "Gate", "MinimalStep", "GRUStep", "LSTMStep"]

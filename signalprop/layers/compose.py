@@ -169,9 +169,13 @@ class Add:
         if isinstance(self.paths, (str, bytes)) or not hasattr(self.paths, "__iter__"):
             raise TypeError(f"paths must be a sequence of stacks of layers, got "
                             f"{short_repr(self.paths)}")
-        paths = tuple(_stack(p, f"path {i}") for i, p in enumerate(self.paths))
+        paths = tuple(_stack(p, f"paths[{i}]") for i, p in enumerate(self.paths))
         if len(paths) < 2:
-            raise ValueError(f"Add needs at least two paths, got {len(paths)}")
+            raise ValueError(f"paths: Add needs at least two paths, got {len(paths)}")
+        if self.scales is not None and (isinstance(self.scales, (str, bytes))
+                                        or not hasattr(self.scales, "__iter__")):
+            raise TypeError(f"scales must be a sequence of numbers >= 0, one per path, got "
+                            f"{short_repr(self.scales)}")
         scales = (1.0,) * len(paths) if self.scales is None else tuple(self.scales)
         if len(scales) != len(paths):
             raise ValueError(f"scales must have one entry per path ({len(paths)}), got "
@@ -179,7 +183,7 @@ class Add:
         scales = tuple(_check_scale(f"scales[{i}]", s) for i, s in enumerate(scales))
         bare = [i for i, p in enumerate(paths) if not any(draws_weights(la) for la in p)]
         if len(bare) > 1:
-            raise ValueError(f"paths {bare[0]} and {bare[1]} draw no weights of their own: their "
+            raise ValueError(f"paths[{bare[0]}] and paths[{bare[1]}] draw no weights of their own: their "
                              f"outputs are functions of the same units, and the mean-field sum "
                              f"needs at most one such path (start the others with a Dense layer)")
         object.__setattr__(self, "paths", paths)

@@ -403,6 +403,13 @@ class DenseRule:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return self.linear.ctx_nbytes(k, itemsize) + k * self.n_out * itemsize
 
+    def normals_drawn(self, k: int) -> tuple:
+        """``(forward, backward)``: standard normals drawn per sample by ``forward_scaled`` on k
+        inputs and by ``backward_scaled`` on a one-row gradient (None: not declared); the engines
+        reserve them in blocks (:meth:`~signalprop.sampling.Streams.reserve`)."""
+        fn = getattr(self.linear, "normals_drawn", None)
+        return (None, None) if fn is None else fn(k)
+
     def forward_scaled(self, x: np.ndarray, e, rng: Streams):
         if _is_zero(e):
             h, ctx = self.linear.forward(x, rng)
@@ -439,6 +446,9 @@ class _Identity:
 
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return 0
+
+    def normals_drawn(self, k: int) -> tuple:
+        return 0, 0
 
     def forward(self, x, rng, shift=None):
         return x, None
@@ -557,6 +567,10 @@ class MatrixFreeGaussian:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return k * (self.n_aug + self.n_out) * itemsize
 
+    def normals_drawn(self, k: int) -> tuple:
+        """``G`` (k N_l) forward, ``xi`` (n') backward."""
+        return k * self.n_out, self.n_aug
+
     def forward(self, x: np.ndarray, rng: Streams, shift=None):
         """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (the bias entry of the
         augmented input is ``2^-shift sigma_b``; module docstring of :mod:`signalprop.sampling`)."""
@@ -623,6 +637,10 @@ class MatrixFreeOrthogonal:
 
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         return k * (self.n_in + self.p) * itemsize
+
+    def normals_drawn(self, k: int) -> tuple:
+        """The k-frame (k p) and the bias (N_l, when sigma_b > 0) forward, ``zeta`` (p) backward."""
+        return k * self.p + (self.n_out if self.sigma_b > 0 else 0), self.p
 
     def forward(self, x: np.ndarray, rng: Streams, shift=None):
         """``(h, ctx)`` for the inputs ``x`` at exponent ``shift`` (bias ``2^-shift b``)."""

@@ -1,11 +1,12 @@
 """Sweeps: many cases (a :class:`Grid` of axes or a list of :class:`Cases`) through ``predict``,
 ``simulate``, ``compare``, ``fixed_point`` or any function, in this process, a process pool or
-on dask.distributed, into a resumable store of one JSON record per case; :func:`load` reads a
-store back as a :class:`SweepResult` (``to_dataframe``, ``to_xarray``). docs/sweeps.md.
+on dask.distributed, into a resumable store (append-only logs of self-checking JSON lines, one
+line per finished case); :func:`load` reads a store back as a :class:`SweepResult`
+(``to_dataframe``, ``to_xarray``). docs/sweeps.md.
 
 Layout: :mod:`.cases` (grids, case hashes and seeds), :mod:`.evaluate` (one case -> record),
-:mod:`.store` (the directory, atomic writes), :mod:`.result` (tables), :mod:`.run` (executors),
-:mod:`.spec` (TOML spec files).
+:mod:`.codec` (records as they travel, are held and are stored), :mod:`.store` (the directory,
+its logs), :mod:`.result` (tables), :mod:`.run` (executors), :mod:`.spec` (TOML spec files).
 """
 
 from .cases import Cases, Grid, case_hash, case_seed

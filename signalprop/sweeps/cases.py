@@ -20,7 +20,8 @@ import numpy as np
 
 from .._validate import check_int, short_repr
 
-__all__ = ["Grid", "Cases", "canonical", "case_hash", "case_seed", "as_cases", "MAX_CASES",
+__all__ = ["Grid", "Cases", "canonical", "case_hash", "case_seed", "case_hash_and_seed",
+           "as_cases", "MAX_CASES",
            "RESERVED_KEYS"]
 
 #: most cases one sweep may hold (a larger grid is refused up front: about 1 KiB of Python
@@ -69,17 +70,32 @@ def canonical(case: dict) -> str:
                       allow_nan=False)
 
 
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:24]
+
+
+def _seed(text: str, seed: int) -> int:
+    full = f"signalprop.sweep seed {int(seed)}\n{text}"
+    return int.from_bytes(hashlib.sha256(full.encode("ascii")).digest()[:8], "big")
+
+
 def case_hash(case: dict) -> str:
-    """First 24 hex digits (96 bits) of SHA-256 of :func:`canonical`: the case's file name."""
-    return hashlib.sha256(canonical(case).encode("ascii")).hexdigest()[:24]
+    """First 24 hex digits (96 bits) of SHA-256 of :func:`canonical`: the case's name in the
+    store."""
+    return _hash(canonical(case))
 
 
 def case_seed(case: dict, seed: int) -> int:
     """The case's seed, an int in [0, 2^64): the first 8 bytes (big-endian) of SHA-256 of
     ``"signalprop.sweep seed <seed>\\n" + canonical(case)``. Passed to the evaluators as is
     (:func:`signalprop.simulate` turns it into a ``numpy.random.SeedSequence``)."""
-    text = f"signalprop.sweep seed {int(seed)}\n{canonical(case)}"
-    return int.from_bytes(hashlib.sha256(text.encode("ascii")).digest()[:8], "big")
+    return _seed(canonical(case), seed)
+
+
+def case_hash_and_seed(case: dict, seed: int) -> tuple:
+    """``(case_hash(case), case_seed(case, seed))`` from one canonical text."""
+    text = canonical(case)
+    return _hash(text), _seed(text, seed)
 
 
 @dataclass(frozen=True, init=False)

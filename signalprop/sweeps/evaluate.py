@@ -5,6 +5,7 @@ dataclass), so a case runs the same in this process, a spawned worker or a dask 
 from __future__ import annotations
 
 import datetime
+import functools
 import inspect
 import json
 import math
@@ -20,9 +21,10 @@ from ..architectures import mlp, resnet
 from ..compare import ALL_FIELDS, compare
 from ..meanfield import fixed_point, predict
 from ..network import Network
-from ..results import _Result, to_jsonable
+from ..results import VERSION_KEY, _Result, to_jsonable
 from ..simulate import simulate
 from .cases import case_hash
+from .codec import ARRAY_KEY
 
 __all__ = ["BUILTIN", "OPTION_KEYS", "CASE_OPTION_KEYS", "BUILDERS", "build_mlp", "build_resnet",
            "Task", "make_task", "run_case", "RECORD_FORMAT", "TIMING_FIELDS"]
@@ -42,11 +44,12 @@ CASE_OPTION_KEYS = ("q0", "c0", "samples")
 REPEAT_KEYS = ("replicate",)
 #: default Monte Carlo sample count when neither the options nor the case give one.
 DEFAULT_SAMPLES = 100
-RECORD_FORMAT = "signalprop.sweep.case/1"
+RECORD_FORMAT = "signalprop.sweep.case/2"
 #: fields of a stored record that depend on when and how fast it ran, not on what it computed.
 TIMING_FIELDS = ("date", "timings")
 
 
+@functools.lru_cache(maxsize=64)
 def _builder_keys(fn) -> tuple:
     return tuple(inspect.signature(fn).parameters)
 
@@ -208,18 +211,43 @@ def _evaluator_args(task: Task, case: dict, name: str) -> dict:
 
 
 def _jsonable(value):
-    """Results as plain JSON values (Result objects by their ``to_dict``; arrays as lists, inf
-    and nan as strings: :func:`signalprop.results.to_jsonable`)."""
+    """Results in the wire form (:mod:`.codec`): Result objects by their ``to_dict``, numeric
+    numpy arrays kept (the store packs them, :func:`~.codec.plain` makes them lists), other
+    values as plain JSON values (inf and nan as strings: :func:`signalprop.results.to_jsonable`)."""
     if isinstance(value, _Result):
         value = value.to_dict()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): v if type(v) is np.ndarray and v.dtype.kind in "fiub" else _jsonable(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray) and value.dtype.kind in "iu" or \
-            (isinstance(value, np.ndarray) and value.dtype.kind == "f" and np.isfinite(value).all()):
-        return value.tolist()      # the same lists to_jsonable makes, without its per-item walk
+    if isinstance(value, np.ndarray):
+        return value if value.dtype.kind in "fiub" else to_jsonable(value)
+    if isinstance(value, np.generic):
+        value = value.item()
     return to_jsonable(value)
+
+
+def _check_user_result(name: str, value, case: dict) -> None:
+    """A callable's results must be JSON-able (arrays allowed) and not use :data:`ARRAY_KEY`."""
+    def arrays_only(obj):
+        if isinstance(obj, np.ndarray):
+            return 0
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    def reserved(v) -> bool:
+        if isinstance(v, dict):
+            return ARRAY_KEY in v or any(reserved(x) for x in v.values())
+        return isinstance(v, list) and any(reserved(x) for x in v)
+    try:
+        json.dumps(value, allow_nan=False, default=arrays_only)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"what={name} returned values that are not JSON-able ({exc}) "
+                        f"for case {json.dumps(case)}: return plain values, numpy "
+                        "arrays or signalprop Results") from None
+    if reserved(value):
+        raise ValueError(f"what={name} returned a dict with the key {ARRAY_KEY!r}, which the "
+                         f"sweep store reserves (case {json.dumps(case)})")
 
 
 def _comparison(comp) -> dict:
@@ -283,12 +311,7 @@ def _evaluate(task: Task, case: dict, seed: int, timings: dict) -> dict:
                 raise TypeError(f"what={name}: must return a dict or a signalprop Result, got "
                                 f"{short_repr(out)}")
             results[name] = _jsonable(out)
-            try:
-                json.dumps(results[name], allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"what={name} returned values that are not JSON-able ({exc}) "
-                                f"for case {json.dumps(case)}: return plain values, numpy "
-                                "arrays or signalprop Results") from None
+            _check_user_result(name, results[name], case)
         timings[name] = time.perf_counter() - t
     for name, value in results.items():
         if isinstance(value, dict):
@@ -296,16 +319,31 @@ def _evaluate(task: Task, case: dict, seed: int, timings: dict) -> dict:
     return results
 
 
-def run_case(task: Task, case: dict, seed: int) -> dict:
-    """The stored record of one case: ``case``, ``case_hash``, ``seed``, ``results``
-    (evaluator -> JSON-able dict), ``version``; plus ``date`` and ``timings`` (seconds), the only
-    fields that differ between two runs of the same case (:data:`TIMING_FIELDS`)."""
+_CLOCK: list = [None, ""]
+
+
+def _utc_now() -> str:
+    """The UTC time to the second, ISO 8601 (formatted once per second)."""
+    now = int(time.time())
+    if _CLOCK[0] != now:
+        _CLOCK[:] = [now, datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat()]
+    return _CLOCK[1]
+
+
+def run_case(task: Task, case: dict, seed: int, name: Optional[str] = None) -> dict:
+    """The record of one case: ``case``, ``case_hash``, ``seed``, ``results`` (evaluator ->
+    dict, in the wire form of :mod:`.codec`: numeric arrays kept), ``signalprop_version``;
+    plus ``date``
+    and ``timings`` (seconds), the only fields that differ between two runs of the same case
+    (:data:`TIMING_FIELDS`). ``name``: the case's :func:`~.cases.case_hash` if known."""
     timings: dict = {}
     start = time.perf_counter()
     results = _evaluate(task, case, seed, timings)
     timings["total"] = time.perf_counter() - start
-    record = {"format": RECORD_FORMAT, "case_hash": case_hash(case), "case": case, "seed": seed,
-              "results": results, "version": __version__,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    record = {"format": RECORD_FORMAT, "case_hash": name or case_hash(case), "case": case,
+              "seed": seed,
+              "results": results,
+              VERSION_KEY: __version__,
+              "date": _utc_now(),
               "timings": timings}
     return record

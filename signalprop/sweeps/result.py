@@ -13,8 +13,10 @@ from typing import Optional
 import numpy as np
 
 from .cases import canonical
+from ..results import VERSION_KEY
+from .codec import plain
 
-__all__ = ["SweepResult", "flatten"]
+__all__ = ["SweepResult", "Wire", "flatten"]
 
 _EXTRA = 'pip install "signalprop[sweep]"'
 _SKIP = ("meta", "samples", "layers")
@@ -61,21 +63,48 @@ def _require(module: str, what: str):
         raise ImportError(f"{what} needs {module}: {_EXTRA}") from None
 
 
+class Wire:
+    """A record as an evaluator returned it (numpy arrays in its results, :mod:`.codec`): a
+    :class:`SweepResult` makes it JSON-able when its records are first read."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: dict) -> None:
+        self.record = record
+
+
+def _jsonable_record(r) -> dict:
+    if isinstance(r, Wire):
+        return {**r.record, "results": plain(r.record["results"])}
+    return r
+
+
 @dataclass(frozen=True, eq=False)
 class SweepResult:
-    """Records of a sweep (one dict per case: ``case``, ``case_hash``, ``seed``, ``results``,
-    ``version``, ``date``, ``timings``), the store's ``meta`` (``sweep.json``: spec, runs,
-    version, dates), its ``path`` (None in memory), and how many cases this call ``computed``
-    and found already stored (``skipped``; both None for :func:`~signalprop.sweeps.load`)."""
+    """Records of a sweep (:attr:`records`: one dict per case: ``case``, ``case_hash``, ``seed``,
+    ``results``, ``signalprop_version``, ``date``, ``timings``; given as ``raw``, where a :class:`Wire`
+    record is made JSON-able, arrays as lists, on first access), the store's ``meta``
+    (``sweep.json``: spec, runs, signalprop_version, dates), its ``path`` (None in memory), and how many
+    cases this call ``computed`` and found already stored (``skipped``; both None for
+    :func:`~signalprop.sweeps.load`)."""
 
-    records: tuple
+    raw: tuple
     meta: dict = field(default_factory=dict)
     path: Optional[str] = None
     computed: Optional[int] = None
     skipped: Optional[int] = None
 
+    @property
+    def records(self) -> tuple:
+        """The records, JSON-able (lists, inf/nan as strings), in the order of the cases."""
+        done = self.__dict__.get("_records")
+        if done is None:
+            done = tuple(_jsonable_record(r) for r in self.raw)
+            object.__setattr__(self, "_records", done)
+        return done
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.raw)
 
     def __repr__(self) -> str:
         extra = "" if self.computed is None else \
@@ -87,8 +116,9 @@ class SweepResult:
         return [dict(r["case"]) for r in self.records]
 
     def _attrs(self) -> dict:
-        versions = sorted({r.get("version", "?") for r in self.records})
-        return {"signalprop_version": ", ".join(versions),
+        versions = sorted({(r.record if isinstance(r, Wire) else r).get(VERSION_KEY, "?")
+                           for r in self.raw})
+        return {VERSION_KEY: ", ".join(versions),
                 "spec": json.dumps(self.meta.get("spec", {}), sort_keys=True),
                 "created": self.meta.get("created", ""), "store": self.path or ""}
 

@@ -13,9 +13,9 @@ from typing import Callable, Optional, Sequence, Union
 
 from .._validate import check_choice, check_int, short_repr
 from ..progress import progress_bar
-from .cases import Cases, Grid, as_cases, case_hash, case_seed
+from .cases import Cases, Grid, as_cases, case_hash, case_hash_and_seed
 from .evaluate import Task, check_case_keys, make_task, run_case
-from .result import SweepResult
+from .result import SweepResult, Wire
 from .store import Store
 
 __all__ = ["sweep", "load", "EXECUTORS"]
@@ -34,7 +34,8 @@ def _note(exc: BaseException, case: dict) -> BaseException:
 
 
 class _Sink:
-    """Where finished records go: the store (if any), the records of this call, the count."""
+    """Where finished records go: the store's log (if any; arrays packed), the records of this
+    call (made JSON-able when first read: :class:`~.result.SweepResult`), the count."""
 
     def __init__(self, store: Optional[Store], bar) -> None:
         self.store, self.records, self.computed, self.bar = store, {}, 0, bar
@@ -42,15 +43,15 @@ class _Sink:
     def put(self, record: dict) -> None:
         if self.store is not None:
             self.store.write(record)
-        self.records[record["case_hash"]] = record
+        self.records[record["case_hash"]] = Wire(record)
         self.computed += 1
         self.bar.update(1)
 
 
 def _inline(task: Task, todo: list, sink: _Sink, workers, address) -> None:
-    for case, seed in todo:
+    for case, seed, name in todo:
         try:
-            sink.put(run_case(task, case, seed))
+            sink.put(run_case(task, case, seed, name))
         except Exception as exc:
             raise _note(exc, case)
 
@@ -116,9 +117,9 @@ def _dask(task: Task, todo: list, sink: _Sink, workers, address) -> None:
     else:
         client = Client(address)
     try:
-        futures = {client.submit(run_case, task, case, seed, pure=False,
-                                 key=f"signalprop-sweep-{case_hash(case)}"): case
-                   for case, seed in todo}
+        futures = {client.submit(run_case, task, case, seed, name, pure=False,
+                                 key=f"signalprop-sweep-{name}"): case
+                   for case, seed, name in todo}
         failure = None
         for fut in as_completed(futures):
             try:
@@ -168,12 +169,13 @@ def sweep(cases: Union[Grid, Cases, Sequence[dict]], what="predict", *,
     ``executor``: ``"inline"`` (this process), ``"processes"`` (a spawn process pool of
     ``workers``, default the CPU count) or ``"dask"`` (``address="tcp://host:8786"``: a running
     scheduler; else an embedded ``LocalCluster`` of ``workers`` processes).
-    ``store``: a directory; finished cases are skipped, each new one written as it finishes. A
-    store of another spec (build, what, options, seed) is refused unless ``replace=True``, which
-    deletes its records; the grid may change (extend it and only new cases run). Each record is
-    written atomically; ``fsync=False`` skips flushing it to disk (about 0.5 ms a case: for
-    sub-millisecond cases): records then outlive any process (Ctrl-C, killed workers or client)
-    but not a crash of the machine.
+    ``store``: a directory; finished cases are skipped, each new one appended to this call's log
+    in it as it finishes (one self-checking line, handed to the OS at once: a killed process,
+    worker or client loses no finished case; :mod:`~signalprop.sweeps.store`). A store of
+    another spec (build, what, options, seed) is refused unless ``replace=True``, which deletes
+    its records; the grid may change (extend it and only new cases run). The log is ``fsync``-ed
+    at most about every second and at the end (a machine crash loses at most the last second);
+    ``fsync=False`` never syncs.
     ``progress``: a bar on stderr per finished case (None: when stderr is a terminal;
     :mod:`signalprop.progress`).
     Returns a :class:`SweepResult` of these cases in order, with ``computed`` and ``skipped``.
@@ -191,19 +193,32 @@ def sweep(cases: Union[Grid, Cases, Sequence[dict]], what="predict", *,
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {short_repr(flag)}")
     _check_picklable(task, executor)
-    items = [(case, case_hash(case), case_seed(case, seed)) for case in grid]
+    items = [(case, *case_hash_and_seed(case, seed)) for case in grid]
+    checked: set = set()
     for case, _, _ in items:
-        check_case_keys(task, case)
+        if tuple(case) not in checked:      # the checks depend on the keys only
+            check_case_keys(task, case)
+            checked.add(tuple(case))
     st = None if store is None else Store(store, fsync)
     if st is not None:
         st.open(task.spec(seed), grid.to_jsonable(), replace)
-    done = st.finished() if st is not None else set()
-    todo = [(case, s) for case, h, s in items if h not in done]
+    done = st.scan() if st is not None else {}
+    todo = [(case, s, h) for case, h, s in items if h not in done]
     with progress_bar(len(todo), "sweep", "cases", progress=progress) as bar:
         sink = _Sink(st, bar)
-        if todo:
-            _RUNNERS[executor](task, todo, sink, workers, address)
-    records = tuple(sink.records[h] if h in sink.records else st.read(h) for _, h, _ in items)
+        try:
+            if todo:
+                if st is not None:
+                    st.start_log()      # its first sync runs while the first cases do
+                _RUNNERS[executor](task, todo, sink, workers, address)
+        finally:
+            if st is not None:
+                st.close()
+    stored: dict = {}
+    if st is not None:
+        skipped = [h for _, h, _ in items if h not in sink.records]
+        stored = dict(zip(skipped, st.read_many(skipped)))
+    records = tuple(sink.records[h] if h in sink.records else stored[h] for _, h, _ in items)
     return SweepResult(records, st.read_meta() if st is not None else
                        {"spec": task.spec(seed), "runs": [grid.to_jsonable()]},
                        None if st is None else str(st.path), sink.computed,
@@ -226,5 +241,5 @@ def load(store: Union[str, os.PathLike]) -> SweepResult:
     st = Store(store)
     meta = st.read_meta()
     order = _run_order(meta)
-    hashes = sorted(st.finished(), key=lambda h: (order.get(h, len(order)), h))
-    return SweepResult(tuple(st.read(h) for h in hashes), meta, str(st.path))
+    hashes = sorted(st.scan(), key=lambda h: (order.get(h, len(order)), h))
+    return SweepResult(tuple(st.read_many(hashes)), meta, str(st.path))

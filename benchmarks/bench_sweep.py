@@ -1,0 +1,163 @@
+"""Benchmark of sweeps (issue 15) against baselines measured in the same run.
+
+    python benchmarks/bench_sweep.py [--quick] [--repeats N]
+
+Prints, in one run:
+
+1. a 256-case theory sweep (activation x sigma_w^2 x sigma_b^2 x depth, ``predict``) on the
+   in-process executor: the bare loop ``predict(mlp(**case))``, the sweep without a store, and
+   the sweep into a new store on disk (fsync on, the default; and with fsync=False); target: the
+   sweep with its store costs at most 1.10 x the bare loop; 1b: the same at depths 100..800;
+2. a 16-case Monte Carlo sweep (``simulate``, 64 samples, width 128, depth 20): the process pool
+   (2 workers, start-up included) against in-process; target: >= 1.6 x faster on 2 cores;
+3. ``signalprop --help`` as a whole process (interpreter start-up included), next to
+   ``python -c pass``; target: under 1 s.
+
+The machine may be shared: every time is the minimum over repeats measured round-robin (so a
+change of load hits all the variants alike), and the output says so. BLAS/OpenMP are pinned to
+one thread (set before numpy is imported) so that in-process and each worker use one core.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from signalprop.architectures import mlp  # noqa: E402
+from signalprop.meanfield import predict  # noqa: E402
+from signalprop.sweeps import Grid, sweep  # noqa: E402
+
+THEORY = Grid(activation=["tanh", "relu", "erf", "gelu"], sigma_w2=[0.5, 1.0, 1.5, 2.0],
+              sigma_b2=[0.0, 0.05, 0.1, 0.2], depth=[10, 20, 50, 100])
+#: the same with deeper networks (the sweep's cost per case hardly depends on depth)
+THEORY_DEEP = Grid(activation=["tanh", "relu", "erf", "gelu"], sigma_w2=[0.5, 1.0, 1.5, 2.0],
+                   sigma_b2=[0.0, 0.05, 0.1, 0.2], depth=[100, 200, 400, 800])
+MONTE_CARLO = Grid(activation=["tanh", "relu"], sigma_w2=[0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2],
+                   depth=[20], width=[128])
+MC_OPTIONS = {"simulate": {"samples": 64}}
+
+
+def race(fns, repeats):
+    """Minimum time of each function over ``repeats`` rounds, run in turn (round-robin) after
+    one warm-up round. A function that returns a number has timed itself (to leave its set-up
+    and clean-up out)."""
+    for fn in fns:
+        fn()
+    times = [math.inf] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            own = fn()
+            took = time.perf_counter() - t
+            times[i] = min(times[i], own if isinstance(own, float) else took)
+    return times
+
+
+def theory(repeats: int, root: Path, grid: Grid = THEORY, label: str = "1.",
+           depths: str = "10..100") -> None:
+    cases = list(grid)
+    counter = [0]
+
+    def bare():
+        for case in cases:
+            predict(mlp(**case))
+
+    def no_store():
+        sweep(grid, "predict", progress=False)
+
+    def with_store(fsync=True):
+        counter[0] += 1
+        store = root / f"theory-{counter[0]}"
+        try:
+            t = time.perf_counter()
+            sweep(grid, "predict", store=store, fsync=fsync, progress=False)
+            return time.perf_counter() - t
+        finally:
+            shutil.rmtree(store, ignore_errors=True)    # not timed
+
+    def without_fsync():
+        return with_store(fsync=False)
+
+    t_bare, t_mem, t_store, t_nosync = race([bare, no_store, with_store, without_fsync], repeats)
+    n = len(cases)
+    print(f"{label} theory sweep, {n} cases (activation x sigma_w2 x sigma_b2 x depth {depths}), "
+          f"in process; store on {root}; min of {repeats} round-robin repeats")
+    for name, t in (("bare loop predict(mlp(**case))", t_bare), ("sweep, no store", t_mem),
+                    ("sweep, new store on disk", t_store),
+                    ("  the same, fsync=False", t_nosync)):
+        print(f"   {name:<34} {t * 1e3:8.1f} ms  {t / n * 1e6:7.1f} us/case  "
+              f"{t / t_bare:5.3f} x bare")
+    verdict = "meets" if t_store <= 1.10 * t_bare else "MISSES"
+    print(f"   -> sweep with store / bare = {t_store / t_bare:.3f} ({verdict} the <= 1.10 target); "
+          f"the sweep's cost beyond the bare loop: {(t_store - t_bare) / n * 1e6:.1f} us/case "
+          f"with the store, {(t_mem - t_bare) / n * 1e6:.1f} us/case without")
+
+
+def monte_carlo(repeats: int) -> None:
+    def inline():
+        sweep(MONTE_CARLO, "simulate", options=MC_OPTIONS, progress=False)
+
+    def processes():
+        sweep(MONTE_CARLO, "simulate", options=MC_OPTIONS, executor="processes", workers=2,
+              progress=False)
+
+    t_in, t_proc = race([inline, processes], repeats)
+    print(f"2. Monte Carlo sweep, {len(MONTE_CARLO)} cases (simulate, 64 samples, width 128, "
+          f"depth 20), no store; {os.cpu_count()} CPUs seen; min of {repeats} repeats")
+    print(f"   in process                         {t_in:8.2f} s")
+    print(f"   process pool, 2 workers (spawned)  {t_proc:8.2f} s")
+    verdict = "meets" if t_in >= 1.6 * t_proc else "MISSES"
+    print(f"   -> speed-up {t_in / t_proc:.2f} x ({verdict} the >= 1.6 x target on 2 cores)")
+
+
+def startup(repeats: int) -> None:
+    script = Path(sys.executable).parent / "signalprop"
+    cmd = [str(script), "--help"] if script.is_file() else \
+        [sys.executable, "-c", "import sys; from signalprop.cli import main; sys.exit(main())",
+         "--help"]
+
+    def run(argv):
+        return lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    t_help, t_python = race([run(cmd), run([sys.executable, "-c", "pass"])], repeats)
+    print(f"3. start-up, whole process; min of {repeats} repeats")
+    print(f"   {' '.join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd)):<34} "
+          f"{t_help:8.3f} s")
+    print(f"   python -c pass                     {t_python:8.3f} s")
+    verdict = "meets" if t_help < 1.0 else "MISSES"
+    print(f"   -> signalprop --help {t_help:.3f} s ({verdict} the < 1 s target)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of the theory sweep")
+    ap.add_argument("--only", type=int, choices=(1, 2, 3), default=None, help="one section")
+    args = ap.parse_args()
+    r = args.repeats or (3 if args.quick else 15)
+    print("Times are minima over round-robin repeats: other processes may share this machine "
+          f"(load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())}).")
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as root:
+        if args.only in (None, 1):
+            theory(r, Path(root))
+            theory(max(2, r // 3), Path(root), THEORY_DEEP, "1b.", "100..800")
+    if args.only in (None, 2):
+        monte_carlo(1 if args.quick else 2)
+    if args.only in (None, 3):
+        startup(3 if args.quick else 10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Monte Carlo on a PyTorch module itself: :func:`measure` and :func:`example_inputs`.
+
+``measure(module, inputs, samples)`` re-initialises (a copy of) the module ``samples`` times,
+runs the inputs forward and the loss of the project's convention backward, and records the
+same tracked variables and estimators as :func:`signalprop.simulate.simulate` (CONVENTIONS.md,
+"Monte Carlo estimators"), per sample ``s`` and layer ``l`` of the mapped network
+(:func:`signalprop.torch.from_module`; its tracked variable ``t^l``: the pre-activation of a
+``Linear`` (before batch norm), the output of a normalisation layer or of a residual sum, the
+input of a lone activation):
+
+* ``q_hat = ||t^l_0||^2 / N_l`` (input 0); ``c_hat = <t^l_0, t^l_1> / (||t^l_0|| ||t^l_1||)``
+  (with two or more inputs);
+* ``g_hat = sum_b ||d loss / d t^l_b||^2 / N_l`` for the loss ``<v, t^L_0>``, ``v ~ N(0, I)``
+  drawn per sample (the gradient reaches only input 0 unless the inputs are coupled, as by
+  batch normalisation: then the sum runs over the batch, as in ``simulate``);
+* ``G_hat = g_hat ||x^{l-1}_0||^2 / N_{l-1}`` with ``x^{l-1}`` the input of layer l.
+
+Reported as in ``simulate``: ``q``, ``c`` sample means with standard errors
+``std(ddof=1) / sqrt(S)``; ``log_g``, ``log_G`` logs of the sample means with the delta-method
+standard errors of those logs (:func:`signalprop.simulate.log_mean_se`); ``log_q_se = q_se / q``
+in logs. Values are computed in the module's dtype and reduced in float64.
+
+Re-initialisation: sample ``s`` runs under ``torch.random.fork_rng`` with the seed
+``SeedSequence(seed, spawn_key=(s,)).generate_state(2)[0]`` (so the user's global generator is
+untouched and every sample is reproducible on its own); ``reinit="default"`` (or None) calls
+every submodule's ``reset_parameters()`` (PyTorch's own initialisation), a callable
+``reinit(module)`` is called instead (e.g. ``lambda m: initialise(m, "he")``); ``v`` comes from a
+``torch.Generator`` seeded with the second word. The module itself is never modified (a deep
+copy is measured, with in-place activations turned off so the tracked tensors survive).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .._validate import check_int, short_repr
+from ..results import Profile
+from ..simulate import log_mean_se, network_inputs
+from .mapping import map_module, trace
+
+__all__ = ["measure", "example_inputs"]
+
+
+def example_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None, k: Optional[int] = None,
+                   dtype=torch.float32) -> torch.Tensor:
+    """The inputs ``simulate`` uses (:func:`signalprop.simulate.network_inputs`) as a tensor of
+    shape ``(k, n0)``: second moment ``q0``, pairwise correlation ``c0``, mean zero over the
+    units (k = 1 without ``c0``, 2 with it; a batch of k for batch normalisation)."""
+    return torch.as_tensor(network_inputs(n0, q0, c0, k), dtype=dtype)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced module and keeps the values of the named nodes (gradients retained);
+    in-place functional calls run out of place."""
+
+    def __init__(self, gm: fx.GraphModule, names: set):
+        super().__init__(gm)
+        self.names = names
+        self.values: dict = {}
+
+    def call_function(self, target, args, kwargs):
+        if kwargs.get("inplace"):
+            kwargs = {**kwargs, "inplace": False}
+        target = _OUT_OF_PLACE.get(target, target)
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        if isinstance(target, str) and target.endswith("_") and not target.startswith("_"):
+            target = target[:-1]
+        return super().call_method(target, args, kwargs)
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.names:
+            if out.requires_grad:
+                out.retain_grad()
+            self.values[n.name] = out
+        return out
+
+
+_OUT_OF_PLACE = {torch.relu_: torch.relu, torch.nn.functional.relu_: torch.nn.functional.relu}
+
+
+def _check_inputs(inputs) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor of shape (N_0,) or (k, N_0), got "
+                        f"{short_repr(inputs)}")
+    x = inputs.detach()
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] < 1 or x.shape[0] < 1:
+        raise ValueError(f"inputs must have shape (N_0,) or (k, N_0), got {tuple(inputs.shape)}")
+    if not bool(torch.all(torch.isfinite(x))) or float(torch.sum(x[0].double() ** 2)) == 0:
+        raise ValueError("inputs must be finite and input 0 must be nonzero")
+    return x
+
+
+def _reinit_fn(reinit) -> Callable:
+    if reinit is None or (isinstance(reinit, str) and reinit == "default"):
+        def default(m: nn.Module) -> None:
+            for sub in m.modules():
+                fn = getattr(sub, "reset_parameters", None)
+                if callable(fn):
+                    fn()
+        return default
+    if callable(reinit):
+        return reinit
+    raise ValueError(f"reinit must be None, 'default' or a callable reinit(module), got "
+                     f"{short_repr(reinit)}")
+
+
+def _seeds(seed: int, s: int) -> tuple:
+    words = np.random.SeedSequence(seed, spawn_key=(s,)).generate_state(2, np.uint64)
+    return int(words[0] >> np.uint64(1)), int(words[1] >> np.uint64(1))
+
+
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    """Row-wise sums of squares in float64."""
+    t = t.detach().to(torch.float64)
+    return torch.sum(t * t, dim=-1)
+
+
+def _mean_se(a: np.ndarray) -> tuple:
+    S = a.shape[0]
+    se = a.std(axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.full(a.shape[1:], np.nan)
+    return a.mean(axis=0), se
+
+
+def measure(module: nn.Module, inputs, samples: int, reinit: Union[None, str, Callable] = None,
+            seed: int = 0, *, return_samples: bool = False, threads: Optional[int] = 1) -> Profile:
+    """Monte Carlo profile of ``module`` itself over ``samples`` re-initialisations (module
+    docstring): the same fields, estimators and standard errors as
+    :func:`signalprop.simulate.simulate` on the network :func:`~signalprop.torch.from_module`
+    maps it to, so ``compare(predict(from_module(m, x)), measure(m, x, 64))`` works as is
+    (with ``predict``'s ``q0`` equal to ``||x_0||^2 / N_0``; :func:`example_inputs` gives 1).
+
+    ``inputs``: a tensor ``(N_0,)`` or ``(k, N_0)`` (k inputs; a batch of B with
+    ``BatchNorm1d``). ``samples``: an int >= 2. ``reinit``: None or ``"default"`` (every
+    submodule's ``reset_parameters()``), or a callable ``reinit(module)`` run under the sample's
+    seed. ``seed``: an int >= 0. ``return_samples``: keep the per-sample values
+    (``profile.samples``: ``q``, ``log_g``, ``log_G``, ``c``; arrays (samples, L)).
+    ``threads``: torch's intra-op threads while measuring (restored afterwards; default 1: one
+    sample's k input rows are too little work to share, and on 2 loaded cores a second thread
+    made a BatchNorm1d call 300 times slower, 7 ms against 25 us); None leaves torch's setting.
+    """
+    x = _check_inputs(inputs)
+    samples = check_int("samples", samples, 2)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {short_repr(seed)}")
+    fn = _reinit_fn(reinit)
+    if not isinstance(return_samples, (bool, np.bool_)):
+        raise TypeError(f"return_samples must be True or False, got {short_repr(return_samples)}")
+    if threads is not None:
+        threads = check_int("threads", threads, 1)
+    mapped = map_module(module, x)         # the structure; the variances are not used here
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(module, x, samples, fn, int(seed), mapped, return_samples, reinit)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(module, x, samples, fn, seed, mapped, return_samples, reinit) -> Profile:
+    """:func:`measure` after its checks."""
+    net = mapped.network
+    work = copy.deepcopy(module)
+    for sub in work.modules():
+        if getattr(sub, "inplace", False) is True:
+            sub.inplace = False
+    params = list(work.parameters())
+    dtype = params[0].dtype if params else x.dtype
+    for p in params:
+        p.requires_grad_(False)
+    gm = trace(work)
+    L, k = net.depth, x.shape[0]
+    widths = [int(w) for w in net.widths]
+    names = {t.tracked for t in mapped.tracked} | {t.out for t in mapped.tracked}
+    q = np.empty((samples, L))
+    lg = np.empty((samples, L))
+    lx2 = np.empty((samples, L))
+    c = np.empty((samples, L)) if k >= 2 else None
+    x = x.to(dtype)
+    x2_in = float(_sq(x[0])) / widths[0]
+    for s in range(samples):
+        wseed, vseed = _seeds(int(seed), s)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(wseed)
+            with torch.no_grad():
+                fn(work)
+        for p in work.parameters():
+            p.requires_grad_(False)
+        xs = x.clone().requires_grad_(True)
+        rec = _Recorder(gm, names)
+        rec.run(xs)
+        vals = rec.values
+        last = vals[mapped.tracked[-1].tracked]
+        g = torch.Generator().manual_seed(vseed)
+        v = torch.randn(last.shape[-1], generator=g, dtype=torch.float64).to(last.dtype)
+        torch.sum(v * last[0]).backward()
+        for l, t in enumerate(mapped.tracked):
+            tv = vals[t.tracked]
+            qa = _sq(tv[0])
+            q[s, l] = float(qa) / widths[l + 1]
+            if c is not None:
+                qb = _sq(tv[1])
+                ab = float(torch.sum(tv[0].detach().double() * tv[1].detach().double()))
+                c[s, l] = ab / math.sqrt(float(qa) * float(qb))
+            grad = tv.grad
+            gs = 0.0 if grad is None else float(torch.sum(_sq(grad)))
+            lg[s, l] = math.log(gs / widths[l + 1]) if gs > 0 else -math.inf
+            xin = x2_in if l == 0 else float(_sq(vals[mapped.tracked[l - 1].out][0])) / widths[l]
+            lx2[s, l] = math.log(xin) if xin > 0 else -math.inf
+        if not (np.all(np.isfinite(q[s])) and np.all(np.isfinite(lg[s]) | (lg[s] == -np.inf))):
+            bad = int(np.flatnonzero(~np.isfinite(q[s]) | np.isnan(lg[s]))[0])
+            raise ValueError(f"sample {s}: layer {bad + 1} ({mapped.tracked[bad].label}) gave "
+                             f"non-finite values in {dtype}")
+    qm, q_se = _mean_se(q)
+    with np.errstate(divide="ignore"):
+        log_q_se = log_mean_se(np.log(q))[1]
+    log_g, log_g_se = log_mean_se(lg)
+    log_G, log_G_se = log_mean_se(lg + lx2)
+    cm = c_se = None
+    if c is not None:
+        cm, c_se = _mean_se(c)
+    kept = None
+    if return_samples:
+        kept = {"q": q, "log_g": lg, "log_G": lg + lx2}
+        if c is not None:
+            kept["c"] = c
+    x0 = x[0].double()
+    meta = {"source": "signalprop.torch.measure", "module": type(module).__name__,
+            "samples": samples, "seed": int(seed),
+            "reinit": "default" if reinit is None or isinstance(reinit, str)
+            else getattr(reinit, "__name__", repr(reinit)),
+            "q0": float(torch.sum(x0 * x0)) / widths[0], "k": k, "dtype": str(dtype),
+            "widths": widths, "layers": [t.label for t in mapped.tracked],
+            "loss": "<v, t^L_0>, v ~ N(0, I)"}
+    if k >= 2:
+        x1 = x[1].double()
+        meta["c0"] = float(torch.sum(x0 * x1) / torch.sqrt(torch.sum(x0 * x0) * torch.sum(x1 * x1)))
+    if net.batch_size is not None:
+        meta["batch_size"] = net.batch_size
+        meta["loss"] = "<v, h^L_a> on one batch member; g sums over the batch"
+    return Profile(layers=np.arange(1, L + 1), q=qm, log_q=np.log(qm), log_g=log_g, log_G=log_G,
+                   c=cm, q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
+                   meta=meta, log_q_se=log_q_se)
