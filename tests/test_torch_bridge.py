@@ -408,3 +408,96 @@ def test_initialise_named_schemes_and_refusals():
         edge_of_chaos_init(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), sigma_b2=0.1)
     with pytest.raises(ValueError, match="scheme"):
         initialise(m, "fancy")
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.RNN: time steps as layers (signalprop.torch.recurrent)
+
+
+def _sequences(nx, T, c_x=0.5, batch_first=False):
+    """T steps of two input sequences (T, 2, nx) with q_x = 1 and correlation c_x per step."""
+    xs = torch.stack([example_inputs(nx, c0=c_x, dtype=torch.float64) for _ in range(T)])
+    return xs.transpose(0, 1).contiguous() if batch_first else xs
+
+
+def test_rnn_default_init_variances_are_read_correctly():
+    """nn.RNN.reset_parameters: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)), variance
+    1/(3H) (the input weights too); sampled over torch's own init, within 5 SE."""
+    torch.manual_seed(0)
+    H, nx = 200, 50
+    m = nn.RNN(nx, H)
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        w = getattr(m, name).detach().double().flatten()
+        var = 1.0 / (3 * H)
+        se = var * math.sqrt(0.8 / w.numel())          # Var(U^2) = (4/5) var^2 for a uniform law
+        assert abs(float(torch.mean(w * w)) - var) < 5 * se, name
+        assert float(torch.max(torch.abs(w))) <= 1 / math.sqrt(H)
+
+
+def test_rnn_maps_to_the_rnn_constructor():
+    nx, H, T = 12, 20, 4
+    x = _sequences(nx, T)
+    net = from_module(nn.RNN(nx, H, nonlinearity="relu"), x)
+    q_x = [float(torch.sum(x[t, 0] ** 2)) / nx for t in range(T)]
+    assert q_x == pytest.approx([1.0] * T, abs=1e-12)
+    xn = x.numpy()
+    c_x = [float(np.dot(xn[t, 0], xn[t, 1]) / np.linalg.norm(xn[t, 0]) / np.linalg.norm(xn[t, 1]))
+           for t in range(T)]
+    assert c_x == pytest.approx([0.5] * T, abs=1e-12)
+    expected = sp.rnn("rnn", T, H, "relu", sigma_w2=1 / 3, sigma_u2=nx / (3 * H),
+                      sigma_b2=2 / (3 * H), q_x=q_x, c_x=c_x, input_width=nx)
+    assert net == expected
+    mb = nn.RNN(nx, H, batch_first=True, bias=False)
+    assert from_module(mb, _sequences(nx, T, batch_first=True)) == sp.rnn(
+        "rnn", T, H, "tanh", sigma_w2=1 / 3, sigma_u2=nx / (3 * H), q_x=q_x, c_x=c_x,
+        input_width=nx)
+    one = from_module(nn.RNN(nx, H), x[:, 0])                     # unbatched (T, nx): c_x = 0
+    assert one.depth == T and one.layers[0].c_x == 0.0
+    m = nn.RNN(nx, H)
+    with torch.no_grad():
+        m.weight_hh_l0.fill_(0.1)
+        m.weight_ih_l0.fill_(0.2)
+        m.bias_ih_l0.fill_(0.3)
+        m.bias_hh_l0.fill_(-0.1)
+    emp = from_module(m, x, variances="empirical").layers[0]
+    assert (emp.sigma_w2, emp.sigma_u2, emp.sigma_b2) == pytest.approx((H * 0.01, nx * 0.04, 0.04))
+
+
+def test_rnn_refusals_name_the_module():
+    x = _sequences(6, 3)
+    for m, match in ((nn.RNN(6, 8, num_layers=2), r"model \(RNN\) has num_layers=2"),
+                     (nn.RNN(6, 8, bidirectional=True), r"model \(RNN\) is bidirectional"),
+                     (nn.LSTM(6, 8), r"model \(LSTM\) is not supported yet: .*bias"),
+                     (nn.GRU(6, 8), r"model \(GRU\) is not supported yet: .*reset gate"),
+                     (nn.MultiheadAttention(8, 2), r"model \(MultiheadAttention\) is not supported"),
+                     (nn.TransformerEncoderLayer(8, 2), r"model \(TransformerEncoderLayer\) is not")):
+        with pytest.raises(ValueError, match=match):
+            from_module(m, x)
+    with pytest.raises(ValueError, match=r"model\.0 \(RNN\) is mapped only as the whole"):
+        from_module(nn.Sequential(nn.RNN(6, 8)), x[:, 0])
+    with pytest.raises(ValueError, match="example_input"):
+        from_module(nn.RNN(6, 8))
+    with pytest.raises(ValueError, match="input_size=6"):
+        from_module(nn.RNN(6, 8), torch.zeros(3, 2, 5))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 8\)"):
+        from_module(nn.RNN(6, 8), (x, torch.zeros(1, 8)))
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_measure_rnn_agrees_with_predict(act):
+    """Per time step q, c, log g, log G of nn.RNN (PyTorch's default init, two sequences, h0 of
+    q0 = 1, c0 = 0.2) against predict on the mapped network (compare's rule); power check: the
+    common misreading sigma_u2 = 1/3 (W_ih's bound taken as 1/sqrt(input_size)) disagrees."""
+    nx, H, T = 64, 128, 8
+    m = nn.RNN(nx, H, nonlinearity=act).double()
+    x = _sequences(nx, T)
+    h0 = example_inputs(H, c0=0.2, dtype=torch.float64)[None]
+    prof = measure(m, (x, h0), 48, seed=2)
+    net = from_module(m, (x, h0))
+    cmp = sp.compare(sp.predict(net, q0=1.0, c0=0.2), prof)
+    assert cmp.verdict == "agree" and set(cmp.fields) >= {"q", "c", "log_g"}, cmp
+    assert prof.meta["q0"] == pytest.approx(1.0) and prof.meta["c0"] == pytest.approx(0.2)
+    wrong = sp.rnn("rnn", T, H, act, sigma_w2=1 / 3, sigma_u2=1 / 3, sigma_b2=2 / (3 * H),
+                   q_x=[l.q_x for l in net.layers], c_x=[l.c_x for l in net.layers],
+                   input_width=nx)
+    assert sp.compare(sp.predict(wrong, q0=1.0, c0=0.2), prof).verdict == "disagree"

@@ -35,7 +35,12 @@ and ``Pi`` the gradient covariance at the output:
   ``dL/dS`` is O(sqrt d) and survives the 1/sqrt(d)). These expectations over the T^2 logits have
   no closed form; they are computed by fixed-seed Monte Carlo with ``logit_samples`` draws
   (antithetic pairs ``Z, -Z``), whose standard error is recorded per layer in
-  ``profile.meta["numerical"]``.
+  ``profile.meta["numerical"]``. For an exchangeable input kernel ``K = v ((1-c) I + c 1 1^T)``
+  (c >= 0, no mask; the default inputs, kept so by every layer of a transformer stack) they
+  reduce exactly to four scalar expectations over two softmax rows (``r1 = E|a|^2``,
+  ``r2 = E[a.a']``, ``w1 = E tr J_a^2``, ``w2 = E tr J_a J_a'``, ``J_a = diag(a) - a a^T``),
+  estimated from base draws shared by all layers: O(logit_samples T) work per layer instead of
+  O(logit_samples T^3) (docs/theory/attention.md, "Exchangeable tokens").
 
 Monte Carlo (dense engine): weights drawn in full, the backward pass written by hand
 (``validation/attention_check.py`` and ``tests/test_attention.py`` check it against finite
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 import numpy as np
 
 from .._validate import check_choice, check_int, nonnegative_scalar, positive_scalar, short_repr
@@ -243,29 +249,140 @@ def _mean_se(draws: np.ndarray):
     return pairs.mean(axis=0), pairs.std(axis=0, ddof=1) / math.sqrt(n)
 
 
+#: relative spread below which a token kernel counts as exchangeable (all variances equal, all
+#: covariances equal): far below the Monte Carlo errors (~1e-3) the exchangeable route carries
+EXCHANGEABLE_RTOL = 1e-12
+
+
+def _exchangeable(K: np.ndarray):
+    """``(v, c)`` when ``K = v ((1 - c) I + c 1 1^T)`` to :data:`EXCHANGEABLE_RTOL` with
+    ``0 <= c <= 1`` (T >= 2), else None."""
+    T = K.shape[0]
+    d = np.diag(K)
+    v = float(d.mean())
+    if T < 2 or not v > 0:
+        return None
+    off = K[~np.eye(T, dtype=bool)]
+    cv = float(off.mean())
+    tol = EXCHANGEABLE_RTOL * v
+    if np.max(np.abs(d - v)) > tol or np.max(np.abs(off - cv)) > tol:
+        return None
+    c = cv / v
+    return (v, min(c, 1.0)) if c >= 0.0 else None
+
+
+@lru_cache(maxsize=8)
+def _base_draws(seed: int, T: int, m: int) -> tuple:
+    """The standard normals of the exchangeable route, fixed by ``(seed, T, m)`` and shared by
+    every layer: ``Y`` (m/2, 1, T), the keys' common part, and ``Z`` (m/2, 2, T), two query rows
+    (read-only; the antithetic partners are their negatives)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, T, 0x5E7]))
+    Y = rng.standard_normal((m // 2, 1, T))
+    Z = rng.standard_normal((m // 2, 2, T))
+    Y.flags.writeable = Z.flags.writeable = False
+    return Y, Z
+
+
+def _row_statistics(A: np.ndarray) -> np.ndarray:
+    """Per draw, from two attention rows ``a, a'`` (A: (n, 2, T)): ``(r1, r2, w1, w2)`` =
+    ``((|a|^2 + |a'|^2)/2, a.a', (tr J_a^2 + tr J_a'^2)/2, tr J_a J_a')`` with the softmax Jacobian
+    ``J_a = diag(a) - a a^T``: ``tr J_a J_a' = sum a a' - sum a a'^2 - sum a^2 a' + (a.a')^2``."""
+    a, b = A[:, 0], A[:, 1]
+    aa, bb, ab = (np.sum(x * y, axis=-1) for x, y in ((a, a), (b, b), (a, b)))
+    tr2 = [x - 2 * np.sum(r ** 3, axis=-1) + x * x for x, r in ((aa, a), (bb, b))]
+    trab = ab - np.sum(a * b * b, axis=-1) - np.sum(a * a * b, axis=-1) + ab * ab
+    return np.stack([0.5 * (aa + bb), ab, 0.5 * (tr2[0] + tr2[1]), trab], axis=-1)
+
+
+def _two_level(T: int, x: float, y: float) -> np.ndarray:
+    """``(x - y) I + y 1 1^T``: the T x T matrix with diagonal x and off-diagonal y."""
+    return np.full((T, T), y) + (x - y) * np.eye(T)
+
+
 class _AttentionExpectations:
     """The expectations of the module docstring for one layer and one input kernel ``K``: exact for
-    deterministic attention (``"linear"`` scaling, or gamma = 0), else fixed-seed Monte Carlo over
-    the logits ``S = sqrt(gamma) L Z L^T``, ``m = logit_samples`` draws as m/2 antithetic pairs,
-    processed in batches of at most 256."""
+    deterministic attention (``"linear"`` scaling, or gamma = 0); for an exchangeable ``K``
+    (non-causal, ``K = v ((1 - c) I + c 1 1^T)``, c >= 0) the four-statistic route of
+    docs/theory/attention.md ("Exchangeable tokens"); else fixed-seed Monte Carlo over the logits
+    ``S = sqrt(gamma) L Z L^T``, ``m = logit_samples`` draws as m/2 antithetic pairs, processed in
+    batches of at most 256 (``exchangeable=False`` forces the last, for checks)."""
 
     BATCH = 256
 
-    def __init__(self, layer: Attention, K: np.ndarray):
+    def __init__(self, layer: Attention, K: np.ndarray, exchangeable: bool = True):
         self.layer, self.K, self.T = layer, K, K.shape[0]
         self.gamma = layer.logit_gain
         self.random = layer.logit_scale == "sqrt" and self.gamma > 0
+        self.exch = None
         if not self.random:
             mean = np.zeros_like(K)
             if layer.tie_qk:
                 mean = layer.sigma_q2 * K / layer.temperature
             self.A = attention_weights(mean, layer.causal)
         else:
-            self.L = _psd_root(K)
+            self.exch = None if (layer.causal or not exchangeable) else _exchangeable(K)
+            if self.exch is None:
+                self.L = _psd_root(K)
+            else:
+                self._exchangeable_statistics()
 
     def rule_text(self) -> str:
+        if self.exch is not None:
+            return (f"exchangeable tokens (v, c) = ({self.exch[0]:.6g}, {self.exch[1]:.6g}): "
+                    f"Monte Carlo of 4 row statistics, {self.layer.logit_samples} draws of the "
+                    f"key logits and two query rows (antithetic pairs), seed {self.layer.seed}")
         return (f"Monte Carlo over the T^2 = {self.T ** 2} Gaussian logits, "
                 f"{self.layer.logit_samples} draws (antithetic pairs), seed {self.layer.seed}")
+
+    def _exchangeable_statistics(self) -> None:
+        """``theta = E[(r1, r2, w1, w2)]`` (:func:`_row_statistics`) and the covariance of its
+        estimate, for the logits of two query rows ``S_ab = s (sqrt(1 - c) Z_ab + sqrt(c) Y_b)``,
+        ``s^2 = gamma v^2 (1 - c)``: the law of ``S`` up to per-row constants, which the softmax
+        ignores (docs/theory/attention.md, "Exchangeable tokens")."""
+        v, c = self.exch
+        Y, Z = _base_draws(self.layer.seed, self.T, self.layer.logit_samples)
+        s = math.sqrt(self.gamma * (1.0 - c)) * v
+        S = (s * math.sqrt(1.0 - c)) * Z + (s * math.sqrt(c)) * Y
+        pairs = 0.5 * (_row_statistics(attention_weights(S, False))
+                       + _row_statistics(attention_weights(-S, False)))
+        n = pairs.shape[0]
+        self.theta = pairs.mean(axis=0)
+        self.theta_cov = np.atleast_2d(np.cov(pairs, rowvar=False)) / n
+
+    def _exchangeable_forward(self, theta: np.ndarray) -> np.ndarray:
+        """``E[A K A^T] = v ((1 - c) E[A A^T] + c 1 1^T)`` (rows of A sum to 1), ``E[A A^T]``
+        with diagonal r1 and off-diagonal r2."""
+        v, c = self.exch
+        return v * ((1.0 - c) * _two_level(self.T, theta[0], theta[1]) + c)
+
+    def _exchangeable_backward(self, P: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """The backward map of the module docstring for exchangeable K (docs/theory/attention.md):
+        value ``tr(P) B(t1, t2) + (sum P - tr P) B(t3, t4)``; query ``gamma v^2 (1-c)^2 P o B(w1,
+        w2)``; key ``gamma v (1-c) [tr(M) B(u1, u2) + (sum M - tr M) B(u3, u4)]``, ``M = P o K``,
+        ``B(x, y)`` :func:`_two_level`, ``t1 = r1/T``, ``t3 = r2/T``, ``t2 = (1/T - t1)/(T-1)``,
+        ``t4 = (1/T - t3)/(T-1)``, ``u1 = w1/T``, ``u3 = w2/T``, ``u2 = -u1/(T-1)``,
+        ``u4 = -u3/(T-1)``."""
+        v, c = self.exch
+        T, g = self.T, self.gamma
+        r1, r2, w1, w2 = theta
+        t1, t3, u1, u3 = r1 / T, r2 / T, w1 / T, w2 / T
+        trP, sP = float(np.trace(P)), float(np.sum(P))
+        value = (trP * _two_level(T, t1, (1.0 / T - t1) / (T - 1))
+                 + (sP - trP) * _two_level(T, t3, (1.0 / T - t3) / (T - 1)))
+        query = g * (v * (1.0 - c)) ** 2 * P * _two_level(T, w1, w2)
+        M = P * self.K
+        trM, sM = float(np.trace(M)), float(np.sum(M))
+        key = g * v * (1.0 - c) * (trM * _two_level(T, u1, -u1 / (T - 1))
+                                   + (sM - trM) * _two_level(T, u3, -u3 / (T - 1)))
+        return value + query + key
+
+    def _exchangeable(self, f, *args):
+        """``f(*args, theta)`` and its standard error: f is affine in theta, so the error is
+        ``sqrt(grad^T Cov(theta) grad)`` per entry with the gradient from unit steps."""
+        base = f(*args, self.theta)
+        grads = np.stack([f(*args, self.theta + e) - base for e in np.eye(4)], axis=-1)
+        var = np.einsum("...k,kl,...l->...", grads, self.theta_cov, grads)
+        return base, np.sqrt(np.clip(var, 0.0, None))
 
     def _weights(self):
         """The attention matrices, batch by batch (the same draws on every call)."""
@@ -283,6 +400,8 @@ class _AttentionExpectations:
         """``(E[A K A^T], its standard error or None when exact)``."""
         if not self.random:
             return self.A @ self.K @ self.A.T, None
+        if self.exch is not None:
+            return self._exchangeable(self._exchangeable_forward)
         parts = [A @ self.K @ np.swapaxes(A, 1, 2) for A in self._weights()]
         mean, se = _mean_se(np.concatenate(parts))
         return 0.5 * (mean + mean.T), se
@@ -292,6 +411,8 @@ class _AttentionExpectations:
         docstring; 0 when exact)."""
         if not self.random:
             return self.A.T @ P @ self.A, np.zeros_like(P)
+        if self.exch is not None:
+            return self._exchangeable(self._exchangeable_backward, P)
         K, T = self.K, self.T
         Lp = _psd_root(P)
         rng = np.random.default_rng(np.random.SeedSequence([self.layer.seed, T, 0xB4C]))

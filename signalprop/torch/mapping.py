@@ -76,7 +76,9 @@ import torch.nn.functional as F
 from .._validate import short_repr
 from ..activations import Activation, activation
 from ..layers import Add, BatchNormDense, Dense, LayerNorm, Nonlinearity, Residual, RMSNorm
+from ..layers.recurrent import RECURRENT_WEIGHTS
 from ..network import WEIGHTS, Network
+from .recurrent import is_rnn, map_rnn
 
 __all__ = ["from_module", "Mapped", "TrackedLayer", "LinearSite", "map_module", "VARIANCES",
            "MAX_EPS"]
@@ -261,11 +263,27 @@ def _check_norm_module(mod: nn.Module, path: str, variances) -> None:
                                "signalprop's normalisation layers have gain 1 and bias 0")
 
 
+#: why the recurrent and attention modules other than a bare nn.RNN are refused
+_WHY_LATER = {
+    "RNN": "is mapped only as the whole model (from_module(nn.RNN(...), x)), not inside another "
+           "module",
+    "GRU": "is not supported yet: PyTorch applies the reset gate after W_hn (r * (W_hn h + b_hn)) "
+           "while signalprop's GRUStep applies it before (W_n (r h), Cho et al. 2014), and its "
+           "gates have no random bias (PyTorch's biases have variance 2/(3H))",
+    "LSTM": "is not supported yet: signalprop's LSTMStep gates have a constant bias mu and no "
+            "bias variance, while PyTorch draws b_ih, b_hh ~ U(-1/sqrt(H), 1/sqrt(H)) (variance "
+            "2/(3H) per gate)",
+    "MultiheadAttention": "is not supported yet: the bridge does not map token sequences "
+                          "(signalprop's Attention couples T tokens as its k inputs) yet",
+}
+
+
 def _module_rec(node: fx.Node, mod: nn.Module, path: str, variances) -> _Rec:
     what = type(mod).__name__
     if what in _LATER:
-        raise _unsupported(path, what, "is not supported yet (the bridge does not map the "
-                           "attention and recurrent layer kinds yet)")
+        why = _WHY_LATER.get(what) or _WHY_LATER.get(what.replace("Cell", "")) or (
+            "is not supported yet (the bridge does not map the attention layer kinds yet)")
+        raise _unsupported(path, what, why)
     x = node.args[0] if node.args else None
     if len(node.args) != 1 or node.kwargs or not isinstance(x, fx.Node):
         raise _unsupported(path, what, "is called with more than one input; the bridge maps "
@@ -621,6 +639,15 @@ def map_module(module: nn.Module, example_input=None, variances: Union[str, Mapp
         raise ValueError(f"variances must be 'init' or 'empirical', got {short_repr(variances)}")
     if not isinstance(weights, str) or weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {short_repr(weights)}")
+    if is_rnn(module):
+        if isinstance(variances, Mapping):
+            raise ValueError("variances of an RNN must be 'init' or 'empirical'")
+        return Mapped(map_rnn(module, example_input, variances,
+                              "gaussian" if weights not in RECURRENT_WEIGHTS else weights), (), ())
+    if type(module).__name__ in _LATER:
+        raise _unsupported("", type(module).__name__, _WHY_LATER.get(
+            type(module).__name__.replace("Cell", ""), "is not supported yet (the bridge does "
+            "not map the attention layer kinds yet)"))
     shape = _input_shape(example_input)
     gm = trace(module)
     recs, inp, out = _records(gm, variances)

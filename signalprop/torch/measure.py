@@ -45,6 +45,7 @@ from .._validate import check_int, short_repr
 from ..results import Profile
 from ..simulate import log_mean_se, network_inputs
 from .mapping import map_module, trace
+from .recurrent import is_rnn, map_rnn, rnn_forward, rnn_inputs
 
 __all__ = ["measure", "example_inputs"]
 
@@ -151,7 +152,12 @@ def measure(module: nn.Module, inputs, samples: int, reinit: Union[None, str, Ca
     sample's k input rows are too little work to share, and on 2 loaded cores a second thread
     made a BatchNorm1d call 300 times slower, 7 ms against 25 us); None leaves torch's setting.
     """
-    x = _check_inputs(inputs)
+    rnn_mod = is_rnn(module)
+    if rnn_mod:
+        net = map_rnn(module, inputs)                  # checks the module and the inputs
+        x, h0 = rnn_inputs(module, inputs)
+    else:
+        x = _check_inputs(inputs)
     samples = check_int("samples", samples, 2)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {short_repr(seed)}")
@@ -160,11 +166,15 @@ def measure(module: nn.Module, inputs, samples: int, reinit: Union[None, str, Ca
         raise TypeError(f"return_samples must be True or False, got {short_repr(return_samples)}")
     if threads is not None:
         threads = check_int("threads", threads, 1)
-    mapped = map_module(module, x)         # the structure; the variances are not used here
+    if not rnn_mod:
+        mapped = map_module(module, x)     # the structure; the variances are not used here
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        if rnn_mod:
+            return _measure_rnn(module, x, h0, samples, fn, int(seed), net, return_samples,
+                                reinit)
         return _measure(module, x, samples, fn, int(seed), mapped, return_samples, reinit)
     finally:
         torch.set_num_threads(before)
@@ -254,3 +264,84 @@ def _measure(module, x, samples, fn, seed, mapped, return_samples, reinit) -> Pr
     return Profile(layers=np.arange(1, L + 1), q=qm, log_q=np.log(qm), log_g=log_g, log_G=log_G,
                    c=cm, q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
                    meta=meta, log_q_se=log_q_se)
+
+
+def _profile(q, lg, lx2, c, return_samples, meta) -> Profile:
+    """The Profile of per-sample arrays (samples, L), as in ``simulate`` (module docstring)."""
+    qm, q_se = _mean_se(q)
+    with np.errstate(divide="ignore"):
+        log_q_se = log_mean_se(np.log(q))[1]
+    log_g, log_g_se = log_mean_se(lg)
+    log_G, log_G_se = log_mean_se(lg + lx2)
+    cm = c_se = None
+    if c is not None:
+        cm, c_se = _mean_se(c)
+    kept = None
+    if return_samples:
+        kept = {"q": q, "log_g": lg, "log_G": lg + lx2}
+        if c is not None:
+            kept["c"] = c
+    return Profile(layers=np.arange(1, q.shape[1] + 1), q=qm, log_q=np.log(qm), log_g=log_g,
+                   log_G=log_G, c=cm, q_se=q_se, c_se=c_se, log_g_se=log_g_se,
+                   log_G_se=log_G_se, samples=kept, meta=meta, log_q_se=log_q_se)
+
+
+def _measure_rnn(module, x, h0, samples, fn, seed, net, return_samples, reinit) -> Profile:
+    """:func:`measure` of an ``nn.RNN`` (:mod:`signalprop.torch.recurrent`): per time step t the
+    tracked variable is the pre-activation ``e_t`` (docs/notation.md, "Recurrent networks"):
+    ``q_hat = ||e_t^0||^2 / H``, ``c_hat`` between sequences 0 and 1, ``g_hat = ||d loss /
+    d e_t^0||^2 / H`` for the loss ``<v, e_T^0>``, ``G_hat = g_hat ||h_{t-1}^0||^2 / H``. The
+    pre-activations come from the module's parameters (:func:`rnn_forward`), checked against
+    the module's own forward in the first sample."""
+    work = copy.deepcopy(module)
+    params = list(work.parameters())
+    dtype = params[0].dtype
+    for p in params:
+        p.requires_grad_(False)
+    T, k, H = x.shape[0], x.shape[1], int(work.hidden_size)
+    x, h0 = x.to(dtype), h0.to(dtype)
+    q = np.empty((samples, T))
+    lg = np.empty((samples, T))
+    lx2 = np.empty((samples, T))
+    c = np.empty((samples, T)) if k >= 2 else None
+    for s in range(samples):
+        wseed, vseed = _seeds(seed, s)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(wseed)
+            with torch.no_grad():
+                fn(work)
+        for p in work.parameters():
+            p.requires_grad_(True)
+        es, hs = rnn_forward(work, x, h0, check=(s == 0))
+        g = torch.Generator().manual_seed(vseed)
+        v = torch.randn(H, generator=g, dtype=torch.float64).to(dtype)
+        torch.sum(v * es[-1][0]).backward()
+        for t in range(T):
+            e = es[t]
+            qa = float(_sq(e[0]))
+            q[s, t] = qa / H
+            if c is not None:
+                ab = float(torch.sum(e[0].detach().double() * e[1].detach().double()))
+                c[s, t] = ab / math.sqrt(qa * float(_sq(e[1])))
+            gs = float(_sq(e.grad[0])) if e.grad is not None else 0.0
+            lg[s, t] = math.log(gs / H) if gs > 0 else -math.inf
+            hin = float(_sq((h0 if t == 0 else hs[t - 1])[0])) / H
+            lx2[s, t] = math.log(hin) if hin > 0 else -math.inf
+        for p in work.parameters():
+            p.grad = None
+            p.requires_grad_(False)
+        if not np.all(np.isfinite(q[s])):
+            bad = int(np.flatnonzero(~np.isfinite(q[s]))[0])
+            raise ValueError(f"sample {s}: time step {bad + 1} gave non-finite values in {dtype}")
+    h00 = h0[0].double()
+    meta = {"source": "signalprop.torch.measure", "module": "RNN", "samples": samples,
+            "seed": seed, "reinit": "default" if reinit is None or isinstance(reinit, str)
+            else getattr(reinit, "__name__", repr(reinit)),
+            "q0": float(torch.sum(h00 * h00)) / H, "k": k, "dtype": str(dtype),
+            "widths": [int(w) for w in net.widths], "layers": [l.label() for l in net.layers],
+            "loss": "<v, e_T^0>, v ~ N(0, I)", "tracked": "pre-activation e_t per time step"}
+    if k >= 2:
+        h1 = h0[1].double()
+        den = float(torch.sqrt(torch.sum(h00 * h00) * torch.sum(h1 * h1)))
+        meta["c0"] = float(torch.sum(h00 * h1)) / den if den > 0 else 0.0
+    return _profile(q, lg, lx2, c, return_samples, meta)

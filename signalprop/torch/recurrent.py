@@ -1,0 +1,203 @@
+"""``nn.RNN`` as signalprop's unrolled vanilla RNN (:func:`signalprop.architectures.rnn`,
+:class:`~signalprop.layers.recurrent.RNNStep`): :func:`map_rnn`, and the forward pass that
+exposes the pre-activations :func:`measure` records (:func:`rnn_forward`).
+
+PyTorch's ``nn.RNN`` (one layer, documented update; torch.nn.RNN docs):
+
+    h_t = phi(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),   phi = tanh or relu,
+
+is signalprop's step ``e_t = W h_{t-1} + U x_t + b``, ``h_t = phi(e_t)`` (Chen, Pennington &
+Schoenholz 2018, sec. 3) with ``W = W_hh``, ``U = W_ih``, ``b = b_ih + b_hh``, the same at every
+step (``share="rnn"``). Layer t of the network is time step t; its tracked variable is ``e_t``.
+
+Variances (``H = hidden_size``, ``n_x = input_size``):
+
+* ``variances="init"``: ``nn.RNN.reset_parameters`` draws every weight and bias from
+  ``U(-1/sqrt(H), 1/sqrt(H))`` (variance ``1/(3H)``; the input weights too, with ``H`` and not
+  ``n_x``), so ``sigma_w2 = H / (3H) = 1/3``, ``sigma_u2 = n_x / (3H)``, and the two independent
+  biases add: ``sigma_b2 = 2 / (3H)``.
+* ``variances="empirical"``: ``sigma_w2 = H mean(W_hh^2)``, ``sigma_u2 = n_x mean(W_ih^2)``,
+  ``sigma_b2 = mean((b_ih + b_hh)^2)``.
+
+The weights are uniform in PyTorch; signalprop's recurrent steps take ``gaussian`` or
+``orthogonal`` recurrent weights, so the network is built with ``weights`` (default
+``"gaussian"``). The mean-field theory (``predict``) depends on the variances only; ``simulate``
+on the network samples Gaussian weights, a different finite-width law (this is the only
+difference, and it is stated, not hidden).
+
+Inputs: ``x`` as ``nn.RNN`` takes it (unbatched ``(T, n_x)``; batched ``(T, k, n_x)``, or
+``(k, T, n_x)`` with ``batch_first=True``), optionally with the initial state as a tuple
+``(x, h0)``, ``h0`` of shape ``(1, H)`` / ``(1, k, H)`` as PyTorch takes it (default zeros). The
+step inputs give ``q_x[t] = ||x_t^0||^2 / n_x`` and, with k >= 2 sequences,
+``c_x[t] = <x_t^0, x_t^1> / (||x_t^0|| ||x_t^1||)``; ``h0`` gives ``predict``'s ``q0``, ``c0``
+(``predict`` needs ``q0 > 0``: pass a nonzero ``h0``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .._validate import short_repr
+from ..architectures import rnn
+from ..network import Network
+from ..layers.recurrent import RECURRENT_WEIGHTS
+
+__all__ = ["map_rnn", "rnn_inputs", "rnn_forward", "is_rnn"]
+
+ROOT = "model"
+
+
+def is_rnn(module) -> bool:
+    """Whether the bridge maps ``module`` as a recurrent network (exactly ``nn.RNN``)."""
+    return type(module) is nn.RNN
+
+
+def _refuse(why: str) -> ValueError:
+    return ValueError(f"{ROOT} (RNN) {why}")
+
+
+def check_rnn(module: nn.RNN) -> str:
+    """The activation name of a mappable ``nn.RNN``; a ValueError naming what is not."""
+    if module.num_layers != 1:
+        raise _refuse(f"has num_layers={module.num_layers}; the bridge maps one layer (stack "
+                      "one-layer RNNs only when signalprop has a layered recurrent kind)")
+    if module.bidirectional:
+        raise _refuse("is bidirectional; the bridge maps a unidirectional RNN")
+    if getattr(module, "proj_size", 0):
+        raise _refuse("has proj_size > 0; not supported")
+    if module.nonlinearity not in ("tanh", "relu"):
+        raise _refuse(f"has nonlinearity={module.nonlinearity!r}; known: tanh, relu")
+    return module.nonlinearity
+
+
+def rnn_inputs(module: nn.RNN, example_input) -> tuple:
+    """``(x, h0)`` as float tensors of shapes ``(T, k, n_x)`` and ``(k, H)`` (module docstring)."""
+    h0 = None
+    if isinstance(example_input, (tuple, list)):
+        if len(example_input) != 2:
+            raise ValueError(f"example_input of an RNN must be x or (x, h0), got "
+                             f"{len(example_input)} items")
+        example_input, h0 = example_input
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input of an RNN must be a torch.Tensor x (or (x, h0)), got "
+                        f"{short_repr(example_input)}")
+    x = example_input.detach()
+    n_x, H = int(module.input_size), int(module.hidden_size)
+    if x.ndim == 2:
+        x = x[:, None, :]
+    elif x.ndim == 3:
+        if module.batch_first:
+            x = x.transpose(0, 1)
+    else:
+        raise ValueError(f"example_input of an RNN must have shape (T, n_x) or, batched, "
+                         f"{'(k, T, n_x)' if module.batch_first else '(T, k, n_x)'}; got "
+                         f"{tuple(example_input.shape)}")
+    if x.shape[-1] != n_x or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"example_input of an RNN with input_size={n_x} has shape "
+                         f"{tuple(example_input.shape)}")
+    k = x.shape[1]
+    if h0 is None:
+        h = torch.zeros(k, H, dtype=x.dtype)
+    else:
+        if not isinstance(h0, torch.Tensor):
+            raise TypeError(f"h0 must be a torch.Tensor, got {short_repr(h0)}")
+        h = h0.detach()
+        want = (1, H) if example_input.ndim == 2 else (1, k, H)
+        if tuple(h.shape) != want:
+            raise ValueError(f"h0 must have shape {want} (as nn.RNN takes it), got "
+                             f"{tuple(h.shape)}")
+        h = h.reshape(k, H)
+    if not (bool(torch.all(torch.isfinite(x))) and bool(torch.all(torch.isfinite(h)))):
+        raise ValueError("example_input (x, h0) must be finite")
+    return x, h
+
+
+def _stats(x: torch.Tensor) -> tuple:
+    """Per step: ``q_x[t]`` of sequence 0 and ``c_x[t]`` between sequences 0 and 1 (0 with one)."""
+    x = x.to(torch.float64)
+    q = torch.sum(x[:, 0] ** 2, dim=-1) / x.shape[-1]
+    if x.shape[1] < 2:
+        return [float(v) for v in q], 0.0
+    q1 = torch.sum(x[:, 1] ** 2, dim=-1) / x.shape[-1]
+    cross = torch.sum(x[:, 0] * x[:, 1], dim=-1) / x.shape[-1]
+    c = []
+    for t in range(x.shape[0]):
+        d = math.sqrt(float(q[t]) * float(q1[t]))
+        c.append(float(cross[t]) / d if d > 0 else 0.0)
+    return [float(v) for v in q], c
+
+
+def rnn_variances(module: nn.RNN, variances: str) -> tuple:
+    """``(sigma_w2, sigma_u2, sigma_b2)`` (module docstring)."""
+    n_x, H = int(module.input_size), int(module.hidden_size)
+    if variances == "init":
+        return 1.0 / 3.0, n_x / (3.0 * H), (2.0 / (3.0 * H) if module.bias else 0.0)
+    Whh = module.weight_hh_l0.detach().double()
+    Wih = module.weight_ih_l0.detach().double()
+    sw2 = H * float(torch.mean(Whh * Whh))
+    su2 = n_x * float(torch.mean(Wih * Wih))
+    sb2 = 0.0
+    if module.bias:
+        b = module.bias_ih_l0.detach().double() + module.bias_hh_l0.detach().double()
+        sb2 = float(torch.mean(b * b))
+    if not (sw2 > 0 and all(math.isfinite(v) for v in (sw2, su2, sb2))):
+        raise _refuse(f"has weight_hh_l0 with H * mean(W^2) = {sw2!r}; signalprop needs a finite "
+                      "sigma_w2 > 0")
+    return sw2, su2, sb2
+
+
+def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gaussian") -> Network:
+    """The network of ``nn.RNN`` ``module`` on ``example_input`` (module docstring):
+    ``rnn("rnn", T, H, phi, sigma_w2=..., sigma_u2=..., sigma_b2=..., q_x=[...], c_x=[...],
+    input_width=n_x)``."""
+    act = check_rnn(module)
+    if example_input is None:
+        raise ValueError(f"{ROOT} (RNN): example_input (the input sequence x, or (x, h0)) is "
+                         "needed: the step inputs' statistics q_x, c_x enter the network")
+    if not isinstance(variances, str) or variances not in ("init", "empirical"):
+        raise ValueError(f"variances of an RNN must be 'init' or 'empirical', got "
+                         f"{short_repr(variances)}")
+    if weights not in RECURRENT_WEIGHTS:
+        raise ValueError(f"weights of an RNN must be one of {', '.join(RECURRENT_WEIGHTS)}, got "
+                         f"{short_repr(weights)}")
+    x, _ = rnn_inputs(module, example_input)
+    qx, cx = _stats(x)
+    sw2, su2, sb2 = rnn_variances(module, variances)
+    return rnn("rnn", x.shape[0], int(module.hidden_size), act, sigma_w2=sw2, sigma_u2=su2,
+               sigma_b2=sb2, weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
+
+
+def rnn_forward(module: nn.RNN, x: torch.Tensor, h0: torch.Tensor, check: bool = False) -> tuple:
+    """``(e, h)``: lists over t = 1..T of the pre-activations ``e_t`` and states ``h_t`` (each
+    ``(k, H)``; ``e_t`` with gradients retained) from the module's own parameters
+    (``e_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``). ``check``: compare ``h_T`` with the
+    module's own forward (a ValueError if they differ beyond rounding)."""
+    phi = torch.tanh if module.nonlinearity == "tanh" else torch.relu
+    Wih, Whh = module.weight_ih_l0, module.weight_hh_l0
+    b = None
+    if module.bias:
+        b = module.bias_ih_l0 + module.bias_hh_l0
+    h, es, hs = h0, [], []
+    for t in range(x.shape[0]):
+        e = x[t] @ Wih.T + h @ Whh.T
+        if b is not None:
+            e = e + b
+        if e.requires_grad:
+            e.retain_grad()
+        h = phi(e)
+        es.append(e)
+        hs.append(h)
+    if check:
+        with torch.no_grad():
+            xin = x.transpose(0, 1) if module.batch_first else x
+            _, hT = module(xin, h0[None])
+        ref = hT[0]
+        tol = 1e-4 if x.dtype == torch.float32 else 1e-10
+        scale = float(torch.max(torch.abs(ref))) + 1.0
+        if float(torch.max(torch.abs(ref - hs[-1].detach()))) > tol * scale:
+            raise ValueError(f"{ROOT} (RNN): its forward differs from h_t = phi(W_ih x_t + b_ih + "
+                             "W_hh h_(t-1) + b_hh); the bridge cannot measure it")
+    return es, hs
