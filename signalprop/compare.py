@@ -46,6 +46,12 @@ overflowing), the whole q field is compared as ``log_q`` instead, reported under
 ``se_log`` = the simulation's ``log_q_se`` (else ``q_se / q``): the rule in units of q divided by
 ``t``, to first order. ``fields=["log_q"]`` asks for it explicitly.
 
+**k inputs.** ``kernel_log_q`` (L, k; every input's log q) is held to the rule of ``log_q``
+(``kappa * beta_fwd(l)`` in log units, se = ``kernel_log_q_se``) and ``kernel_corr`` (L, k, k;
+every pair's correlation) to the rule of ``c`` (absolute ``kappa * beta_fwd(l)``), entry by
+entry; the diagonal of ``kernel_corr`` is 1 in both and agrees trivially. They are compared by
+default when both profiles have them (the same k).
+
 Derivation of every term, the measurements and the failure cases: docs/theory/agreement-rule.md.
 """
 
@@ -63,11 +69,14 @@ from .network import MAX_WIDTH
 from .results import Profile, _Result
 
 __all__ = ["compare", "Comparison", "beta", "expected_to_agree", "FIELDS", "ALL_FIELDS",
-           "BETA_LIMIT"]
+           "KERNEL_FIELDS", "BETA_LIMIT"]
 
 FIELDS = ("q", "c", "log_g", "log_G")
-#: every field compare accepts: FIELDS (the default ones) and ``log_q`` (q compared in logs).
-ALL_FIELDS = FIELDS + ("log_q",)
+#: the k-input fields (``predict(inputs=...)``, batch norm, attention; ``simulate`` with k >= 2
+#: inputs): compared by default when both profiles have them, per layer and input (pair).
+KERNEL_FIELDS = ("kernel_log_q", "kernel_corr")
+#: every field compare accepts: FIELDS, ``log_q`` (q compared in logs) and KERNEL_FIELDS.
+ALL_FIELDS = FIELDS + ("log_q",) + KERNEL_FIELDS
 BETA_LIMIT = 0.5
 #: the normal float64 range: q outside it (0, subnormal, inf) is compared as log q.
 _TINY, _HUGE = float(np.finfo(float).tiny), float(np.finfo(float).max)
@@ -98,7 +107,9 @@ class Comparison(_Result):
     ``max_excess``: the largest ``(|diff| - allowance) / se`` (the rule passes when it is
     <= ``sigmas``). ``verdict``: "agree", "disagree" or "inconclusive" (no finite standard error).
     ``rule``: the rule in words. Where ``q`` leaves the float range the q field is compared as
-    ``log_q`` (module docstring) and appears in ``fields`` and the dicts under that key."""
+    ``log_q`` (module docstring) and appears in ``fields`` and the dicts under that key. The
+    kernel fields' arrays have their shapes, (L, k) and (L, k, k), with layers on the first axis
+    (``skipped`` counts entries)."""
 
     layers: np.ndarray
     fields: tuple
@@ -132,7 +143,8 @@ class Comparison(_Result):
             ok = np.isfinite(z)
             if ok.any():
                 i = int(np.flatnonzero(ok)[np.argmax(z[ok])])
-                text = f"{f}: max |z| {z[i]:.3g} at layer {int(self.layers[i])}"
+                layer = int(self.layers[np.unravel_index(i, z.shape)[0]])
+                text = f"{f}: max |z| {z.flat[i]:.3g} at layer {layer}"
             else:
                 text = f"{f}: no finite z"
             bad = int(np.size(self.agree[f]) - np.count_nonzero(self.agree[f]))
@@ -153,8 +165,9 @@ class Comparison(_Result):
                 ex = (np.abs(self.diff[f]) - self.allowance[f]) / self.se[f]
             ex = np.where(np.isnan(ex), -np.inf, ex)
             i = int(np.argmax(ex))
-            if ex[i] > best[3]:
-                best = (f, int(self.layers[i]), float(self.z[f][i]), float(ex[i]))
+            if ex.flat[i] > best[3]:
+                layer = int(self.layers[np.unravel_index(i, ex.shape)[0]])
+                best = (f, layer, float(np.asarray(self.z[f]).flat[i]), float(ex.flat[i]))
         return best
 
 
@@ -272,10 +285,15 @@ def _field_arrays(f: str, theory: Profile, simulation: Profile, base: dict, kapp
     t = np.asarray(getattr(theory, f), float)
     m = np.asarray(getattr(simulation, f), float)
     se = np.asarray(getattr(simulation, f + "_se"), float)
+    if f in KERNEL_FIELDS and t.shape != m.shape:
+        raise ValueError(f"{f} has shape {t.shape} in the theory and {m.shape} in the simulation: "
+                         "they must describe the same k inputs")
     if f in allowance:
         a = allowance[f]
     else:
         a = kappa * base[f]
+    if f in KERNEL_FIELDS:                  # per layer, the same for every input (pair)
+        a = np.broadcast_to(np.reshape(a, (-1,) + (1,) * (t.ndim - 1)), t.shape).copy()
     return f, t, m, se, a
 
 
@@ -285,7 +303,8 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
     """Compare ``theory`` (no standard errors needed) with ``simulation`` (a Monte Carlo profile).
 
     fields: which of ``q``, ``c``, ``log_g``, ``log_G`` to compare (default: all that both have),
-    or ``log_q`` (q in logs, which ``q`` turns into where q leaves the float range).
+    or ``log_q`` (q in logs, which ``q`` turns into where q leaves the float range), or the
+    k-input fields ``kernel_log_q``, ``kernel_corr`` (default too when both profiles have them).
     sigmas: standard errors allowed (4, CONVENTIONS.md). kappa: the allowance constant (module
     docstring). widths: ``[N_0..N_L]``, integers >= 1 (default: ``simulation.meta["widths"]``).
     allowance: optional ``{field: one value or per-layer array}``, finite and >= 0, replacing the
@@ -305,8 +324,9 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
     if isinstance(fields, str):
         fields = [fields]
     if fields is None:
-        fields = [f for f in FIELDS if getattr(theory, f) is not None
-                  and getattr(simulation, f) is not None]
+        fields = [f for f in FIELDS + KERNEL_FIELDS if getattr(theory, f) is not None
+                  and getattr(simulation, f) is not None
+                  and (f in FIELDS or getattr(simulation, f + "_se") is not None)]
     else:
         if not isinstance(fields, (list, tuple)):
             raise TypeError(f"fields must be a list of field names ({', '.join(ALL_FIELDS)}), "
@@ -338,7 +358,8 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
                       "has infinite variance, so the standard errors of log_g are not reliable and "
                       "sample means scatter low", RuntimeWarning, stacklevel=2)
     bfwd, bbwd, btot = _betas([w / (B or 1) for w in widths], L)
-    base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot)}
+    base = {"q": bfwd, "c": bfwd, "log_g": bbwd, "log_G": np.full(L, btot),
+            "kernel_log_q": bfwd, "kernel_corr": bfwd}
     allowance = _allowances(allowance, L)
     nlo = theory.meta.get("nlo") if isinstance(theory.meta, dict) else None
     if theory.meta.get("order") == 1 and isinstance(nlo, dict):
@@ -379,6 +400,9 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
         rule += ("; q compared as log_q (se = the standard error of log q, q_se/q; allowance "
                  "kappa beta_l in log units)"
                  + (": q leaves the float64 normal range" if q_in_logs else ""))
+    if any(f in KERNEL_FIELDS for f in compared):
+        rule += ("; kernel_log_q as log_q and kernel_corr as c, for every input (pair) of a "
+                 "layer")
     if allowance:
         rule += f"; allowance given by the caller for {', '.join(sorted(allowance))}"
     return Comparison(layers=layers, fields=tuple(compared), max_abs_z=max_z,

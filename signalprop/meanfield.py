@@ -273,7 +273,10 @@ def _predict_kernel(network: Network, kernel: Kernel) -> Profile:
     """The kernel path of :func:`predict`: every layer's ``kernel_step``, then the gradient
     covariance back from ``Pi^L = e_0 e_0^T`` (carried as ``exp(log_s) P``, ``tr P = 1``)."""
     layers, L, k = network.layers, network.depth, kernel.k
-    check_memory(f"predict on the kernel path (depth {L}, k = {k} inputs)", 24.0 * L * k * k)
+    # + the record of composed layers' sublayers (input corr, gradient covariance: 16 k^2 bytes each)
+    n_inner = sum(len(getattr(la, "sublayers", ())) for la in layers)
+    check_memory(f"predict on the kernel path (depth {L}, k = {k} inputs)",
+                 24.0 * L * k * k + 16.0 * n_inner * k * k)
     widths = [int(w) for w in network.widths]
     cache = {"means": network.needs_mean}
     kq, kc = np.empty((L, k)), np.empty((L, k, k))
@@ -327,6 +330,8 @@ def _predict_kernel(network: Network, kernel: Kernel) -> Profile:
         meta["note"] = "q over- or underflows float64 in some layers; log_q holds the exact values"
     if cache.get("numerical"):        # numerical rules' stated errors, per layer
         meta["numerical"] = cache["numerical"]
+    if cache.get("inner"):            # composed layers' sublayers (signalprop.layers.compose)
+        meta["inner"] = cache["inner"]
     return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g,
                    log_G=log_g + log_x2[:-1], c=c, meta=meta, kernel_log_q=kq, kernel_corr=kc,
                    grad_share=share)

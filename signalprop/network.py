@@ -207,6 +207,19 @@ def _runs(labels: list) -> list:
     return [lab if k == 1 else f"{k} x {lab}" for k, lab in out]
 
 
+def _shared_specs(layer, n_in: int):
+    """``(name, what must agree)`` of every use of a shared parameter in ``layer``, looking inside
+    composed layers (their ``stacks``: the stacks of layers each applied to the layer's input)."""
+    spec = layer.shared_spec(n_in) if hasattr(layer, "shared_spec") else None
+    if spec is not None:
+        yield spec
+    for stack in getattr(layer, "stacks", ()):
+        n = n_in
+        for la in stack:
+            yield from _shared_specs(la, n)
+            n = la.width
+
+
 def _coupled(layer):
     """A layer's ``coupled_inputs`` (None for kinds that act on each input alone), looking inside
     composed layers."""
@@ -256,9 +269,7 @@ class Network:
                 raise TypeError(f"layer {i + 1}: {type(layer).__name__} is not a signalprop layer "
                                 f"(Dense, Residual, LayerNorm, ...)")
             kinds.add(type(layer))
-            spec = layer.shared_spec(n_in) if hasattr(layer, "shared_spec") else None
-            if spec is not None:
-                name, what = spec
+            for name, what in _shared_specs(layer, n_in):
                 first = shared.setdefault(name, (i + 1, what))
                 if first[1] != what:
                     raise ValueError(f"layer {i + 1} shares {name!r} with layer {first[0]} but "

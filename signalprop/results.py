@@ -162,7 +162,9 @@ class Profile(_Result):
     Kernel path of ``predict`` (k inputs; :mod:`signalprop.kernel`): ``kernel_log_q`` (L, k) the log
     second moment of every input's tracked variable, ``kernel_corr`` (L, k, k) their correlations,
     ``grad_share`` (L, k, k) the per-unit gradient covariance divided by its trace ``g^l``; ``q``
-    and ``c`` are then input 0's and the pair (0, 1)'s.
+    and ``c`` are then input 0's and the pair (0, 1)'s. ``simulate`` gives ``kernel_log_q`` and
+    ``kernel_corr`` whenever it propagates k >= 2 inputs, with ``kernel_log_q_se`` (of the log of
+    the mean) and ``kernel_corr_se`` (0 on the diagonal).
     """
 
     layers: np.ndarray
@@ -181,6 +183,8 @@ class Profile(_Result):
     kernel_log_q: Optional[np.ndarray] = None  # (L, k): log q^l of each of k inputs (kernel path)
     kernel_corr: Optional[np.ndarray] = None   # (L, k, k): their correlations
     grad_share: Optional[np.ndarray] = None    # (L, k, k): gradient covariance / its trace
+    kernel_log_q_se: Optional[np.ndarray] = None  # (L, k): Monte Carlo se of kernel_log_q
+    kernel_corr_se: Optional[np.ndarray] = None   # (L, k, k): Monte Carlo se of kernel_corr
 
     @property
     def depth(self) -> int:

@@ -342,10 +342,10 @@ class RealScale:
 
 
 def _frame(y: np.ndarray):
-    """Orthonormal frame of the rows of ``y`` (shape (S, k, n), k = 1 or 2) by Gram-Schmidt with
-    one re-orthogonalisation: ``y[:, j] = sum_i R[:, i, j] U[:, i]``, ``R`` upper triangular with
-    ``R[:, i, i] >= 0``. A row with ``R[:, i, i] = 0`` (a zero vector, or the second input exactly
-    parallel to the first) gets ``U[:, i] = 0``; a tiny non-zero residual gives a numerically
+    """Orthonormal frame of the rows of ``y`` (shape (S, k, n)) by modified Gram-Schmidt with one
+    re-orthogonalisation: ``y[:, j] = sum_i R[:, i, j] U[:, i]``, ``R`` upper triangular with
+    ``R[:, i, i] >= 0``. A row with ``R[:, i, i] = 0`` (a zero vector, or an input exactly in the
+    span of the earlier ones) gets ``U[:, i] = 0``; a tiny non-zero residual gives a numerically
     orthonormal direction, which is as valid a frame as any (see MatrixFreeGaussian)."""
     S, k, n = y.shape
     U = np.zeros_like(y)
@@ -355,19 +355,19 @@ def _frame(y: np.ndarray):
     inv = np.divide(1.0, r00, out=np.zeros_like(r00), where=r00 > 0)
     U[:, 0] = y0 * inv[:, None].astype(y.dtype)
     R[:, 0, 0] = r00
-    if k == 2:
-        u0 = U[:, 0]
-        w = y[:, 1].copy()
-        r01 = np.zeros(S)
+    for j in range(1, k):
+        w = y[:, j].copy()
+        rcol = np.zeros((S, j))
         for _ in range(2):
-            c = _dot(u0, w).astype(np.float64)
-            w -= c[:, None].astype(y.dtype) * u0
-            r01 += c
-        r11 = np.sqrt(_dot(w, w)).astype(np.float64)
-        inv = np.divide(1.0, r11, out=np.zeros_like(r11), where=r11 > 0)
-        U[:, 1] = w * inv[:, None].astype(y.dtype)
-        R[:, 0, 1] = r01
-        R[:, 1, 1] = r11
+            for i in range(j):
+                c = _dot(U[:, i], w).astype(np.float64)
+                w -= c[:, None].astype(y.dtype) * U[:, i]
+                rcol[:, i] += c
+        rjj = np.sqrt(_dot(w, w)).astype(np.float64)
+        inv = np.divide(1.0, rjj, out=np.zeros_like(rjj), where=rjj > 0)
+        U[:, j] = w * inv[:, None].astype(y.dtype)
+        R[:, :j, j] = rcol
+        R[:, j, j] = rjj
     return U, R
 
 
@@ -376,8 +376,11 @@ def _combine(R: np.ndarray, B: np.ndarray) -> np.ndarray:
     dt = B.dtype
     out = np.empty_like(B)
     out[:, 0] = R[:, 0, 0, None].astype(dt) * B[:, 0]
-    if B.shape[1] == 2:
-        out[:, 1] = R[:, 0, 1, None].astype(dt) * B[:, 0] + R[:, 1, 1, None].astype(dt) * B[:, 1]
+    for j in range(1, B.shape[1]):
+        acc = R[:, 0, j, None].astype(dt) * B[:, 0]
+        for i in range(1, j + 1):
+            acc = acc + R[:, i, j, None].astype(dt) * B[:, i]
+        out[:, j] = acc
     return out
 
 

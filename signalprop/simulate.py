@@ -14,6 +14,12 @@ Estimators (CONVENTIONS.md, "Monte Carlo estimators"), per sample network ``s`` 
 * ``G_hat = g_hat ||x^{l-1}_a||^2 / N_{l-1}``: the mean square entry of the weight gradient
   ``delta^l (x^{l-1})^T``, whose expectation is ``G^l = g^l E[(x^{l-1}_j)^2]``.
 
+With k >= 2 inputs, every input's ``q_hat_a`` and every pair's ``c_hat_ab`` likewise:
+``kernel_log_q`` (L, k) = log of the sample mean of ``q_hat_a`` (as ``log_q``; input 0's is
+``log_q``) and ``kernel_corr`` (L, k, k) = sample means of ``c_hat_ab`` (as ``c``; unit
+diagonal, the pair (0, 1) is ``c``), with ``kernel_log_q_se`` and ``kernel_corr_se``; they are
+measured on the vectors already drawn, so they change no random stream.
+
 Reported: ``q``, ``c`` = sample means, ``q_se``, ``c_se`` = their standard errors
 (``std(ddof=1)/sqrt(S)``); ``log_g``, ``log_G`` = logs of the sample means, ``*_se`` = standard
 error of the log of the mean (delta method: ``se(mean)/mean``); ``log_q = log(q)``.
@@ -30,7 +36,9 @@ activation that returns non-finite values at finite arguments is refused (``Valu
 it and the layer), and so is a run whose per-sample results and one chunk's state would need more
 than half the physical memory.
 
-Inputs: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly and mean zero over their units (the
+Inputs (``inputs=G``, a k x k Gram matrix): ``X = F E`` with ``F F^T = N_0 G`` (Cholesky, or the
+semidefinite one of rank r for a singular G) and ``E`` the first r rows of the frame below, of
+mean zero over the units when ``N_0 >= r + 1`` (:func:`gram_inputs`). Otherwise: fixed vectors with ``||x^0||^2 / N_0 = q0`` exactly and mean zero over their units (the
 theory's convention; it matters to mean-subtracting normalisation layers): ``x_a = sqrt(q0)
 (1, -1, 1, ...)`` (the alternating signs, centred when ``N_0`` is odd) and, with ``c0``, further
 inputs of pairwise correlation ``c0`` built from ``x_a`` and the cosine vectors
@@ -70,12 +78,13 @@ import numpy as np
 from ._validate import (check_correlation, check_int, check_memory, check_positive,
                         short_repr)
 from . import layers  # noqa: F401  (importing the layer kinds registers their samplers)
+from .kernel import Kernel
 from .network import Network
 from .progress import progress_bar
 from .results import Profile
 from .sampling import ENGINES, LayerError, Streams, ldexp_rows, sampler, set_threads, threads
 
-__all__ = ["simulate", "root_seed", "sample_streams", "network_inputs", "ENGINES"]
+__all__ = ["simulate", "root_seed", "sample_streams", "network_inputs", "gram_inputs", "ENGINES"]
 
 _DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -158,14 +167,73 @@ def network_inputs(n0: int, q0: float = 1.0, c0: Optional[float] = None,
     if c0 < -1.0 / (k - 1):
         raise ValueError(f"c0 must be >= -1/(k-1) = {-1.0 / (k - 1):.6g} for {k} inputs with equal "
                          f"pairwise correlation, got {c0}")
-    # an orthonormal frame: x_a's alternating signs, then the cosine vectors
-    # cos(pi i (j + 1/2) / n0), i = 1, 2, ..., all made orthogonal to (1, ..., 1) when there is room
-    basis = [np.ones(n0)] if n0 >= k + 1 else []
-    frame = [_unit(s, basis)]
-    for i in range(1, k):
-        frame.append(_unit(np.cos(np.pi * i * (j + 0.5) / n0), basis + frame))
     gram = q0 * n0 * ((1.0 - c0) * np.eye(k) + c0 * np.ones((k, k)))
-    return np.linalg.cholesky(gram) @ np.stack(frame)
+    return np.linalg.cholesky(gram) @ _frame(n0, k)
+
+
+def _frame(n0: int, r: int) -> np.ndarray:
+    """``r`` orthonormal vectors of length ``n0`` (rows): x_a's alternating signs, then the cosine
+    vectors ``cos(pi i (j + 1/2) / n0)``, i = 1, 2, ..., all made orthogonal to (1, ..., 1) when
+    there is room (``n0 >= r + 1``)."""
+    j = np.arange(n0)
+    basis = [np.ones(n0)] if n0 >= r + 1 else []
+    frame = [_unit(np.where(j % 2 == 0, 1.0, -1.0), basis)]
+    for i in range(1, r):
+        frame.append(_unit(np.cos(np.pi * i * (j + 0.5) / n0), basis + frame))
+    return np.stack(frame)
+
+
+def gram_inputs(n0: int, gram) -> np.ndarray:
+    """k fixed input vectors, shape ``(k, n0)``, with the per-unit Gram matrix
+    ``<x_a, x_b> / n0 = gram[a, b]`` (to rounding) and mean zero over their units when there is
+    room: ``X = F E`` with ``F F^T = n0 gram`` (Cholesky; for a singular Gram matrix the
+    semidefinite Cholesky factor without its zero columns, rank r) and ``E`` the r orthonormal
+    rows of :func:`_frame`. ``gram``: a k x k array (checked by
+    :meth:`~signalprop.kernel.Kernel.from_gram`: symmetric, positive diagonal, Cauchy-Schwarz) that
+    must also be positive semidefinite, or a :class:`~signalprop.kernel.Kernel` without means
+    (or with zero means). ValueError naming ``inputs`` otherwise."""
+    if isinstance(gram, Kernel):
+        if gram.mu is not None and np.any(gram.mu != 0):
+            raise ValueError("inputs: simulate builds inputs of mean zero over their units; a "
+                             "Kernel with nonzero means (mu) is not supported")
+        G = gram.matrix()
+    else:
+        if isinstance(gram, (str, bytes)) or np.asarray(gram).dtype.kind not in "biuf":
+            raise TypeError(f"inputs must be a k x k Gram matrix of real numbers (or a Kernel), "
+                            f"got {short_repr(gram)}")
+        Kernel.from_gram(gram)                               # shape, symmetry, diagonal, |corr|
+        G = np.asarray(gram, float)
+        G = G.reshape(1, 1) if G.ndim == 0 else G
+    F = _psd_factor(n0 * G)
+    if F.shape[1] > n0:
+        raise ValueError(f"inputs: a Gram matrix of rank {F.shape[1]} needs an input width >= "
+                         f"{F.shape[1]}, got {n0}")
+    return F @ _frame(n0, F.shape[1])
+
+
+def _psd_factor(A: np.ndarray) -> np.ndarray:
+    """``F`` (k x r) with ``F F^T = A``: ``numpy.linalg.cholesky`` for a positive definite ``A``;
+    else the semidefinite Cholesky recursion (Higham 2002, "Accuracy and Stability of Numerical
+    Algorithms", sec. 10.3, without pivoting), a pivot below 1e-10 of its diagonal entry taken as
+    0 and its zero column dropped. ValueError when ``A`` is not positive semidefinite."""
+    try:
+        return np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        pass
+    k = A.shape[0]
+    F = np.zeros((k, k))
+    d = np.diag(A)
+    for i in range(k):
+        piv = A[i, i] - F[i, :i] @ F[i, :i]
+        col = A[i + 1:, i] - F[i + 1:, :i] @ F[i, :i]
+        if piv > 1e-10 * d[i]:
+            F[i, i] = math.sqrt(piv)
+            F[i + 1:, i] = col / F[i, i]
+        elif piv < -1e-10 * d[i] or np.any(np.abs(col) > 1e-8 * np.sqrt(d[i] * d[i + 1:])):
+            lam = float(np.linalg.eigvalsh(A / np.sqrt(np.outer(d, d)))[0])
+            raise ValueError(f"inputs must be positive semidefinite (the Gram matrix of real "
+                             f"vectors); its correlation matrix has the eigenvalue {lam:.6g}")
+    return F[:, np.diag(F) > 0]
 
 
 def _unit(v: np.ndarray, against: list) -> np.ndarray:
@@ -331,10 +399,17 @@ class _Job:
         ``log_g`` and ``c``: samples x L float64 each, held twice while the chunks are joined,
         plus the summaries' temporaries) and the state of one chunk (at least one sample and one
         layer, however small ``max_memory``; the dense engine's QR and products take about three
-        weight matrices)."""
+        weight matrices). With k >= 2 inputs the kernel estimators add ``2k + k(k-1)/2`` arrays
+        (held twice while joined, once more in the summaries, and kept with ``return_samples``)
+        plus the (L, k, k) summaries."""
         arrays = 4 + (self.k >= 2)
         n = float(samples) if samples < 1e300 else math.inf
         results = 8.0 * n * self.L * (2 * arrays + 3 + (2 if return_samples else 0))
+        if self.k >= 2:
+            k, pairs = self.k, self.k * (self.k - 1) // 2
+            per = 2 * k + pairs
+            results += 8.0 * n * self.L * (3 * per + (k + pairs if return_samples else 0))
+            results += 8.0 * self.L * 6 * k * k
         one = (3 if self.engine == "dense" else 1) * max(self.per_layer) + self.work
         chunk = max(one, min(self.max_memory, samples * (sum(self.per_layer) + self.work)))
         return results + chunk
@@ -415,6 +490,45 @@ class _Job:
             b = ldexp_rows(b, -_max_exponent(b))
             c[bad, l] = np.sum(a * b, axis=-1) / np.sqrt(qa * _sq(b))
 
+    def _measure_kernel(self, l: int, t: np.ndarray, et, q, qexp, c, kq, kqexp, kc) -> None:
+        """Every input's ``q_hat_a`` (as ``kq * 2^kqexp``) and every pair's ``c_hat_ab`` (``kc``,
+        the pairs a < b in ``np.triu_indices(k, 1)`` order) of layer ``l``'s tracked variable
+        ``2^et t``, the same estimators as ``q_hat`` and ``c_hat`` (module docstring); input 0's
+        and the pair (0, 1)'s are copied from ``q`` and ``c``, so they are those numbers. Samples
+        with a sum of squares outside the measuring range get every input rescaled by its own
+        power of two first (exact; the correlations do not depend on it)."""
+        n_out = self.units[l + 1]
+        if n_out < self.widths[l + 1]:
+            t = t[..., :n_out]
+        lo, hi = self.measure_range
+        u = t[:, :kq.shape[2]].astype(np.float64, copy=False)   # the k inputs' rows
+        sq = _sq(u)                                              # (S, k)
+        kq[:, l] = sq / n_out
+        kqexp[:, l] = 0 if et is None else 2 * np.asarray(et)[:, None]
+        bad = np.flatnonzero(~np.all(_in_range(sq, lo, hi), axis=1))
+        if bad.size:
+            a = u[bad]
+            m = np.max(np.abs(a), axis=-1)
+            ea = np.frexp(np.where(np.isfinite(m), m, 0.0))[1].astype(np.int64)   # (nb, k)
+            with np.errstate(over="ignore", under="ignore"):
+                a = np.ldexp(a, (-ea)[..., None].astype(np.int32))
+            sa = _sq(a)
+            if not np.isfinite(sa).all():
+                raise ValueError(f"layer {l + 1} of {self.L} ({self._describe(l)}): the "
+                                 "pre-activations are not finite")
+            kq[bad, l] = sa / n_out
+            kqexp[bad, l] += 2 * ea
+            u = np.array(u)                     # never write into the layer's own array
+            u[bad] = a
+            sq = sq.copy()
+            sq[bad] = sa
+        gram = np.matmul(u, np.swapaxes(u, -1, -2))
+        norms = np.sqrt(sq)
+        ia, ib = np.triu_indices(u.shape[1], 1)
+        kc[:, l] = gram[:, ia, ib] / (norms[:, ia] * norms[:, ib])
+        kq[:, l, 0], kqexp[:, l, 0] = q[:, l], qexp[:, l]
+        kc[:, l, 0] = c[:, l]
+
     # -- the whole network -------------------------------------------------------------------
 
     def run(self, start: int, stop: int) -> dict:
@@ -427,6 +541,10 @@ class _Job:
         q = np.empty((S, L))
         qexp = np.zeros((S, L), np.int64)
         c = np.empty((S, L)) if k >= 2 else None
+        kern = None
+        if k >= 2:                      # every input's q_hat (as kq 2^kqexp), every pair's c_hat
+            kern = (np.empty((S, L, k)), np.zeros((S, L, k), np.int64),
+                    np.empty((S, L, k * (k - 1) // 2)))
         lx2 = np.empty((S, L))
         lg = np.empty((S, L))
         m = self.segment_length(S)
@@ -451,6 +569,8 @@ class _Job:
                 if ex is not None:
                     lx2[:, l] += (2.0 * _LN2) * ex
                 self._measure(l, t, et, q, qexp, c)
+                if kern is not None:
+                    self._measure_kernel(l, t, et, q, qexp, c, *kern)
                 if seg == last:
                     store[l] = ctx
             del x, t, ctx
@@ -501,6 +621,8 @@ class _Job:
         out = {"q": q, "qexp": qexp, "log_g": lg, "log_x2": lx2}
         if c is not None:
             out["c"] = c
+        if kern is not None:
+            out["kq"], out["kqexp"], out["kc"] = kern
         return out
 
     def _backward_step(self, l: int, method: str, *args):
@@ -629,6 +751,7 @@ def _profile(per: dict, network: Network, samples: int, meta: dict, return_sampl
     c = c_se = None
     if "c" in per:
         c, c_se = _mean_se(per["c"])
+    kernel = _kernel_fields(per, L) if "kq" in per else {}
     kept = None
     if return_samples:
         with np.errstate(over="ignore", under="ignore"):
@@ -637,13 +760,47 @@ def _profile(per: dict, network: Network, samples: int, meta: dict, return_sampl
         kept = {"q": q_samples, "log_g": per["log_g"], "log_G": log_G_samples}
         if "c" in per:
             kept["c"] = per["c"]
+        if kernel and "inputs" in meta:     # (c0 and coupled runs keep their four keys)
+            with np.errstate(over="ignore", under="ignore"):
+                kept["kernel_q"] = np.ldexp(per["kq"], per["kqexp"].astype(np.int32))
+            kept["kernel_corr"] = _pairs_to_matrix(per["kc"], kernel["kernel_log_q"].shape[1], 1.0)
     return Profile(layers=np.arange(1, L + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G, c=c,
                    q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
-                   meta=meta, log_q_se=log_q_se)
+                   meta=meta, log_q_se=log_q_se, **kernel)
+
+
+def _pairs_to_matrix(pairs: np.ndarray, k: int, diagonal: float) -> np.ndarray:
+    """``(..., k(k-1)/2)`` values of the pairs a < b (``triu_indices`` order) as symmetric
+    ``(..., k, k)`` matrices with ``diagonal`` on the diagonal."""
+    out = np.empty(pairs.shape[:-1] + (k, k))
+    ia, ib = np.triu_indices(k, 1)
+    out[..., ia, ib] = pairs
+    out[..., ib, ia] = pairs
+    d = np.arange(k)
+    out[..., d, d] = diagonal
+    return out
+
+
+def _kernel_fields(per: dict, L: int) -> dict:
+    """The Monte Carlo kernel fields (module docstring): ``kernel_log_q`` (L, k) = log of the
+    sample mean of every input's ``q_hat_a`` (as ``log_q``), ``kernel_corr`` (L, k, k) = sample
+    mean of the per-sample correlations (as ``c``; unit diagonal), and their standard errors
+    (``kernel_log_q_se``: of the log of the mean, delta method; ``kernel_corr_se``: 0 on the
+    diagonal)."""
+    kq, kqexp, kc = per["kq"], per["kqexp"], per["kc"]
+    S, k = kq.shape[0], kq.shape[2]
+    log_kq = _mean_se_pow2(kq.reshape(S, L * k), kqexp.reshape(S, L * k))[2].reshape(L, k)
+    with np.errstate(divide="ignore"):
+        log_kq_se = log_mean_se(np.log(kq) + _LN2 * kqexp)[1]
+    corr, corr_se = _mean_se(kc.reshape(S, -1))
+    return {"kernel_log_q": log_kq, "kernel_log_q_se": log_kq_se,
+            "kernel_corr": _pairs_to_matrix(corr.reshape(L, -1), k, 1.0),
+            "kernel_corr_se": _pairs_to_matrix(corr_se.reshape(L, -1), k, 0.0)}
 
 
 def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: float = 1.0,
-             c0: Optional[float] = None, *, dtype="float64", return_samples: bool = False,
+             c0: Optional[float] = None, *, inputs=None, dtype="float64",
+             return_samples: bool = False,
              chunk: Optional[int] = None, workers: int = 1, max_memory: int = 1 << 30,
              progress: Optional[bool] = None) -> Profile:
     """Monte Carlo profile of ``network`` over ``samples`` independent finite networks.
@@ -658,6 +815,12 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
         orthogonal weights, any widths).
     q0: input second moment ``||x^0||^2 / N_0`` (> 0). c0: correlation of a second input in
         [-1, 1] (then ``c`` is reported), or None for one input.
+    inputs: instead of ``q0``/``c0`` (TypeError with either), the per-unit Gram matrix
+        ``<x_a, x_b> / N_0`` of k fixed inputs (k x k, positive semidefinite; or a
+        :class:`~signalprop.kernel.Kernel` without means), as ``predict(inputs=...)`` takes:
+        :func:`gram_inputs` builds them, of mean zero over the units when there is room. For a
+        network that couples its inputs k must be its ``coupled_inputs``. The loss stays
+        ``<v, t^L_0>`` on input 0; ``q`` is input 0's, ``c`` the pair (0, 1)'s.
     dtype: ``"float64"`` (default) or ``"float32"``; estimators are accumulated in float64.
     return_samples: keep the per-sample values in ``profile.samples`` (arrays of shape
         (samples, L): ``q``, ``c``, ``log_g`` = log g_hat, ``log_G`` = log G_hat).
@@ -673,15 +836,31 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
 
     Returns a :class:`~signalprop.results.Profile` with ``q``, ``log_q``, ``log_g``, ``log_G``
     (``c`` with two inputs) and ``q_se``, ``log_g_se``, ``log_G_se`` (``c_se``); ``meta`` records
-    engine, samples, seed, q0, c0, dtype and widths. Estimators: see the module docstring.
+    engine, samples, seed, q0, c0, dtype and widths. With k >= 2 inputs (``c0``, ``inputs`` or a
+    coupled network) also the kernel fields ``kernel_log_q`` (L, k), ``kernel_corr`` (L, k, k)
+    and ``kernel_log_q_se``, ``kernel_corr_se`` (with ``inputs`` and ``return_samples`` also
+    ``samples["kernel_q"]`` (S, L, k) and ``samples["kernel_corr"]`` (S, L, k, k)). Estimators: see the module docstring.
     """
+    if inputs is not None and (not (isinstance(q0, numbers.Real) and q0 == 1.0)
+                               or c0 is not None):
+        raise TypeError("give either q0/c0 or inputs, not both")
     samples, q0, c0, dt, chunk, workers, max_memory = _check_args(
         network, samples, engine, q0, c0, dtype, chunk, workers, max_memory, return_samples)
     root = root_seed(seed)
     B = network.coupled_inputs
-    if B is not None and c0 is None:
-        c0 = 0.0                          # k coupled inputs (a batch, tokens): correlation 0
-    X0 = network_inputs(network.input_width, q0, c0, k=B)
+    if inputs is not None:
+        X0 = gram_inputs(network.input_width, inputs)
+        if B is not None and X0.shape[0] != B:
+            raise ValueError(f"inputs: the network couples k = {B} inputs (its coupled_inputs), "
+                             f"got a Gram matrix of {X0.shape[0]} x {X0.shape[0]}")
+        gram = inputs.matrix() if isinstance(inputs, Kernel) else \
+            np.asarray(inputs, float).reshape(X0.shape[0], X0.shape[0])
+        q0 = float(gram[0, 0])
+        c0 = float(gram[0, 1] / math.sqrt(gram[0, 0] * gram[1, 1])) if len(gram) > 1 else None
+    else:
+        if B is not None and c0 is None:
+            c0 = 0.0                      # k coupled inputs (a batch, tokens): correlation 0
+        X0 = network_inputs(network.input_width, q0, c0, k=B)
     job = _Job(network, engine, X0, dt, root, max_memory)
     check_memory(f"simulate with samples={samples} on a network of depth {network.depth}",
                  job.nbytes_needed(samples, return_samples))
@@ -689,6 +868,7 @@ def simulate(network: Network, samples: int, seed, engine: str = "dense", q0: fl
     meta = {"source": "simulate", "engine": engine, "samples": samples,
             "seed": int(seed) if isinstance(seed, numbers.Integral) else repr(seed),
             "q0": q0, "c0": c0, "dtype": dt.name,
+            **({"inputs": gram.tolist(), "k": len(gram)} if inputs is not None else {}),
             "widths": [int(w) for w in network.widths],
             "weights": sorted({getattr(la, "weights", "?") for la in network.layers}),
             "loss": "<v, h^L>, v ~ N(0, I)"}

@@ -294,3 +294,58 @@ def test_deep_stack_theory_is_fast():
     th = sp.predict(sp.transformer(8, 256, 4, 32))
     assert time.perf_counter() - t < 5.0
     assert all(n["rule"].startswith("exchangeable") for n in th.meta["numerical"])
+
+
+# --- weight gradients inside blocks (ffn_weight_gradients; docs/theory/attention.md) --------
+
+
+def test_ffn_weight_gradient_closed_form():
+    """Uniform attention then two ReLU feed-forward residuals: with K = I on T tokens the attention
+    output has K = 1 1^T / T; the loss on token 0 keeps Pi diagonal (e_0 e_0^T), E[relu'^2] = 1/2,
+    so E||dL/dW_2||^2 = N N_h beta^2 K^h_00 Pi_00 with K^h_00 = s1 q / 2 (written out here)."""
+    N, Nh, T, b, s1, s2 = 32, 48, 5, 0.7, 1.3, 0.9
+    ffn = (Dense(Nh, "relu", s1), Dense(N, "linear", s2))
+    net = sp.Network(N, (Attention(N, 1, T, sigma_q2=0.0), sp.Residual(ffn, 1.0, b),
+                         sp.Residual(ffn, 1.0, b)))
+    got = sp.layers.attention.ffn_weight_gradients(sp.predict(net))
+    np.testing.assert_array_equal(got.layer, [2, 3])
+    q1 = 1.0 / T                                  # token 0 after uniform attention
+    q2 = q1 + b * b * s2 * s1 * q1 / 2            # after the first residual
+    pi1 = b * b * (1 + b * b * s1 * s2 / 2)       # gradient at the first W_2's output
+    want = [N * Nh * pi1 * s1 * q1 / 2, N * Nh * b * b * s1 * q2 / 2]
+    np.testing.assert_allclose(np.exp(got.log_norm2), want, rtol=1e-12)
+
+
+def test_ffn_weight_gradients_need_a_kernel_profile():
+    with pytest.raises(ValueError, match="profile"):
+        sp.layers.attention.ffn_weight_gradients(sp.predict(sp.mlp(3, 16)))
+
+
+@pytest.mark.parametrize("ln", ["pre", "post"])
+def test_ffn_weight_gradients_against_monte_carlo(ln):
+    """Xiong et al.'s setup at width 64, T = 4, 4 blocks: log E||dL/dW_2||^2 per block, theory
+    against 96 sampled networks within 4 delta-method standard errors."""
+    from validation.attention_check import _log_mean_mc, ffn_weight_gradients_mc, xiong_net
+    net = xiong_net(4, ln, T=4, width=64)
+    th = sp.layers.attention.ffn_weight_gradients(sp.predict(net))
+    w = ffn_weight_gradients_mc(net, 96, seed=5)
+    assert w.shape == (96, 4)
+    for i in range(4):
+        m, se = _log_mean_mc(w[:, i])
+        assert abs(m - th.log_norm2[i]) <= 4 * se, (i, m, se, th.log_norm2[i])
+
+
+def test_xiong_theorem_1_in_theory():
+    """Xiong et al. 2020, Thm. 1 at infinite width: the last W_2 gradient of post-LN does not depend
+    on the depth; pre-LN's falls like 1/L (L E||dL/dW_2||^2 stays within 30 % while it drops > 5x)
+    and its ratio last/first stays below 1 (bounded)."""
+    from validation.attention_check import xiong_net
+    got = {(ln, L): sp.layers.attention.ffn_weight_gradients(sp.predict(xiong_net(L, ln)))
+           for ln in ("pre", "post") for L in (6, 12, 24, 48)}
+    post = [got["post", L].log_norm2[-1] for L in (6, 12, 24, 48)]
+    np.testing.assert_allclose(post, post[0], rtol=0, atol=1e-9)
+    pre = np.array([got["pre", L].log_norm2[-1] for L in (6, 12, 24, 48)])
+    assert pre[0] - pre[-1] > math.log(5)
+    scaled = pre + np.log([6, 12, 24, 48])
+    assert np.ptp(scaled) < math.log(1.3)
+    assert all(got["pre", L].log_ratio() < 0 for L in (6, 12, 24, 48))

@@ -76,3 +76,14 @@ def test_wide_shared_network_agrees_with_mean_field():
     mc = sp.simulate(net, 48, 5, c0=0.5)
     cmp = sp.compare(sp.predict(net, c0=0.5), mc)
     assert cmp.verdict == "agree", cmp
+
+
+def test_uses_inside_composed_layers_must_agree():
+    """The Network checks every use of a shared name, also inside residual branches (the
+    composed kinds' ``stacks``)."""
+    from signalprop.layers import Residual
+    ok = sp.Network(8, (Residual((Dense(8, "tanh", 1.0, share="W"),)), Dense(8, "tanh", 1.0, share="W")))
+    assert ok.depth == 2
+    with pytest.raises(ValueError, match="shares 'W' with layer 1"):
+        sp.Network(8, (Residual((Dense(8, "tanh", 1.0, share="W"),)),
+                       Residual((Dense(8, "tanh", 2.0, share="W"),))))

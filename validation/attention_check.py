@@ -10,6 +10,9 @@ Case families:
    that at the first, depths 6..48, pre-LN against post-LN, theory and Monte Carlo;
 3. Noci et al. 2022: the token correlation c at the last layer, depths 6..48, post-LN with unit
    branches against 1/sqrt(L) branches, theory and Monte Carlo.
+4. (``--xiong-weights``, run alone, about 1 min; writes validation/attention_weights_report.md)
+   Xiong et al. 2020 with their initialisation: E||dL/dW_2||^2 of the first and last feed-forward
+   sublayers, depths 6..48, pre- and post-LN, theory (``ffn_weight_gradients``) and Monte Carlo.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ import time
 import numpy as np
 
 import signalprop as sp
+from signalprop.layers.attention import ffn_weight_gradients
+from signalprop.layers.compose import Add, draws_weights
+from signalprop.layers.dense import Dense
+from signalprop.sampling import Streams, sampler
+from signalprop.simulate import network_inputs
 
 WIDTH, HEADS, SAMPLES = 256, 4, 32
 
@@ -100,6 +108,127 @@ def noci(post_runs: dict) -> list:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# 4. Xiong et al. 2020 with their initialisation: the W_2 weight gradients (--xiong-weights)
+
+
+def xiong_net(L: int, ln: str, T: int = 8, width: int = WIDTH) -> sp.Network:
+    """Xiong et al. 2020, sec. 3 setup: W_Q = W_K = 0 (uniform attention), Xavier d x d weights
+    (sigma^2 = 1 for W_V, W_O, W_1, W_2), ReLU feed-forward of width d, no biases, one head."""
+    return sp.transformer(L, width, 1, T, ln=ln, ffn_ratio=1.0, activation="relu", sigma_q2=0.0,
+                          sigma_k2=0.0, sigma_ffn2=1.0, sigma_ffn_out2=1.0)
+
+
+def _ffn_paths(net: sp.Network) -> list:
+    """``(row, path, j, scale)`` of W_2 (last Dense of a path with >= 2 Dense layers) per Add row."""
+    out = []
+    for row, la in enumerate(net.layers):
+        if not isinstance(la, Add):
+            continue
+        for p, (path, s) in enumerate(zip(la.paths, la.scales)):
+            dense = [j for j, sub in enumerate(path) if isinstance(sub, Dense)]
+            if len(dense) >= 2:
+                out.append((row, p, dense[-1], s))
+    return out
+
+
+def ffn_weight_gradients_mc(net: sp.Network, samples: int, seed: int, batch: int = 4):
+    """Monte Carlo of ``||dL/dW_2||_F^2`` per sample (rows) and feed-forward sublayer (columns),
+    for the loss ``<v, t^L_0>`` (``v ~ N(0, I)``) on token 0 of the inputs ``network_inputs(N, 1,
+    0, T)``: the dense samplers run forward and backward in real scale, and ``dL/dW_2 = s sum_a
+    delta_a x_a^T`` with ``delta_a`` the gradient at the residual sum's output (``s`` the branch
+    scale) and ``x_a = phi(h_a)`` the hidden units feeding ``W_2``; ``||.||_F^2 = sum_ab <delta_a,
+    delta_b> <x_a, x_b>``. Samples in batches of ``batch`` (weights are held in full)."""
+    T, widths = net.coupled_inputs, [int(w) for w in net.widths]
+    x0 = network_inputs(widths[0], 1.0, 0.0, T)
+    where = _ffn_paths(net)
+    rules = [sampler(la, n, "dense") for la, n in zip(net.layers, widths)]
+    out = np.empty((samples, len(where)))
+    for start in range(0, samples, batch):
+        idx = range(start, min(samples, start + batch))
+        fwd = Streams([np.random.default_rng(np.random.SeedSequence([seed, i, 0])) for i in idx])
+        bwd = Streams([np.random.default_rng(np.random.SeedSequence([seed, i, 1])) for i in idx])
+        x = np.repeat(x0[None], len(idx), axis=0)
+        ctxs = []
+        for r in rules:
+            _, x, ctx = r.forward(x, fwd)
+            ctxs.append(ctx)
+        gt = np.zeros_like(x)
+        gt[:, 0] = bwd.normal((widths[-1],))
+        col = {row: c for c, (row, *_ ) in enumerate(where)}
+        for row in range(len(rules) - 1, -1, -1):
+            if row < len(rules) - 1:
+                gt = rules[row].to_tracked(gx, ctxs[row])
+            if row in col:
+                _, p, j, s = where[col[row]]
+                pre = ctxs[row][p][j - 1]               # the Dense before W_2: (ctx, h)
+                act = net.layers[row].paths[p][j - 1].activation
+                xh = np.asarray(act.phi(pre[1]), float)
+                d = s * gt
+                out[start:start + len(idx), col[row]] = np.einsum(
+                    "sab,sab->s", d @ np.swapaxes(d, 1, 2), xh @ np.swapaxes(xh, 1, 2))
+            gx = rules[row].backward(gt, ctxs[row], bwd)
+    return out
+
+
+def _log_ratio_mc(w: np.ndarray, a: int, b: int) -> tuple:
+    """``log(mean w_b / mean w_a)`` and its delta-method standard error."""
+    wa, wb = w[:, a] / w[:, a].mean(), w[:, b] / w[:, b].mean()
+    return (float(np.log(w[:, b].mean() / w[:, a].mean())),
+            float(np.std(wb - wa, ddof=1) / np.sqrt(len(wa))))
+
+
+def _log_mean_mc(w: np.ndarray) -> tuple:
+    return float(np.log(w.mean())), float(np.std(w, ddof=1) / np.sqrt(len(w)) / w.mean())
+
+
+def xiong_weights(samples: int = SAMPLES) -> list:
+    rows = []
+    for ln in ("pre", "post"):
+        for L in (6, 12, 24, 48):
+            net = xiong_net(L, ln)
+            t = time.time()
+            th = ffn_weight_gradients(sp.predict(net))
+            t_th = time.time() - t
+            t = time.time()
+            w = ffn_weight_gradients_mc(net, samples, seed=14)
+            t_mc = time.time() - t
+            r_mc, r_se = _log_ratio_mc(w, 0, w.shape[1] - 1)
+            last, last_se = _log_mean_mc(w[:, -1])
+            first, first_se = _log_mean_mc(w[:, 0])
+            rows.append((ln, L, th.log_ratio(), r_mc, r_se, th.log_norm2[-1], last, last_se,
+                         th.log_norm2[0], first, first_se, t_th, t_mc))
+            print("xiong-weights", ln, L, f"{t_mc:.1f}s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main_xiong_weights() -> None:
+    t0 = time.time()
+    rows = xiong_weights()
+    out = ["# Xiong et al. 2020: W_2 weight-gradient norms, theory against Monte Carlo", "",
+           f"Generated by `python -m validation.attention_check --xiong-weights` "
+           f"({time.time() - t0:.0f} s). Xiong et al.'s initialisation (sec. 3): W_Q = W_K = 0 "
+           f"(uniform attention), Xavier d x d weights (sigma^2 = 1 for W_V, W_O, W_1, W_2), ReLU "
+           f"feed-forward of width d, one head, no biases; width d = {WIDTH}, T = 8 tokens of "
+           "q0 = 1 and correlation 0 (`network_inputs`), loss <v, t^L_0> on token 0. Theory: "
+           "`ffn_weight_gradients(predict(net))`, E||dL/dW_2||_F^2 = N N_h sum_ab K^h_ab Pi_ab "
+           f"(docs/theory/attention.md, 'Weight gradients'). Monte Carlo: {SAMPLES} sample "
+           "networks, dense samplers, ||s sum_a delta_a x_a^T||_F^2 per sample "
+           "(`ffn_weight_gradients_mc`); log of the mean, delta-method standard errors.", "",
+           "| LN | blocks | log ratio last/first theory | MC | log E norm^2 last theory | MC | "
+           "log E norm^2 first theory | MC | theory s | MC s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} +- {r[4]:.3f} | {r[5]:.3f} | "
+                   f"{r[6]:.3f} +- {r[7]:.3f} | {r[8]:.3f} | {r[9]:.3f} +- {r[10]:.3f} | "
+                   f"{r[11]:.2f} | {r[12]:.1f} |")
+    out += ["", "Ratios are of E||dL/dW_2||_F^2 (the norm's ratio is about the square root at "
+            "this width, where ||.||^2 concentrates)."]
+    path = pathlib.Path(__file__).with_name("attention_weights_report.md")
+    path.write_text("\n".join(out) + "\n")
+    print(f"wrote {path} in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
 def main() -> None:
     t0 = time.time()
     post_runs: dict = {}
@@ -141,4 +270,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--xiong-weights" in sys.argv[1:]:
+        main_xiong_weights()
+    else:
+        main()

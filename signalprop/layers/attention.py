@@ -63,7 +63,8 @@ from ..sampling import Streams, register
 from .dense import Dense
 
 __all__ = ["Attention", "AttentionRule", "LOGIT_SCALES", "feed_forward", "deepnet_constants",
-           "attention_weights"]
+           "attention_weights", "FFNWeightGradients", "ffn_weight_gradients",
+           "dense_weight_gradient"]
 
 #: logit scalings: 1/sqrt(d_head) (standard) and 1/d_head (mu-P style)
 LOGIT_SCALES = ("sqrt", "linear")
@@ -532,3 +533,77 @@ def deepnet_constants(blocks: int) -> tuple:
     with the value, output and feed-forward weights' standard deviations times ``beta``."""
     n = check_int("blocks", blocks, 1)
     return (2.0 * n) ** 0.25, (8.0 * n) ** -0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# weight gradients inside composed layers (theory; docs/theory/attention.md, "Weight gradients")
+
+
+def dense_weight_gradient(profile, record: dict) -> float:
+    """``log E||dL/dW||_F^2`` of the Dense sublayer described by ``record`` (an entry of a kernel-path
+    profile's ``meta["inner"]``, :func:`signalprop.layers.compose._kernel_chain`), for the loss
+    ``<v, t^L_0>`` (``v ~ N(0, I)``) of :func:`signalprop.predict`.
+
+    With ``h_a = W x_a`` for the k inputs ``a`` (tokens), ``dL/dW = sum_a delta_a x_a^T``
+    (``delta_a = dL/dh_a``), so ``||dL/dW||_F^2 = sum_ab <delta_a, delta_b> <x_a, x_b>``; at
+    infinite width the gradients are independent of the forward units (gradient independence,
+    Yang 2019; Schoenholz et al. 2017, sec. 4), hence
+
+        E||dL/dW||_F^2 = N_out N_in sum_ab K^x_ab Pi_ab,
+
+    ``K^x`` the per-unit kernel of the sublayer's input, ``Pi`` the per-unit gradient covariance
+    at its output ``h`` (exp(log_g[layer] + log_pi) pi). For one input this is the classic
+    ``N_out N_in G^l`` (CONVENTIONS.md, ``log_G = log_g + log q_x``)."""
+    if record.get("kind") != "Dense":
+        raise ValueError(f"record: a Dense sublayer is needed, got {record.get('kind')!r}")
+    if "pi" not in record:
+        raise ValueError(f"record: sublayer {record.get('where')} of layer {record.get('layer')} has "
+                         "no gradient covariance (predict runs no backward map for layer 1)")
+    lq = np.asarray(record["input_log_q"], float)
+    top = float(np.max(lq))
+    sx = np.exp(0.5 * (lq - top))
+    K = np.asarray(record["input_corr"], float) * np.outer(sx, sx)
+    total = float(np.sum(K * np.asarray(record["pi"], float)))
+    if not total > 0:
+        return -math.inf
+    return (math.log(record["n_in"]) + math.log(record["width"]) + top + math.log(total)
+            + float(profile.log_g[record["layer"] - 1]) + float(record["log_pi"]))
+
+
+@dataclass(frozen=True)
+class FFNWeightGradients:
+    """``log E||dL/dW_2||_F^2`` of the output weights ``W_2`` of each feed-forward sublayer, in the
+    order of the network (``layer``: the 1-based profile row of its residual sum)."""
+
+    layer: np.ndarray
+    log_norm2: np.ndarray
+
+    def log_ratio(self) -> float:
+        """``log(E||dL/dW_2^last||^2 / E||dL/dW_2^first||^2)`` (Xiong et al. 2020, Thm. 1 and
+        Fig. 3: post-LN gradients grow towards the output, pre-LN stay level)."""
+        return float(self.log_norm2[-1] - self.log_norm2[0])
+
+
+def ffn_weight_gradients(profile) -> FFNWeightGradients:
+    """:func:`dense_weight_gradient` of ``W_2``, the last Dense of each path of a composed layer
+    that holds two or more Dense layers (a :func:`feed_forward` branch), from a kernel-path
+    ``profile`` of :func:`signalprop.predict` (e.g. of :func:`signalprop.transformer`)."""
+    inner = profile.meta.get("inner") if isinstance(profile.meta, dict) else None
+    if not inner:
+        raise ValueError("profile: no record of composed layers (meta['inner']); use a theory "
+                         "profile of predict on the kernel path (a network with coupled inputs)")
+    paths: dict = {}
+    for rec in inner:
+        key = (rec["layer"], tuple(rec["where"][:-1]))
+        paths.setdefault(key, []).append(rec)
+    rows, vals = [], []
+    for (layer, _), recs in paths.items():
+        dense = [r for r in recs if r["kind"] == "Dense"]
+        if len(dense) >= 2:
+            w2 = max(dense, key=lambda r: r["where"][-1])
+            rows.append(layer)
+            vals.append(dense_weight_gradient(profile, w2))
+    if not rows:
+        raise ValueError("profile: its network has no feed-forward sublayer (two Dense layers "
+                         "inside a composed layer)")
+    return FFNWeightGradients(np.array(rows), np.array(vals))

@@ -87,19 +87,59 @@ def _fast_chain(stack: tuple, state: tuple, n_in: int, cache: dict) -> tuple:
     return st, log_kappa
 
 
-def _kernel_chain(stack: tuple, kernel: Kernel, n_in: int, cache: dict) -> tuple:
-    """The kernel-path steps of a stack: (output kernel, its backward map to the input)."""
-    st, n, steps = kernel, n_in, []
-    for la in stack:
-        step = la.kernel_step(st, n, cache)
+#: cache keys of the inner record (:func:`_kernel_chain`): the records, the position of the chain
+#: being built, and the log scale of the gradient handed to the chain being run backward
+_INNER, _WHERE, _OFFSET = "inner", "inner_where", "inner_offset"
+
+
+def _kernel_chain(stack: tuple, kernel: Kernel, n_in: int, cache: dict, path: int = 0,
+                  log_in: float = 0.0) -> tuple:
+    """The kernel-path steps of a stack: (output kernel, its backward map to the input).
+
+    Records, per sublayer ``j`` of the stack, one entry of ``cache["inner"]`` (a list of dicts,
+    JSON-friendly): ``layer`` (``cache["layer"]``, the top-level layer), ``where`` (path and
+    sublayer indices from the top-level layer down, for nested compositions), ``kind``,
+    ``n_in``/``width``, the kernel of its input (``input_log_q``, ``input_corr``) and its tracked
+    variable's log second moments (``tracked_log_q``); when the backward map runs, the
+    gradient covariance at its tracked variable as ``exp(log_pi) pi``, with ``log_pi`` relative
+    to the covariance handed to the top-level layer's backward map (``log_in``: the log of the
+    factor the chain's input gradient carries, ``2 log s_i`` for path ``i`` of an :class:`Add`).
+    Numbers and behaviour of the chain are unchanged."""
+    where = tuple(cache.get(_WHERE, ())) + (path,)
+    st, n, steps, recs = kernel, n_in, [], []
+    for j, la in enumerate(stack):
+        outer = cache.get(_WHERE)
+        cache[_WHERE] = where + (j,)
+        try:
+            step = la.kernel_step(st, n, cache)
+        finally:
+            if outer is None:
+                cache.pop(_WHERE, None)
+            else:
+                cache[_WHERE] = outer
+        rec = {"layer": cache.get("layer"), "where": list(where + (j,)), "kind": type(la).__name__,
+               "n_in": int(n), "width": int(la.width), "input_log_q": st.log_q.copy(),
+               "input_corr": st.corr.copy(), "tracked_log_q": step.tracked.log_q.copy()}
+        cache.setdefault(_INNER, []).append(rec)
+        recs.append(rec)
         steps.append(step)
         st, n = step.out, la.width
 
     def back(P: np.ndarray) -> tuple:
         lf = 0.0
-        for step in reversed(steps):
+        base = cache.get(_OFFSET, 0.0) + log_in
+        for step, rec in zip(reversed(steps), reversed(recs)):
             f1, P = step.to_tracked(P)
-            f2, P = step.back(P)
+            rec["log_pi"], rec["pi"] = base + (lf + f1), np.array(P, dtype=float)
+            outer = cache.get(_OFFSET)
+            cache[_OFFSET] = base + (lf + f1)   # nested chains record on the same scale
+            try:
+                f2, P = step.back(P)
+            finally:
+                if outer is None:
+                    cache.pop(_OFFSET, None)
+                else:
+                    cache[_OFFSET] = outer
             lf += f1 + f2
         return lf, P
 
@@ -125,6 +165,11 @@ class Serial:
     @property
     def sublayers(self) -> tuple:
         return self.layers
+
+    @property
+    def stacks(self) -> tuple:
+        """The stacks of layers applied to the input (here one: the layers in order)."""
+        return (self.layers,)
 
     @property
     def needs_mean(self) -> bool:
@@ -201,6 +246,11 @@ class Add:
         return tuple(la for p in self.paths for la in p)
 
     @property
+    def stacks(self) -> tuple:
+        """The stacks of layers applied to the input: the paths."""
+        return self.paths
+
+    @property
     def pair_rule(self) -> bool:
         return all(has_pair_rule(la) for la in self.sublayers)
 
@@ -252,9 +302,10 @@ class Add:
         """Module docstring, for k inputs (:func:`signalprop.kernel.weighted_sum`)."""
         if not any(self.scales):
             raise ValueError(f"{type(self).__name__} with every scale 0 outputs zero")
-        outs = [_kernel_chain(p, kernel, n_in, cache) for p in self.paths]
-        out = kernel_maths.weighted_sum([o[0] for o in outs], self.scales)
         ls2 = [2.0 * math.log(s) if s > 0 else -math.inf for s in self.scales]
+        outs = [_kernel_chain(p, kernel, n_in, cache, i, l)
+                for i, (p, l) in enumerate(zip(self.paths, ls2))]
+        out = kernel_maths.weighted_sum([o[0] for o in outs], self.scales)
 
         def back(P: np.ndarray) -> tuple:
             terms = []
