@@ -534,3 +534,69 @@ def test_unwritable_csv_exits_2(capsys, tmp_path):
     assert main(["predict", "--depth", "2", "--csv", str(blocker / "x.csv")]) == 2
     out, err = capsys.readouterr()
     assert err.startswith("signalprop: error: ") and err.count("\n") == 1 and str(blocker) in err
+
+
+# --------------------------------------------------------------------------------------------
+# issue 12: the transformer command
+
+
+def test_transformer_json_equals_api(capsys):
+    d = run_json(capsys, "transformer", "--ln", "post", "--depth", "3", "--width", "64",
+                 "--heads", "2", "--tokens", "4", "--c0", "0.2", "--scaling", "inv_sqrt_depth")
+    net = sp.transformer(3, 64, heads=2, tokens=4, ln="post", scaling="inv_sqrt_depth")
+    prof = sp.predict(net, c0=0.2)
+    assert PROFILE <= set(d)
+    for k in ("q", "c", "log_g", "log_G"):
+        np.testing.assert_array_equal(d[k], getattr(prof, k))
+    assert d["rows"] == 12 and d["final_c"] == prof.c[-1] and d["first_log_g"] == prof.log_g[0]
+
+
+def test_transformer_uniform_attention_closed_form(capsys):
+    """Pre-LN, 1/d logits (uniform attention at infinite width, docs/theory/attention.md), i.i.d.
+    unit tokens: the first residual sum x + (1/T) sum_b LN(x)_b has q = 1 + 1/T and token
+    correlation (1/T) / (1 + 1/T) = 1/(T + 1) (derived by hand, not from the code)."""
+    T = 8
+    d = run_json(capsys, "transformer", "--ln", "pre", "--depth", "2", "--tokens", str(T),
+                 "--logit-scale", "linear")
+    assert d["rows"] == 5                                   # 2 blocks x 2 sums + final LN
+    assert abs(d["q"][0] - (1 + 1 / T)) < 1e-12
+    assert abs(d["c"][0] - 1 / (T + 1)) < 1e-12
+
+
+def test_transformer_inv_sqrt_depth_slows_rank_collapse(capsys):
+    """Noci et al. 2022 (LITERATURE.md sec. 16): post-LN with unit branches aligns the tokens more
+    than with 1/sqrt(L) branches."""
+    args = ("transformer", "--ln", "post", "--depth", "16", "--tokens", "4")
+    fixed = run_json(capsys, *args)["final_c"]
+    scaled = run_json(capsys, *args, "--scaling", "inv_sqrt_depth")["final_c"]
+    assert fixed > 0.9 and scaled < fixed - 0.2
+
+
+def test_transformer_text_and_files(capsys, tmp_path):
+    argv = ["transformer", "--ln", "pre", "--depth", "2", "--tokens", "4", "--csv",
+            str(tmp_path / "t.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "row" in out and "log_g" in out and "final token correlation" in out
+    assert f"wrote {tmp_path / 't.csv'}" in out
+    header, _ = _read_csv(tmp_path / "t.csv")
+    assert header[:2] == ["layer", "q"]
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--heads", "3"], "heads"),
+    (["--tokens", "0"], "tokens"),
+    (["--c0", "1.0"], "c0"),
+    (["--depth", "0"], "depth"),
+    (["--ln", "mid"], "--ln"),
+    (["--scaling", "deepnet"], "deepnet"),
+])
+def test_transformer_bad_input(capsys, argv, word):
+    base = {"--ln": "pre", "--depth": "2"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    full = ["transformer"] + [w for kv in base.items() for w in kv]
+    assert main(full) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("signalprop: error: ") and err.count("\n") == 1
+    assert word in err

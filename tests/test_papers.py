@@ -456,3 +456,37 @@ def test_xiong2020_lemma2_theory():
     l = np.arange(1, 13)
     assert np.all((1 + l / 2 <= pre.q[1::2]) & (pre.q[1::2] <= 1 + 1.5 * l))
     np.testing.assert_allclose(post.q[2::4], 1.5, rtol=1e-14)
+
+
+def test_noci2022_rank_collapse_theory():
+    """Noci et al. 2022 [READ, LITERATURE.md sec. 16]: post-LN stacks with unit residual branches
+    collapse to rank one with depth; 1/sqrt(L) branches keep the token correlation bounded away
+    from 1. Plus the exact identity behind papers/noci2022's query/key factor, the first-row closed
+    form of uniform attention, and the README's theory columns at their printed digits."""
+    m = _load("noci2022")
+    fixed = [m.final_correlation(L, "fixed") for L in (2, 4, 8, 16)]
+    scaled = [m.final_correlation(L, "inv_sqrt_depth") for L in (2, 4, 8, 16, 32)]
+    assert np.all(np.diff(fixed) > 0) and fixed[-1] > 0.9999
+    steps = np.diff(scaled)
+    assert np.all(steps > 0) and np.all(np.diff(steps) < 0) and scaled[-1] < 0.4
+    assert m.qk_factor(16, "fixed") < 1e-6 < 0.4 < m.qk_factor(16, "inv_sqrt_depth")
+    # J_a K = v (1 - rho) J_a for K = v((1 - rho) I + rho 1 1^T): J_a = diag(a) - a a^T, J_a 1 = 0
+    rng = np.random.default_rng(5)
+    a = rng.dirichlet(np.ones(m.T))
+    J = np.diag(a) - np.outer(a, a)
+    v, rho = 1.7, 0.3
+    K = v * ((1 - rho) * np.eye(m.T) + rho * np.ones((m.T, m.T)))
+    np.testing.assert_allclose(J @ K, v * (1 - rho) * J, rtol=0, atol=1e-14)
+    # uniform attention (1/d logits): first residual sum of i.i.d. unit tokens has c = 1/(T + 1)
+    lin = sp.transformer(1, 256, heads=4, tokens=m.T, ln="post", logit_scale="linear")
+    assert abs(sp.predict(lin).c[0] - 1 / (m.T + 1)) < 1e-12
+    # the README's theory columns are what the theory gives now
+    rows = [r for r in (PAPERS / "noci2022" / "README.md").read_text().splitlines()
+            if r.startswith("| ") and r.split("|")[1].strip().isdigit()]
+    first = [r for r in rows if len(r.split("|")) == 9]
+    assert [int(r.split("|")[1]) for r in first] == list(m.DEPTHS)
+    for r in first:
+        cells = [c.strip() for c in r.split("|")]
+        L = int(cells[1])
+        assert rounds_to(m.final_correlation(L, "fixed"), cells[2])
+        assert rounds_to(m.final_correlation(L, "inv_sqrt_depth"), cells[5])

@@ -84,6 +84,8 @@ COMMANDS: dict[str, Command] = {
                      "commands_finite", "spectrum"),
     "validate": _cmd("theory vs simulation over the validation catalogue: report and figures",
                      "commands_simulate", "validate"),
+    "transformer": _cmd("transformer stack (pre-/post-LN): per-row q, token correlation c, log g",
+                        "commands_transformer", "transformer"),
     "sweep": _cmd("run a parameter sweep from a TOML spec: theory and Monte Carlo per case, "
                   "resumable", "commands_sweep", "sweep"),
 }
