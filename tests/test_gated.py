@@ -192,3 +192,67 @@ def test_chrono_bias_law():
     assert b.min() >= 0.0 and b.max() <= math.log(100.0)
     e = np.exp(b)
     assert abs(e.mean() - 50.5) <= 4 * e.std(ddof=1) / math.sqrt(e.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# random gate biases b ~ N(mu, sigma_b2) (Gate.sigma_b2)
+
+
+def test_gate_bias_variance_closed_form_with_constant_gates():
+    """Gates without weights, with random biases: f = sigma(b_f), b_f ~ N(mu_f, s_f) drawn afresh
+    per step (the untied model), so K_c^t = E[f^2] K_c^{t-1} + E[i^2] G with E[f^2] =
+    E[sigma(mu_f + sqrt(s_f) z)^2], G = E[tanh(sqrt(su2 q_x + s_g) z)^2] and q_h^t = E[o^2]
+    E[tanh(sqrt(K_c^t) z)^2] (mpmath quadrature, 1e-10)."""
+    (mf, sf), (mi, si), (mo, so), sg, su2, qx, T = (1.5, 0.7), (-0.3, 0.4), (0.4, 1.1), 0.6, 0.9, \
+        1.2, 6
+    const = lambda mu, s: Gate(0.0, 0.0, mu, s)
+    net = rnn("lstm", T, 32, q_x=qx, gates={"forget": const(mf, sf), "input": const(mi, si),
+                                            "output": const(mo, so),
+                                            "candidate": Gate(0.0, su2, 0.0, sg)})
+    th = predict(net, 0.7)
+    mpmath.mp.dps = 30
+    E = lambda fn: float(mpmath.quad(lambda z: fn(z) * mpmath.npdf(z),
+                                     [-mpmath.inf, 0, mpmath.inf]))
+    S2 = lambda mu, s: E(lambda z: 1 / (1 + mpmath.exp(-(mu + mpmath.sqrt(s) * z))) ** 2)
+    T2 = lambda q: E(lambda z: mpmath.tanh(mpmath.sqrt(q) * z) ** 2)
+    f2, i2, o2, G, qc = S2(mf, sf), S2(mi, si), S2(mo, so), T2(su2 * qx + sg), 0.0
+    for t in range(T):
+        qc = f2 * qc + i2 * G
+        assert th.q[t] == pytest.approx(o2 * T2(qc), rel=1e-10)
+
+
+def test_gate_bias_variance_zero_is_the_constant_bias():
+    """sigma_b2 = 0 is the old Gate: equal objects, labels and predictions."""
+    assert Gate(1.0, 0.5, 0.3, 0.0) == Gate(1.0, 0.5, 0.3)
+    a = predict(rnn("gru", 5, 16, q_x=1.0, c_x=0.3, gates={"update": Gate(1.2, 0.8, 0.5, 0.0)}),
+                1.0, 0.2)
+    b = predict(rnn("gru", 5, 16, q_x=1.0, c_x=0.3, gates={"update": Gate(1.2, 0.8, 0.5)}),
+                1.0, 0.2)
+    assert np.array_equal(a.q, b.q) and np.array_equal(a.log_g, b.log_g)
+    with pytest.raises(ValueError, match="sigma_b2"):
+        Gate(1.0, 1.0, 0.0, -0.1)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gate_bias_variance_theory_matches_untied_simulation(cell):
+    """Every gate with bias variance 0.8 (candidate included), untied weights and biases: q, c,
+    log g, log G agree by compare's rule; power check: the theory without the bias variance
+    disagrees with the same simulation."""
+    names = {"gru": ("update", "reset", "candidate"),
+             "lstm": ("forget", "input", "output", "candidate")}[cell]
+    mus = {"forget": 1.0, "reset": -0.5, "update": 0.5}
+    gates = {n: Gate(1.0, 1.0, mus.get(n, 0.0), 0.8) for n in names}
+    kw = dict(q_x=0.5, c_x=0.5, tied=False)
+    net = rnn(cell, 8, 128, gates=gates, **kw)
+    mc = simulate(net, 60, 13, q0=1.0, c0=0.2)
+    assert compare(predict(net, 1.0, 0.2), mc).verdict == "agree"
+    plain = rnn(cell, 8, 128, gates={n: Gate(1.0, 1.0, mus.get(n, 0.0)) for n in names}, **kw)
+    assert compare(predict(plain, 1.0, 0.2), mc).verdict == "disagree"
+
+
+def test_gate_bias_backprop_matches_finite_differences():
+    _fd_check(LSTMStep(14, q_x=0.9, input_width=5, forget=Gate(1.2, 0.6, 1.0, 0.5),
+                       input=Gate(0.8, 0.9, -0.3, 0.3), output=Gate(1.0, 0.4, 0.2, 0.7),
+                       candidate=Gate(1.4, 0.8, 0.0, 0.4)), 14)
+    _fd_check(GRUStep(7, q_x=0.9, input_width=5, update=Gate(1.1, 0.6, 0.7, 0.5),
+                      reset=Gate(0.9, 0.5, -0.4, 0.3), candidate=Gate(1.5, 0.7, 0.0, 0.6)), 7)

@@ -3,9 +3,10 @@
 mean-field rules (kernel path) and their dense-engine samplers.
 
 Models (notation of docs/theory/recurrent.md, "Gated cells"). Every gate ``k`` has the
-pre-activation ``a^k_t = W_k h_{t-1} + U_k x_t + mu_k`` with ``W_k ~ N(0, sigma_wk^2 / N)``
-(gaussian) or ``sigma_wk O`` (orthogonal), ``U_k ~ N(0, sigma_uk^2 / n_x)`` and a bias ``mu_k``
-equal for every unit (a :class:`Gate`); ``sigma`` is the logistic function.
+pre-activation ``a^k_t = W_k h_{t-1} + U_k x_t + b_k`` with ``W_k ~ N(0, sigma_wk^2 / N)``
+(gaussian) or ``sigma_wk O`` (orthogonal), ``U_k ~ N(0, sigma_uk^2 / n_x)`` and a per-unit bias
+``b_k ~ N(mu_k, sigma_bk^2)`` (``sigma_bk^2 = 0``: the constant ``mu_k`` for every unit; a
+:class:`Gate`); ``sigma`` is the logistic function.
 
 * minimalRNN (Chen, Pennington & Schoenholz 2018, ICML, sec. 5; Chen 2017): the step's input
   is the mapped input ``z_t = Phi(x_t)`` itself (the input process, width N), ``u_t =
@@ -27,10 +28,15 @@ moments then follow exactly for the minimalRNN and GRU; for the LSTM the cell ``
 as Gaussian inside ``tanh`` (``E[tanh(c_a) tanh(c_b)]``). Backward: gradient independence
 (Schoenholz et al. 2017 sec. 4), and for the LSTM the forget gate is also taken independent of
 ``tanh'(c_t)`` (docs/theory/recurrent.md gives every formula and the measured size of each
-approximation). The candidate biases are zero, so every state has mean zero over its units.
+approximation). A random bias ``b_k ~ N(mu_k, sigma_bk^2)``, the same for the k sequences,
+adds ``sigma_bk^2`` to every entry of the gate's pre-activation covariance (the bias term of
+Poole et al. 2016 eq. 3 / Chen et al. 2018 eq. 4); this is the only place it enters, forward and
+backward (the backward maps read the gates' Gaussian moments only). The candidate biases have
+mean zero (and a symmetric law), so every state has mean zero over its units.
 
 **Samplers.** Dense engine only, the weights drawn from the streams named ``"<share>:<gate>:W"``
-and ``"<share>:<gate>:U"`` (tied across steps; ``rnn(..., tied=False)`` gives each step its own
+and ``"<share>:<gate>:U"``, the biases (when ``sigma_b2 > 0``) from ``"<share>:<gate>:b"`` (tied
+across steps; ``rnn(..., tied=False)`` gives each step its own
 name, which is the theory's untied model). Backprop through time by hand (checked against
 finite differences in tests/test_gated.py).
 """
@@ -78,12 +84,14 @@ def _dtanh(v):
 @dataclass(frozen=True)
 class Gate:
     """One gate's initialisation: ``sigma_w2`` (>= 0): recurrent weight variance times N;
-    ``sigma_u2`` (>= 0): input weight variance times n_x; ``mu``: its bias, the same for every
-    unit (finite, |mu| <= 40)."""
+    ``sigma_u2`` (>= 0): input weight variance times n_x; ``mu``: the mean of its bias (finite,
+    |mu| <= 40); ``sigma_b2`` (>= 0): the variance of its bias, drawn per unit ``b ~ N(mu,
+    sigma_b2)`` and shared by the sequences and, when tied, the steps (0: the constant ``mu``)."""
 
     sigma_w2: float = 1.0
     sigma_u2: float = 1.0
     mu: float = 0.0
+    sigma_b2: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "sigma_w2", nonnegative_scalar("sigma_w2", self.sigma_w2))
@@ -92,11 +100,19 @@ class Gate:
         if abs(mu) > _MU_MAX:
             raise ValueError(f"mu (gate bias) must lie in [-{_MU_MAX:g}, {_MU_MAX:g}], got {mu!r}")
         object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "sigma_b2", nonnegative_scalar("sigma_b2 (gate bias variance)",
+                                                                self.sigma_b2))
 
     def pre_kernel(self, Kh: np.ndarray, Kx: np.ndarray) -> np.ndarray:
-        """``sigma_w^2 K_h + sigma_u^2 K_x``: the covariance of ``a - mu`` over the k sequences
-        (untied weights: Chen et al. 2018 eq. 4 for one gate)."""
-        return self.sigma_w2 * Kh + self.sigma_u2 * Kx
+        """``sigma_w^2 K_h + sigma_u^2 K_x + sigma_b^2 1 1^T``: the covariance of ``a - mu`` over
+        the k sequences (untied weights: Chen et al. 2018 eq. 4 for one gate; the bias is the
+        same for every sequence, so it adds ``sigma_b^2`` to every entry)."""
+        K = self.sigma_w2 * Kh + self.sigma_u2 * Kx
+        return K + self.sigma_b2 if self.sigma_b2 else K
+
+    def label(self) -> str:
+        b = f", b2={self.sigma_b2:g}" if self.sigma_b2 else ""
+        return f"({self.sigma_w2:g}, {self.sigma_u2:g}, {self.mu:g}{b})"
 
 
 def _as_gate(name: str, g) -> Gate:
@@ -104,7 +120,7 @@ def _as_gate(name: str, g) -> Gate:
         return g
     if isinstance(g, dict):
         return Gate(**g)
-    raise TypeError(f"{name} must be a Gate (sigma_w2, sigma_u2, mu) or a dict of them, got "
+    raise TypeError(f"{name} must be a Gate (sigma_w2, sigma_u2, mu, sigma_b2) or a dict of them, got "
                     f"{short_repr(g)}")
 
 
@@ -227,8 +243,7 @@ class _GatedStep:
         return self.q_x * C
 
     def label(self) -> str:
-        g = ", ".join(f"{n}=({v.sigma_w2:g}, {v.sigma_u2:g}, {v.mu:g})"
-                      for n, v in self.gates().items())
+        g = ", ".join(f"{n}={v.label()}" for n, v in self.gates().items())
         w = "" if self.weights == "gaussian" else f", {self.weights}"
         return (f"{type(self).__name__}({self.state_width}, {g}, q_x={self.q_x:g}, "
                 f"c_x={self.c_x:g}{w}, share={self.share!r})")
@@ -283,7 +298,7 @@ class GRUStep(_GatedStep):
 
     def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
         """``K_h' = E[z z] K_h + E[(1-z)(1-z)] E[n n]``, ``a^n ~ N(0, sigma_wn^2 E[r r] o K_h +
-        sigma_un^2 K_x)``; back: ``Pi' = (Z1 + sigma_wz^2 D_z (K_h + K_n) + (R1 + sigma_wr^2 D_r
+        sigma_un^2 K_x + sigma_bn^2)``; back: ``Pi' = (Z1 + sigma_wz^2 D_z (K_h + K_n) + (R1 + sigma_wr^2 D_r
         K_h) sigma_wn^2 Z0 T_n) o Pi`` (docs/theory/recurrent.md, "GRU")."""
         Kh, Kx = kernel.matrix(), self._input_kernel(kernel.k)
         z, r, n = self.update, self.reset, self.candidate
@@ -293,7 +308,7 @@ class GRUStep(_GatedStep):
         Dz = _moments(_dsig, _dsig, Kz, z.mu, _TAU_SIG)
         R1 = _moments(_sig, _sig, Kr, r.mu, _TAU_SIG)
         Dr = _moments(_dsig, _dsig, Kr, r.mu, _TAU_SIG)
-        Kn = n.sigma_w2 * R1 * Kh + n.sigma_u2 * Kx
+        Kn = n.sigma_w2 * R1 * Kh + n.sigma_u2 * Kx + n.sigma_b2
         Hn = _moments(np.tanh, np.tanh, Kn, 0.0, _TAU_TANH)
         Tn = _moments(_dtanh, _dtanh, Kn, 0.0, _TAU_TANH)
         out = _kernel_of(Z1 * Kh + Z0 * Hn, kernel.mu is not None)
@@ -411,8 +426,10 @@ class _GatedSampler:
         self.n_in, self.n_out = int(n_in), int(layer.width)
         N, nx = layer.state_width, layer.input_width
         self.N = N
-        self.W, self.U = {}, {}
+        self.W, self.U, self.b = {}, {}, {}
         for name, g in layer.gates().items():
+            if g.sigma_b2 > 0:
+                self.b[name] = math.sqrt(g.sigma_b2)
             if g.sigma_w2 > 0:
                 self.W[name] = DenseSampler(Dense(N, "linear", g.sigma_w2, 0.0, layer.weights), N)
             if g.sigma_u2 > 0 and layer.q_x > 0:
@@ -421,7 +438,7 @@ class _GatedSampler:
     def ctx_nbytes(self, k: int, itemsize: int) -> int:
         """The step's vectors, plus its own weights when untied (tied ones are held once)."""
         own = 0 if self.layer.tied else (len(self.W) * self.N + len(self.U)
-                                         * self.layer.input_width) * self.N
+                                         * self.layer.input_width + len(self.b)) * self.N
         return (12 * k * self.n_out + own) * itemsize
 
     def _weights(self, rng, dt) -> dict:
@@ -434,6 +451,11 @@ class _GatedSampler:
                     out[name, kind] = smp.draw_weights(rng.named(key), dt)
                     continue
                 out[name, kind] = _shared(rng, key, dt, lambda r, s=smp: s.draw_weights(r, dt))
+        for name, sd in self.b.items():                 # b - mu ~ N(0, sigma_b2) per unit
+            key = f"{self.layer.share}:{name}:b"
+            draw = (lambda r, s=sd: r.normal((self.N,), dt) * dt.type(s))
+            out[name, "b"] = (draw(rng.named(key)) if not self.layer.tied
+                              else _shared(rng, key, dt, draw))
         return out
 
     def _inputs(self, rng, k: int, dt):
@@ -457,9 +479,12 @@ class _GatedSampler:
         return out * out.dtype.type(c) if c != 1.0 else out
 
     def _pre(self, wts, name: str, h, X):
-        """``a = W h + U x + mu`` of gate ``name`` (S, k, N)."""
+        """``a = W h + U x + b`` of gate ``name`` (S, k, N); ``b = mu`` plus, when ``sigma_b2 > 0``,
+        the per-unit draw shared by the k sequences."""
         g = self.layer.gates()[name]
         a = np.full(h.shape[:2] + (self.N,), g.mu, dtype=h.dtype)
+        if (name, "b") in wts:
+            a += wts[name, "b"][:, None, :]
         if (name, "W") in wts:
             a += self._apply(wts[name, "W"], h)
         if (name, "U") in wts and X is not None:

@@ -263,16 +263,18 @@ def _check_norm_module(mod: nn.Module, path: str, variances) -> None:
                                "signalprop's normalisation layers have gain 1 and bias 0")
 
 
-#: why the recurrent and attention modules other than a bare nn.RNN are refused
+#: why the recurrent and attention modules other than a bare nn.RNN / nn.LSTM are refused
 _WHY_LATER = {
     "RNN": "is mapped only as the whole model (from_module(nn.RNN(...), x)), not inside another "
            "module",
     "GRU": "is not supported yet: PyTorch applies the reset gate after W_hn (r * (W_hn h + b_hn)) "
-           "while signalprop's GRUStep applies it before (W_n (r h), Cho et al. 2014), and its "
-           "gates have no random bias (PyTorch's biases have variance 2/(3H))",
-    "LSTM": "is not supported yet: signalprop's LSTMStep gates have a constant bias mu and no "
-            "bias variance, while PyTorch draws b_ih, b_hh ~ U(-1/sqrt(H), 1/sqrt(H)) (variance "
-            "2/(3H) per gate)",
+           "while signalprop's GRUStep applies it before (W_n (r h), Cho et al. 2014): a "
+           "different model, not mapped approximately",
+    "RNNCell": "is not supported yet: the bridge maps a whole one-layer nn.RNN, not its cell",
+    "GRUCell": "is not supported yet: the bridge maps neither nn.GRU nor its cell",
+    "LSTM": "is mapped only as the whole model (from_module(nn.LSTM(...), x)), not inside "
+            "another module",
+    "LSTMCell": "is not supported yet: the bridge maps a whole one-layer nn.LSTM, not its cell",
     "MultiheadAttention": "is not supported yet: the bridge does not map token sequences "
                           "(signalprop's Attention couples T tokens as its k inputs) yet",
 }
@@ -645,9 +647,10 @@ def map_module(module: nn.Module, example_input=None, variances: Union[str, Mapp
         return Mapped(map_rnn(module, example_input, variances,
                               "gaussian" if weights not in RECURRENT_WEIGHTS else weights), (), ())
     if type(module).__name__ in _LATER:
-        raise _unsupported("", type(module).__name__, _WHY_LATER.get(
-            type(module).__name__.replace("Cell", ""), "is not supported yet (the bridge does "
-            "not map the attention layer kinds yet)"))
+        raise _unsupported("", type(module).__name__, _WHY_LATER.get(type(module).__name__)
+                           or _WHY_LATER.get(type(module).__name__.replace("Cell", ""),
+                                             "is not supported yet (the bridge does not map the "
+                                             "attention layer kinds yet)"))
     shape = _input_shape(example_input)
     gm = trace(module)
     recs, inp, out = _records(gm, variances)

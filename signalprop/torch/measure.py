@@ -45,7 +45,7 @@ from .._validate import check_int, short_repr
 from ..results import Profile
 from ..simulate import log_mean_se, network_inputs
 from .mapping import map_module, trace
-from .recurrent import is_rnn, map_rnn, rnn_forward, rnn_inputs
+from .recurrent import is_lstm, is_rnn, lstm_forward, map_rnn, rnn_forward, rnn_inputs
 
 __all__ = ["measure", "example_inputs"]
 
@@ -292,7 +292,12 @@ def _measure_rnn(module, x, h0, samples, fn, seed, net, return_samples, reinit) 
     ``q_hat = ||e_t^0||^2 / H``, ``c_hat`` between sequences 0 and 1, ``g_hat = ||d loss /
     d e_t^0||^2 / H`` for the loss ``<v, e_T^0>``, ``G_hat = g_hat ||h_{t-1}^0||^2 / H``. The
     pre-activations come from the module's parameters (:func:`rnn_forward`), checked against
-    the module's own forward in the first sample."""
+    the module's own forward in the first sample. ``nn.LSTM``: the tracked variable is the state
+    ``h_t`` (:func:`lstm_forward`; loss ``<v, h_T^0>``, ``G_hat = g_hat ||h_{t-1}^0||^2 / H``), the
+    profile of :class:`~signalprop.layers.gated.LSTMStep`."""
+    lstm = is_lstm(module)
+    forward = lstm_forward if lstm else rnn_forward
+    var = "h" if lstm else "e"
     work = copy.deepcopy(module)
     params = list(work.parameters())
     dtype = params[0].dtype
@@ -312,7 +317,7 @@ def _measure_rnn(module, x, h0, samples, fn, seed, net, return_samples, reinit) 
                 fn(work)
         for p in work.parameters():
             p.requires_grad_(True)
-        es, hs = rnn_forward(work, x, h0, check=(s == 0))
+        es, hs = forward(work, x, h0, check=(s == 0))
         g = torch.Generator().manual_seed(vseed)
         v = torch.randn(H, generator=g, dtype=torch.float64).to(dtype)
         torch.sum(v * es[-1][0]).backward()
@@ -334,12 +339,14 @@ def _measure_rnn(module, x, h0, samples, fn, seed, net, return_samples, reinit) 
             bad = int(np.flatnonzero(~np.isfinite(q[s]))[0])
             raise ValueError(f"sample {s}: time step {bad + 1} gave non-finite values in {dtype}")
     h00 = h0[0].double()
-    meta = {"source": "signalprop.torch.measure", "module": "RNN", "samples": samples,
+    meta = {"source": "signalprop.torch.measure", "module": type(module).__name__,
+            "samples": samples,
             "seed": seed, "reinit": "default" if reinit is None or isinstance(reinit, str)
             else getattr(reinit, "__name__", repr(reinit)),
             "q0": float(torch.sum(h00 * h00)) / H, "k": k, "dtype": str(dtype),
             "widths": [int(w) for w in net.widths], "layers": [l.label() for l in net.layers],
-            "loss": "<v, e_T^0>, v ~ N(0, I)", "tracked": "pre-activation e_t per time step"}
+            "loss": f"<v, {var}_T^0>, v ~ N(0, I)",
+            "tracked": "state h_t per time step" if lstm else "pre-activation e_t per time step"}
     if k >= 2:
         h1 = h0[1].double()
         den = float(torch.sqrt(torch.sum(h00 * h00) * torch.sum(h1 * h1)))

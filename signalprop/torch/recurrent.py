@@ -31,6 +31,24 @@ Inputs: ``x`` as ``nn.RNN`` takes it (unbatched ``(T, n_x)``; batched ``(T, k, n
 step inputs give ``q_x[t] = ||x_t^0||^2 / n_x`` and, with k >= 2 sequences,
 ``c_x[t] = <x_t^0, x_t^1> / (||x_t^0|| ||x_t^1||)``; ``h0`` gives ``predict``'s ``q0``, ``c0``
 (``predict`` needs ``q0 > 0``: pass a nonzero ``h0``).
+
+``nn.LSTM`` (one layer, unidirectional, no projection; torch.nn.LSTM docs) is signalprop's
+``rnn("lstm", T, H, gates=...)`` (:class:`~signalprop.layers.gated.LSTMStep`; Hochreiter &
+Schmidhuber 1997, the form of Gilboa et al. 2019 sec. 3):
+
+    i = sigma(W_ii x_t + b_ii + W_hi h + b_hi),  f = sigma(W_if x_t + ... ),
+    g = tanh(W_ig x_t + ... ),  o = sigma(W_io x_t + ... ),  c_t = f c_{t-1} + i g,  h_t = o tanh(c_t),
+
+with PyTorch's packed rows ``weight_ih_l0 = [W_ii; W_if; W_ig; W_io]`` (likewise ``weight_hh_l0``,
+the biases) read as signalprop's gates ``input``, ``forget``, ``candidate``, ``output``. Each gate
+is a :class:`~signalprop.layers.gated.Gate`: ``variances="init"``: every weight and bias ~
+``U(-1/sqrt(H), 1/sqrt(H))`` (``nn.LSTM.reset_parameters``), so ``sigma_w2 = 1/3``, ``sigma_u2 =
+n_x/(3H)``, ``mu = 0`` and ``sigma_b2 = 2/(3H)`` (``b_ih + b_hh``); ``"empirical"``: per gate block,
+``H mean(W_hh^2)``, ``n_x mean(W_ih^2)``, and of ``b = b_ih + b_hh`` the mean ``mu`` and variance
+``sigma_b2`` (the candidate, whose mean signalprop fixes at 0: ``mu = 0``, ``sigma_b2 =
+mean(b^2)``, as the vanilla cell reads its bias). Inputs: ``x`` or ``(x, (h0, c0))`` as
+``nn.LSTM`` takes them, with ``c0 = 0`` (signalprop's LSTM starts from ``c_0 = 0``). The tracked
+variable of step t is ``h_t`` (docs/notation.md, "Recurrent networks").
 """
 
 from __future__ import annotations
@@ -43,24 +61,34 @@ import torch.nn as nn
 from .._validate import short_repr
 from ..architectures import rnn
 from ..network import Network
+from ..layers.gated import Gate
 from ..layers.recurrent import RECURRENT_WEIGHTS
 
-__all__ = ["map_rnn", "rnn_inputs", "rnn_forward", "is_rnn"]
+__all__ = ["map_rnn", "rnn_inputs", "rnn_forward", "lstm_forward", "is_rnn", "is_lstm"]
 
 ROOT = "model"
 
 
 def is_rnn(module) -> bool:
-    """Whether the bridge maps ``module`` as a recurrent network (exactly ``nn.RNN``)."""
-    return type(module) is nn.RNN
+    """Whether the bridge maps ``module`` as a recurrent network (exactly ``nn.RNN`` or
+    ``nn.LSTM``)."""
+    return type(module) in (nn.RNN, nn.LSTM)
 
 
-def _refuse(why: str) -> ValueError:
-    return ValueError(f"{ROOT} (RNN) {why}")
+def is_lstm(module) -> bool:
+    """Whether ``module`` is exactly ``nn.LSTM``."""
+    return type(module) is nn.LSTM
+
+
+def _refuse(why: str, what: str = "RNN") -> ValueError:
+    return ValueError(f"{ROOT} ({what}) {why}")
 
 
 def check_rnn(module: nn.RNN) -> str:
-    """The activation name of a mappable ``nn.RNN``; a ValueError naming what is not."""
+    """The activation name of a mappable ``nn.RNN`` (``"lstm"`` for a mappable ``nn.LSTM``); a
+    ValueError naming what is not."""
+    if is_lstm(module):
+        return check_lstm(module)
     if module.num_layers != 1:
         raise _refuse(f"has num_layers={module.num_layers}; the bridge maps one layer (stack "
                       "one-layer RNNs only when signalprop has a layered recurrent kind)")
@@ -73,8 +101,40 @@ def check_rnn(module: nn.RNN) -> str:
     return module.nonlinearity
 
 
+def check_lstm(module: nn.LSTM) -> str:
+    """``"lstm"`` for a mappable ``nn.LSTM``; a ValueError naming what is not."""
+    if module.num_layers != 1:
+        raise _refuse(f"has num_layers={module.num_layers}; the bridge maps one layer", "LSTM")
+    if module.bidirectional:
+        raise _refuse("is bidirectional; the bridge maps a unidirectional LSTM", "LSTM")
+    if getattr(module, "proj_size", 0):
+        raise _refuse(f"has proj_size={module.proj_size}; the bridge maps an LSTM without "
+                      "projection (signalprop's LSTMStep has h of width H)", "LSTM")
+    return "lstm"
+
+
+def _lstm_state(module: nn.LSTM, example_input):
+    """``(x, h0)`` of an LSTM input ``x`` or ``(x, (h0, c0))``, ``c0`` checked to be zero."""
+    if not isinstance(example_input, (tuple, list)):
+        return example_input
+    if len(example_input) != 2 or not (isinstance(example_input[1], (tuple, list))
+                                       and len(example_input[1]) == 2):
+        raise ValueError("example_input of an LSTM must be x or (x, (h0, c0)), as nn.LSTM takes "
+                         f"it; got {short_repr(example_input)}")
+    x, (h0, c0) = example_input
+    if not isinstance(c0, torch.Tensor) or tuple(c0.shape) != tuple(getattr(h0, "shape", ())):
+        raise ValueError(f"c0 must be a torch.Tensor of h0's shape, got {short_repr(c0)}")
+    if bool(torch.any(c0 != 0)):
+        raise ValueError("c0 of an LSTM must be zero: signalprop's LSTM starts from c_0 = 0 "
+                         "(the network's input is h_0 alone)")
+    return x, h0
+
+
 def rnn_inputs(module: nn.RNN, example_input) -> tuple:
-    """``(x, h0)`` as float tensors of shapes ``(T, k, n_x)`` and ``(k, H)`` (module docstring)."""
+    """``(x, h0)`` as float tensors of shapes ``(T, k, n_x)`` and ``(k, H)`` (module docstring;
+    an ``nn.LSTM`` takes ``x`` or ``(x, (h0, c0))`` with ``c0 = 0``)."""
+    if is_lstm(module):
+        example_input = _lstm_state(module, example_input)
     h0 = None
     if isinstance(example_input, (tuple, list)):
         if len(example_input) != 2:
@@ -149,14 +209,50 @@ def rnn_variances(module: nn.RNN, variances: str) -> tuple:
     return sw2, su2, sb2
 
 
+#: signalprop's LSTM gate names in the order of PyTorch's packed rows (i, f, g, o)
+LSTM_GATES = ("input", "forget", "candidate", "output")
+
+
+def lstm_gates(module: nn.LSTM, variances: str) -> dict:
+    """Gate name -> :class:`~signalprop.layers.gated.Gate` of an ``nn.LSTM`` (module docstring)."""
+    n_x, H = int(module.input_size), int(module.hidden_size)
+    if variances == "init":
+        sb2 = 2.0 / (3.0 * H) if module.bias else 0.0
+        return {n: Gate(1.0 / 3.0, n_x / (3.0 * H), 0.0, sb2) for n in LSTM_GATES}
+    Whh = module.weight_hh_l0.detach().double()
+    Wih = module.weight_ih_l0.detach().double()
+    b = None
+    if module.bias:
+        b = module.bias_ih_l0.detach().double() + module.bias_hh_l0.detach().double()
+    out = {}
+    for j, name in enumerate(LSTM_GATES):
+        rows = slice(j * H, (j + 1) * H)
+        sw2 = H * float(torch.mean(Whh[rows] ** 2))
+        su2 = n_x * float(torch.mean(Wih[rows] ** 2))
+        mu = sb2 = 0.0
+        if b is not None:
+            bj = b[rows]
+            if name == "candidate":
+                sb2 = float(torch.mean(bj * bj))
+            else:
+                mu = float(torch.mean(bj))
+                sb2 = float(torch.mean((bj - mu) ** 2))
+        if not all(math.isfinite(v) for v in (sw2, su2, mu, sb2)):
+            raise _refuse(f"has non-finite weights or biases in its {name} gate", "LSTM")
+        out[name] = Gate(sw2, su2, mu, sb2)
+    return out
+
+
 def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gaussian") -> Network:
     """The network of ``nn.RNN`` ``module`` on ``example_input`` (module docstring):
     ``rnn("rnn", T, H, phi, sigma_w2=..., sigma_u2=..., sigma_b2=..., q_x=[...], c_x=[...],
-    input_width=n_x)``."""
+    input_width=n_x)``; for ``nn.LSTM``, ``rnn("lstm", T, H, gates=lstm_gates(...), ...)``."""
     act = check_rnn(module)
     if example_input is None:
-        raise ValueError(f"{ROOT} (RNN): example_input (the input sequence x, or (x, h0)) is "
-                         "needed: the step inputs' statistics q_x, c_x enter the network")
+        state = "(x, (h0, c0))" if act == "lstm" else "(x, h0)"
+        raise ValueError(f"{ROOT} ({type(module).__name__}): example_input (the input sequence x, "
+                         f"or {state}) is needed: the step inputs' statistics q_x, c_x enter the "
+                         "network")
     if not isinstance(variances, str) or variances not in ("init", "empirical"):
         raise ValueError(f"variances of an RNN must be 'init' or 'empirical', got "
                          f"{short_repr(variances)}")
@@ -165,6 +261,9 @@ def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gau
                          f"{short_repr(weights)}")
     x, _ = rnn_inputs(module, example_input)
     qx, cx = _stats(x)
+    if act == "lstm":
+        return rnn("lstm", x.shape[0], int(module.hidden_size), gates=lstm_gates(module, variances),
+                   weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
     sw2, su2, sb2 = rnn_variances(module, variances)
     return rnn("rnn", x.shape[0], int(module.hidden_size), act, sigma_w2=sw2, sigma_u2=su2,
                sigma_b2=sb2, weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
@@ -201,3 +300,36 @@ def rnn_forward(module: nn.RNN, x: torch.Tensor, h0: torch.Tensor, check: bool =
             raise ValueError(f"{ROOT} (RNN): its forward differs from h_t = phi(W_ih x_t + b_ih + "
                              "W_hh h_(t-1) + b_hh); the bridge cannot measure it")
     return es, hs
+
+
+def lstm_forward(module: nn.LSTM, x: torch.Tensor, h0: torch.Tensor, check: bool = False) -> tuple:
+    """``(h, h)``: the list over t = 1..T of the states ``h_t`` (each ``(k, H)``, gradients
+    retained), from the module's own parameters (module docstring, gate rows i, f, g, o; ``c_0 =
+    0``), twice (the tracked variables and the states, as :func:`rnn_forward` returns them).
+    ``check``: compare ``h_T`` with the module's own forward (a ValueError if they differ)."""
+    Wih, Whh = module.weight_ih_l0, module.weight_hh_l0
+    b = None
+    if module.bias:
+        b = module.bias_ih_l0 + module.bias_hh_l0
+    h, c, hs = h0, torch.zeros_like(h0), []
+    for t in range(x.shape[0]):
+        a = x[t] @ Wih.T + h @ Whh.T
+        if b is not None:
+            a = a + b
+        ai, af, ag, ao = a.chunk(4, dim=-1)
+        c = torch.sigmoid(af) * c + torch.sigmoid(ai) * torch.tanh(ag)
+        h = torch.sigmoid(ao) * torch.tanh(c)
+        if h.requires_grad:
+            h.retain_grad()
+        hs.append(h)
+    if check:
+        with torch.no_grad():
+            xin = x.transpose(0, 1) if module.batch_first else x
+            _, (hT, _) = module(xin, (h0[None], torch.zeros_like(h0)[None]))
+        ref = hT[0]
+        tol = 1e-4 if x.dtype == torch.float32 else 1e-10
+        scale = float(torch.max(torch.abs(ref))) + 1.0
+        if float(torch.max(torch.abs(ref - hs[-1].detach()))) > tol * scale:
+            raise ValueError(f"{ROOT} (LSTM): its forward differs from the LSTM update with gate "
+                             "rows (i, f, g, o); the bridge cannot measure it")
+    return hs, hs
