@@ -435,6 +435,22 @@ def _newton_step_c(c, F, dC, lo, hi):
     return np.where(bad, 0.5 * (lo + hi), cn), lo, hi
 
 
+def _chaotic_c_star(act: Activation, q, sw2, sb2, closed: bool, V) -> tuple:
+    """(c*, chi_c) at chaotic points (vectorised): the Mehler-series route where the activation
+    has one, the bivariate rule (:func:`_c_star`) where it does not or the series gives no root;
+    ``chi_c = sigma_w^2 E[phi'(u1) phi'(u2)]`` at c* (Schoenholz et al. 2017, eq. 9)."""
+    if closed:
+        cs = _c_star(act, q, sw2, sb2)
+        dd = act.dphi_cross_moment(q, q, cs)
+    else:
+        cs, dd = _c_star_mehler(act, q, sw2, sb2, V(q))
+        miss = np.isnan(cs)
+        if np.any(miss):
+            cs[miss] = _c_star(act, q[miss], sw2[miss], sb2[miss])
+            dd[miss] = act.dphi_cross_moment(q[miss], q[miss], cs[miss])
+    return cs, sw2 * dd
+
+
 def _c_star(act: Activation, q, sw2, sb2, tol=1e-15, max_iter=60):
     """The fixed point c* < 1 of the correlation map at q = q* (vectorised; chaotic points).
 
@@ -668,17 +684,8 @@ def fixed_points(activation, sigma_w2, sigma_b2, *, q0: float = 1.0) -> FixedPoi
         c_star, chi_c = np.ones(i.size), chi_1.copy()
         chaotic = chi_1 - 1.0 > _CRIT_TOL
         if np.any(chaotic):
-            qc, wc, bc = q[chaotic], SW[i][chaotic], SB[i][chaotic]
-            if closed:
-                cs = _c_star(act, qc, wc, bc)
-                dd = act.dphi_cross_moment(qc, qc, cs)
-            else:
-                cs, dd = _c_star_mehler(act, qc, wc, bc, V(qc))
-                miss = np.isnan(cs)
-                if np.any(miss):
-                    cs[miss] = _c_star(act, qc[miss], wc[miss], bc[miss])
-                    dd[miss] = act.dphi_cross_moment(qc[miss], qc[miss], cs[miss])
-            c_star[chaotic], chi_c[chaotic] = cs, wc * dd
+            c_star[chaotic], chi_c[chaotic] = _chaotic_c_star(
+                act, q[chaotic], SW[i][chaotic], SB[i][chaotic], closed, V)
         critical = np.abs(chi_1 - 1.0) <= _CRIT_TOL
         with np.errstate(divide="ignore"):
             xi_grad = np.where(chi_1 <= 1.0, _depths(chi_1), 1.0 / np.log(chi_1))
@@ -1158,17 +1165,8 @@ def phase_diagram(activation, sigma_w2, sigma_b2, *, q0: float = 1.0) -> PhaseDi
     chi_c = chi_1.copy()
     chaotic = (chi_1 > 1.0 + _CRIT_TOL) & np.isfinite(lq)
     if np.any(chaotic):
-        qc, wc, bc = qe[chaotic], SW[chaotic], SB[chaotic]
-        if closed:
-            cs = _c_star(act, qc, wc, bc)
-            dd = act.dphi_cross_moment(qc, qc, cs)
-        else:
-            cs, dd = _c_star_mehler(act, qc, wc, bc, V(qc))
-            miss = np.isnan(cs)
-            if np.any(miss):
-                cs[miss] = _c_star(act, qc[miss], wc[miss], bc[miss])
-                dd[miss] = act.dphi_cross_moment(qc[miss], qc[miss], cs[miss])
-        c_star[chaotic], chi_c[chaotic] = cs, wc * dd
+        c_star[chaotic], chi_c[chaotic] = _chaotic_c_star(act, qe[chaotic], SW[chaotic],
+                                                          SB[chaotic], closed, V)
     limit = ~np.isfinite(lq)                 # q* = 0 or inf: the limiting correlation map
     if np.any(limit):
         chi_c[limit] = _limit_c_slope(chi_c[limit], SW[limit] * V(qe[limit]) / qe[limit])
