@@ -490,3 +490,32 @@ def test_noci2022_rank_collapse_theory():
         L = int(cells[1])
         assert rounds_to(m.final_correlation(L, "fixed"), cells[2])
         assert rounds_to(m.final_correlation(L, "inv_sqrt_depth"), cells[5])
+
+
+def test_dong2021_rank_collapse_theory():
+    """Dong et al. 2021 [READ/NUM, LITERATURE.md sec. 17]: pure attention collapses to rank one
+    (uniform 1/d attention: exactly, in one layer, theory and Monte Carlo); with skip connections
+    u = 1 - c follows the closed form u' = u / (2 - u (1 - 1/T)) (papers/dong2021 README,
+    derivation 1, to 1e-12); one 1/sqrt(d) layer near collapse cubes u with the coefficient
+    gamma v^2 (T - 1)/T^2 (derivation 2; tolerance 0.01 = about 6 seed-to-seed standard deviations
+    of the 65536-draw logit Monte Carlo plus the O(u) = 1e-3 correction); the README's theory
+    columns at their printed digits for the pure and skip stacks."""
+    m = _load("dong2021")
+    for K in (np.eye(m.T), 0.5 * np.eye(m.T) + 0.5):
+        c = sp.predict(m.network("san", 1, "linear"), inputs=K).kernel_corr[0]
+        np.testing.assert_allclose(c, 1.0, rtol=0, atol=1e-14)
+    uniform = sp.Network(32, (sp.Attention(32, 2, m.T, sigma_q2=0.0),))
+    mc = sp.simulate(uniform, 2, seed=3, c0=0.0)
+    assert abs(mc.c[0] - 1) < 1e-12
+    u = 1 - m.per_block("skip", 12, "linear")
+    np.testing.assert_allclose(u, m.skip_linear_recursion(12), rtol=1e-12, atol=0)
+    assert abs(m.one_layer_u(1e-3) / (m.cubic_coefficient() * 1e-9) - 1) < 0.01
+    rows = [r for r in (PAPERS / "dong2021" / "README.md").read_text().splitlines()
+            if r.startswith("| ") and len(r.split("|")) == 15 and r.split("|")[1].strip().isdigit()]
+    for scale, block in zip(m.SCALES, (rows[:len(m.DEPTHS)], rows[len(m.DEPTHS):])):
+        assert [int(r.split("|")[1]) for r in block] == list(m.DEPTHS)
+        for r in block:
+            cells = [c.strip() for c in r.split("|")]
+            L = int(cells[1])
+            assert rounds_to(m.correlation("san", L, scale), cells[2])
+            assert rounds_to(m.correlation("skip", L, scale), cells[5])
