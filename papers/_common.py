@@ -133,6 +133,17 @@ def table_options(args: argparse.Namespace, tables: Callable[[bool], str],
     return False
 
 
+def run(doc: str, here: pathlib.Path, quick_help: str, tables: Callable[[bool], str],
+        figures: list, argv=None) -> int:
+    """A paper script's ``main``: the common options (:func:`parser`), --tables/--update-readme
+    (:func:`table_options`, README.md in ``here``), else every figure into --out."""
+    args = parser(doc, here, quick_help).parse_args(argv)
+    if table_options(args, tables, here / "README.md"):
+        return 0
+    write_figures(figures, args.out, args.quick)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # networks
 

@@ -52,7 +52,7 @@ from signalprop.plot import new_figure
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))          # papers/_common.py
-from _common import parser, readme_block, styled, table_options, write_figures  # noqa: E402,F401
+from _common import readme_block, run, styled  # noqa: E402,F401
 
 T = 8                                  # tokens
 WIDTH = 256                            # d of the Monte Carlo networks (theory: infinite width)
@@ -221,11 +221,7 @@ def figure(out: pathlib.Path, quick: bool) -> pathlib.Path:
 
 
 def main(argv=None) -> int:
-    args = parser(__doc__, HERE, "a tiny Monte Carlo run (1-2 layers, 4 samples)").parse_args(argv)
-    if table_options(args, tables, HERE / "README.md"):
-        return 0
-    write_figures([figure], args.out, args.quick)
-    return 0
+    return run(__doc__, HERE, "a tiny Monte Carlo run (1-2 layers, 4 samples)", tables, [figure], argv)
 
 
 if __name__ == "__main__":

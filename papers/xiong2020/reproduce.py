@@ -44,7 +44,7 @@ from signalprop.plot import new_figure
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))          # papers/_common.py
-from _common import parser, readme_block, styled, table_options, write_figures  # noqa: E402,F401
+from _common import readme_block, run, styled  # noqa: E402,F401
 
 T = 8            # positions
 BLOCKS = 12      # the paper's deepest models have 12-14 layers per stack
@@ -131,11 +131,7 @@ def figure(out: pathlib.Path, quick: bool) -> pathlib.Path:
 
 
 def main(argv=None) -> int:
-    args = parser(__doc__, HERE, "a tiny run (3 blocks, 4 samples)").parse_args(argv)
-    if table_options(args, tables, HERE / "README.md"):
-        return 0
-    write_figures([figure], args.out, args.quick)
-    return 0
+    return run(__doc__, HERE, "a tiny run (3 blocks, 4 samples)", tables, [figure], argv)
 
 
 if __name__ == "__main__":

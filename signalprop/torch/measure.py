@@ -234,19 +234,6 @@ def _measure(module, x, samples, fn, seed, mapped, return_samples, reinit) -> Pr
             bad = int(np.flatnonzero(~np.isfinite(q[s]) | np.isnan(lg[s]))[0])
             raise ValueError(f"sample {s}: layer {bad + 1} ({mapped.tracked[bad].label}) gave "
                              f"non-finite values in {dtype}")
-    qm, q_se = _mean_se(q)
-    with np.errstate(divide="ignore"):
-        log_q_se = log_mean_se(np.log(q))[1]
-    log_g, log_g_se = log_mean_se(lg)
-    log_G, log_G_se = log_mean_se(lg + lx2)
-    cm = c_se = None
-    if c is not None:
-        cm, c_se = _mean_se(c)
-    kept = None
-    if return_samples:
-        kept = {"q": q, "log_g": lg, "log_G": lg + lx2}
-        if c is not None:
-            kept["c"] = c
     x0 = x[0].double()
     meta = {"source": "signalprop.torch.measure", "module": type(module).__name__,
             "samples": samples, "seed": int(seed),
@@ -261,9 +248,7 @@ def _measure(module, x, samples, fn, seed, mapped, return_samples, reinit) -> Pr
     if net.batch_size is not None:
         meta["batch_size"] = net.batch_size
         meta["loss"] = "<v, h^L_a> on one batch member; g sums over the batch"
-    return Profile(layers=np.arange(1, L + 1), q=qm, log_q=np.log(qm), log_g=log_g, log_G=log_G,
-                   c=cm, q_se=q_se, c_se=c_se, log_g_se=log_g_se, log_G_se=log_G_se, samples=kept,
-                   meta=meta, log_q_se=log_q_se)
+    return _profile(q, lg, lx2, c, return_samples, meta)
 
 
 def _profile(q, lg, lx2, c, return_samples, meta) -> Profile:
