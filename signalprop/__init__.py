@@ -32,7 +32,7 @@ _EXPORTS = {
     "phase_diagram": "meanfield", "trainable_depth": "meanfield",
     "length_map": "meanfield", "correlation_map": "meanfield", "chi_1": "maps", "chi_c": "maps",
     "fixed_points": "meanfield", "FixedPoints": "meanfield",
-    "nlo_correction": "nlo", "NLOCorrection": "nlo",
+    "nlo_correction": "nlo", "NLOCorrection": "nlo", "predict_tied": "dmft",
     "sweep": "sweeps", "load_sweep": "sweeps", "Grid": "sweeps", "Cases": "sweeps",
     "SweepResult": "sweeps",
     "Profile": "results", "FixedPoint": "results", "PhaseDiagram": "results",

@@ -5,6 +5,9 @@ A theory value ``t`` (e.g. from :func:`~signalprop.meanfield.predict`) and a Mon
 
     |m - t| <= sigmas * se + allowance,        sigmas = 4 (CONVENTIONS.md).
 
+A theory that is itself sampled (:func:`signalprop.dmft.predict_tied`, which carries ``*_se``
+fields) adds its standard error in quadrature: ``se = sqrt(se_sim^2 + se_theory^2)``.
+
 ``allowance`` is the finite-width bias of the theory. Mean-field theory is the N -> infinity limit
 and predicts no bias of its own, so the rule uses its order, O(1/N) per layer ("or O(1/N) where
 it predicts none"), with an explicit constant:
@@ -263,8 +266,20 @@ def _q_outside_float_range(t: np.ndarray, m: np.ndarray, se: np.ndarray, a: np.n
 
 def _field_arrays(f: str, theory: Profile, simulation: Profile, base: dict, kappa: float,
                   sigmas: float, allowance: dict) -> tuple:
-    """``(key, t, m, se, a)`` of one requested field; ``q`` becomes ``log_q`` where it leaves the
-    float range (module docstring)."""
+    """``(key, t, m, se, a)`` of one requested field, with the theory's own standard error added
+    in quadrature when it has one (a sampled theory: :func:`signalprop.dmft.predict_tied`)."""
+    key, t, m, se, a = _field_arrays_sim(f, theory, simulation, base, kappa, sigmas, allowance)
+    tse = _log_q_se(theory) if key == "log_q" and theory.q_se is not None else getattr(
+        theory, key + "_se", None)
+    if tse is not None:
+        se = np.hypot(se, np.asarray(tse, float))
+    return key, t, m, se, a
+
+
+def _field_arrays_sim(f: str, theory: Profile, simulation: Profile, base: dict, kappa: float,
+                      sigmas: float, allowance: dict) -> tuple:
+    """``(key, t, m, se, a)`` with the simulation's standard error; ``q`` becomes ``log_q`` where
+    it leaves the float range (module docstring)."""
     if f in ("q", "log_q"):
         if f == "q":
             t = np.asarray(theory.q, float)

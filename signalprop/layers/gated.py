@@ -242,6 +242,33 @@ class _GatedStep:
         np.fill_diagonal(C, 1.0)
         return self.q_x * C
 
+    # -- one unit's process, for the dynamical mean field of tied weights (signalprop.dmft) --
+
+    def _unit_pre(self, F, name: str, y: np.ndarray) -> np.ndarray:
+        """Gate ``name``'s pre-activation on the paths of one unit (``y``: (M, k), the vector its
+        recurrent matrix meets): ``mu + Z^{W y} + Z^{U x_t} + Z^b`` (docs/theory/recurrent.md,
+        "Tied weights"). ``F`` draws the Gaussian fields: ``F.field(key, sigma2, y)`` jointly
+        with every earlier use of ``key`` (the same matrix), ``F.gaussian(cov)`` fresh (the input
+        directions of different steps are independent), ``F.bias(key, sigma2)`` per path and fixed
+        for all uses of ``key``. Keys are the samplers' stream names, so a tied cell reuses one
+        field and an untied one (its own ``share`` per step) starts afresh."""
+        g = self.gates()[name]
+        a = np.full(y.shape, g.mu)
+        if g.sigma_w2:
+            a = a + F.field(f"{self.share}:{name}:W", g.sigma_w2, y)
+        if g.sigma_u2 and self.q_x:
+            a = a + F.gaussian(g.sigma_u2 * self._input_kernel(y.shape[1]))
+        if g.sigma_b2:
+            a = a + F.bias(f"{self.share}:{name}:b", g.sigma_b2)
+        return a
+
+    def _unit_back(self, F, name: str, d: np.ndarray):
+        """``Z^{W~^T d}``: the backward field of gate ``name`` (gradient independence: ``W~`` is an
+        independent copy of ``W``, itself tied across steps; Yang 2020, Tensor Programs II, the
+        GIA check, which holds because the readout ``v`` is independent with mean zero)."""
+        g = self.gates()[name]
+        return F.field(f"{self.share}:{name}:W^T", g.sigma_w2, d) if g.sigma_w2 else 0.0
+
     def label(self) -> str:
         g = ", ".join(f"{n}={v.label()}" for n, v in self.gates().items())
         w = "" if self.weights == "gaussian" else f", {self.weights}"
@@ -277,6 +304,21 @@ class MinimalStep(_GatedStep):
         out = _kernel_of(U1 * Kh + U0 * Kz, kernel.mu is not None)
         back = _hadamard(U1 + g.sigma_w2 * D * (Kh + Kz))
         return KernelStep(out, out, lambda P: (0.0, P), back)
+
+    def unit_forward(self, state: tuple, F) -> tuple:
+        """One unit's step on the paths (``state = (h,)``, (M, k)): ``h' = u h + (1 - u) z`` with
+        the input's own coordinates ``z`` fresh per step; the backward context keeps input 0."""
+        h = state[0]
+        z = F.gaussian(self._input_kernel(h.shape[1]))
+        a = self._unit_pre(F, "gate", h)
+        u = _sig(a)
+        return (u * h + (1.0 - u) * z,), (u[:, :1], a[:, :1], (h - z)[:, :1])
+
+    def unit_backward(self, grad: tuple, ctx: tuple, F) -> tuple:
+        """``dh = u dh' + W~^T (sigma'(a) (h - z) dh')`` (the sampler's backward, per unit)."""
+        u, a, diff = ctx
+        gh = grad[0]
+        return (u * gh + self._unit_back(F, "gate", _dsig(a) * diff * gh),)
 
 
 @dataclass(frozen=True)
@@ -315,6 +357,24 @@ class GRUStep(_GatedStep):
         Pv = n.sigma_w2 * Z0 * Tn
         back = _hadamard(Z1 + z.sigma_w2 * Dz * (Kh + Hn) + (R1 + r.sigma_w2 * Dr * Kh) * Pv)
         return KernelStep(out, out, lambda P: (0.0, P), back)
+
+    def unit_forward(self, state: tuple, F) -> tuple:
+        """One unit's GRU step on the paths (``state = (h,)``); ``W_n`` meets ``r h``."""
+        h = state[0]
+        z = _sig(self._unit_pre(F, "update", h))
+        ar = self._unit_pre(F, "reset", h)
+        r = _sig(ar)
+        an = self._unit_pre(F, "candidate", r * h)
+        n = np.tanh(an)
+        return (z * h + (1.0 - z) * n,), tuple(v[:, :1] for v in (h, z, ar, r, an, n))
+
+    def unit_backward(self, grad: tuple, ctx: tuple, F) -> tuple:
+        """The GRU's backward per unit (as :class:`GRUSampler`, with ``W~^T`` fields)."""
+        h, z, ar, r, an, n = ctx
+        gh = grad[0]
+        v = self._unit_back(F, "candidate", gh * (1.0 - z) * _dtanh(an))     # d loss / d (r h)
+        out = gh * z + self._unit_back(F, "update", gh * (h - n) * z * (1.0 - z)) + v * r
+        return (out + self._unit_back(F, "reset", v * h * _dsig(ar)),)
 
 
 @dataclass(frozen=True)
@@ -409,6 +469,29 @@ class LSTMStep(_GatedStep):
             return 0.0, np.block([[Ph, Z], [Z, F * Pdc]])
 
         return KernelStep(out, out, lambda P: (0.0, P), back)
+
+    def unit_forward(self, state: tuple, F) -> tuple:
+        """One unit's LSTM step on the paths: ``state = (h, c)``, or ``(h_0,)`` at the first step
+        (``c_0 = 0``); returns ``((h', c'), ctx)``."""
+        h = state[0]
+        c = state[1] if len(state) > 1 else np.zeros_like(h)
+        f, i, o = (_sig(self._unit_pre(F, g, h)) for g in ("forget", "input", "output"))
+        g = np.tanh(self._unit_pre(F, "candidate", h))
+        c2 = f * c + i * g
+        tc = np.tanh(c2)
+        return (o * tc, c2), tuple(v[:, :1] for v in (c, f, i, o, g, tc)) + (len(state) > 1,)
+
+    def unit_backward(self, grad: tuple, ctx: tuple, F) -> tuple:
+        """The LSTM's backward per unit (as :class:`LSTMSampler`): ``dc = dc' + dh' o tanh'(c')``,
+        ``dh = sum_k W~_k^T delta_k``, and ``f dc`` to the previous cell."""
+        c, f, i, o, g, tc, has_c = ctx
+        gh = grad[0]
+        dc = (grad[1] if len(grad) > 1 else 0.0) + gh * o * (1.0 - tc * tc)
+        dh = (self._unit_back(F, "output", gh * tc * o * (1.0 - o))
+              + self._unit_back(F, "forget", dc * c * f * (1.0 - f))
+              + self._unit_back(F, "input", dc * g * i * (1.0 - i))
+              + self._unit_back(F, "candidate", dc * i * (1.0 - g * g))) + np.zeros_like(gh)
+        return (dh, dc * f) if has_c else (dh,)
 
 
 # ---------------------------------------------------------------------------------------------

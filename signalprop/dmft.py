@@ -1,0 +1,262 @@
+"""Recurrent networks with their weights tied across time steps, at infinite width: the
+dynamical mean field, solved by sampling one unit's paths (:func:`predict_tied`).
+
+Mean-field theory of recurrent cells (``predict``; Chen, Pennington & Schoenholz 2018; Gilboa et al.
+2019) treats every step's weights as fresh. With tied weights a unit meets the same row of ``W``
+at every step, so its gate values persist in time, and averages of products of gates (the
+LSTM's memory, ``prod_t f_t``) exceed products of averages at any width (measured:
+validation/recurrent_report.md, section G). At infinite width the tied network is still exactly
+solvable (docs/theory/recurrent.md, "Tied weights: the dynamical mean field"):
+
+* forward (Yang 2019, "Tensor Programs I", the Netsor master theorem): the coordinates of ``W h_0,
+  W h_1, ..., W h_{T-1}`` are jointly Gaussian over steps and inputs with covariance ``sigma_w^2
+  E[h_s h_t]``, independent of other matrices' fields, of the inputs' fields (fresh directions
+  per step) and of the per-unit biases; a unit's state is a deterministic function of its fields.
+* backward (Yang 2020, "Tensor Programs II", the gradient-independence check: the readout ``v``
+  is independent with mean zero): ``W^T`` acts as an independent copy ``W~^T``, itself tied, so
+  the backward fields ``Z^{W~^T delta_t}`` are jointly Gaussian over steps with covariance
+  ``sigma_w^2 E[delta_s delta_t]``, independent of the forward ones.
+
+The covariances are averages over the unit's own law, so the process is solved self-consistently
+step by step: ``paths`` samples of one unit carry the state, each new field value is drawn
+conditionally on the same field's earlier values (Cholesky factor extended by one block per use),
+with the covariances estimated from the paths. ``replicas`` independent solutions give standard
+errors (the spread of the replicas), reported in the profile's ``*_se`` fields, which
+:func:`~signalprop.compare.compare` adds to the simulation's. The layer kinds supply one unit's
+step (``unit_forward`` / ``unit_backward``, :mod:`signalprop.layers.gated`); with untied weights
+(``rnn(..., tied=False)``) the same solver gives the exact untied theory, a check of both routes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ._validate import check_int
+from .kernel import Kernel
+from .network import Network
+from .progress import progress_bar
+from .results import Profile
+
+__all__ = ["predict_tied", "UnitFields"]
+
+#: largest number of float64 values the solver may hold (2 GiB)
+_MAX_VALUES = 2 ** 28
+#: relative jitter added to a new block's conditional covariance (rounding-level regulariser)
+_JITTER = 1e-12
+
+
+class _Field:
+    """One matrix's Gaussian field on the paths: values at successive uses ``Z^{W y_1}, Z^{W y_2},
+    ...`` with ``Cov = sigma2 E[y_s y_t]`` (``E``: the average over paths). Kept as Gram-Schmidt:
+    the earlier vectors' orthonormal basis ``Q`` (rows, ``Q Q^T / M = 1``) and the standard normals
+    ``Xi`` behind the earlier values, so that a new use's values are ``R^T Xi + C xi`` with ``R =
+    Q y / M`` (its covariance with the earlier values) and ``C C^T = E[y y^T] - R^T R`` (the
+    conditional covariance, regularised by a rounding-level jitter)."""
+
+    def __init__(self, paths: int):
+        self.M = paths
+        self.Q = np.empty((0, paths))
+        self.Xi = np.empty((0, paths))
+        self.n = 0
+
+    def _grow(self, k: int) -> None:
+        need = self.n + k
+        if need <= self.Q.shape[0]:
+            return
+        cap = max(need, 2 * self.Q.shape[0], 8)
+        for name in ("Q", "Xi"):
+            new = np.empty((cap, self.M))
+            new[:self.n] = getattr(self, name)[:self.n]
+            setattr(self, name, new)
+
+    def use(self, y: np.ndarray, sigma2: float, rng: np.random.Generator) -> np.ndarray:
+        """The field's values on ``y`` (M, k), jointly Gaussian with every earlier use."""
+        yt = np.sqrt(sigma2) * np.ascontiguousarray(y.T)          # (k, M)
+        k = yt.shape[0]
+        D = yt @ yt.T / self.M
+        scale = float(np.trace(D)) / k
+        if scale == 0.0:                    # a zero vector: the field is exactly 0 there
+            return np.zeros(y.shape)
+        n = self.n
+        R = self.Q[:n] @ yt.T / self.M                              # (n, k)
+        S = D - R.T @ R
+        S = 0.5 * (S + S.T) + _JITTER * scale * np.eye(k)
+        w = np.linalg.eigvalsh(S)
+        if w[0] < -1e-8 * scale:
+            raise FloatingPointError(f"dmft: a field's conditional covariance is not positive "
+                                     f"(eigenvalue {w[0]:.3g} of scale {scale:.3g})")
+        C = np.linalg.cholesky(S + max(0.0, -w[0]) * np.eye(k))
+        xi = rng.standard_normal((k, self.M))
+        out = C @ xi + R.T @ self.Xi[:n]                            # (k, M)
+        self._grow(k)
+        self.Q[n:n + k] = np.linalg.solve(C, yt - R.T @ self.Q[:n])
+        self.Xi[n:n + k] = xi
+        self.n = n + k
+        return out.T
+
+
+class UnitFields:
+    """The Gaussian fields one unit meets, on ``paths`` samples of it (the interface of the layer
+    kinds' ``unit_forward`` / ``unit_backward``): :meth:`field` (a matrix applied to a vector,
+    jointly with the same matrix's earlier uses), :meth:`gaussian` (fresh), :meth:`bias` (fixed
+    per path for a key)."""
+
+    def __init__(self, paths: int, rng: np.random.Generator):
+        self.paths = paths
+        self.rng = rng
+        self._fields: dict = {}
+        self._biases: dict = {}
+
+    def field(self, key: str, sigma2: float, y: np.ndarray) -> np.ndarray:
+        """``Z^{W y}`` for the matrix named ``key`` with ``Var W_ij = sigma2 / N``."""
+        f = self._fields.get(key)
+        if f is None:
+            f = self._fields[key] = _Field(self.paths)
+        return f.use(np.asarray(y, float), float(sigma2), self.rng)
+
+    def gaussian(self, cov: np.ndarray) -> np.ndarray:
+        """Fresh Gaussian values (M, k) with covariance ``cov`` (k x k, positive semidefinite)."""
+        cov = np.asarray(cov, float)
+        w, V = np.linalg.eigh(0.5 * (cov + cov.T))
+        root = V * np.sqrt(np.clip(w, 0.0, None))
+        return self.rng.standard_normal((self.paths, cov.shape[0])) @ root.T
+
+    def bias(self, key: str, sigma2: float) -> np.ndarray:
+        """A per-path draw ``N(0, sigma2)`` (M, 1), the same at every use of ``key``."""
+        b = self._biases.get(key)
+        if b is None:
+            b = self._biases[key] = math.sqrt(sigma2) * self.rng.standard_normal((self.paths, 1))
+        return b
+
+
+def _input_gram(q0, c0, inputs) -> np.ndarray:
+    if inputs is not None:
+        K = inputs if isinstance(inputs, Kernel) else Kernel.from_gram(inputs)
+        return K.matrix()
+    q0 = float(q0)
+    if not (math.isfinite(q0) and q0 > 0):
+        raise ValueError(f"q0 must be finite and > 0, got {q0!r}")
+    if c0 is None:
+        return np.array([[q0]])
+    c0 = float(c0)
+    if not (math.isfinite(c0) and -1.0 <= c0 <= 1.0):
+        raise ValueError(f"c0 must lie in [-1, 1], got {c0!r}")
+    return q0 * np.array([[1.0, c0], [c0, 1.0]])
+
+
+def _check_network(net: Network) -> None:
+    if not isinstance(net, Network):
+        raise TypeError(f"network must be a Network, got {type(net).__name__}")
+    for t, layer in enumerate(net.layers, 1):
+        if not hasattr(layer, "unit_forward"):
+            raise ValueError(f"predict_tied: layer {t} ({type(layer).__name__}) has no per-unit "
+                             "process (unit_forward); the dynamical mean field covers the gated "
+                             "recurrent cells (rnn(cell='minimal' | 'gru' | 'lstm'))")
+        if getattr(layer, "weights", "gaussian") != "gaussian":
+            raise ValueError(f"predict_tied: layer {t} has weights={layer.weights!r}; the "
+                             "dynamical mean field here is derived for gaussian weights")
+
+
+def _solve(net: Network, G0: np.ndarray, paths: int, rng: np.random.Generator, bar) -> tuple:
+    """One replica: per step the tracked state's k x k second moments (T, k, k) and the gradient
+    variance g^t of input 0 (T,)."""
+    F = UnitFields(paths, rng)
+    state = (F.gaussian(G0),)
+    T = net.depth
+    K = np.empty((T, G0.shape[0], G0.shape[0]))
+    ctxs = []
+    for t, layer in enumerate(net.layers):
+        state, ctx = layer.unit_forward(state, F)
+        ctxs.append(ctx)
+        h = state[0]
+        K[t] = h.T @ h / paths
+        bar.update(1)
+    v = rng.standard_normal((paths, 1))
+    v /= math.sqrt(float(np.mean(v * v)))          # E[v^2] = 1 on the paths: g^T = 1 exactly
+    grad = (v,) + tuple(np.zeros((paths, 1)) for _ in state[1:])
+    g = np.empty(T)
+    g[-1] = 1.0
+    for t in range(T - 1, 0, -1):
+        grad = net.layers[t].unit_backward(grad, ctxs[t], F)
+        g[t - 1] = float(np.mean(grad[0] ** 2))
+        bar.update(1)
+    return K, g
+
+
+def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, paths: int = 4096,
+                 replicas: int = 8, seed: int = 0, progress: Optional[bool] = None) -> Profile:
+    """Per-step profile of a recurrent network whose weights are tied across steps, at infinite
+    width: the dynamical mean field solved on ``paths`` samples of one unit, ``replicas`` times
+    (module docstring; docs/theory/recurrent.md, "Tied weights").
+
+    Same fields as :func:`~signalprop.meanfield.predict` (``q``, ``log_q``, ``c``, ``log_g``,
+    ``log_G``; ``kernel_log_q``/``kernel_corr`` for k > 2 inputs), with standard errors from the
+    spread of the replicas (``q_se``, ``log_q_se``, ``c_se``, ``log_g_se``, ``log_G_se``): the
+    solution is exact up to these sampling errors (and an O(1/paths) bias of the self-consistent
+    covariances). The loss is ``<v, h_T>`` on input 0, as in ``predict``. ``q0``, ``c0`` or
+    ``inputs`` (a k x k Gram matrix) describe ``h_0``. Same ``seed``: same numbers. Cost about
+    ``replicas * paths * (T k)^2 * (fields)`` operations: seconds for T = 200, k = 1.
+    """
+    _check_network(network)
+    G0 = _input_gram(q0, c0, inputs)
+    k = G0.shape[0]
+    paths = check_int("paths", paths, 64, 10 ** 7)
+    replicas = check_int("replicas", replicas, 2, 10 ** 4)
+    seed = check_int("seed", seed, 0, 2 ** 63 - 1)
+    T = network.depth
+    n_fields = 2 * max(len(getattr(la, "_GATES", ())) for la in network.layers)
+    need = 2 * paths * T * (k + 1) * n_fields
+    if need > _MAX_VALUES:
+        raise MemoryError(f"predict_tied would hold about {need * 8 / 2 ** 30:.1f} GiB of paths "
+                          f"(paths={paths}, steps={T}, inputs={k}); lower paths (more replicas "
+                          "give the same precision in less memory)")
+    Ks, gs = [], []
+    streams = np.random.SeedSequence(seed).spawn(replicas)
+    with progress_bar(replicas * (2 * T - 1), "predict_tied", "steps", progress=progress) as bar:
+        for ss in streams:
+            K, g = _solve(network, G0, paths, np.random.default_rng(ss), bar)
+            Ks.append(K)
+            gs.append(g)
+    return _profile(np.array(Ks), np.array(gs), G0, paths, seed, network)
+
+
+def _mean_se(x: np.ndarray) -> tuple:
+    """Mean over replicas (axis 0) and its standard error."""
+    R = x.shape[0]
+    return x.mean(axis=0), x.std(axis=0, ddof=1) / math.sqrt(R)
+
+
+def _profile(Ks: np.ndarray, gs: np.ndarray, G0: np.ndarray, paths: int, seed: int,
+             net: Network) -> Profile:
+    R, T, k, _ = Ks.shape
+    q_r = Ks[:, :, 0, 0]
+    q, q_se = _mean_se(q_r)
+    g, g_se = _mean_se(gs)
+    with np.errstate(divide="ignore"):   # g = 0 exactly (no path back): log g = -inf, se 0
+        log_q, log_g = np.log(q), np.log(g)
+    q_prev = np.concatenate([[G0[0, 0]], q[:-1]])
+    qp_se = np.concatenate([[0.0], q_se[:-1]])
+    log_G = log_g + np.log(q_prev)
+    rel_g = np.divide(g_se, g, out=np.zeros(T), where=g > 0)
+    rel_q = np.divide(q_se, q, out=np.zeros(T), where=q > 0)
+    out = dict(layers=np.arange(1, T + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_G,
+               q_se=q_se, log_q_se=rel_q, log_g_se=rel_g,
+               log_G_se=np.hypot(rel_g, qp_se / q_prev))
+    if k >= 2:
+        d = np.sqrt(np.einsum("rtii->rti", Ks))
+        corr_r = Ks / (d[..., :, None] * d[..., None, :])
+        corr, corr_se = _mean_se(corr_r)
+        out.update(c=corr[:, 0, 1], c_se=corr_se[:, 0, 1])
+        if k > 2:
+            kq, kq_se = _mean_se(np.einsum("rtii->rti", Ks))
+            out.update(kernel_log_q=np.log(kq), kernel_corr=corr, kernel_log_q_se=kq_se / kq,
+                       kernel_corr_se=corr_se)
+    meta = {"source": "theory", "method": "dynamical mean field (tied weights), sampled",
+            "paths": paths, "replicas": R, "seed": seed, "q0": float(G0[0, 0]),
+            "depth": T, "widths": [int(w) for w in net.widths]}
+    if k == 2:
+        meta["c0"] = float(G0[0, 1] / math.sqrt(G0[0, 0] * G0[1, 1]))
+    return Profile(meta=meta, **out)
