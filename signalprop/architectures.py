@@ -152,7 +152,8 @@ CELLS = ("rnn",) + GATED_CELLS
 def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh", *,
         sigma_w2: float = 1.0, sigma_u2: float = 1.0, sigma_b2: float = 0.0,
         weights: str = "gaussian", q_x=1.0, c_x=0.0, input_width: Optional[int] = None,
-        name: str = "rnn", gates: Optional[dict] = None, tied: bool = True) -> Network:
+        name: str = "rnn", gates: Optional[dict] = None, tied: bool = True,
+        chrono: Optional[float] = None) -> Network:
     """A recurrent ``cell`` unrolled over ``steps`` time steps as a :class:`Network` whose layer t
     is step t, all steps sharing their weights by ``name`` (:mod:`signalprop.layers.recurrent`).
 
@@ -172,7 +173,10 @@ def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh"
     ``candidate``); a gate not given gets ``Gate(sigma_w2, sigma_u2, 0)`` from the arguments
     above, except the LSTM forget gate, whose default bias is the common ``mu = 1``.
     ``activation`` and ``sigma_b2`` are the vanilla cell's (gates use sigmoid/tanh).
-    ``tied``: False gives every step its own weights (the untied model of the mean-field theory)."""
+    ``tied``: False gives every step its own weights (the untied model of the mean-field theory).
+    ``chrono``: ``T_max`` of the chrono initialisation of an LSTM (Tallec & Ollivier 2018): per unit
+    ``b = log U(1, T_max - 1)`` added to the forget gate's bias and subtracted from the input
+    gate's; its theory is :func:`signalprop.predict_tied` (``predict`` refuses it)."""
     if not isinstance(cell, str) or cell not in CELLS:
         raise ValueError(f"unknown cell {short_repr(cell)}; known: {', '.join(CELLS)}")
     steps = check_int("steps", steps, 1, MAX_DEPTH)
@@ -183,7 +187,9 @@ def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh"
         raise TypeError(f"tied must be True or False, got {short_repr(tied)}")
     if cell in GATED_CELLS:
         return _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_width,
-                          name, gates, tied)
+                          name, gates, tied, chrono)
+    if chrono is not None:
+        raise ValueError(f"chrono is an initialisation of the LSTM's gate biases, not of {cell!r}")
     if gates is not None:
         raise ValueError(f"gates are the gated cells' ({', '.join(GATED_CELLS)}), not {cell!r}'s")
     act = _activation(activation)
@@ -204,7 +210,7 @@ _GATE_NAMES = {"minimal": ("gate",), "gru": ("update", "reset", "candidate"),
 
 
 def _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_width, name,
-               gates, tied) -> Network:
+               gates, tied, chrono=None) -> Network:
     """The gated cells of :func:`rnn`."""
     given = {} if gates is None else gates
     if not isinstance(given, dict):
@@ -219,6 +225,11 @@ def _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_wi
         mu = 1.0 if (cell, g) == ("lstm", "forget") else 0.0
         kw[g] = given.get(g, Gate(sigma_w2, sigma_u2, mu))
     kind = {"minimal": MinimalStep, "gru": GRUStep, "lstm": LSTMStep}[cell]
+    if chrono is not None:
+        if cell != "lstm":
+            raise ValueError(f"chrono is an initialisation of the LSTM's gate biases, not of "
+                             f"{cell!r}")
+        kw["chrono"] = chrono
     out_w = 2 * width if cell == "lstm" else width
     layers, made = [], {}
     for t in range(steps):

@@ -101,8 +101,8 @@ class _Field:
 class UnitFields:
     """The Gaussian fields one unit meets, on ``paths`` samples of it (the interface of the layer
     kinds' ``unit_forward`` / ``unit_backward``): :meth:`field` (a matrix applied to a vector,
-    jointly with the same matrix's earlier uses), :meth:`gaussian` (fresh), :meth:`bias` (fixed
-    per path for a key)."""
+    jointly with the same matrix's earlier uses), :meth:`gaussian` (fresh), :meth:`bias` and
+    :meth:`quenched` (fixed per path for a key)."""
 
     def __init__(self, paths: int, rng: np.random.Generator):
         self.paths = paths
@@ -123,6 +123,14 @@ class UnitFields:
         w, V = np.linalg.eigh(0.5 * (cov + cov.T))
         root = V * np.sqrt(np.clip(w, 0.0, None))
         return self.rng.standard_normal((self.paths, cov.shape[0])) @ root.T
+
+    def quenched(self, key: str, draw) -> np.ndarray:
+        """``draw(rng, paths)`` (an (M, 1) array of per-path values of any law) at the first use
+        of ``key``, the same array at every later use (a per-unit parameter)."""
+        b = self._biases.get(key)
+        if b is None:
+            b = self._biases[key] = np.asarray(draw(self.rng, self.paths), float)
+        return b
 
     def bias(self, key: str, sigma2: float) -> np.ndarray:
         """A per-path draw ``N(0, sigma2)`` (M, 1), the same at every use of ``key``."""

@@ -143,3 +143,23 @@ def test_same_seed_same_numbers_and_bad_input():
         predict_tied(sp.rnn("lstm", steps=1000, width=16), paths=10 ** 6)
     with pytest.raises(TypeError, match="Network"):
         predict_tied("lstm")
+
+
+def test_chrono_initialisation_tied_theory_and_simulation():
+    """Chrono biases (b = log U(1, T_max - 1) per unit, +b forget, -b input): the tied theory
+    agrees with the simulation by compare's rule; ``predict`` refuses (one bias law per gate)."""
+    net = sp.rnn("lstm", steps=16, width=256, chrono=40.0, gates={"forget": sp.Gate(1.0, 1.0, 0.0)})
+    sim = sp.simulate(net, 16, seed=10, q0=1.0)
+    tied = predict_tied(net, 1.0, paths=4096, replicas=12, seed=11)
+    cmp = sp.compare(tied, sim, fields=["q", "log_g"])
+    assert all(np.all(v) for v in cmp.agree.values()), cmp
+    # without chrono (forget bias 0 for every unit) the gradient fades much faster
+    plain = predict_tied(sp.rnn("lstm", steps=16, width=256, gates={"forget": sp.Gate(1.0, 1.0, 0.0)}),
+                         1.0, paths=2048, replicas=4, seed=11)
+    assert tied.log_g[0] - plain.log_g[0] > 10 * math.hypot(tied.log_g_se[0], plain.log_g_se[0])
+    with pytest.raises(ValueError, match="predict_tied"):
+        sp.predict(net, 1.0)
+    with pytest.raises(ValueError, match="chrono"):
+        sp.rnn("gru", steps=3, width=8, chrono=10.0)
+    with pytest.raises(ValueError, match="chrono"):
+        sp.rnn("lstm", steps=3, width=8, chrono=1.5)

@@ -234,7 +234,8 @@ class _GatedStep:
     def shared_spec(self, n_in: int):
         """``(name, what must agree)``: all steps sharing ``share`` have equal gates and shapes."""
         return self.share, (type(self).__name__, self.state_width, self.input_width,
-                            self.weights, tuple(self.gates().items()))
+                            self.weights, tuple(self.gates().items()),
+                            getattr(self, "chrono", None))
 
     def _input_kernel(self, k: int) -> np.ndarray:
         """``q_x C_x``: the second moments of the k sequences' inputs at this step."""
@@ -272,6 +273,8 @@ class _GatedStep:
     def label(self) -> str:
         g = ", ".join(f"{n}={v.label()}" for n, v in self.gates().items())
         w = "" if self.weights == "gaussian" else f", {self.weights}"
+        ch = getattr(self, "chrono", None)
+        w += "" if ch is None else f", chrono={ch:g}"
         return (f"{type(self).__name__}({self.state_width}, {g}, q_x={self.q_x:g}, "
                 f"c_x={self.c_x:g}{w}, share={self.share!r})")
 
@@ -387,6 +390,7 @@ class LSTMStep(_GatedStep):
     input: Gate = Gate(1.0, 1.0, 0.0)
     output: Gate = Gate(1.0, 1.0, 0.0)
     candidate: Gate = Gate(1.0, 1.0, 0.0)
+    chrono: Optional[float] = None
     _GATES = ("forget", "input", "output", "candidate")
 
     def __post_init__(self):
@@ -400,6 +404,20 @@ class LSTMStep(_GatedStep):
         if self.candidate.mu != 0.0:
             raise ValueError(f"the candidate's bias mu must be 0 (states of mean zero), got "
                              f"{self.candidate.mu!r}")
+        if self.chrono is not None:
+            t_max = finite_scalar("chrono (T_max)", self.chrono)
+            if not t_max > 2.0:
+                raise ValueError(f"chrono (T_max) must be > 2 (U(1, T_max - 1) must not be "
+                                 f"empty), got {t_max!r}")
+            object.__setattr__(self, "chrono", t_max)
+
+    def _chrono(self, F):
+        """Chrono initialisation (Tallec & Ollivier 2018, sec. 4): per unit ``b = log u``, ``u ~
+        U(1, T_max - 1)``, added to the forget gate's bias and subtracted from the input gate's
+        (one draw per unit, from the stream ``<share>:chrono``)."""
+        span = self.chrono - 2.0
+        return F.quenched(f"{self.share}:chrono",
+                          lambda rng, M: np.log1p(span * rng.random((M, 1))))
 
     @property
     def state_width(self) -> int:
@@ -429,6 +447,10 @@ class LSTMStep(_GatedStep):
         (Stein). Backward (gradient independence): ``Pi_dc = Pi_cc + O T' Pi_hh + cross``,
         ``Pi_c = F Pi_dc``, ``Pi_h = sigma_wo^2 D_o Th Pi_hh + (sigma_wf^2 D_f K_c + sigma_wi^2
         D_i G + sigma_wg^2 I T_g) Pi_dc`` (all Hadamard products; docs/theory/recurrent.md)."""
+        if self.chrono is not None:
+            raise ValueError("chrono initialisation gives every unit its own forget bias: the "
+                             "untied mean field here takes one bias law per gate (Gaussian); use "
+                             "signalprop.predict_tied (the tied theory, any per-unit bias law)")
         first = n_in == self.state_width
         k = kernel.k if first else kernel.k // 2
         M = kernel.matrix()
@@ -475,7 +497,11 @@ class LSTMStep(_GatedStep):
         (``c_0 = 0``); returns ``((h', c'), ctx)``."""
         h = state[0]
         c = state[1] if len(state) > 1 else np.zeros_like(h)
-        f, i, o = (_sig(self._unit_pre(F, g, h)) for g in ("forget", "input", "output"))
+        af, ai, ao = (self._unit_pre(F, g, h) for g in ("forget", "input", "output"))
+        if self.chrono is not None:
+            b = self._chrono(F)
+            af, ai = af + b, ai - b
+        f, i, o = _sig(af), _sig(ai), _sig(ao)
         g = np.tanh(self._unit_pre(F, "candidate", h))
         c2 = f * c + i * g
         tc = np.tanh(c2)
@@ -539,6 +565,14 @@ class _GatedSampler:
             draw = (lambda r, s=sd: r.normal((self.N,), dt) * dt.type(s))
             out[name, "b"] = (draw(rng.named(key)) if not self.layer.tied
                               else _shared(rng, key, dt, draw))
+        t_max = getattr(self.layer, "chrono", None)
+        if t_max is not None:                           # chrono: +b forget, -b input, per unit
+            key = f"{self.layer.share}:chrono"
+            span = dt.type(t_max - 2.0)
+            draw = (lambda r: np.log1p(span * r.uniform((self.N,), dt)))
+            b = draw(rng.named(key)) if not self.layer.tied else _shared(rng, key, dt, draw)
+            out["forget", "b"] = out.get(("forget", "b"), 0.0) + b
+            out["input", "b"] = out.get(("input", "b"), 0.0) - b
         return out
 
     def _inputs(self, rng, k: int, dt):
