@@ -107,11 +107,13 @@ class UnitFields:
     def __init__(self, paths: int, rng: np.random.Generator):
         self.paths = paths
         self.rng = rng
+        self.uses: dict = {}      # key -> input 0's vectors at each use (for weight gradients)
         self._fields: dict = {}
         self._biases: dict = {}
 
     def field(self, key: str, sigma2: float, y: np.ndarray) -> np.ndarray:
         """``Z^{W y}`` for the matrix named ``key`` with ``Var W_ij = sigma2 / N``."""
+        self.uses.setdefault(key, []).append(np.asarray(y, float)[:, 0])
         f = self._fields.get(key)
         if f is None:
             f = self._fields[key] = _Field(self.paths)
@@ -169,8 +171,9 @@ def _check_network(net: Network) -> None:
 
 
 def _solve(net: Network, G0: np.ndarray, paths: int, rng: np.random.Generator, bar) -> tuple:
-    """One replica: per step the tracked state's k x k second moments (T, k, k) and the gradient
-    variance g^t of input 0 (T,)."""
+    """One replica: per step the tracked state's k x k second moments (T, k, k), the gradient
+    variance g^t of input 0 (T,), and per recurrent matrix its weight-gradient variance
+    (:func:`_weight_gradients`)."""
     F = UnitFields(paths, rng)
     state = (F.gaussian(G0),)
     T = net.depth
@@ -187,11 +190,30 @@ def _solve(net: Network, G0: np.ndarray, paths: int, rng: np.random.Generator, b
     grad = (v,) + tuple(np.zeros((paths, 1)) for _ in state[1:])
     g = np.empty(T)
     g[-1] = 1.0
-    for t in range(T - 1, 0, -1):
+    for t in range(T - 1, -1, -1):                 # step 1's backward: its weights' deltas
         grad = net.layers[t].unit_backward(grad, ctxs[t], F)
-        g[t - 1] = float(np.mean(grad[0] ** 2))
+        if t:
+            g[t - 1] = float(np.mean(grad[0] ** 2))
         bar.update(1)
-    return K, g
+    return K, g, _weight_gradients(F)
+
+
+def _weight_gradients(F: UnitFields) -> dict:
+    """``{matrix: (G, G_same_step)}``: ``G = E[(d loss / d W_ij)^2]`` of each recurrent matrix,
+    ``sum_{s,t} E[delta_s delta_t] E[y_s y_t]`` (``d loss / d W = sum_t delta_t y_t^T``, the
+    vectors ``y_t`` it met forward and the deltas its transpose met backward, inner products per
+    unit concentrating at infinite width), and its same-step part ``sum_t E[delta_t^2] E[y_t^2]``
+    (all an untied network would have)."""
+    out = {}
+    for key, fwd in F.uses.items():
+        back = F.uses.get(key + "^T")
+        if not key.endswith(":W") or back is None or len(back) != len(fwd):
+            continue
+        Y = np.array(fwd)                          # (T, M), steps in forward order
+        D = np.array(back[::-1])                   # the backward pass met them in reverse
+        A, B = D @ D.T / F.paths, Y @ Y.T / F.paths
+        out[key] = (float(np.sum(A * B)), float(np.diag(A) @ np.diag(B)))
+    return out
 
 
 def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, paths: int = 4096,
@@ -228,9 +250,15 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
     with progress_bar(replicas * (2 * T - 1), "predict_tied", "steps", progress=progress) as bar:
         runs = [_solve(network, G0, paths, np.random.default_rng(ss), bar) for ss in streams]
     est = _estimates(np.array([r[0] for r in runs]), np.array([r[1] for r in runs]))
+    weight_gradients = {}
+    for key in runs[0][2]:
+        for j, name in enumerate(("log_G", "log_G_same_step")):
+            m, se = _log_mean_se(np.array([r[2][key][j] for r in runs]))
+            weight_gradients.setdefault(key, {}).update({name: float(m), name + "_se": float(se)})
     meta = {"source": "theory", "method": "dynamical mean field (tied weights), sampled",
             "paths": paths, "replicas": replicas, "seed": seed,
-            "q0": float(G0[0, 0]), "depth": T, "widths": [int(w) for w in network.widths]}
+            "q0": float(G0[0, 0]), "depth": T, "widths": [int(w) for w in network.widths],
+            "weight_gradients": weight_gradients}
     if k == 2:
         meta["c0"] = float(G0[0, 1] / math.sqrt(G0[0, 0] * G0[1, 1]))
     return _profile(est, G0, meta)
