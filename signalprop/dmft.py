@@ -195,16 +195,23 @@ def _solve(net: Network, G0: np.ndarray, paths: int, rng: np.random.Generator, b
         if t:
             g[t - 1] = float(np.mean(grad[0] ** 2))
         bar.update(1)
-    return K, g, _weight_gradients(F)
+    return K, g, _weight_gradients(F, net)
 
 
-def _weight_gradients(F: UnitFields) -> dict:
-    """``{matrix: (G, G_same_step)}``: ``G = E[(d loss / d W_ij)^2]`` of each recurrent matrix,
-    ``sum_{s,t} E[delta_s delta_t] E[y_s y_t]`` (``d loss / d W = sum_t delta_t y_t^T``, the
-    vectors ``y_t`` it met forward and the deltas its transpose met backward, inner products per
-    unit concentrating at infinite width), and its same-step part ``sum_t E[delta_t^2] E[y_t^2]``
-    (all an untied network would have)."""
-    out = {}
+def _weight_gradients(F: UnitFields, net: Network) -> dict:
+    """Per gate matrix ``W`` (key ``<share>:<gate>:W``) the per-entry gradient variances
+    ``(G_W, G_W same step, G_U, G_b)``: ``G_W = E[(d loss / d W_ij)^2] = sum_{s,t} E[delta_s
+    delta_t] E[y_s y_t]`` (``d loss / d W = sum_t delta_t y_t^T``, the vectors ``y_t`` it met
+    forward and the deltas its transpose met backward, inner products per unit concentrating at
+    infinite width), its same-step part ``sum_t E[delta_t^2] E[y_t^2]`` (all that untied weights
+    have); the gate's input matrix ``G_U = sum_t E[delta_t^2] q_x(t)`` (fresh input directions:
+    no cross-step terms) and bias ``G_b = sum_{s,t} E[delta_s delta_t]``; and ``"total"``, the
+    expected squared norm of the whole gradient of these parameters, ``sum_gates N^2 G_W + N n_x
+    G_U + N G_b`` (docs/theory/recurrent.md, "Weight gradients")."""
+    out, total = {}, 0.0
+    qx = {}
+    for layer in net.layers:
+        qx.setdefault(layer.share, []).append(layer.q_x)
     for key, fwd in F.uses.items():
         back = F.uses.get(key + "^T")
         if not key.endswith(":W") or back is None or len(back) != len(fwd):
@@ -212,7 +219,15 @@ def _weight_gradients(F: UnitFields) -> dict:
         Y = np.array(fwd)                          # (T, M), steps in forward order
         D = np.array(back[::-1])                   # the backward pass met them in reverse
         A, B = D @ D.T / F.paths, Y @ Y.T / F.paths
-        out[key] = (float(np.sum(A * B)), float(np.diag(A) @ np.diag(B)))
+        share = key.rsplit(":", 2)[0]
+        layer = next(la for la in net.layers if la.share == share)
+        q = np.asarray(qx[share][:len(fwd)], float)
+        row = (float(np.sum(A * B)), float(np.diag(A) @ np.diag(B)), float(np.diag(A) @ q),
+               float(np.sum(A)))
+        out[key] = row
+        N, nx = layer.state_width, layer.input_width
+        total += N * N * row[0] + N * nx * row[2] + N * row[3]
+    out["total"] = (total,)
     return out
 
 
@@ -230,7 +245,12 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
     lags of a long-memory LSTM (b_f = 3, T = 200: log g at lag 190 is -4.05..-4.26 over seeds at
     2048 and 4096 paths, -4.39 +- 0.06 at 16384, against standard errors of 0.06; a Richardson
     extrapolation in 1/paths was tried and did not beat the noise). Raise ``paths`` for long
-    lags. The loss is ``<v, h_T>`` on input 0, as in ``predict``. ``q0``, ``c0`` or ``inputs`` (a k x k Gram matrix) describe ``h_0``. Same
+    lags. The loss is ``<v, h_T>`` on input 0, as in ``predict``. ``meta["weight_gradients"]``:
+    per recurrent matrix ``<share>:<gate>:W`` the log per-entry gradient variances of it
+    (``log_G``, and ``log_G_same_step``, the part untied weights would have), of the gate's input
+    matrix (``log_G_U``) and bias (``log_G_b``), each with ``_se``; and ``"total"``:
+    ``log_norm_sq``, the log expected squared norm of the gradient of all these parameters (the
+    norm that gradient clipping meets; :func:`_weight_gradients`). ``q0``, ``c0`` or ``inputs`` (a k x k Gram matrix) describe ``h_0``. Same
     ``seed``: same numbers. Cost about ``replicas * paths * (T k)^2 * (fields)`` operations.
     """
     _check_network(network)
@@ -251,8 +271,10 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
         runs = [_solve(network, G0, paths, np.random.default_rng(ss), bar) for ss in streams]
     est = _estimates(np.array([r[0] for r in runs]), np.array([r[1] for r in runs]))
     weight_gradients = {}
-    for key in runs[0][2]:
-        for j, name in enumerate(("log_G", "log_G_same_step")):
+    for key, row in runs[0][2].items():
+        names = ("log_norm_sq",) if key == "total" else ("log_G", "log_G_same_step", "log_G_U",
+                                                          "log_G_b")
+        for j, name in enumerate(names):
             m, se = _log_mean_se(np.array([r[2][key][j] for r in runs]))
             weight_gradients.setdefault(key, {}).update({name: float(m), name + "_se": float(se)})
     meta = {"source": "theory", "method": "dynamical mean field (tied weights), sampled",

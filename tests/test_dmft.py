@@ -18,6 +18,7 @@ from scipy import special
 
 import signalprop as sp
 from signalprop.dmft import UnitFields, predict_tied
+from validation.tied_check import lstm_gradient_norms
 
 Z_MAX = 4.5
 
@@ -165,43 +166,6 @@ def test_chrono_initialisation_tied_theory_and_simulation():
         sp.rnn("lstm", steps=3, width=8, chrono=1.5)
 
 
-def _tied_lstm_weight_gradients(N: int, T: int, gates: dict, samples: int, seed: int) -> np.ndarray:
-    """An independent numpy LSTM with tied weights (n_x = N, q0 = q_x = 1, biases mu): per sample
-    ``||d loss / d W_k||_F^2 / N^2`` of the four recurrent matrices, loss ``<v, h_T>``, by
-    backprop through time written out here (not the package's samplers)."""
-    rng = np.random.default_rng(seed)
-
-    def direction():
-        x = rng.standard_normal(N)
-        return x / np.linalg.norm(x) * math.sqrt(N)
-
-    out = []
-    for _ in range(samples):
-        W = {k: rng.standard_normal((N, N)) * math.sqrt(g.sigma_w2 / N) for k, g in gates.items()}
-        U = {k: rng.standard_normal((N, N)) * math.sqrt(g.sigma_u2 / N) for k, g in gates.items()}
-        h, c, tape = direction(), np.zeros(N), []
-        for _t in range(T):
-            x = direction()
-            a = {k: W[k] @ h + U[k] @ x + g.mu for k, g in gates.items()}
-            f, i, o = (special.expit(a[k]) for k in ("forget", "input", "output"))
-            gg = np.tanh(a["candidate"])
-            c2 = f * c + i * gg
-            tc = np.tanh(c2)
-            tape.append((h, c, f, i, o, gg, tc))
-            h, c = o * tc, c2
-        dh, dc = rng.standard_normal(N), np.zeros(N)
-        dW = {k: np.zeros((N, N)) for k in gates}
-        for hp, cp, f, i, o, gg, tc in reversed(tape):
-            dct = dc + dh * o * (1 - tc * tc)
-            d = {"output": dh * tc * o * (1 - o), "forget": dct * cp * f * (1 - f),
-                 "input": dct * gg * i * (1 - i), "candidate": dct * i * (1 - gg * gg)}
-            for k in gates:
-                dW[k] += np.outer(d[k], hp)
-            dh, dc = sum(W[k].T @ d[k] for k in gates), dct * f
-        out.append([np.sum(dW[k] ** 2) / N ** 2 for k in gates])
-    return np.array(out)
-
-
 def test_recurrent_weight_gradients_against_an_independent_lstm():
     """E[(d loss / d W_ij)^2] of each tied recurrent matrix: sum over pairs of steps of
     E[delta_s delta_t] E[h_s h_t] from the unit paths, against a hand-written tied LSTM (N = 256,
@@ -209,7 +173,7 @@ def test_recurrent_weight_gradients_against_an_independent_lstm():
     gates = {"forget": sp.Gate(1.0, 1.0, 3.0), "input": sp.Gate(1.0, 1.0, 0.0),
              "output": sp.Gate(1.0, 1.0, 0.0), "candidate": sp.Gate(1.0, 1.0, 0.0)}
     T = 12
-    mc = _tied_lstm_weight_gradients(256, T, gates, 24, seed=12)
+    mc = lstm_gradient_norms(256, T, gates, 24, seed=12)
     m = mc.mean(axis=0)
     se = mc.std(axis=0, ddof=1) / math.sqrt(len(mc)) / m
     wg = predict_tied(sp.rnn("lstm", steps=T, width=256, gates=gates), 1.0, paths=4096,
@@ -219,3 +183,6 @@ def test_recurrent_weight_gradients_against_an_independent_lstm():
         assert abs(math.log(m[j]) - th["log_G"]) <= Z_MAX * math.hypot(se[j], th["log_G_se"]), k
     cand = wg["rnn:candidate:W"]
     assert cand["log_G"] - cand["log_G_same_step"] > 0.5
+    total = wg["total"]          # E ||grad of all W, U, b||^2, the norm that clipping meets
+    assert abs(math.log(m[-1]) - total["log_norm_sq"]) <= Z_MAX * math.hypot(
+        se[-1], total["log_norm_sq_se"])
