@@ -243,7 +243,7 @@ class Nested(nn.Module):
     (nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.BatchNorm1d(8)),
      r"model\.2 \(BatchNorm1d\) is mapped only right after a Linear"),
     (nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2)),
-     r"model\.1 \(TransformerEncoderLayer\) is not supported yet"),
+     r"model\.1 \(TransformerEncoderLayer\) has dropout=0.1 in training mode"),
     (nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 8)), r"model\.1 \(LSTM\) is mapped only as the whole"),
 ])
 def test_unsupported_modules_are_named(model, match):
@@ -252,14 +252,16 @@ def test_unsupported_modules_are_named(model, match):
 
 
 def test_more_refusals():
-    with pytest.raises(ValueError, match=r"model\.attn \(MultiheadAttention\) is not supported yet"):
+    with pytest.raises(ValueError, match=r"model\.attn \(MultiheadAttention\) .*cross-attention "
+                                         "is not supported"):
         class WithAttn(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.attn = nn.MultiheadAttention(8, 2)
+                self.fc = nn.Linear(8, 8)
 
             def forward(self, x):
-                return self.attn(x, x, x)[0]
+                return self.attn(x, self.fc(x), self.fc(x))[0]
         from_module(WithAttn(), torch.zeros(2, 8))
 
     class Sub(nn.Module):
@@ -469,8 +471,8 @@ def test_rnn_refusals_name_the_module():
                      (nn.RNN(6, 8, bidirectional=True), r"model \(RNN\) is bidirectional"),
                      (nn.LSTM(6, 8, num_layers=2), r"model \(LSTM\) has num_layers=2"),
                      (nn.GRU(6, 8), r"model \(GRU\) is not supported yet: .*reset gate"),
-                     (nn.MultiheadAttention(8, 2), r"model \(MultiheadAttention\) is not supported"),
-                     (nn.TransformerEncoderLayer(8, 2), r"model \(TransformerEncoderLayer\) is not")):
+                     (nn.MultiheadAttention(8, 2), r"one sequence of T tokens"),
+                     (nn.TransformerEncoderLayer(8, 2), r"one sequence of T tokens")):
         with pytest.raises(ValueError, match=match):
             from_module(m, x)
     with pytest.raises(ValueError, match=r"model\.0 \(RNN\) is mapped only as the whole"):
@@ -595,3 +597,258 @@ def test_measure_lstm_forward_agrees_with_predict_and_backward_with_tied_simulat
     z = (prof.log_g - mc.log_g) / np.hypot(prof.log_g_se, mc.log_g_se)
     assert np.all(np.abs(z) <= 4), z
     assert prof.meta["module"] == "LSTM" and "h_t" in prof.meta["tracked"]
+
+
+# ---------------------------------------------------------------------------------------------
+# uniform recurrent weights; nn.GRU (refused: a different cell; nearest_gru, measure)
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+def test_recurrent_default_init_is_uniform_of_variance_one_third_h(cls):
+    """PyTorch's reset_parameters draws every recurrent-module weight from U(-1/sqrt(H),
+    1/sqrt(H)) (input weights too, with H, not n_x): sampled 30 times, the mean squares are
+    1/(3H) within 5 standard errors, the kurtosis is a uniform law's 9/5, and the variances the
+    bridge reads are H * 1/(3H) = 1/3 (recurrent) and n_x * 1/(3H) (input)."""
+    nx, H = 24, 40
+    m = cls(nx, H)
+    W, U = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        for _ in range(30):
+            m.reset_parameters()
+            W.append(m.weight_hh_l0.detach().double().numpy().ravel())
+            U.append(m.weight_ih_l0.detach().double().numpy().ravel())
+    for vals in (np.concatenate(W), np.concatenate(U)):
+        a2 = vals * vals
+        assert abs(a2.mean() - 1 / (3 * H)) <= 5 * a2.std(ddof=1) / math.sqrt(a2.size)
+        assert np.max(np.abs(vals)) <= (1 + 1e-6) / math.sqrt(H)
+        assert abs(np.mean(a2 * a2) / np.mean(a2) ** 2 - 1.8) < 0.03
+    x = _sequences(nx, 3)
+    if cls is nn.GRU:
+        gates = sp.torch.nearest_gru(m, x).layers[0].gates()
+        pairs = [(g.sigma_w2, g.sigma_u2) for g in gates.values()]
+    elif cls is nn.LSTM:
+        pairs = [(g.sigma_w2, g.sigma_u2) for g in from_module(m, x).layers[0].gates().values()]
+    else:
+        layer = from_module(m, x).layers[0]
+        pairs = [(layer.sigma_w2, layer.sigma_u2)]
+    for sw2, su2 in pairs:
+        assert (sw2, su2) == pytest.approx((1 / 3, nx / (3 * H)), rel=1e-15)
+
+
+def test_gru_is_refused_naming_the_difference_and_nearest_gru_reads_the_gates():
+    """from_module refuses nn.GRU (reset gate after W_hn: not signalprop's GRUStep), alone and
+    inside a model; nearest_gru reads the packed rows (r, z, n) in that order (distinct fills,
+    variances='empirical'), the candidate's bias variance as b_in^2 + b_hn^2."""
+    from signalprop.layers.gated import Gate
+    from signalprop.torch import nearest_gru
+    nx, H, T = 6, 10, 3
+    x = _sequences(nx, T)
+    for m, where in ((nn.GRU(nx, H), "model"), (nn.Sequential(nn.GRU(nx, H)), r"model\.0")):
+        with pytest.raises(ValueError, match=where + r" \(GRU\) .*r \* \(W_hn h \+ b_hn\).*"
+                           r"W_n \(r \* h\)"):
+            from_module(m, x if where == "model" else x[:, 0])
+    net = nearest_gru(nn.GRU(nx, H), x)
+    init = Gate(1 / 3, nx / (3 * H), 0.0, 2 / (3 * H))
+    assert net.layers[0].update == init and net.layers[0].reset == init
+    assert net.layers[0].candidate == init and net.depth == T
+    m = nn.GRU(nx, H).double()
+    with torch.no_grad():
+        for j, (w, u, b) in enumerate(((0.1, 0.5, 0.2), (0.2, 0.6, 1.0), (0.3, 0.7, 0.4))):
+            m.weight_hh_l0[j * H:(j + 1) * H].fill_(w)
+            m.weight_ih_l0[j * H:(j + 1) * H].fill_(u)
+            m.bias_ih_l0[j * H:(j + 1) * H].fill_(b)
+            m.bias_hh_l0[j * H:(j + 1) * H].fill_(0.1)
+    emp = nearest_gru(m, x, variances="empirical").layers[0]
+    for g, (w, u, mu) in ((emp.reset, (0.1, 0.5, 0.3)), (emp.update, (0.2, 0.6, 1.1))):
+        assert (g.sigma_w2, g.sigma_u2, g.mu, g.sigma_b2) == pytest.approx(
+            (H * w * w, nx * u * u, mu, 0.0), abs=1e-12)
+    c = emp.candidate
+    assert (c.sigma_w2, c.sigma_u2, c.mu, c.sigma_b2) == pytest.approx(
+        (H * 0.09, nx * 0.49, 0.0, 0.16 + 0.01), abs=1e-12)
+    with pytest.raises(TypeError, match="nn.GRU"):
+        nearest_gru(nn.LSTM(nx, H), x)
+
+
+def _gh(n=48):
+    t, w = np.polynomial.hermite_e.hermegauss(n)
+    return t, w / w.sum()
+
+
+def test_measure_gru_follows_pytorchs_cell_not_grustep():
+    """Step 1 of nn.GRU (no bias, W_hh ~ U of variance 3/H: sigma_w2 = 3 in every gate, W_ih at
+    PyTorch's default, H = 512, 160 samples): measure's q_1 agrees with PyTorch's cell at infinite
+    width, q_1 = E(1-z)^2 E tanh(u + r g)^2 + E z^2 q_h0 (u, g, a^r, a^z independent Gaussians,
+    Gauss-Hermite, written here), within 4 se; signalprop's GRUStep with the same variances
+    (Gaussian candidate of the same variance, via predict(nearest_gru)) is 5.6% higher (0.472
+    against the measured 0.448 +- 0.001), > 4 se away: the two cells differ (the first step has no
+    tied-weight effect)."""
+    from scipy.special import expit
+    nx, H, S = 64, 512, 160
+    m = nn.GRU(nx, H, bias=False).double()
+    x = example_inputs(nx, dtype=torch.float64)[None]              # (T=1, 1, nx), q_x = 1
+    h0 = example_inputs(H, dtype=torch.float64)[None]               # q_h0 = 1
+
+    def reinit(mod):
+        mod.reset_parameters()
+        torch.nn.init.uniform_(mod.weight_hh_l0, -3 / math.sqrt(H), 3 / math.sqrt(H))
+
+    prof = measure(m, (x, h0), S, reinit=reinit, seed=4)
+    sw2, su2 = 3.0, nx / (3 * H)
+    t, w = _gh()
+    va = sw2 + su2                                          # gate pre-activation variance
+    z2 = float(np.sum(w * expit(math.sqrt(va) * t) ** 2))
+    omz2 = float(np.sum(w * (1 - expit(math.sqrt(va) * t)) ** 2))
+    r = expit(math.sqrt(va) * t)
+    R, U, G = np.meshgrid(r, math.sqrt(su2) * t, math.sqrt(sw2) * t, indexing="ij")
+    W3 = w[:, None, None] * w[None, :, None] * w[None, None, :]
+    n2_torch = float(np.sum(W3 * np.tanh(U + R * G) ** 2))
+    n2_gauss = float(np.sum(w * np.tanh(math.sqrt(su2 + sw2 * np.sum(w * r * r)) * t) ** 2))
+    q_torch, q_gauss = omz2 * n2_torch + z2, omz2 * n2_gauss + z2
+    m2 = nn.GRU(nx, H, bias=False).double()
+    with torch.no_grad():
+        m2.weight_hh_l0.fill_(3 / math.sqrt(3 * H))            # empirical sigma_w2 = 3
+        m2.weight_ih_l0.fill_(1 / math.sqrt(3 * H))
+    th = sp.predict(sp.torch.nearest_gru(m2, (x, h0), variances="empirical"), q0=1.0)
+    assert th.q[0] == pytest.approx(q_gauss, rel=1e-6)
+    se = prof.q_se[0]
+    assert abs(prof.q[0] - q_torch) <= 4 * se + 2 * q_torch / H, (prof.q[0], q_torch, se)
+    assert abs(prof.q[0] - q_gauss) > 4 * se, (prof.q[0], q_gauss, se)
+    assert prof.meta["module"] == "GRU"
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder
+
+
+def _tokens(d, T, dtype=torch.float32):
+    return example_inputs(d, 1.0, 0.0, k=T, dtype=dtype)
+
+
+def test_attention_default_init_is_read_correctly():
+    """in_proj_weight (3d x d) by xavier_uniform_: bound sqrt(6/(4d)), variance 1/(2d), so
+    sigma_q2 = sigma_k2 = sigma_v2 = 1/2; out_proj Linear's U(-1/sqrt(d), 1/sqrt(d)): 1/3; biases
+    0 — against measure's default re-initialisation sampled 30 times (within 5 se; kurtosis 9/5)."""
+    from signalprop.layers.attention import Attention
+    from signalprop.torch.measure import default_reinit
+    d, H, T = 48, 4, 5
+    m = nn.MultiheadAttention(d, H)
+    assert from_module(m, _tokens(d, T)).layers == (Attention(d, H, T, 0.5, 0.5, 0.5, 1 / 3),)
+    Wi, Wo = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        for _ in range(30):
+            with torch.no_grad():
+                m.in_proj_bias.fill_(1.0)
+                m.out_proj.bias.fill_(1.0)
+                default_reinit(m)
+            assert not torch.any(m.in_proj_bias) and not torch.any(m.out_proj.bias)
+            Wi.append(m.in_proj_weight.detach().double().numpy().ravel())
+            Wo.append(m.out_proj.weight.detach().double().numpy().ravel())
+    for vals, var, bound in ((np.concatenate(Wi), 1 / (2 * d), math.sqrt(6 / (4 * d))),
+                             (np.concatenate(Wo), 1 / (3 * d), 1 / math.sqrt(d))):
+        a2 = vals * vals
+        assert abs(a2.mean() - var) <= 5 * a2.std(ddof=1) / math.sqrt(a2.size)
+        assert np.max(np.abs(vals)) <= bound * (1 + 1e-6)
+        assert abs(np.mean(a2 * a2) / np.mean(a2) ** 2 - 1.8) < 0.03
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_encoder_layer_maps_to_the_transformer_blocks(norm_first):
+    """Pre-LN: Residual(LN, Attention), Residual(LN, Dense(F, act, 1/3, 1/(3d)), Dense(d, linear,
+    1/3, 1/(3F))); post-LN: Residual(Attention), LN, Residual(FFN), LN (written out here); the same
+    for (T, d), batch_first (1, T, d) and (T, 1, d); nn.TransformerEncoder: its layers, then its
+    norm."""
+    from signalprop.layers import Dense, LayerNorm, Residual
+    from signalprop.layers.attention import Attention
+    d, H, F_, T = 32, 4, 80, 6
+    attn = Attention(d, H, T, 0.5, 0.5, 0.5, 1 / 3)
+    ffn = (Dense(F_, "gelu", 1 / 3, 1 / (3 * d), "uniform"),
+           Dense(d, "linear", 1 / 3, 1 / (3 * F_), "uniform"))
+    ln = LayerNorm(d)
+    if norm_first:
+        blocks = (Residual((ln, attn), 1.0, 1.0), Residual((ln,) + ffn, 1.0, 1.0))
+    else:
+        blocks = (Residual((attn,), 1.0, 1.0), ln, Residual(ffn, 1.0, 1.0), ln)
+    x = _tokens(d, T)
+    for bf, xi in ((False, x), (True, x[None]), (False, x[:, None])):
+        m = nn.TransformerEncoderLayer(d, H, F_, 0.0, "gelu", norm_first=norm_first,
+                                       batch_first=bf)
+        assert from_module(m, xi) == sp.Network(d, blocks)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, H, F_, 0.0, "gelu",
+                                                           norm_first=norm_first), 2,
+                                norm=nn.LayerNorm(d), enable_nested_tensor=False)
+    assert from_module(enc, x) == sp.Network(d, blocks * 2 + (ln,))
+    nob = from_module(nn.TransformerEncoderLayer(d, H, F_, 0.0, norm_first=norm_first,
+                                                 bias=False), x)
+    dense = [la for b in nob.layers if isinstance(b, Residual) for la in b.branch
+             if isinstance(la, Dense)]
+    assert [(la.activation.name, la.sigma_b2) for la in dense] == [("relu", 0.0), ("linear", 0.0)]
+
+
+def test_attention_refusals_name_the_module():
+    d, H, T = 16, 2, 4
+    x = _tokens(d, T)
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(d, H)
+
+        def forward(self, y):
+            return self.attn(y, y, y, is_causal=True)[0]
+
+    mha = nn.MultiheadAttention(d, H)
+    with torch.no_grad():
+        mha.in_proj_bias.fill_(0.1)
+    for m, xi, match in (
+            (nn.TransformerEncoderLayer(d, H), x, r"model \(TransformerEncoderLayer\) has "
+             r"dropout=0.1 in training mode"),
+            (nn.MultiheadAttention(d, H, dropout=0.2), x, r"model \(MultiheadAttention\) has "
+             "dropout=0.2"),
+            (nn.MultiheadAttention(d, H, kdim=8, vdim=8), x, "kdim=8"),
+            (nn.MultiheadAttention(d, H, add_bias_kv=True), x, "add_bias_kv"),
+            (nn.MultiheadAttention(d, H, add_zero_attn=True), x, "add_zero_attn"),
+            (Masked(), x, r"model\.attn \(MultiheadAttention\) is called with is_causal=True"),
+            (nn.Sequential(nn.TransformerEncoderLayer(d, H, 32, 0.0, activation=F.hardswish)),
+             x, r"model\.0 \(TransformerEncoderLayer\) has activation"),
+            (nn.TransformerDecoderLayer(d, H), x, r"model \(TransformerDecoderLayer\) is not "
+             "supported"),
+            (nn.TransformerEncoderLayer(d, H, batch_first=True).eval(), x[None].repeat(2, 1, 1),
+             r"one sequence of T tokens.*\(1, T, d\)")):
+        with pytest.raises(ValueError, match=match):
+            from_module(m, xi)
+    with pytest.raises(ValueError, match=r"model \(MultiheadAttention\) has a nonzero in_proj_bias"):
+        from_module(mha, x, variances="empirical")
+    assert from_module(nn.TransformerEncoderLayer(d, H).eval(), x).depth == 4   # eval: dropout off
+
+
+@pytest.mark.parametrize("kind", ["mha", "pre", "post_gelu"])
+def test_measure_attention_agrees_with_predict(kind):
+    """measure against predict by compare's rule (q, c, log g, log G and the token kernels
+    kernel_log_q, kernel_corr, all recorded): a lone MultiheadAttention, a 2-layer pre-LN
+    nn.TransformerEncoder with its final LayerNorm (batch_first, (1, T, d)), a post-LN gelu layer
+    in eval mode with PyTorch's default dropout; d = 128, 4 heads, T = 6 tokens of correlation 0,
+    48 samples. Power check (mha): sigma_q2 = sigma_k2 = 1/3 (in_proj misread as a Linear)
+    disagrees."""
+    d, H, T = 128, 4, 6
+    x = _tokens(d, T)
+    if kind == "mha":
+        m = nn.MultiheadAttention(d, H)
+    elif kind == "pre":
+        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, H, 256, 0.0, norm_first=True,
+                                                             batch_first=True), 2,
+                                  norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        x = x[None]
+    else:
+        m = nn.TransformerEncoderLayer(d, H, 256, activation="gelu").eval()
+    net = from_module(m, x)
+    prof = measure(m, x, 48, seed=1)
+    cmp = sp.compare(sp.predict(net), prof)
+    assert cmp.verdict == "agree", cmp
+    assert {"q", "c", "log_g", "kernel_corr"} <= set(cmp.fields), cmp.fields
+    assert prof.kernel_corr.shape == (net.depth, T, T) and prof.meta["tokens"] == T
+    if kind == "mha":
+        from signalprop.layers.attention import Attention
+        wrong = sp.Network(d, (Attention(d, H, T, 1 / 3, 1 / 3, 0.5, 1 / 3),))
+        assert sp.compare(sp.predict(wrong), prof).verdict == "disagree"

@@ -22,7 +22,14 @@ an activation after anything else      ``Nonlinearity(N, phi)``
 ``a * x + b * f(x)``                   ``Residual(f, a, b)`` (``Add`` for two non-identity paths)
 ``Identity``, ``Dropout`` (p = 0 or    nothing
 eval mode)
+``MultiheadAttention`` (``attn(x, x,   ``Attention(d, H, T, ...)`` (:mod:`signalprop.torch.attention`)
+x)[0]``, or the model itself)
+``TransformerEncoderLayer``,           the blocks of ``transformer(...)`` (pre- or post-LN), with
+``TransformerEncoder``                 the feed-forward biases (:mod:`signalprop.torch.attention`)
 =====================================  ==========================================================
+
+A model with attention takes one sequence of T tokens, ``(T, d)`` or a batch of one (``(1, T,
+d)`` with ``batch_first``, else ``(T, 1, d)``): the T tokens are the k coupled inputs.
 
 Activations (modules, ``torch.nn.functional`` calls, ``torch.*`` calls and tensor methods):
 ReLU, LeakyReLU(negative_slope) -> leaky_relu(slope), GELU (``approximate="none"`` -> gelu,
@@ -55,7 +62,8 @@ training mode (in eval mode it is an affine map with running statistics) and is 
 the pattern ``Linear -> BatchNorm1d -> [activation]`` (signalprop's ``BatchNormDense``); the
 batch size B is ``example_input.shape[0]``.
 
-Anything else (``Conv2d``, attention, recurrent modules, a custom module with data-dependent
+Anything else (``Conv2d``, decoders, ``nn.GRU``, recurrent modules inside a model, a custom
+module with data-dependent
 control flow, a subtraction, a scaling outside a residual sum) is a ValueError naming the
 module, its type and its path in the model (``model.blocks.3.attn (MultiheadAttention) is not
 supported yet``): never a silent approximation.
@@ -78,7 +86,9 @@ from ..activations import Activation, activation
 from ..layers import Add, BatchNormDense, Dense, LayerNorm, Nonlinearity, Residual, RMSNorm
 from ..layers.recurrent import RECURRENT_WEIGHTS
 from ..network import WEIGHTS, Network
-from .recurrent import is_rnn, map_rnn
+from .attention import (check_encoder, is_sequence_module, mha_attention, sublayer_count,
+                        token_layout)
+from .recurrent import GRU_DIFFERENCE, is_rnn, map_rnn
 
 __all__ = ["from_module", "Mapped", "TrackedLayer", "LinearSite", "map_module", "VARIANCES",
            "MAX_EPS"]
@@ -90,9 +100,8 @@ MAX_EPS = 1e-3
 ROOT = "model"
 
 # modules of the attention and recurrent kinds: named as "not supported yet" by the bridge
-_LATER = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer",
-          "TransformerEncoder", "Transformer", "RNN", "GRU", "LSTM", "RNNCell", "GRUCell",
-          "LSTMCell")
+_LATER = ("TransformerDecoderLayer", "TransformerDecoder", "Transformer", "RNN", "GRU", "LSTM",
+          "RNNCell", "GRUCell", "LSTMCell")
 
 
 def _where(path: str) -> str:
@@ -179,6 +188,17 @@ def _call_params(spec: tuple, args: tuple, kwargs: dict) -> dict:
 # tracing
 
 
+class _SelfAttention(nn.Module):
+    """A lone ``nn.MultiheadAttention`` as a module of one tensor: ``attn(x, x, x)[0]``."""
+
+    def __init__(self, attn: nn.MultiheadAttention):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x):
+        return self.attn(x, x, x)[0]
+
+
 class _Tracer(fx.Tracer):
     """``torch.fx`` tracer that remembers the innermost module being traced when tracing fails."""
 
@@ -202,7 +222,10 @@ def trace(module: nn.Module) -> fx.GraphModule:
         raise TypeError(f"module must be a torch.nn.Module, got {short_repr(module)}")
     tracer = _Tracer()
     wrapped = tracer.is_leaf_module(module, "")
-    if wrapped:                       # a lone torch.nn module (nn.Linear): traced as a leaf
+    root_type = type(module).__name__
+    if type(module) is nn.MultiheadAttention:    # a lone attention: self-attention on x
+        module = _SelfAttention(module)
+    elif wrapped:                     # a lone torch.nn module (nn.Linear): traced as a leaf
         module = nn.Sequential(module)
     try:
         graph = tracer.trace(module)
@@ -213,7 +236,7 @@ def trace(module: nn.Module) -> fx.GraphModule:
                          "signalprop.torch maps modules without data-dependent control flow") from None
     gm = fx.GraphModule(tracer.root, graph)
     gm.sp_wrapped = wrapped           # its one module's path is then the root's ("")
-    gm.sp_root_type = type(module).__name__
+    gm.sp_root_type = root_type
     return gm
 
 
@@ -267,24 +290,50 @@ def _check_norm_module(mod: nn.Module, path: str, variances) -> None:
 _WHY_LATER = {
     "RNN": "is mapped only as the whole model (from_module(nn.RNN(...), x)), not inside another "
            "module",
-    "GRU": "is not supported yet: PyTorch applies the reset gate after W_hn (r * (W_hn h + b_hn)) "
-           "while signalprop's GRUStep applies it before (W_n (r h), Cho et al. 2014): a "
-           "different model, not mapped approximately",
+    "GRU": GRU_DIFFERENCE,
     "RNNCell": "is not supported yet: the bridge maps a whole one-layer nn.RNN, not its cell",
     "GRUCell": "is not supported yet: the bridge maps neither nn.GRU nor its cell",
     "LSTM": "is mapped only as the whole model (from_module(nn.LSTM(...), x)), not inside "
             "another module",
     "LSTMCell": "is not supported yet: the bridge maps a whole one-layer nn.LSTM, not its cell",
-    "MultiheadAttention": "is not supported yet: the bridge does not map token sequences "
-                          "(signalprop's Attention couples T tokens as its k inputs) yet",
 }
+
+_WHY_DECODER = ("is not supported yet (the bridge maps self-attention encoders: "
+                "MultiheadAttention, TransformerEncoderLayer, TransformerEncoder)")
+
+#: keyword arguments of a sequence module's call that must keep their defaults (no masks)
+_NO_MASK = {"attn_mask": None, "key_padding_mask": None, "is_causal": False, "mask": None,
+            "src_mask": None, "src_key_padding_mask": None}
+
+
+def _sequence_rec(node: fx.Node, mod: nn.Module, path: str) -> _Rec:
+    """An attention or encoder module's record: ``mha`` (self-attention ``attn(x, x, x)``, the
+    result read by ``[0]``) or ``seq`` (an encoder layer or encoder of one tensor)."""
+    what = type(mod).__name__
+    args = node.args
+    mha = type(mod) is nn.MultiheadAttention
+    x = args[0] if args else None
+    if not isinstance(x, fx.Node) or (mha and (len(args) != 3 or args[1] is not x
+                                               or args[2] is not x)) or (not mha and len(args) != 1):
+        raise _unsupported(path, what, "is called with other than one tensor"
+                           + (" as query, key and value (self-attention attn(x, x, x)); "
+                              "cross-attention is not supported" if mha else ""))
+    for key, value in node.kwargs.items():
+        if key in ("need_weights", "average_attn_weights"):
+            continue
+        if key not in _NO_MASK or not (value is None or value is False):
+            raise _unsupported(path, what, f"is called with {key}={short_repr(value)}; the bridge "
+                               "maps unmasked self-attention (no masks, not causal)")
+    return _Rec("mha" if mha else "seq", (x,), path, mod)
 
 
 def _module_rec(node: fx.Node, mod: nn.Module, path: str, variances) -> _Rec:
     what = type(mod).__name__
+    if is_sequence_module(mod):
+        return _sequence_rec(node, mod, path)
     if what in _LATER:
         why = _WHY_LATER.get(what) or _WHY_LATER.get(what.replace("Cell", "")) or (
-            "is not supported yet (the bridge does not map the attention layer kinds yet)")
+            _WHY_DECODER)
         raise _unsupported(path, what, why)
     x = node.args[0] if node.args else None
     if len(node.args) != 1 or node.kwargs or not isinstance(x, fx.Node):
@@ -377,6 +426,14 @@ def _records(gm: fx.GraphModule, variances) -> tuple:
         elif node.op == "call_module":
             path = "" if getattr(gm, "sp_wrapped", False) else str(node.target)
             recs[node] = _module_rec(node, mods[node.target], path, variances)
+        elif node.op == "call_function" and node.target is operator.getitem and \
+                isinstance(node.args[0], fx.Node) and node.args[0] in recs and \
+                recs[node.args[0]].kind == "mha":
+            if node.args[1] != 0:
+                raise _unsupported(recs[node.args[0]].path, "MultiheadAttention",
+                                   "has its attention weights used ([1]); the bridge maps its "
+                                   "output [0] only")
+            recs[node] = _Rec("id", (node.args[0],), recs[node.args[0]].path)
         elif node.op in ("call_function", "call_method"):
             recs[node] = _function_rec(node, root_type)
         elif node.op == "output":
@@ -524,9 +581,92 @@ def _linear_variances(mod: nn.Linear, path: str, variances, weights: str) -> tup
 class _Builder:
     """Groups chains of operations into signalprop layers (module docstring's table)."""
 
-    def __init__(self, variances, weights: str, batch: Optional[int]):
+    def __init__(self, variances, weights: str, batch: Optional[int],
+                 tokens: Optional[int] = None):
         self.variances, self.weights, self.batch = variances, weights, batch
+        self.tokens = tokens
         self.linears: list = []
+
+    def _tokens(self, path: str, what: str) -> int:
+        if self.tokens is None:
+            raise ValueError(f"{_where(path)} ({what}): example_input (one sequence of T tokens, "
+                             "shape (T, d)) is needed: the number of tokens T enters the network")
+        return self.tokens
+
+    def _attention(self, mod: nn.MultiheadAttention, path: str, n: int):
+        if int(mod.embed_dim) != n:
+            raise _unsupported(path, "MultiheadAttention", f"has embed_dim={mod.embed_dim} but its "
+                               f"input has width {n}")
+        return mha_attention(mod, path, self._tokens(path, "MultiheadAttention"),
+                             self.variances != "init")
+
+    def _linear(self, mod: nn.Linear, path: str, act: Activation) -> Dense:
+        sw2, sb2, w = _linear_variances(mod, path, self.variances, self.weights)
+        self.linears.append(LinearSite(path, act, False, sw2, sb2, w))
+        return Dense(int(mod.out_features), act, sw2, sb2, w)
+
+    def _encoder_act(self, fn, path: str) -> Activation:
+        what = "TransformerEncoderLayer"
+        if isinstance(fn, nn.Module):
+            if type(fn) not in _ACT_MODULES:
+                raise _unsupported(path, what, f"has activation {type(fn).__name__}, which the "
+                                   "bridge does not map")
+            name, keys = _ACT_MODULES[type(fn)]
+            return _act(name, {k: getattr(fn, k) for k in keys}, path, what)
+        if fn in _ACT_FUNCS:
+            name, spec = _ACT_FUNCS[fn]
+            return _act(name, {k: v for k, v in spec}, path, what)
+        raise _unsupported(path, what, f"has activation {short_repr(fn)}, which the bridge does "
+                           "not map (known: 'relu', 'gelu', the activation modules)")
+
+    def _norm(self, mod: nn.Module, path: str, n: int):
+        t = type(mod)
+        if t is not nn.LayerNorm and not (getattr(nn, "RMSNorm", None) is not None
+                                          and t is nn.RMSNorm):
+            raise _unsupported(path, t.__name__, "is not supported as a transformer norm "
+                               "(LayerNorm, RMSNorm)")
+        _check_norm_module(mod, path, self.variances)
+        if tuple(mod.normalized_shape) != (n,):
+            raise _unsupported(path, t.__name__, f"normalises {tuple(mod.normalized_shape)}, not "
+                               f"the width {n}")
+        return (LayerNorm if t is nn.LayerNorm else RMSNorm)(n)
+
+    def _encoder_layer(self, mod: nn.TransformerEncoderLayer, path: str, n: int) -> list:
+        """The 2 (pre-LN) or 4 (post-LN) layers of an encoder layer (signalprop.torch.attention)."""
+        check_encoder(mod, path)
+        p = f"{path}." if path else ""
+        attn = self._attention(mod.self_attn, p + "self_attn", n)
+        act = self._encoder_act(mod.activation, path)
+        ffn = (self._linear(mod.linear1, p + "linear1", act),
+               self._linear(mod.linear2, p + "linear2", activation("linear")))
+        if mod.linear1.in_features != n or mod.linear2.out_features != n:
+            raise _unsupported(path, "TransformerEncoderLayer", "has feed-forward layers that do "
+                               f"not map width {n} to itself")
+        n1, n2 = self._norm(mod.norm1, p + "norm1", n), self._norm(mod.norm2, p + "norm2", n)
+        if mod.norm_first:
+            return [Residual((n1, attn), 1.0, 1.0), Residual((n2,) + ffn, 1.0, 1.0)]
+        return [Residual((attn,), 1.0, 1.0), n1, Residual(ffn, 1.0, 1.0), n2]
+
+    def _sequence(self, op, n: int) -> tuple:
+        """(layers, tracked) of an attention, encoder-layer or encoder op: the tracked values are
+        named ``<node>@<i>`` (:func:`signalprop.torch.attention.sequence_forward`), except a
+        MultiheadAttention's, which is its node's output."""
+        mod, path = op.rec.module, op.rec.path
+        if op.kind == "mha":
+            layer = self._attention(mod, path, n)
+            return [layer], [TrackedLayer(op.node.name, op.node.name, _label(layer))]
+        if type(mod) is nn.TransformerEncoderLayer:
+            layers = self._encoder_layer(mod, path, n)
+        else:
+            layers = []
+            p = f"{path}." if path else ""
+            for j, sub in enumerate(mod.layers):
+                layers += self._encoder_layer(sub, f"{p}layers.{j}", n)
+            if mod.norm is not None:
+                layers.append(self._norm(mod.norm, p + "norm", n))
+        assert len(layers) == sublayer_count(mod)
+        names = [f"{op.node.name}@{i}" for i in range(len(layers))]
+        return layers, [TrackedLayer(m, m, _label(la)) for m, la in zip(names, layers)]
 
     def layers(self, ops: list, n: int, top: bool) -> tuple:
         """``(layers, tracked)`` of a chain at input width ``n``; ``tracked`` only when ``top``."""
@@ -605,6 +745,14 @@ class _Builder:
                                        f"{err}") from None
                 tracked.append(TrackedLayer(end.node.name, end.node.name, _label(layer)))
                 i += 1
+            elif op.kind in ("mha", "seq"):
+                layers, tr = self._sequence(op, n)
+                for la in layers[:-1]:
+                    out.append(la)
+                tracked.extend(tr[:-1])
+                tracked.append(tr[-1])
+                layer = layers[-1]
+                i += 1
             elif op.kind == "scale":
                 raise _unsupported(op.rec.path, f"multiplication by {op.rec.factor:g}",
                                    "outside a residual sum is not supported (signalprop has no "
@@ -620,12 +768,14 @@ class _Builder:
         return tuple(out), tuple(tracked)
 
 
-def _input_shape(example_input) -> Optional[tuple]:
+def _input_shape(example_input, sequence: bool = False) -> Optional[tuple]:
     if example_input is None:
         return None
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor of shape (N_0,) or (k, N_0), got "
                         f"{short_repr(example_input)}")
+    if sequence and example_input.ndim == 3:
+        return tuple(example_input.shape)
     if example_input.ndim not in (1, 2) or example_input.shape[-1] < 1:
         raise ValueError(f"example_input must have shape (N_0,) or (k, N_0) (k inputs, or a batch "
                          f"of B for batch normalisation), got {tuple(example_input.shape)}")
@@ -649,9 +799,15 @@ def map_module(module: nn.Module, example_input=None, variances: Union[str, Mapp
     if type(module).__name__ in _LATER:
         raise _unsupported("", type(module).__name__, _WHY_LATER.get(type(module).__name__)
                            or _WHY_LATER.get(type(module).__name__.replace("Cell", ""),
-                                             "is not supported yet (the bridge does not map the "
-                                             "attention layer kinds yet)"))
-    shape = _input_shape(example_input)
+                                             _WHY_DECODER))
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {short_repr(module)}")
+    sequence = any(is_sequence_module(m) for m in module.modules())
+    shape = _input_shape(example_input, sequence)
+    layout = token_layout(module, shape) if shape is not None else None
+    tokens = None
+    if layout is not None:
+        tokens = int(shape[0] if layout == "seq_first" else shape[-2])
     gm = trace(module)
     recs, inp, out = _records(gm, variances)
     order = [n for n in gm.graph.nodes if n in recs]
@@ -666,8 +822,8 @@ def map_module(module: nn.Module, example_input=None, variances: Union[str, Mapp
     else:
         raise ValueError("example_input is needed to know the input width N_0 (the module does not "
                          "start with a Linear layer)")
-    batch = int(shape[0]) if shape is not None and len(shape) == 2 else None
-    builder = _Builder(variances, weights, batch)
+    batch = int(shape[0]) if shape is not None and len(shape) == 2 and layout is None else None
+    builder = _Builder(variances, weights, batch, tokens)
     layers, tracked = builder.layers(ops, n0, True)
     return Mapped(Network(n0, layers), tracked, tuple(builder.linears))
 
