@@ -102,8 +102,9 @@ def predict(network: Network, q0: float = 1.0, c0=None, *, inputs=None, order: i
     ``layer.kernel_step``; see :mod:`signalprop.network`); the input has mean zero over its units.
 
     ``order``: 0, infinite width; 1, with the leading finite-width correction of every field,
-    summed over the network's real widths (:func:`signalprop.nlo.nlo_correction`; fully connected
-    layers; ``meta["order"] = 1`` and the correction's note in ``meta["nlo_note"]``).
+    summed over the network's real widths (:func:`signalprop.nlo.nlo_correction`: fully connected
+    layers, residual blocks with one- or two-Dense branches, Dense(phi) + LayerNorm/RMSNorm stacks;
+    other layers raise; ``meta["order"] = 1`` and the correction's note in ``meta["nlo_note"]``).
 
     ``inputs``: instead of ``q0``/``c0``, the k inputs' per-unit Gram matrix (k x k, or a
     :class:`~signalprop.kernel.Kernel`): the kernel path, which carries the k x k kernel forward

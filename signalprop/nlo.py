@@ -1,5 +1,6 @@
 """The leading (order 1/N) finite-width correction to the mean-field profile of a fully connected
-network: :func:`nlo_correction` and :func:`corrected`.
+network, a network of residual blocks ``alpha x + beta phi(W x + b)`` or a post-activation
+LayerNorm/RMSNorm network: :func:`nlo_correction` and :func:`corrected`.
 
 Derivation, checks and limits: ``docs/theory/finite-width-nlo.md``. Summary (notation of
 CONVENTIONS.md; ``K^l`` the infinite-width ``q^l`` of :func:`~signalprop.meanfield.predict`):
@@ -32,6 +33,16 @@ the gradient share (large when phi has a large mean); the alignment
 (``2B = E[z^2 phi'^2]/E[phi'^2] - 1``, ``a_l`` the length map's slope, ``chi_l`` the gradient's
 factor) and grows with depth where ``a^2 >= chi`` (the ``L^2/N`` of softplus). Expanding
 ``E[prod_k S1^k]`` to second order in the forward fluctuations gives ``dlog_g``.
+
+*Residual blocks* (the note, section 6): the stream's (||x||^2/N, sum x/N) is a Markov chain
+(the branch's h is independent of x given its norm); backward ``Sigma^{l-1} = a^2 Sigma + (ab
+s/G)(Sigma u x^T + x u^T Sigma) + b^2 (s^2/G^2)(u^T Sigma u) x x^T + b^2 tr(W Sigma)(s I - s^2 x
+x^T/G)`` exactly given the forward pass, its rank-two part carried at leading order in the
+unit-level mean-field law (the mean direction enters through sum x/N and E[h phi']).
+*LayerNorm/RMSNorm after every Dense layer* (section 7): ``||y||^2 = N`` makes the forward pass
+exact; the backward is a product of independent per-layer factors
+``tr(phi'^2 (I - P))/s_hat^2`` (P: the projection on span(1, y) or span(y)), each expanded to
+first order.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ import numpy as np
 from . import gaussian
 from ._validate import positive_scalar
 from .activations import Activation
-from .layers import Dense, Nonlinearity
+from .layers import Add, Dense, LayerNorm, Nonlinearity, RMSNorm
 from .network import Network
 from .results import Profile, _Result
 
@@ -68,7 +79,9 @@ class NLOCorrection(_Result):
     ``dlog_g_typical``, ``var_log_g``: the same for ``g_hat^l`` (``dlog_g[-1] = 0``). ``dlog_G``:
     ``log E[G_hat^l] - log G^l`` (nan at Nonlinearity layers: not derived). ``dc``:
     ``E[c_hat^l] - c^l`` (two inputs; None for one). ``kernel_var``: ``Var(G^l)/(K^l)^2``
-    (PDLT's ``V/(n K^2)``); ``theta``: the gradient's alignment with the pre-activation.
+    (PDLT's ``V/(n K^2)``); ``theta``: the gradient's alignment with the pre-activation (nan for
+    residual and normalised networks, whose rank-one coupling is carried otherwise: the note,
+    sections 6-7).
     Every field is first order: ``X = X_inf (1 + a)`` with ``a`` a sum of terms ~ 1/N_k.
     """
 
@@ -392,6 +405,524 @@ def _pair(chain: _Chain, K: np.ndarray, c: np.ndarray, mo: dict, m1, v1) -> np.n
 
 
 # ---------------------------------------------------------------------------------------------
+# residual blocks x^l = alpha x^{l-1} + beta phi(W x^{l-1} + b)  (the note, section 6)
+
+
+@dataclass(frozen=True)
+class _ResChain:
+    """A network of residual blocks: width N, per block phi, sigma_w^2, sigma_b^2 (of the
+    branch's first Dense layer), alpha, beta; ``two``: branches V phi(W x + b) + b' (then
+    ``sw2v``, ``sb2v`` of the linear layer and the inner width ``n1``), else phi(W x + b)."""
+
+    n: float
+    acts: tuple
+    sw2: np.ndarray
+    sb2: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    two: bool = False
+    sw2v: Optional[np.ndarray] = None
+    sb2v: Optional[np.ndarray] = None
+    n1: Optional[np.ndarray] = None
+
+
+def _is_residual(la) -> bool:
+    return isinstance(la, Add) and len(la.paths) == 2 and la.paths[0] == ()
+
+
+def _gaussian_dense(d, where: str) -> None:
+    if d.weights != "gaussian":
+        raise ValueError(f"{where} has {d.weights} weights: no 1/N correction yet "
+                         "(derived for gaussian weights)")
+    if d.share is not None:
+        raise ValueError(f"{where} shares its parameters ({d.share!r}): no 1/N correction "
+                         "yet (derived for independent layers)")
+
+
+def _res_chain(network: Network) -> Optional[_ResChain]:
+    """None for a network without residual blocks; else its blocks. Every layer must be a block
+    ``alpha x + beta phi(W x + b)`` (one gaussian Dense layer in the branch) or, all of them,
+    ``alpha x + beta (V phi(W x + b) + b')`` (two, the second linear: ``resnet``'s default);
+    ValueError naming the first layer that is not."""
+    if not any(isinstance(la, Add) for la in network.layers):
+        return None
+    acts, sw2, sb2, al, be, sw2v, sb2v, n1, kinds_seen = [], [], [], [], [], [], [], [], set()
+    for i, la in enumerate(network.layers):
+        where = f"layer {i + 1} ({type(la).__name__})"
+        if not _is_residual(la):
+            raise ValueError(f"{where}: no 1/N correction yet for a network that mixes residual "
+                             "blocks with other layers or sums other paths (derived for networks "
+                             "of blocks alpha x + beta phi(W x + b))")
+        br = la.paths[1]
+        one = len(br) == 1 and type(br[0]) is Dense
+        two = (len(br) == 2 and type(br[0]) is Dense and type(br[1]) is Dense
+               and br[1].activation.name == "linear")
+        if not (one or two):
+            kinds = ", ".join(type(b).__name__ for b in br)
+            raise ValueError(f"{where}: no 1/N correction yet for a residual branch of [{kinds}] "
+                             "(derived for phi(W x + b) and V phi(W x + b) + b'; LayerNorm "
+                             "in the branch, deeper branches: not yet)")
+        kinds_seen.add(one)
+        if len(kinds_seen) > 1:
+            raise ValueError(f"{where}: no 1/N correction yet for a network that mixes one- and "
+                             "two-layer residual branches")
+        for j, d in enumerate(br):
+            _gaussian_dense(d, f"{where}, branch layer {j + 1}")
+        _check_act(br[0].activation, where)
+        acts.append(br[0].activation)
+        sw2.append(br[0].sigma_w2)
+        sb2.append(br[0].sigma_b2)
+        al.append(la.scales[0])
+        be.append(la.scales[1])
+        if two:
+            sw2v.append(br[1].sigma_w2)
+            sb2v.append(br[1].sigma_b2)
+            n1.append(br[0].width)
+    arr = lambda v: np.asarray(v, float)  # noqa: E731
+    if kinds_seen == {False}:
+        return _ResChain(float(network.input_width), tuple(acts), arr(sw2), arr(sb2), arr(al),
+                         arr(be), True, arr(sw2v), arr(sb2v), arr(n1))
+    return _ResChain(float(network.input_width), tuple(acts), arr(sw2), arr(sb2), arr(al),
+                     arr(be))
+
+
+def _res_moments(act: Activation, K: np.ndarray) -> dict:
+    """Per-block statistics at h ~ N(0, K) (u = h phi'(h), w = phi'(h)^2; derivatives in K by
+    Hermite weights as in :func:`_moments`): mu = E phi and mu1, mu2 its K-derivatives; V, V1,
+    V2; D, D1, D2; var1 = Var phi, cov12 = Cov(phi, phi^2), var_p2 = Var phi^2; cwp =
+    Cov(w, phi), cov_pd = Cov(w, phi^2), ewpp = E[(w - D)(phi - mu)^2]; Eu = E u, Vu = Var u,
+    cpu = Cov(phi, u); d2b = E[u^2]/K - D (= D 2B); kappa = E w^2/D^2."""
+    p, d = act.phi, act.dphi
+    fs = (p, lambda x: p(x) ** 2, lambda x: p(x) ** 3, lambda x: p(x) ** 4,
+          lambda x: p(x) * x ** 2, lambda x: p(x) * x ** 4,
+          lambda x: p(x) ** 2 * x ** 2, lambda x: p(x) ** 2 * x ** 4,
+          lambda x: d(x) ** 2, lambda x: d(x) ** 2 * x ** 2, lambda x: d(x) ** 2 * x ** 4,
+          lambda x: d(x) ** 4, lambda x: x * d(x), lambda x: p(x) * x * d(x),
+          lambda x: d(x) ** 2 * p(x), lambda x: d(x) ** 2 * p(x) ** 2)
+    (m1, p2, p3, p4, ph2, ph4, p2h2, p2h4, d2, d2h2, d2h4, d4, u, pu, d2p,
+     p2d2) = gaussian.expect(fs, K, kinks=act.kinks, tau=act.tau)
+    K2 = K * K
+
+    def der(f0, f2, f4):
+        return (f2 - K * f0) / (2 * K2), (f4 - 6 * K * f2 + 3 * K2 * f0) / (4 * K2 * K2)
+
+    mu1, mu2 = der(m1, ph2, ph4)
+    V1, V2 = der(p2, p2h2, p2h4)
+    D1, D2 = der(d2, d2h2, d2h4)
+    var1 = p2 - m1 * m1
+    return {"mu": m1, "mu1": mu1, "mu2": mu2, "V": p2, "V1": V1, "V2": V2,
+            "D": d2, "D1": D1, "D2": D2, "var1": var1, "cov12": p3 - m1 * p2,
+            "var_p2": p4 - p2 * p2, "var_w": d4 - d2 * d2, "cwp": d2p - d2 * m1,
+            "cov_pd": p2d2 - d2 * p2,
+            "ewpp": p2d2 - 2 * m1 * d2p + m1 * m1 * d2 - d2 * var1,
+            "Eu": u, "Vu": d2h2 - u * u, "cpu": pu - m1 * u, "d2b": d2h2 / K - d2,
+            "kappa": d4 / (d2 * d2)}
+
+
+def _res_mean_field(rc: _ResChain, q0: float, Q: np.ndarray) -> tuple:
+    """K_l = sigma_w^2 Q^{l-1} + sigma_b^2 (Q: the stream's mean-field q, Q[0] = q0), the
+    per-block moments and the stream's mean-field unit mean M^l = alpha M^{l-1} + beta E phi
+    (M^0 = 0: simulate's inputs have mean zero over their units)."""
+    L = len(rc.acts)
+    K = rc.sw2 * Q[:-1] + rc.sb2
+    mo: dict = {}
+    groups: dict = {}
+    for i, a in enumerate(rc.acts):
+        groups.setdefault(a, []).append(i)
+    for a, idx in groups.items():
+        with np.errstate(all="ignore"):
+            for k, v in _res_moments(a, K[idx]).items():
+                mo.setdefault(k, np.empty(L))[idx] = v
+    M = np.zeros(L + 1)
+    for k in range(L):
+        M[k + 1] = rc.alpha[k] * M[k] + rc.beta[k] * mo["mu"][k]
+    return K, mo, M
+
+
+def _res_forward(rc: _ResChain, Q, M, mo):
+    """The stream's state y = (Q, M) = (||x||^2/N, sum x/N) is a Markov chain (given x^{l-1} the
+    branch's h^l has i.i.d. N(0, G) units, independent of x^{l-1}): m (L+1, 2) = E[y] - y_inf,
+    v (L+1, 2, 2) = Cov y (y^0 fixed), the Jacobians J (L, 2, 2) and cnu (L, 2) = Cov(nu_l, the
+    noise of y^l) (nu_l: the sampling noise of S1^l/N)."""
+    L, N = len(rc.acts), rc.n
+    m, v = np.zeros((L + 1, 2)), np.zeros((L + 1, 2, 2))
+    J, cnu = np.zeros((L, 2, 2)), np.zeros((L, 2))
+    for k in range(L):
+        a, b, s = rc.alpha[k], rc.beta[k], rc.sw2[k]
+        Qb, Mb = Q[k], M[k]
+        g = {key: val[k] for key, val in mo.items()}
+        J[k] = [[a * a + s * (2 * a * b * Mb * g["mu1"] + b * b * g["V1"]), 2 * a * b * g["mu"]],
+                [b * s * g["mu1"], a]]
+        HQ = np.array([[s * s * (2 * a * b * Mb * g["mu2"] + b * b * g["V2"]),
+                        2 * a * b * s * g["mu1"]], [2 * a * b * s * g["mu1"], 0.0]])
+        HM = np.array([[b * s * s * g["mu2"], 0.0], [0.0, 0.0]])
+        sqq = (4 * a * a * b * b * Qb * g["var1"] + 4 * a * b ** 3 * Mb * g["cov12"]
+               + b ** 4 * g["var_p2"])
+        sqm = 2 * a * b * b * Mb * g["var1"] + b ** 3 * g["cov12"]
+        S = np.array([[sqq, sqm], [sqm, b * b * g["var1"]]]) / N
+        m[k + 1] = J[k] @ m[k] + 0.5 * np.array([np.sum(HQ * v[k]), np.sum(HM * v[k])])
+        v[k + 1] = J[k] @ v[k] @ J[k].T + S
+        cnu[k] = np.array([2 * a * b * Mb * g["cwp"] + b * b * g["cov_pd"], b * g["cwp"]]) / N
+    return m, v, J, cnu
+
+
+def _res_basis(rc: _ResChain, q0: float, M, mo):
+    """The unit-level law (infinite width) of the vectors x^0, u^1, x^1, u^2, ..., x^{L-1}, u^L
+    (x^j at index 2j, u^m at 2m - 1): each is mean + (x^0 coefficient) x^0 + sum over blocks m
+    of gam[:, m] (phi(h^m) - mu_m) + [u^m] (u(h^m) - Eu_m), the h^m independent
+    (x^l = alpha_l x^{l-1} + beta_l phi(h^l)). Returns the Gram matrix E[z_p z_q], the means and
+    gam."""
+    L = len(rc.acts)
+    n = 2 * L
+    mean = np.empty(n)
+    mean[0::2], mean[1::2] = M[:L], mo["Eu"]
+    a0 = np.zeros(n)
+    a0[0] = 1.0
+    gam = np.zeros((n, L))
+    for l in range(1, L):
+        gam[2 * l] = rc.alpha[l - 1] * gam[2 * l - 2]
+        gam[2 * l, l - 1] += rc.beta[l - 1]
+        a0[2 * l] = rc.alpha[l - 1] * a0[2 * l - 2]
+    cross = np.zeros((n, n))                   # Cov(u^m, phi(h^m)) gam[:, m] on the u^m rows
+    cross[1::2] = (gam * mo["cpu"]).T
+    gram = (np.outer(mean, mean) + q0 * np.outer(a0, a0) + np.einsum("pm,m,qm->pq", gam,
+                                                                       mo["var1"], gam)
+            + cross + cross.T)
+    gram[1::2, 1::2] += np.diag(mo["Vu"])
+    return gram, mean, gam
+
+
+def _res_backward(rc: _ResChain, q0: float, Q, K, M, mo, m, v, J, cnu):
+    """dlog_g and var_log_g per level l = 1..L (the note, section 6): E[prod f_k] over the
+    forward fluctuations plus the rank-two part R of E[delta delta^T | forward]."""
+    L, N = len(rc.acts), rc.n
+    a, b, s = rc.alpha, rc.beta, rc.sw2
+    D, D1, D2 = mo["D"], mo["D1"], mo["D2"]
+    fbar = a * a + b * b * s * D
+    sk = b * b * s / fbar
+    mG, vG = s * m[:-1, 0], s * s * v[:-1, 0, 0]
+    e_mean = sk * (D1 * mG + 0.5 * D2 * vG)
+    P = np.zeros((L, 2))
+    eq = np.array([1.0, 0.0])
+    for j in range(L - 2, -1, -1):
+        P[j] = sk[j + 1] * D1[j + 1] * s[j + 1] * eq + P[j + 1] @ J[j + 1]
+    cross = np.array([sk[j] * (D1[j] * s[j] * (P[j] @ J[j] @ v[j])[0] + P[j] @ cnu[j])
+                      for j in range(L)])
+    var_e = sk * sk * (D1 * D1 * vG + mo["var_w"] / N)
+    rho = b * b * s * D / fbar
+    chi = (rho * rho * 2 * (mo["kappa"] - 1)
+           + (4 * a * a * b * b * s * D + 2 * b ** 4 * s * s * D * D) / fbar ** 2) / N
+    # rank-two part, normalised by the mean-field c_l (r_l = R_l N / c_l)
+    gram, mean, gam = _res_basis(rc, q0, M, mo)
+    r = np.zeros((2 * L, 2 * L))
+    tr_R = np.zeros(L)                     # (r_l : gram)/N at level l = 1..L (index l - 1)
+    t_W = np.zeros(L)                      # b^2 s (r_k : E[w_k z z])/(N fbar_k), block k
+    for k in range(L - 1, -1, -1):         # block k + 1: level k + 1 -> level k
+        w0 = 2 * k                         # R lives on x^k, u^{k+1}, x^{k+1}, ...
+        rw, gw = r[w0:, w0:], gram[w0:, w0:]
+        rg = np.sum(rw * gw)
+        tr_R[k] = rg / N
+        gk, mk = gam[w0:, k], mean[w0:]
+        tw = D[k] * rg + 2 * mo["cwp"][k] * mk @ rw @ gk + mo["ewpp"][k] * gk @ rw @ gk
+        t_W[k] = b[k] ** 2 * s[k] * tw / (N * fbar[k])
+        E = gw[:, 1]                       # E[z u^{k+1}] over the window
+        y = rw @ E
+        y[1] += 1.0                        # Sigma u / c = u + R u / c
+        kx = b[k] ** 2 * s[k] ** 2 / K[k] * (mo["d2b"][k] + E @ rw @ E / K[k])
+        kc = a[k] * b[k] * s[k] / K[k]
+        rw *= a[k] ** 2
+        rw[:, 0] += kc * y                 # x^k: the block's input, first in the window
+        rw[0, :] += kc * y
+        rw[0, 0] += kx
+        rw /= fbar[k]
+    term = e_mean + cross + t_W
+    var_term = var_e + 2 * cross + chi
+    dlog_g = np.append(np.cumsum(term[::-1])[::-1][1:], 0.0) + tr_R
+    var_log_g = np.append(np.cumsum(var_term[::-1])[::-1][1:], 0.0) + 2.0 / N
+    # G_hat^l = g_hat^l Q^{l-1}: E = E[g] E[Q] + Cov(sum_{k>l} e_k, dQ^{l-1}) (the R part is
+    # deterministic at leading order, the nu_k independent of Q^{l-1})
+    cov_gq = np.array([(P[j] @ J[j] @ v[j])[0] for j in range(L)])
+    dlog_G = dlog_g + (m[:-1, 0] + cov_gq) / Q[:-1]
+    return dlog_g, var_log_g, dlog_G
+
+
+def _res2_forward(rc: _ResChain, Q, mo, K2):
+    """Two-layer branches (the note, section 6b): the stream's Q alone is a Markov chain
+    (o = V phi(h) + b' has zero conditional mean, so the stream's unit mean never feeds back):
+    ``E[Q'|Q] = F(Q) = a^2 Q + b^2 (sv V(sa Q + ba) + bv)``, noise ``b^4 sv^2 Var phi^2/n1 +
+    (4 a^2 b^2 Q K2 + 2 b^4 K2^2)/N``. Returns m, v (L+1,), J (L,), cnu (L,) = Cov(nu, noise)."""
+    L, N = len(rc.acts), rc.n
+    a, b, sa, sv, n1 = rc.alpha, rc.beta, rc.sw2, rc.sw2v, rc.n1
+    J = a * a + b * b * sv * sa * mo["V1"]
+    H = b * b * sv * sa * sa * mo["V2"]
+    S = (b ** 4 * sv * sv * mo["var_p2"] / n1
+         + (4 * a * a * b * b * Q[:-1] * K2 + 2 * b ** 4 * K2 * K2) / N)
+    m, v = np.zeros(L + 1), np.zeros(L + 1)
+    for k in range(L):
+        m[k + 1] = J[k] * m[k] + 0.5 * H[k] * v[k]
+        v[k + 1] = J[k] * J[k] * v[k] + S[k]
+    return m, v, J, b * b * sv * mo["cov_pd"] / n1
+
+
+def _res2_backward(rc: _ResChain, q0: float, Q, K, K2, mo, m, v, J, cnu):
+    """dlog_g, var_log_g, dlog_G for two-layer branches (the note, section 6b): as
+    :func:`_res_backward` with ``f = a^2 + b^2 sa sv S1/n1`` and the rank-two part in the span
+    of the stream vectors x^{k-1}, o^k (zero means; o^k_i ~ N(0, K2_k) independent)."""
+    L, N = len(rc.acts), rc.n
+    a, b, sa, sv, n1 = rc.alpha, rc.beta, rc.sw2, rc.sw2v, rc.n1
+    D, D1, D2 = mo["D"], mo["D1"], mo["D2"]
+    fbar = a * a + b * b * sa * sv * D
+    sk = b * b * sa * sv / fbar
+    mG, vG = sa * m[:-1], sa * sa * v[:-1]
+    e_mean = sk * (D1 * mG + 0.5 * D2 * vG)
+    P = np.zeros(L)
+    for j in range(L - 2, -1, -1):
+        P[j] = sk[j + 1] * D1[j + 1] * sa[j + 1] + P[j + 1] * J[j + 1]
+    cross = sk * (D1 * sa * P * J * v[:-1] + P * cnu)
+    var_e = sk * sk * (D1 * D1 * vG + mo["var_d2"] / n1)
+    rho = b * b * sa * sv * D / fbar
+    chi = rho * rho * (2 * mo["kappa"] / n1 + 2.0 / N) + 4 * a * a * b * b * sa * sv * D / (
+        N * fbar ** 2)
+    # stream basis interleaved x^0, o^1, x^1, o^2, ..., x^{L-1}, o^L (x^j at 2j, o^m at 2m - 1):
+    # x^l = alpha_l x^{l-1} + beta_l o^l, so R at level l lives on the tail from index 2l
+    n = 2 * L
+    coef = np.zeros((n, L))                    # coefficient of o^m (column m - 1)
+    a0 = np.zeros(n)
+    a0[0] = 1.0
+    for l in range(1, L):
+        coef[2 * l] = a[l - 1] * coef[2 * l - 2]
+        coef[2 * l, l - 1] += b[l - 1]
+        a0[2 * l] = a[l - 1] * a0[2 * l - 2]
+    coef[2 * np.arange(L) + 1, np.arange(L)] = 1.0
+    gram = q0 * np.outer(a0, a0) + (coef * K2) @ coef.T
+    ehpp = K * mo["V1"]                       # E[h phi phi'] = K dE[phi^2]/dK (Stein)
+    r = np.zeros((n, n))
+    tr_R, t_W = np.zeros(L), np.zeros(L)
+    for k in range(L - 1, -1, -1):
+        w0 = 2 * k                             # window: x^k, o^{k+1}, ...
+        rw, gw = r[w0:, w0:], gram[w0:, w0:]
+        E = gw[:, 1]                           # E[z o^{k+1}] over the window
+        rg = np.sum(rw * gw)
+        ere = E @ rw @ E
+        tr_R[k] = rg / N
+        t_W[k] = (b[k] ** 2 * sa[k] * sv[k] * D[k] * rg / N
+                  + b[k] ** 2 * sa[k] * sv[k] ** 2 * mo["p2d2"][k] * ere
+                  / (n1[k] * K2[k] ** 2)) / fbar[k]
+        y = rw @ E
+        y[1] += 1.0
+        kc = a[k] * b[k] * sa[k] * sv[k] * ehpp[k] / (K[k] * K2[k])
+        kx = b[k] ** 2 * sa[k] ** 2 / K[k] * (sv[k] ** 2 * ehpp[k] ** 2 * ere / (K[k] * K2[k] ** 2)
+                                             + sv[k] * mo["two_b"][k] * D[k])
+        rw *= a[k] ** 2
+        rw[:, 0] += kc * y
+        rw[0, :] += kc * y
+        rw[0, 0] += kx
+        rw /= fbar[k]
+    term = e_mean + cross + t_W
+    var_term = var_e + 2 * cross + chi
+    dlog_g = np.append(np.cumsum(term[::-1])[::-1][1:], 0.0) + tr_R
+    var_log_g = np.append(np.cumsum(var_term[::-1])[::-1][1:], 0.0) + 2.0 / N
+    dlog_G = dlog_g + (m[:-1] + P * J * v[:-1]) / Q[:-1]
+    return dlog_g, var_log_g, dlog_G
+
+
+def _res2_correction(network: Network, rc: _ResChain, q0: float) -> tuple:
+    """(dlog_q, var_log_q, dlog_g, var_log_g, dlog_G, kernel_var) for two-layer branches."""
+    log_q, _ = _mean_field(network, q0, None)
+    Q = np.concatenate([[q0], np.exp(log_q)])
+    K = rc.sw2 * Q[:-1] + rc.sb2
+    _check_range(K, "residual block")
+    L = len(rc.acts)
+    mo: dict = {}
+    groups: dict = {}
+    for i, act in enumerate(rc.acts):
+        groups.setdefault(act, []).append(i)
+    for act, idx in groups.items():
+        with np.errstate(all="ignore"):
+            for key, val in _moments(act, K[idx]).items():
+                mo.setdefault(key, np.empty(L))[idx] = val
+    K2 = rc.sw2v * mo["V"] + rc.sb2v
+    m, v, J, cnu = _res2_forward(rc, Q, mo, K2)
+    dlog_g, var_log_g, dlog_G = _res2_backward(rc, q0, Q, K, K2, mo, m, v, J, cnu)
+    kvar = np.append(rc.sw2[1:] ** 2 * v[1:L] / K[1:] ** 2, np.nan)
+    return m[1:] / Q[1:], v[1:] / Q[1:] ** 2, dlog_g, var_log_g, dlog_G, kvar
+
+
+def _check_range(K: np.ndarray, where: str) -> None:
+    """ValueError naming the first block/pair whose mean-field K leaves [1e-100, 1e100]."""
+    bad = np.flatnonzero(~((K >= _Q_LO) & (K <= _Q_HI)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"the mean-field pre-activation variance of {where} {i + 1} is "
+                         f"{K[i]:.4g}, outside "
+                         "[1e-100, 1e100] where the 1/N correction's Gaussian moments are "
+                         "evaluated: choose q0, sigma_w2 and sigma_b2 that keep it in range")
+
+
+def _residual_correction(network: Network, rc: _ResChain, q0: float, c0) -> NLOCorrection:
+    """:func:`nlo_correction` for a network of residual blocks (the note, section 6)."""
+    if c0 is not None:
+        raise ValueError("c0: no 1/N correction of c yet for residual blocks (derived for one "
+                         "input: q and g); pass c0=None")
+    L = len(rc.acts)
+    if rc.two:
+        dlog_q, var_log_q, dlog_g, var_log_g, dlog_G, kvar = _res2_correction(network, rc, q0)
+    else:
+        log_q, _ = _mean_field(network, q0, None)
+        Q = np.concatenate([[q0], np.exp(log_q)])
+        _check_range(rc.sw2 * Q[:-1] + rc.sb2, "residual block")
+        K, mo, M = _res_mean_field(rc, q0, Q)
+        m, v, J, cnu = _res_forward(rc, Q, M, mo)
+        dlog_g, var_log_g, dlog_G = _res_backward(rc, q0, Q, K, M, mo, m, v, J, cnu)
+        dlog_q = m[1:, 0] / Q[1:]
+        var_log_q = v[1:, 0, 0] / Q[1:] ** 2
+        kvar = np.append(rc.sw2[1:] ** 2 * v[1:L, 0, 0] / K[1:] ** 2, np.nan)
+    note = (f"first order in 1/N (residual blocks): largest |dlog_g| = "
+            f"{float(np.max(np.abs(dlog_g))):.3g}, largest Var log g_hat = "
+            f"{float(np.max(var_log_g)):.3g}.")
+    if float(np.max(np.abs(dlog_g))) > 0.5 or float(np.max(var_log_g)) > 1.0:
+        note += (" The correction is not small: the next order (~ its square) matters and the "
+                 "corrected profile is only indicative.")
+    nan = np.full(L, np.nan)
+    return NLOCorrection(
+        layers=np.arange(1, L + 1), widths=network.widths.copy(), dlog_q=dlog_q,
+        dlog_q_typical=dlog_q - 0.5 * var_log_q, var_log_q=var_log_q, dlog_g=dlog_g,
+        dlog_g_typical=dlog_g - 0.5 * var_log_g, var_log_g=var_log_g, dlog_G=dlog_G,
+        kernel_var=kvar, theta=nan, dc=None, note=note,
+        meta={"source": "nlo_correction", "q0": q0, "c0": c0, "order": 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# post-activation normalisation: Dense(phi) then LayerNorm / RMSNorm, repeated (the note, sec. 7)
+
+
+@dataclass(frozen=True)
+class _NormChain:
+    """Pairs (Dense(phi), LayerNorm or RMSNorm): per pair the width N_k, phi, sigma_w^2,
+    sigma_b^2 and whether the norm centres (LayerNorm) or not (RMSNorm)."""
+
+    n: np.ndarray
+    acts: tuple
+    sw2: np.ndarray
+    sb2: np.ndarray
+    center: np.ndarray
+
+
+def _norm_chain(network: Network) -> Optional[_NormChain]:
+    """None for a network without LayerNorm/RMSNorm layers; else its (Dense, norm) pairs (the
+    layers must alternate Dense(phi), norm, ..., ending with a norm: ValueError naming the first
+    layer that breaks the pattern)."""
+    layers = network.layers
+    if not any(type(la) in (LayerNorm, RMSNorm) for la in layers):
+        return None
+    acts, sw2, sb2, center, widths = [], [], [], [], []
+    for i, la in enumerate(layers):
+        where = f"layer {i + 1} ({type(la).__name__})"
+        want_dense = i % 2 == 0
+        if want_dense and type(la) is not Dense or not want_dense and type(la) not in (
+                LayerNorm, RMSNorm):
+            raise ValueError(f"{where}: no 1/N correction yet for this placement of "
+                             "normalisation layers (derived for Dense(phi) followed by LayerNorm "
+                             "or RMSNorm, repeated, ending with the norm; pre-norm, residual and "
+                             "mixed stacks: not yet)")
+        if want_dense:
+            if la.weights != "gaussian":
+                raise ValueError(f"{where} has {la.weights} weights: no 1/N correction yet "
+                                 "(derived for gaussian weights)")
+            if la.share is not None:
+                raise ValueError(f"{where} shares its parameters ({la.share!r}): no 1/N "
+                                 "correction yet (derived for independent layers)")
+            _check_act(la.activation, where)
+            acts.append(la.activation)
+            sw2.append(la.sigma_w2)
+            sb2.append(la.sigma_b2)
+            widths.append(la.width)
+        else:
+            center.append(type(la) is LayerNorm)
+    if len(layers) % 2:
+        raise ValueError(f"layer {len(layers)} (Dense): no 1/N correction yet for a network that "
+                         "ends without its normalisation layer")
+    return _NormChain(np.asarray(widths, float), tuple(acts), np.asarray(sw2, float),
+                      np.asarray(sb2, float), np.asarray(center, bool))
+
+
+def _norm_moments(act: Activation, K: np.ndarray, center: bool) -> dict:
+    """Per-pair statistics at h ~ N(0, K) (x = phi(h), w = phi'^2, u = h phi'; dx = x - E x for
+    LayerNorm, x for RMSNorm; s2 = E dx^2): zeta, the relative first-order excess of
+    E[tr(W(I - P))/s_hat^2] (the note, sec. 7), eta_extra = (Ru/(D K) - 1)/K (times sigma_w^2/N
+    in the norm row's factor), var_ratio = N Var log(A/s_hat^2), kappa = E w^2/D^2."""
+    p, d = act.phi, act.dphi
+    fs = (p, lambda x: p(x) ** 2, lambda x: p(x) ** 3, lambda x: p(x) ** 4,
+          lambda x: d(x) ** 2, lambda x: d(x) ** 4, lambda x: d(x) ** 2 * p(x),
+          lambda x: d(x) ** 2 * p(x) ** 2, lambda x: x * d(x), lambda x: x * x * d(x) ** 2,
+          lambda x: x * d(x) * p(x))
+    (m1, m2, m3, m4, D, w2, wp, wp2, u, u2, up) = gaussian.expect(fs, K, kinks=act.kinks,
+                                                                  tau=act.tau)
+    if center:
+        s2 = m2 - m1 * m1
+        dx4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1 ** 4
+        wdx2 = wp2 - 2 * m1 * wp + m1 * m1 * D
+        Ru = u2 - u * u - (up - u * m1) ** 2 / s2
+    else:
+        s2, dx4, wdx2 = m2, m4, wp2
+        Ru = u2 - up * up / s2
+    var_dx2 = dx4 - s2 * s2
+    cov_w = wdx2 - D * s2
+    return {"zeta": var_dx2 / s2 ** 2 - (cov_w + wdx2) / (D * s2),
+            "eta_extra": (Ru / (D * K) - 1.0) / K,
+            "var_ratio": (w2 - D * D) / D ** 2 + var_dx2 / s2 ** 2 - 2 * cov_w / (D * s2),
+            "kappa": w2 / (D * D)}
+
+
+def _norm_correction(network: Network, nc: _NormChain, q0: float, c0) -> NLOCorrection:
+    """:func:`nlo_correction` for post-activation LayerNorm/RMSNorm networks (the note, sec. 7):
+    the norm fixes ||y||^2 = N, so every Dense layer's h has i.i.d. N(0, K) units independent of
+    the past and the forward pass is exact (dlog_q = 0); the backward factors are independent
+    across pairs, each a ratio of empirical means expanded to first order."""
+    if c0 is not None:
+        raise ValueError("c0: no 1/N correction of c yet for normalisation layers (derived for "
+                         "one input: q and g); pass c0=None")
+    L, N = len(nc.acts), nc.n
+    K = nc.sw2 + nc.sb2
+    K[0] = nc.sw2[0] * q0 + nc.sb2[0]
+    _check_range(K, "Dense layer of pair")
+    mo: dict = {}
+    groups: dict = {}
+    for i, (a, c) in enumerate(zip(nc.acts, nc.center)):
+        groups.setdefault((a, bool(c)), []).append(i)
+    for (a, c), idx in groups.items():
+        with np.errstate(all="ignore"):
+            for k, v in _norm_moments(a, K[idx], c).items():
+                mo.setdefault(k, np.empty(L))[idx] = v
+    zeta = mo["zeta"] / N                                    # N: per pair, N_k
+    tail = np.cumsum(zeta[::-1])[::-1]                       # sum_{j >= k} zeta_j
+    g_dense = tail
+    g_norm = np.zeros(L)
+    # norm row k: its delta_y^k has N_k units, the next pair's W^{k+1} fan-in N_k
+    g_norm[:-1] = zeta[1:] + nc.sw2[1:] * mo["eta_extra"][1:] / N[:-1] + np.append(tail[2:], 0.0)
+    add_w = (2 * (mo["kappa"] - 1) + mo["var_ratio"]) / N   # weighting + forward ratio
+    v_dense, v_norm = np.zeros(L), np.zeros(L)
+    v_norm[-1] = 2.0 / N[-1]
+    for k in range(L - 1, -1, -1):
+        v_dense[k] = v_norm[k] + add_w[k]
+        if k:
+            v_norm[k - 1] = v_dense[k] + 2.0 / N[k - 1]
+    inter = lambda a, b: np.column_stack([a, b]).ravel()  # noqa: E731  Dense, norm rows
+    dlog_g, var_log_g = inter(g_dense, g_norm), inter(v_dense, v_norm)
+    var_log_q = inter(2.0 / N, np.zeros(L))
+    zero = np.zeros(2 * L)
+    nan = np.full(2 * L, np.nan)
+    note = (f"first order in 1/N (post-activation normalisation): largest |dlog_g| = "
+            f"{float(np.max(np.abs(dlog_g))):.3g}; the forward pass is exact (dlog_q = 0).")
+    return NLOCorrection(
+        layers=np.arange(1, 2 * L + 1), widths=network.widths.copy(), dlog_q=zero,
+        dlog_q_typical=-0.5 * var_log_q, var_log_q=var_log_q, dlog_g=dlog_g,
+        dlog_g_typical=dlog_g - 0.5 * var_log_g, var_log_g=var_log_g,
+        dlog_G=dlog_g.copy(), kernel_var=zero.copy(), theta=nan,
+        dc=None, note=note, meta={"source": "nlo_correction", "q0": q0, "c0": c0, "order": 1})
+
+
+# ---------------------------------------------------------------------------------------------
 # the API
 
 
@@ -400,15 +931,26 @@ def nlo_correction(network: Network, q0: float = 1.0, c0=None) -> NLOCorrection:
     derivation: docs/theory/finite-width-nlo.md).
 
     ``network``: Dense layers with gaussian weights (any widths, activations, sigma_w^2 and
-    sigma_b^2 per layer), optionally a linear Dense followed by a Nonlinearity; other layer kinds
-    raise ValueError ("no 1/N correction yet"). ``q0``: input second moment; ``c0``: correlation of
-    a second input of the same norm (adds ``dc``). The mean-field q^l must lie in [1e-100, 1e100].
+    sigma_b^2 per layer), optionally a linear Dense followed by a Nonlinearity; or residual
+    blocks whose branch is one gaussian Dense layer (``resnet(..., branch_depth=1)``; note section
+    6: ``theta`` nan, no ``c0``); or Dense(phi) layers each followed by a LayerNorm
+    or RMSNorm (``mlp(..., norm="layer")``; section 7: ``dlog_q = 0`` exactly, ``dlog_G =
+    dlog_g``, ``theta`` nan, no ``c0``). Other layer kinds and placements raise ValueError
+    ("no 1/N correction yet", naming the layer). ``q0``: input second moment; ``c0``: correlation
+    of a second input of the same norm (adds ``dc``; Dense networks only). The mean-field q^l
+    must lie in [1e-100, 1e100].
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a signalprop Network (see signalprop.mlp), "
                         f"got {type(network).__name__}")
-    chain = _chain(network)
     q0 = positive_scalar("q0", q0)
+    rc = _res_chain(network)
+    if rc is not None:
+        return _residual_correction(network, rc, q0, c0)
+    nc = _norm_chain(network)
+    if nc is not None:
+        return _norm_correction(network, nc, q0, c0)
+    chain = _chain(network)
     prof_log_q, prof_c = _mean_field(network, q0, c0)
     first = np.searchsorted(chain.row, np.arange(chain.n.size))   # a row of each effective layer
     lq = prof_log_q[first]
