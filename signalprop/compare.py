@@ -184,18 +184,23 @@ def _betas(widths, L):
 KAPPA_2 = 8.0   #: the next-order allowance constant of an order-1 theory (module docstring)
 
 
-def _second_order(theory: Profile, nlo: dict, widths, L: int) -> dict:
+def _second_order(theory: Profile, nlo: dict, widths, L: int, first: dict) -> dict:
     """The default allowances of an order-1 theory: its correction squared plus
-    ``KAPPA_2 * sum 1/N_k^2`` (module docstring)."""
+    ``KAPPA_2 * sum 1/N_k^2`` (module docstring); at layers whose correction was not derived
+    (nan), the order-0 allowance ``first[field]`` instead."""
     inv2 = 1.0 / np.asarray(widths, float)[1:] ** 2
     fwd, bwd, tot = np.cumsum(inv2), np.cumsum(inv2[::-1])[::-1], float(inv2.sum())
 
-    def sq(key):
+    def allow(key, field, nxt):
         v = nlo.get(key)
-        return np.zeros(L) if v is None else np.nan_to_num(np.asarray(v, float)) ** 2
+        if v is None:
+            return np.zeros(L) + nxt
+        v = np.asarray(v, float)
+        return np.where(np.isnan(v), first[field], v * v + nxt)
 
-    out = {"log_q": sq("dlog_q") + KAPPA_2 * fwd, "c": sq("dc") + KAPPA_2 * fwd,
-           "log_g": sq("dlog_g") + KAPPA_2 * bwd, "log_G": sq("dlog_G") + KAPPA_2 * tot}
+    out = {"log_q": allow("dlog_q", "log_q", KAPPA_2 * fwd), "c": allow("dc", "c", KAPPA_2 * fwd),
+           "log_g": allow("dlog_g", "log_g", KAPPA_2 * bwd),
+           "log_G": allow("dlog_G", "log_G", KAPPA_2 * tot)}
     with np.errstate(over="ignore", invalid="ignore"):
         out["q"] = np.abs(np.asarray(theory.q, float)) * out["log_q"]
     if not np.all(np.isfinite(out["q"])):
@@ -378,7 +383,8 @@ def compare(theory: Profile, simulation: Profile, *, fields: Optional[Sequence[s
     allowance = _allowances(allowance, L)
     nlo = theory.meta.get("nlo") if isinstance(theory.meta, dict) else None
     if theory.meta.get("order") == 1 and isinstance(nlo, dict):
-        allowance = {**_second_order(theory, nlo, widths, L), **allowance}
+        first = {f: kappa * base["q" if f == "log_q" else f] for f in ("log_q", "c", "log_g", "log_G")}
+        allowance = {**_second_order(theory, nlo, widths, L, first), **allowance}
     out = {k: {} for k in ("theory", "simulation", "se", "diff", "z", "allowance", "agree", "skipped")}
     max_z, max_ex, any_se, disagree = 0.0, -math.inf, False, False
     compared, q_in_logs = [], False

@@ -1033,6 +1033,7 @@ def corrected(profile: Profile, corr: NLOCorrection) -> Profile:
     dG = np.where(np.isnan(corr.dlog_G), 0.0, corr.dlog_G)
     meta = dict(profile.meta)
     meta.update({"order": 1, "nlo_note": corr.note,
-                 "nlo": {"dlog_q": corr.dlog_q, "dlog_g": corr.dlog_g, "dlog_G": dG, "dc": corr.dc}})
+                 "nlo": {"dlog_q": corr.dlog_q, "dlog_g": corr.dlog_g, "dlog_G": corr.dlog_G,
+                         "dc": corr.dc}})      # nan where not derived: compare's order-0 allowance
     return replace(profile, q=profile.q * np.exp(corr.dlog_q), log_q=profile.log_q + corr.dlog_q,
                    log_g=profile.log_g + corr.dlog_g, log_G=profile.log_G + dG, c=c, meta=meta)
