@@ -153,7 +153,8 @@ def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh"
         sigma_w2: float = 1.0, sigma_u2: float = 1.0, sigma_b2: float = 0.0,
         weights: str = "gaussian", q_x=1.0, c_x=0.0, input_width: Optional[int] = None,
         name: str = "rnn", gates: Optional[dict] = None, tied: bool = True,
-        chrono: Optional[float] = None) -> Network:
+        chrono: Optional[float] = None, reset_after: bool = False,
+        hidden_bias2: float = 0.0) -> Network:
     """A recurrent ``cell`` unrolled over ``steps`` time steps as a :class:`Network` whose layer t
     is step t, all steps sharing their weights by ``name`` (:mod:`signalprop.layers.recurrent`).
 
@@ -176,7 +177,10 @@ def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh"
     ``tied``: False gives every step its own weights (the untied model of the mean-field theory).
     ``chrono``: ``T_max`` of the chrono initialisation of an LSTM (Tallec & Ollivier 2018): per unit
     ``b = log U(1, T_max - 1)`` added to the forget gate's bias and subtracted from the input
-    gate's; its theory is :func:`signalprop.predict_tied` (``predict`` refuses it)."""
+    gate's; its theory is :func:`signalprop.predict_tied` (``predict`` refuses it).
+    ``reset_after`` (GRU): PyTorch's ``nn.GRU`` cell, ``n = tanh(U_n x + b_n + r (W_n h + b_hn))``
+    with ``b_hn ~ N(0, hidden_bias2)`` per unit (:class:`~signalprop.layers.gated.GRUStep`; theory:
+    ``predict_tied``)."""
     if not isinstance(cell, str) or cell not in CELLS:
         raise ValueError(f"unknown cell {short_repr(cell)}; known: {', '.join(CELLS)}")
     steps = check_int("steps", steps, 1, MAX_DEPTH)
@@ -186,8 +190,11 @@ def rnn(cell: str = "rnn", steps: int = 100, width: int = 256, activation="tanh"
     if not isinstance(tied, bool):
         raise TypeError(f"tied must be True or False, got {short_repr(tied)}")
     if cell in GATED_CELLS:
+        if (reset_after or hidden_bias2) and cell != "gru":
+            raise ValueError(f"reset_after and hidden_bias2 are options of the GRU, not of {cell!r}")
+        extra = {"reset_after": reset_after, "hidden_bias2": hidden_bias2} if cell == "gru" else {}
         return _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_width,
-                          name, gates, tied, chrono)
+                          name, gates, tied, chrono, extra)
     if chrono is not None:
         raise ValueError(f"chrono is an initialisation of the LSTM's gate biases, not of {cell!r}")
     if gates is not None:
@@ -210,7 +217,7 @@ _GATE_NAMES = {"minimal": ("gate",), "gru": ("update", "reset", "candidate"),
 
 
 def _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_width, name,
-               gates, tied, chrono=None) -> Network:
+               gates, tied, chrono=None, extra=None) -> Network:
     """The gated cells of :func:`rnn`."""
     given = {} if gates is None else gates
     if not isinstance(given, dict):
@@ -230,6 +237,7 @@ def _gated_rnn(cell, steps, width, sigma_w2, sigma_u2, weights, qx, cx, input_wi
             raise ValueError(f"chrono is an initialisation of the LSTM's gate biases, not of "
                              f"{cell!r}")
         kw["chrono"] = chrono
+    kw.update(extra or {})
     out_w = 2 * width if cell == "lstm" else width
     layers, made = [], {}
     for t in range(steps):

@@ -186,3 +186,25 @@ def test_recurrent_weight_gradients_against_an_independent_lstm():
     total = wg["total"]          # E ||grad of all W, U, b||^2, the norm that clipping meets
     assert abs(math.log(m[-1]) - total["log_norm_sq"]) <= Z_MAX * math.hypot(
         se[-1], total["log_norm_sq_se"])
+
+
+def test_reset_after_gru_tied_theory_and_simulation():
+    """PyTorch's GRU cell (reset gate after the recurrent product, a bias inside it): the tied
+    theory agrees with simulation; ``predict`` refuses the cell; options checked."""
+    net = sp.rnn("gru", steps=16, width=256, reset_after=True, hidden_bias2=0.3,
+                 gates={"update": sp.Gate(1.0, 1.0, 0.5, 0.2), "reset": sp.Gate(2.0, 1.0, 0.0),
+                        "candidate": sp.Gate(2.0, 1.0, 0.0, 0.1)})
+    sim = sp.simulate(net, 16, seed=14, q0=1.0, c0=0.5)
+    tied = predict_tied(net, 1.0, 0.5, paths=4096, replicas=12, seed=15)
+    cmp = sp.compare(tied, sim, fields=["q", "c", "log_g"])
+    assert all(np.all(v) for v in cmp.agree.values()), cmp
+    before = predict_tied(sp.rnn("gru", steps=16, width=256, gates={
+        "update": sp.Gate(1.0, 1.0, 0.5, 0.2), "reset": sp.Gate(2.0, 1.0, 0.0),
+        "candidate": sp.Gate(2.0, 1.0, 0.0, 0.1)}), 1.0, 0.5, paths=2048, replicas=4, seed=15)
+    assert np.max(np.abs(before.q - tied.q) / np.hypot(before.q_se, tied.q_se)) > 10
+    with pytest.raises(ValueError, match="predict_tied"):
+        sp.predict(net, 1.0)
+    with pytest.raises(ValueError, match="reset_after"):
+        sp.rnn("lstm", steps=3, width=8, reset_after=True)
+    with pytest.raises(ValueError, match="hidden_bias2"):
+        sp.rnn("gru", steps=3, width=8, hidden_bias2=0.5)

@@ -115,6 +115,10 @@ def _fd_check(layer, n_in, seed=3):
     (lambda: LSTMStep(14, q_x=0.9, input_width=5, forget=Gate(1.2, 0.6, 1.0),
                       input=Gate(0.8, 0.9, -0.3), output=Gate(1.0, 0.4, 0.2),
                       candidate=Gate(1.4, 0.8, 0.0)), 14),         # later steps: [h; c]
+    (lambda: GRUStep(7, q_x=0.9, input_width=5, update=Gate(1.1, 0.6, 0.7, 0.3),
+                     reset=Gate(0.9, 0.5, -0.4, 0.2), candidate=Gate(1.5, 0.7, 0.0, 0.4),
+                     reset_after=True, hidden_bias2=0.5), 7),     # PyTorch's cell
+    (lambda: LSTMStep(14, q_x=0.9, input_width=5, chrono=30.0), 14),   # chrono biases
 ])
 def test_backprop_through_time_matches_finite_differences(make, n_in):
     _fd_check(make(), n_in)

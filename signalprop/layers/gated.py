@@ -235,7 +235,8 @@ class _GatedStep:
         """``(name, what must agree)``: all steps sharing ``share`` have equal gates and shapes."""
         return self.share, (type(self).__name__, self.state_width, self.input_width,
                             self.weights, tuple(self.gates().items()),
-                            getattr(self, "chrono", None))
+                            tuple(getattr(self, f, None) for f in ("chrono", "reset_after",
+                                                                   "hidden_bias2")))
 
     def _input_kernel(self, k: int) -> np.ndarray:
         """``q_x C_x``: the second moments of the k sequences' inputs at this step."""
@@ -245,7 +246,7 @@ class _GatedStep:
 
     # -- one unit's process, for the dynamical mean field of tied weights (signalprop.dmft) --
 
-    def _unit_pre(self, F, name: str, y: np.ndarray) -> np.ndarray:
+    def _unit_pre(self, F, name: str, y: np.ndarray, recurrent: bool = True) -> np.ndarray:
         """Gate ``name``'s pre-activation on the paths of one unit (``y``: (M, k), the vector its
         recurrent matrix meets): ``mu + Z^{W y} + Z^{U x_t} + Z^b`` (docs/theory/recurrent.md,
         "Tied weights"). ``F`` draws the Gaussian fields: ``F.field(key, sigma2, y)`` jointly
@@ -255,7 +256,7 @@ class _GatedStep:
         field and an untied one (its own ``share`` per step) starts afresh."""
         g = self.gates()[name]
         a = np.full(y.shape, g.mu)
-        if g.sigma_w2:
+        if g.sigma_w2 and recurrent:
             a = a + F.field(f"{self.share}:{name}:W", g.sigma_w2, y)
         if g.sigma_u2 and self.q_x:
             a = a + F.gaussian(g.sigma_u2 * self._input_kernel(y.shape[1]))
@@ -275,6 +276,8 @@ class _GatedStep:
         w = "" if self.weights == "gaussian" else f", {self.weights}"
         ch = getattr(self, "chrono", None)
         w += "" if ch is None else f", chrono={ch:g}"
+        if getattr(self, "reset_after", False):
+            w += f", reset_after, hidden_bias2={self.hidden_bias2:g}"
         return (f"{type(self).__name__}({self.state_width}, {g}, q_x={self.q_x:g}, "
                 f"c_x={self.c_x:g}{w}, share={self.share!r})")
 
@@ -328,11 +331,16 @@ class MinimalStep(_GatedStep):
 class GRUStep(_GatedStep):
     """One GRU step, ``h_t = z h_{t-1} + (1 - z) tanh(W_n (r h_{t-1}) + U_n x_t)`` with ``z =
     sigma(a^z)``, ``r = sigma(a^r)`` (``update``, ``reset``, ``candidate``: their gates; the
-    candidate's ``mu`` must be 0)."""
+    candidate's ``mu`` must be 0). ``reset_after``: the variant of PyTorch's ``nn.GRU`` and cuDNN,
+    ``n = tanh(U_n x_t + b_n + r (W_n h_{t-1} + b_hn))`` (the reset gate applied after the
+    recurrent product), with ``b_hn ~ N(0, hidden_bias2)`` per unit (``candidate.sigma_b2`` is then
+    the variance of the outer ``b_n``); its theory is :func:`signalprop.predict_tied` only."""
 
     update: Gate = Gate(1.0, 1.0, 0.0)
     reset: Gate = Gate(1.0, 1.0, 0.0)
     candidate: Gate = Gate(1.0, 1.0, 0.0)
+    reset_after: bool = False
+    hidden_bias2: float = 0.0
     _GATES = ("update", "reset", "candidate")
 
     def __post_init__(self):
@@ -340,11 +348,22 @@ class GRUStep(_GatedStep):
         if self.candidate.mu != 0.0:
             raise ValueError(f"the candidate's bias mu must be 0 (states of mean zero), got "
                              f"{self.candidate.mu!r}")
+        if not isinstance(self.reset_after, bool):
+            raise TypeError(f"reset_after must be True or False, got {short_repr(self.reset_after)}")
+        hb = nonnegative_scalar("hidden_bias2", self.hidden_bias2)
+        if hb and not self.reset_after:
+            raise ValueError("hidden_bias2 (the bias inside the reset product) exists only with "
+                             "reset_after=True")
+        object.__setattr__(self, "hidden_bias2", hb)
 
     def kernel_step(self, kernel: Kernel, n_in: int, cache: dict) -> KernelStep:
         """``K_h' = E[z z] K_h + E[(1-z)(1-z)] E[n n]``, ``a^n ~ N(0, sigma_wn^2 E[r r] o K_h +
         sigma_un^2 K_x + sigma_bn^2)``; back: ``Pi' = (Z1 + sigma_wz^2 D_z (K_h + K_n) + (R1 + sigma_wr^2 D_r
         K_h) sigma_wn^2 Z0 T_n) o Pi`` (docs/theory/recurrent.md, "GRU")."""
+        if self.reset_after:
+            raise ValueError("reset_after (PyTorch's GRU): the untied mean field here is for the "
+                             "reset gate applied before the product; use signalprop.predict_tied "
+                             "(rnn(..., tied=False) for untied weights)")
         Kh, Kx = kernel.matrix(), self._input_kernel(kernel.k)
         z, r, n = self.update, self.reset, self.candidate
         Kz, Kr = z.pre_kernel(Kh, Kx), r.pre_kernel(Kh, Kx)
@@ -367,17 +386,30 @@ class GRUStep(_GatedStep):
         z = _sig(self._unit_pre(F, "update", h))
         ar = self._unit_pre(F, "reset", h)
         r = _sig(ar)
-        an = self._unit_pre(F, "candidate", r * h)
+        if self.reset_after:                                # n = tanh(U x + b + r (W h + b_hn))
+            wh = np.zeros_like(h)
+            if self.candidate.sigma_w2:
+                wh = wh + F.field(f"{self.share}:candidate:W", self.candidate.sigma_w2, h)
+            if self.hidden_bias2:
+                wh = wh + F.bias(f"{self.share}:candidate:bh", self.hidden_bias2)
+            an = self._unit_pre(F, "candidate", h, recurrent=False) + r * wh
+        else:
+            an = self._unit_pre(F, "candidate", r * h)
+            wh = h                                      # d an / d r = W_n h reads back as h
         n = np.tanh(an)
-        return (z * h + (1.0 - z) * n,), tuple(v[:, :1] for v in (h, z, ar, r, an, n))
+        return (z * h + (1.0 - z) * n,), tuple(v[:, :1] for v in (h, z, ar, r, an, n, wh))
 
     def unit_backward(self, grad: tuple, ctx: tuple, F) -> tuple:
         """The GRU's backward per unit (as :class:`GRUSampler`, with ``W~^T`` fields)."""
-        h, z, ar, r, an, n = ctx
+        h, z, ar, r, an, n, wh = ctx
         gh = grad[0]
-        v = self._unit_back(F, "candidate", gh * (1.0 - z) * _dtanh(an))     # d loss / d (r h)
-        out = gh * z + self._unit_back(F, "update", gh * (h - n) * z * (1.0 - z)) + v * r
-        return (out + self._unit_back(F, "reset", v * h * _dsig(ar)),)
+        dn = gh * (1.0 - z) * _dtanh(an)
+        out = gh * z + self._unit_back(F, "update", gh * (h - n) * z * (1.0 - z))
+        if self.reset_after:            # d an / d (W h) = r, d an / d r = W h + b_hn
+            out = out + self._unit_back(F, "candidate", dn * r)
+            return (out + self._unit_back(F, "reset", dn * wh * _dsig(ar)),)
+        v = self._unit_back(F, "candidate", dn)                        # d loss / d (r h)
+        return (out + v * r + self._unit_back(F, "reset", v * h * _dsig(ar)),)
 
 
 @dataclass(frozen=True)
@@ -565,6 +597,12 @@ class _GatedSampler:
             draw = (lambda r, s=sd: r.normal((self.N,), dt) * dt.type(s))
             out[name, "b"] = (draw(rng.named(key)) if not self.layer.tied
                               else _shared(rng, key, dt, draw))
+        hb = getattr(self.layer, "hidden_bias2", 0.0)
+        if hb:                                          # reset-after GRU: b_hn ~ N(0, hb)
+            key = f"{self.layer.share}:candidate:bh"
+            draw = (lambda r, s=math.sqrt(hb): r.normal((self.N,), dt) * dt.type(s))
+            out["candidate", "bh"] = (draw(rng.named(key)) if not self.layer.tied
+                                      else _shared(rng, key, dt, draw))
         t_max = getattr(self.layer, "chrono", None)
         if t_max is not None:                           # chrono: +b forget, -b input, per unit
             key = f"{self.layer.share}:chrono"
@@ -595,14 +633,14 @@ class _GatedSampler:
         out = np.matmul(d[:, None, :], M)[:, 0]
         return out * out.dtype.type(c) if c != 1.0 else out
 
-    def _pre(self, wts, name: str, h, X):
+    def _pre(self, wts, name: str, h, X, recurrent: bool = True):
         """``a = W h + U x + b`` of gate ``name`` (S, k, N); ``b = mu`` plus, when ``sigma_b2 > 0``,
-        the per-unit draw shared by the k sequences."""
+        the per-unit draw shared by the k sequences (``recurrent=False``: without ``W h``)."""
         g = self.layer.gates()[name]
         a = np.full(h.shape[:2] + (self.N,), g.mu, dtype=h.dtype)
         if (name, "b") in wts:
             a += wts[name, "b"][:, None, :]
-        if (name, "W") in wts:
+        if (name, "W") in wts and recurrent:
             a += self._apply(wts[name, "W"], h)
         if (name, "U") in wts and X is not None:
             a += self._apply(wts[name, "U"], X)
@@ -638,18 +676,30 @@ class GRUSampler(_GatedSampler):
         z = _sig(self._pre(wts, "update", x, X))
         ar = self._pre(wts, "reset", x, X)
         r = _sig(ar)
-        an = self._pre(wts, "candidate", r * x, X)
+        if self.layer.reset_after:                      # n = tanh(U x + b + r (W h + b_hn))
+            wh = np.zeros_like(x)
+            if ("candidate", "W") in wts:
+                wh = wh + self._apply(wts["candidate", "W"], x)
+            if ("candidate", "bh") in wts:
+                wh = wh + wts["candidate", "bh"][:, None, :]
+            an = self._pre(wts, "candidate", x, X, recurrent=False) + r * wh
+        else:
+            an = self._pre(wts, "candidate", r * x, X)
+            wh = x
         n = np.tanh(an)
         h = z * x + (1.0 - z) * n
-        ctx = (wts, x[:, 0], z[:, 0], ar[:, 0], r[:, 0], an[:, 0], n[:, 0])
+        ctx = (wts, x[:, 0], z[:, 0], ar[:, 0], r[:, 0], an[:, 0], n[:, 0], wh[:, 0])
         return h, h, ctx
 
     def backward(self, gt, ctx, rng):
-        wts, h, z, ar, r, an, n = ctx
+        wts, h, z, ar, r, an, n, wh = ctx
         dn = gt * (1.0 - z) * _dtanh(an)
+        out = gt * z + self._back(wts, "update", gt * (h - n) * z * (1.0 - z))
+        if self.layer.reset_after:      # d an / d (W h) = r, d an / d r = W h + b_hn
+            out = out + self._back(wts, "candidate", dn * r)
+            return out + self._back(wts, "reset", dn * wh * _dsig(ar))
         v = self._back(wts, "candidate", dn)                 # d loss / d (r h)
-        out = gt * z + self._back(wts, "update", gt * (h - n) * z * (1.0 - z)) + v * r
-        return out + self._back(wts, "reset", v * h * _dsig(ar))
+        return out + v * r + self._back(wts, "reset", v * h * _dsig(ar))
 
 
 class LSTMSampler(_GatedSampler):
