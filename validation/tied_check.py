@@ -195,7 +195,7 @@ def section_gradient_norm(lines: list) -> None:
               f"(`lstm_gradient_norms`), {S} networks. The norm concentrates (relative spread "
               "below), so P(clip) at a clip value c is close to 0 for c well above the predicted "
               "norm and 1 well below it; the untied theory's same-step sum is shown for contrast.", "",
-              "| b_f | T | log E norm^2 theory | MC | same-step only | predicted norm | MC norm 5%..95% | P(norm > 100) MC |",
+              "| b_f | T | log E norm^2 theory | MC | W part, same-step terms only | predicted norm | MC norm 5%..95% | P(norm > 100) MC |",
               "|---|---|---|---|---|---|---|---|"]
     for bf in (1.0, 3.0):
         gates = {"forget": sp.Gate(1.0, 1.0, bf), "input": sp.Gate(1.0, 1.0, 0.0),
@@ -212,7 +212,7 @@ def section_gradient_norm(lines: list) -> None:
             norms = np.sqrt(mc)
             lo, hi = np.percentile(norms, [5, 95])
             lines.append(f"| {bf:g} | {T} | {tot['log_norm_sq']:.3f} +- {tot['log_norm_sq_se']:.3f} | "
-                         f"{math.log(m):.3f} +- {se / m:.3f} | {math.log(same):.3f} (W only) | "
+                         f"{math.log(m):.3f} +- {se / m:.3f} | {math.log(same):.3f} | "
                          f"{math.exp(tot['log_norm_sq'] / 2):.1f} | {lo:.1f}..{hi:.1f} | "
                          f"{np.mean(norms > 100):.2f} |")
             print(lines[-1], flush=True)
