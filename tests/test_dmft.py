@@ -37,7 +37,7 @@ def test_field_values_have_the_stated_covariance():
     M = 20000
     rng = np.random.default_rng(1)
     Y = rng.standard_normal((M, 3)) @ np.array([[1.0, 0.6, 0.2], [0.0, 0.8, 0.5], [0.0, 0.0, 0.7]])
-    F = UnitFields(M, np.random.default_rng(2))
+    F = UnitFields(M, [np.random.default_rng(2)])
     vals = np.hstack([F.field("W", 2.0, Y[:, [j]]) for j in range(3)])
     target = 2.0 * Y.T @ Y / M
     emp = vals.T @ vals / M
@@ -123,12 +123,16 @@ def test_tied_lstm_agrees_with_simulation_where_the_untied_theory_fails():
     assert sim.log_g[0] - sp.predict(net, 1.0).log_g[0] > 1.0
 
 
-def test_same_seed_same_numbers_and_bad_input():
+def test_same_seed_same_numbers_whatever_the_chunking_and_bad_input(monkeypatch):
     net = sp.rnn("gru", steps=4, width=16)
     a = predict_tied(net, 1.0, 0.3, paths=256, replicas=3, seed=9)
     b = predict_tied(net, 1.0, 0.3, paths=256, replicas=3, seed=9)
+    import signalprop.dmft as dmft
+    monkeypatch.setattr(dmft, "_CHUNK_VALUES", 1)          # one replica at a time
+    c = predict_tied(net, 1.0, 0.3, paths=256, replicas=3, seed=9)
     for f in ("q", "c", "log_g", "q_se", "log_g_se"):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        np.testing.assert_array_equal(getattr(c, f), getattr(a, f))
     assert a.meta["method"].startswith("dynamical mean field")
     with pytest.raises(ValueError, match="paths"):
         predict_tied(net, paths=10)
