@@ -263,6 +263,9 @@ def spectrum(network: Network, q0: float = 1.0, *, q_rtol: float = 1e-9,
                 groups[gkey] = [law, 1, NL / n_out]
     c0 = widths[0] / NL
     add_closed(fp.dimension_change(c0), 1.0)
+    for note in dict.fromkeys(getattr(la, "spectrum_note", None) for la in network.layers):
+        if note:
+            notes.append(note)      # a layer kind's own statement about its factor
     if any(la.weights == "uniform" for la in network.layers):
         notes.append("uniform weights: Marchenko-Pastur law of W^T W by universality (i.i.d. "
                      "entries with the same variance)")

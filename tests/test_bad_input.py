@@ -385,6 +385,13 @@ CLI = {
     "clip": (["--depth", "3", "--width", "8"],
              {"--clip-value": "f", "--output-grad-var": "f", "--depths": "i", "--q0": "f"}),
     "validate": (["--family", "no-such-family"], {"--jobs": "i"}),
+    "rnn": (["--steps", "3", "--width", "8"],
+            {"--steps": "i", "--width": "i", "--sigma-w2": "f", "--sigma-u2": "f",
+             "--sigma-b2": "f", "--q-x": "f", "--c-x": "f", "--q0": "f", "--c0": "f",
+             "--every": "i"}),
+    "rnn --cell lstm": (["--cell", "lstm", "--steps", "3", "--width", "8"],
+                        {"--gate-bias": "f", "--gate-sigma-b2": "f", "--sigma-w2": "f",
+                         "--samples": "i", "--seed": "i"}),
 }
 
 CLI_VALUES = {"nan": "nan", "inf": "inf", "-inf": "-inf", "neg": "-1", "zero": "0",

@@ -600,3 +600,84 @@ def test_transformer_bad_input(capsys, argv, word):
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("signalprop: error: ") and err.count("\n") == 1
     assert word in err
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13: the rnn command
+
+
+def test_rnn_json_equals_api(capsys):
+    d = run_json(capsys, "rnn", "--steps", "12", "--width", "64", "--sigma-w2", "1.5",
+                 "--sigma-b2", "0.05", "--q-x", "0.5", "--c-x", "0.3", "--c0", "0.2")
+    net = sp.rnn("rnn", 12, 64, "tanh", sigma_w2=1.5, sigma_b2=0.05, q_x=0.5, c_x=0.3)
+    prof = sp.predict(net, 1.0, 0.2)
+    for k in ("q", "c", "log_g"):
+        np.testing.assert_array_equal(d[k], getattr(prof, k))
+    ts = sp.rnn_timescales("tanh", 1.5, 1.0, 0.05, 0.5, 0.3)
+    for k in ("q_star", "c_star", "chi_1", "chi_c", "xi_c", "xi_grad"):
+        assert _num(d["timescales"][k]) == getattr(ts, k), k
+    assert d["timescales"]["regime"] == ts.regime == "ordered"
+    assert d["cell"] == "rnn" and d["tied"] is True and "simulation" not in d
+
+
+def test_rnn_linear_closed_form(capsys):
+    """Linear vanilla cell (derived by hand): q_e^t = sw2 q_e^{t-1} + su2 q_x + sb2 with
+    q_e^1 = sw2 q0 + su2 q_x + sb2, and log g^t = (T - t) log sw2 (the loss at step T)."""
+    sw2, su2, qx, sb2, q0, T = 0.9, 0.5, 2.0, 0.1, 3.0, 7
+    d = run_json(capsys, "rnn", "--activation", "linear", "--steps", str(T), "--sigma-w2",
+                 str(sw2), "--sigma-u2", str(su2), "--q-x", str(qx), "--sigma-b2", str(sb2),
+                 "--q0", str(q0))
+    q, qe = [], q0
+    for _ in range(T):
+        qe = sw2 * qe + su2 * qx + sb2 if q else sw2 * q0 + su2 * qx + sb2
+        q.append(qe)
+    np.testing.assert_allclose(d["q"], q, rtol=1e-12)
+    np.testing.assert_allclose(d["log_g"], [(T - t) * math.log(sw2) for t in range(1, T + 1)],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_rnn_gated_cells_and_gate_bias(capsys):
+    for cell, mu in (("lstm", 1.0), ("gru", 0.0), ("minimal", 0.0)):
+        d = run_json(capsys, "rnn", "--cell", cell, "--steps", "4", "--width", "16")
+        assert d["gate_bias"] == mu and "timescales" not in d
+        prof = sp.predict(sp.rnn(cell, 4, 16), 1.0)
+        np.testing.assert_array_equal(d["q"], prof.q)
+    d = run_json(capsys, "rnn", "--cell", "lstm", "--steps", "4", "--width", "16",
+                 "--gate-bias", "3", "--gate-sigma-b2", "0.2", "--untied")
+    net = sp.rnn("lstm", 4, 16, gates={"forget": sp.Gate(1.0, 1.0, 3.0, 0.2)}, tied=False)
+    np.testing.assert_array_equal(d["log_g"], sp.predict(net, 1.0).log_g)
+    assert d["tied"] is False
+
+
+def test_rnn_samples_compare_and_files(capsys, tmp_path):
+    d = run_json(capsys, "rnn", "--steps", "5", "--width", "32", "--sigma-w2", "0.8",
+                 "--samples", "20", "--seed", "3")
+    sim = d["simulation"]
+    net = sp.rnn("rnn", 5, 32, "tanh", sigma_w2=0.8)
+    mc = sp.simulate(net, 20, 3)
+    np.testing.assert_array_equal(sim["log_g"], mc.log_g)
+    assert sim["verdict"] == sp.compare(sp.predict(net), mc).verdict
+    argv = ["rnn", "--steps", "5", "--width", "16", "--csv", str(tmp_path / "r.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "xi_grad" in out and "log_g" in out and f"wrote {tmp_path / 'r.csv'}" in out
+    header, _ = _read_csv(tmp_path / "r.csv")
+    assert header[:2] == ["layer", "q"]
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--steps", "0"], "steps"),
+    (["--cell", "lstmx"], "--cell"),
+    (["--cell", "lstm", "--gate-bias", "nan"], "gate bias"),
+    (["--q-x", "-0.5"], "q_x"),
+    (["--c-x", "1.5"], "c_x"),
+    (["--cell", "gru", "--sigma-b2", "0.1"], "--gate-sigma-b2"),
+    (["--gate-bias", "1"], "gated cells"),
+    (["--samples", "1"], "samples"),
+    (["--weights", "uniform"], "--weights"),
+])
+def test_rnn_bad_input(capsys, argv, word):
+    assert main(["rnn", "--steps", "3", "--width", "8", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("signalprop: error: ") and err.count("\n") == 1
+    assert word in err

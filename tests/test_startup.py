@@ -45,7 +45,7 @@ def test_top_level_help_imports_nothing_heavy():
     assert not any(loaded.values()), loaded
 
 
-@pytest.mark.parametrize("argv", [["predict", "--help"], ["simulate", "--help"],
+@pytest.mark.parametrize("argv", [["predict", "--help"], ["simulate", "--help"], ["rnn", "--help"],
                                   ["fixed-point", "--activation", "tanh", "--sigma-w2", "1.5",
                                    "--sigma-b2", "0.05"]])
 def test_commands_import_no_figures_and_no_scipy_stats(argv):

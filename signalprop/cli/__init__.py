@@ -22,7 +22,8 @@ Layout
 * :mod:`.output`: tables, the fixed-point block, figures;
 * ``commands_meanfield`` (fixed-point, critical, predict, demo, phase), ``commands_finite``
   (finite-width, clip, spectrum), ``commands_activations``, ``commands_simulate`` (simulate,
-  validate): each command's options and run function, which call the API and print;
+  validate), ``commands_recurrent`` (rnn): each command's options and run function, which call
+  the API and print;
 * :mod:`.registry`: :data:`COMMANDS` and the parser; this module: :func:`main` and the error
   policy above.
 

@@ -9,7 +9,8 @@ import math
 from typing import Optional
 
 from ..activations import Activation, activation, activations
-from ..architectures import mlp, resnet
+from ..architectures import mlp, resnet, rnn
+from ..layers.gated import Gate
 from ..network import MAX_DEPTH, INITS, Network, has_capability, init_sigma_w2
 from .._validate import check_int
 from .registry import FP_WARNING, Parser, UsageError  # noqa: F401 - re-exported (they lived here)
@@ -109,6 +110,8 @@ def network_from(args: argparse.Namespace, depth: Optional[int] = None) -> Netwo
     ``depth`` replaces ``--depth`` (``clip --depths`` sweeps it). ``--init orthogonal`` implies
     orthogonal weights when ``--weights`` is not given."""
     act = activation_from(args)
+    if getattr(args, "cell", None) is not None:
+        return _rnn_from(args, act)
     depth = args.depth if depth is None else depth
     width = getattr(args, "widths", None) or args.width
     weights = getattr(args, "weights", None)
@@ -128,6 +131,35 @@ def network_from(args: argparse.Namespace, depth: Optional[int] = None) -> Netwo
     if getattr(args, "branch_scale", "1") != "1" or getattr(args, "branch_depth", 2) != 2:
         raise ValueError("--branch-scale and --branch-depth need --residual")
     return mlp(depth, width, act, norm=norm, batch_size=batch, **kw)
+
+
+#: the memory gate of each gated cell (``--gate-bias``, ``--gate-sigma-b2``): the one whose value
+#: multiplies the carried state (minimalRNN u, GRU update z, LSTM forget f)
+MEMORY_GATE = {"minimal": "gate", "gru": "update", "lstm": "forget"}
+
+
+def _rnn_from(args: argparse.Namespace, act: Activation) -> Network:
+    """The recurrent network of ``signalprop rnn`` (:func:`signalprop.architectures.rnn`):
+    ``--cell``, ``--steps``, ``--width``, ``--sigma-w2/-u2/-b2``, ``--weights``, ``--q-x``,
+    ``--c-x``, ``--untied``; for gated cells the memory gate's bias mean and variance
+    (``--gate-bias``, ``--gate-sigma-b2``), every other gate ``Gate(sigma_w2, sigma_u2, 0)``."""
+    sw2 = args.default_sigma_w2 if args.sigma_w2 is None else args.sigma_w2
+    gates = None
+    if args.cell in MEMORY_GATE:
+        if args.sigma_b2 != 0.0:
+            raise ValueError(f"--sigma-b2 is the vanilla cell's bias variance; for --cell "
+                             f"{args.cell} use --gate-sigma-b2 (the memory gate's)")
+        if args.activation != "tanh" or args.slope is not None or args.alpha is not None:
+            raise ValueError(f"--activation is the vanilla cell's; the gated cell {args.cell!r} "
+                             f"uses sigmoid gates and tanh")
+        mu = args.gate_bias if args.gate_bias is not None else (1.0 if args.cell == "lstm" else 0.0)
+        gates = {MEMORY_GATE[args.cell]: Gate(sw2, args.sigma_u2, mu, args.gate_sigma_b2)}
+    elif args.gate_bias is not None or args.gate_sigma_b2 != 0.0:
+        raise ValueError("--gate-bias and --gate-sigma-b2 apply to the gated cells (--cell "
+                         "minimal, gru or lstm), not to the vanilla rnn")
+    return rnn(args.cell, args.steps, args.width, act, sigma_w2=sw2, sigma_u2=args.sigma_u2,
+               sigma_b2=args.sigma_b2, weights=args.weights, q_x=args.q_x, c_x=args.c_x,
+               gates=gates, tied=not args.untied)
 
 
 def weights_name(args: argparse.Namespace) -> str:

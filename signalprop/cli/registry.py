@@ -86,6 +86,8 @@ COMMANDS: dict[str, Command] = {
                      "commands_simulate", "validate"),
     "transformer": _cmd("transformer stack (pre-/post-LN): per-row q, token correlation c, log g",
                         "commands_transformer", "transformer"),
+    "rnn": _cmd("recurrent network through time (rnn, minimal, gru, lstm): per-step q, c, log g; "
+                "time scales; optional Monte Carlo", "commands_recurrent", "rnn"),
     "sweep": _cmd("run a parameter sweep from a TOML spec: theory and Monte Carlo per case, "
                   "resumable", "commands_sweep", "sweep"),
 }

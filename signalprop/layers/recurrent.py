@@ -37,6 +37,27 @@ sec. 4; Chen et al. 2018 sec. 3.2): ``g^{t-1} = sigma_w^2 E[phi'(e_{t-1})^2] g^t
 simulation keeps ``W`` tied, so it measures what the approximation misses at finite width
 (about ``t^2 / N`` in ``log g``; validation/recurrent_report.md).
 
+**Jacobian spectrum through time** (capability ``free_probability``,
+:func:`signalprop.spectrum.spectrum`). The state-to-state Jacobian of T steps is
+``J = dh_T/dh_0 = D_T W D_{T-1} W ... D_1 W``, ``D_t = diag(phi'(e_t))``: the product a Dense chain
+of the same widths has, with one W instead of T independent ones. Its squared singular values are
+given the untied law, ``S_{JJ^T}(w) = prod_t S_{D_t^2}(w) S_{W^T W}(w)^T`` with ``D_t^2`` the law of
+``phi'(e)^2`` at each step's own ``q_e^t`` (Pennington, Schoenholz & Ganguli 2017, eqs. 7-12; Chen
+et al. 2018 sec. 4 use the same free-probability form for the vanilla RNN). Why tying does not
+change the limit, assuming W is asymptotically free of the family ``{D_t}`` (the same assumption
+as the feedforward theory, where ``D_l`` depends on ``W_l``): write ``W = u a`` (polar part ``u``
+Haar, R-diagonal W: gaussian or orthogonal), ``u`` free of ``a`` and of the ``D_t``; then
+``J = D_T u (a D_{T-1}) u ... (a D_1) u a = y_0 y_1 ... y_T u^T`` with ``y_k = u^k c_k u^-k``
+(``c_0 = D_T``, ``c_k = a D_{T-k}``, ``c_T = a``). For a Haar ``u`` free of an algebra ``B`` the
+algebras ``u^k B u^-k`` (k = 0, 1, ...) are free (Voiculescu, Dykema & Nica 1992, "Free random
+variables"), so ``J J^T`` has the law of a product of free factors with the laws of ``D_T^2``,
+``a^2 D_t^2`` and ``a^2``: ``S = prod_t S_{D_t^2} S_{a^2}^T``, the untied product's (derived here,
+docs/theory/recurrent.md; for linear cells it is Haagerup & Larsen 2000's
+``S_{|x^n|^2} = S_{|x|^2}^n`` for R-diagonal x: the powers of one Ginibre matrix have the
+Fuss-Catalan law of a product of independent ones). Checked by Monte Carlo of the tied product
+(tests/test_recurrent.py; validation/recurrent_check.py, section S); the inputs ``U x_t + b`` enter
+only through ``q_e^t``.
+
 **Samplers.** Dense engine only: ``W``, ``U`` and ``b`` are drawn from the streams named
 ``"<share>:W"``, ``"<share>:U"``, ``"<share>:b"`` (:meth:`signalprop.sampling.Streams.named`),
 so every step of a sample network uses the same numbers; each is drawn once per chunk of
@@ -127,7 +148,12 @@ class RNNStep:
         object.__setattr__(self, "_unit", Dense(self.width, self.activation, 1.0, 0.0))
 
     needs_mean = False
-    capabilities = frozenset()
+    #: the Jacobian law of :func:`signalprop.spectrum.spectrum` (module docstring: tied W)
+    capabilities = frozenset({"free_probability"})
+    #: what spectrum() reports about this kind's factor
+    spectrum_note = ("recurrent steps: one W shared by all steps; the law is the untied "
+                     "product's (exact at infinite width when W is asymptotically free of the "
+                     "D_t; signalprop.layers.recurrent)")
 
     @property
     def drive(self) -> float:
