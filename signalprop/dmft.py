@@ -115,6 +115,7 @@ class UnitFields:
         self.replicas, self.per_replica, self.capacity = len(rngs), paths, capacity
         self.paths = paths * len(rngs)      # rows of every path array: replicas x paths
         self.rngs = rngs                    # one generator per replica: chunking is invisible
+        self.step = 0                       # the step being solved (0: the first reads h_0)
         self.uses: dict = {}      # key -> input 0's vectors at each use (for weight gradients)
         self._fields: dict = {}
         self._biases: dict = {}
@@ -182,8 +183,8 @@ def _check_network(net: Network) -> None:
     for t, layer in enumerate(net.layers, 1):
         if not hasattr(layer, "unit_forward"):
             raise ValueError(f"predict_tied: layer {t} ({type(layer).__name__}) has no per-unit "
-                             "process (unit_forward); the dynamical mean field covers the gated "
-                             "recurrent cells (rnn(cell='minimal' | 'gru' | 'lstm'))")
+                             "process (unit_forward); the dynamical mean field covers the "
+                             "recurrent cells (rnn(cell='rnn' | 'minimal' | 'gru' | 'lstm'))")
         if getattr(layer, "weights", "gaussian") != "gaussian":
             raise ValueError(f"predict_tied: layer {t} has weights={layer.weights!r}; the "
                              "dynamical mean field here is derived for gaussian weights")
@@ -201,6 +202,7 @@ def _solve(net: Network, G0: np.ndarray, paths: int, rngs: list, bar) -> tuple:
     K = np.empty((R, T, k, k))
     ctxs = []
     for t, layer in enumerate(net.layers):
+        F.step = t
         state, ctx = layer.unit_forward(state, F)
         ctxs.append(ctx)
         h = state[0].reshape(R, M, k)
@@ -244,12 +246,13 @@ def _weight_gradients(F: UnitFields, net: Network) -> dict:
         A = np.einsum("trm,srm->rts", D, D) / M
         B = np.einsum("trm,srm->rts", Y, Y) / M
         dA, dB = np.einsum("rtt->rt", A), np.einsum("rtt->rt", B)
-        share = key.rsplit(":", 2)[0]
-        layer = next(la for la in net.layers if la.share == share)
+        layer = next(la for la in net.layers if key.startswith(la.share + ":")
+                     and key[len(la.share) + 1:].count(":") <= 1)    # "W" or "<gate>:W"
+        share = layer.share
         q = np.asarray(qx[share][:len(fwd)], float)
         row = (np.sum(A * B, axis=(1, 2)), np.sum(dA * dB, axis=1), dA @ q, np.sum(A, axis=(1, 2)))
         out[key] = row
-        N, nx = layer.state_width, layer.input_width
+        N, nx = getattr(layer, "state_width", layer.width), layer.input_width
         total = total + N * N * row[0] + N * nx * row[2] + N * row[3]
     out["total"] = (total,)
     return out
@@ -287,7 +290,7 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
     replicas = check_int("replicas", replicas, 2, 10 ** 4)
     seed = check_int("seed", seed, 0, 2 ** 63 - 1)
     T = network.depth
-    n_fields = 2 * max(len(getattr(la, "_GATES", ())) for la in network.layers)
+    n_fields = 2 * max(len(getattr(la, "_GATES", ("W",))) for la in network.layers)
     per_replica = paths * T * (n_fields // 2) * (2 * k + 4)   # fields and recorded uses
     chunk = max(1, min(replicas, _CHUNK_VALUES // per_replica))
     need = per_replica * chunk

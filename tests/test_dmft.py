@@ -212,3 +212,22 @@ def test_reset_after_gru_tied_theory_and_simulation():
         sp.rnn("lstm", steps=3, width=8, reset_after=True)
     with pytest.raises(ValueError, match="hidden_bias2"):
         sp.rnn("gru", steps=3, width=8, hidden_bias2=0.5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_vanilla_rnn_tied_theory_equals_predict(tied):
+    """For the vanilla cell the forward pass needs only equal-time moments and the gradient
+    variance only the diagonal of the backward kernel, so ``predict`` is already the tied
+    infinite-width theory (docs/theory/recurrent.md): the unit-path solution agrees with it, tied
+    or not. Its weight gradient has no cross-step terms at infinite width (E[delta_s delta_t] = 0
+    for s != t: the loss's v is independent of every W~^T field), unlike the LSTM's."""
+    net = sp.rnn("rnn", steps=10, width=64, sigma_w2=1.5, sigma_u2=0.5, sigma_b2=0.1, q_x=1.0,
+                 c_x=0.3, tied=tied)
+    th = sp.predict(net, 1.0, 0.2)
+    p = predict_tied(net, 1.0, 0.2, paths=4096, replicas=12, seed=16)
+    for name, se in (("q", p.q_se), ("c", p.c_se), ("log_g", p.log_g_se)):
+        diff = getattr(p, name) - getattr(th, name)
+        assert np.all(np.abs(diff) <= Z_MAX * se + 1e-12), (name, diff / np.where(se > 0, se, 1))
+    if tied:
+        w = p.meta["weight_gradients"]["rnn:W"]
+        assert abs(w["log_G"] - w["log_G_same_step"]) <= Z_MAX * w["log_G_se"]

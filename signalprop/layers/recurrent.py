@@ -224,6 +224,29 @@ class RNNStep:
         return phi_kernel_step(self.activation, tracked,
                                math.log(self.sigma_w2) + math.log(self.width / n_in), cache)
 
+    def unit_forward(self, state: tuple, F) -> tuple:
+        """One unit's step on the paths of the dynamical mean field (:mod:`signalprop.dmft`):
+        ``e_t = Z^{W phi(e_{t-1})} + Z^{U x_t} + Z^b`` (``h_0`` itself at the first step, ``F.step
+        == 0``); the field of ``W`` is drawn jointly with its earlier uses (tied weights)."""
+        prev = state[0]
+        first = F.step == 0
+        y = prev if first else np.asarray(self.activation.phi(prev), float)
+        e = F.field(f"{self.share}:W", self.sigma_w2, y)
+        k = prev.shape[1]
+        if self.sigma_u2 and self.q_x:
+            C = np.full((k, k), self.c_x)
+            np.fill_diagonal(C, 1.0)
+            e = e + F.gaussian(self.sigma_u2 * self.q_x * C)
+        if self.sigma_b2:
+            e = e + F.bias(f"{self.share}:b", self.sigma_b2)
+        return (e,), (None if first else prev[:, :1],)
+
+    def unit_backward(self, grad: tuple, ctx: tuple, F) -> tuple:
+        """``d loss / d e_{t-1} = phi'(e_{t-1}) Z^{W~^T delta_t}`` (``W~`` tied, independent of
+        ``W``: the gradient-independence check of Tensor Programs II)."""
+        d = F.field(f"{self.share}:W^T", self.sigma_w2, grad[0])
+        return (d if ctx[0] is None else np.asarray(self.activation.dphi(ctx[0]), float) * d,)
+
     def label(self) -> str:
         w = "" if self.weights == "gaussian" else f", {self.weights}"
         return (f"RNNStep({self.width}, {_act_label(self.activation)}, sigma_w2={self.sigma_w2:g}, "
