@@ -8,6 +8,8 @@ Prints, in one run:
    in-process executor: the bare loop ``predict(mlp(**case))``, the sweep without a store, and
    the sweep into a new store on disk (fsync on, the default; and with fsync=False); target: the
    sweep with its store costs at most 1.10 x the bare loop; 1b: the same at depths 100..800;
+   1c: where the store's time goes (key hashing, encoding, base64, SHA-256, write, the
+   per-sweep open/sync costs, a resume);
 2. a 16-case Monte Carlo sweep (``simulate``, 64 samples, width 128, depth 20): the process pool
    (2 workers, start-up included) against in-process; target: >= 1.6 x faster on 2 cores;
 3. ``signalprop --help`` as a whole process (interpreter start-up included), next to
@@ -106,6 +108,85 @@ def theory(repeats: int, root: Path, grid: Grid = THEORY, label: str = "1.",
           f"with the store, {(t_mem - t_bare) / n * 1e6:.1f} us/case without")
 
 
+def store_breakdown(repeats: int, root: Path, grid: Grid = THEORY) -> None:
+    """Where the store's time goes, per case, on the 256 records of the theory sweep (each
+    step timed alone over all records, min of ``repeats``): key hashing, the record's JSON text
+    (:func:`~signalprop.sweeps.codec.dumps_packed`), base64 of its arrays, SHA-256 of the line,
+    the ``write`` of the line; then the per-sweep costs (open, first sync, final fsync, reading
+    ``sweep.json`` back) and a resume (a rerun on the complete store: scan, read, nothing
+    computed)."""
+    import binascii
+    import hashlib
+    from signalprop.sweeps.cases import case_hash_and_seed
+    from signalprop.sweeps.codec import dumps_packed
+    from signalprop.sweeps.evaluate import make_task, run_case
+    from signalprop.sweeps.store import Store, encode_line
+
+    task = make_task("predict", None, None)
+    items = [(case, *case_hash_and_seed(case, 0)) for case in grid]
+    records = [run_case(task, case, s, h) for case, h, s in items]
+    packed = [dumps_packed(r) for r in records]
+    lines = [encode_line(r) for r in records]
+    n = len(records)
+
+    def each(fn, xs):
+        return lambda: [fn(x) for x in xs]
+
+    def write_all():
+        fd = os.open(root / "w.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            t = time.perf_counter()
+            for line in lines:
+                os.write(fd, line)
+            return time.perf_counter() - t
+        finally:
+            os.close(fd)
+            os.unlink(root / "w.jsonl")
+
+    counter = [0]
+
+    def fixed(fsync):
+        def run():
+            counter[0] += 1
+            st = Store(root / f"fixed-{counter[0]}", fsync)
+            t = time.perf_counter()
+            st.open(task.spec(0), grid.to_jsonable())
+            st.scan()
+            st.start_log()
+            st.write(records[0])
+            st.close()
+            st.read_meta()
+            took = time.perf_counter() - t
+            shutil.rmtree(st.path, ignore_errors=True)
+            return took
+        return run
+
+    full = root / "full"
+    sweep(grid, "predict", store=full, progress=False)
+    steps = [("case hash and seed (SHA-256 x 2)", each(lambda c: case_hash_and_seed(c, 0),
+                                                      [c for c, _, _ in items])),
+             ("encode_line, whole", each(encode_line, records)),
+             ("  JSON text (dumps_packed)", each(dumps_packed, records)),
+             ("  base64 of the arrays", each(lambda p: binascii.b2a_base64(p[1], newline=False),
+                                             packed)),
+             ("  SHA-256 of the line", each(lambda b: hashlib.sha256(b).digest(), lines)),
+             ("write(2) of the line", write_all)]
+    times = race([fn for _, fn in steps], repeats)
+    print(f"1c. the store's cost per case, each step alone over the {n} records "
+          f"(min of {repeats}); a line is {sum(map(len, lines)) / n:.0f} bytes")
+    for (name, _), t in zip(steps, times):
+        print(f"   {name:<34} {t / n * 1e6:7.2f} us/case")
+    t_sync, t_nosync, t_resume = race(
+        [fixed(True), fixed(False),
+         lambda: sweep(grid, "predict", store=full, progress=False)], max(3, repeats // 3))
+    print(f"   per sweep: open + first sync + one write + final fsync + read sweep.json "
+          f"{t_sync * 1e3:.2f} ms ({t_sync / n * 1e6:.1f} us/case over {n}); "
+          f"fsync=False {t_nosync * 1e3:.2f} ms")
+    print(f"   resume: rerun on the complete store (scan {n} lines, read them back, compute "
+          f"nothing) {t_resume * 1e3:.2f} ms ({t_resume / n * 1e6:.1f} us/case)")
+    shutil.rmtree(full, ignore_errors=True)
+
+
 def monte_carlo(repeats: int) -> None:
     def inline():
         sweep(MONTE_CARLO, "simulate", options=MC_OPTIONS, progress=False)
@@ -153,6 +234,7 @@ def main() -> None:
         if args.only in (None, 1):
             theory(r, Path(root))
             theory(max(2, r // 3), Path(root), THEORY_DEEP, "1b.", "100..800")
+            store_breakdown(r, Path(root))
     if args.only in (None, 2):
         monte_carlo(1 if args.quick else 2)
     if args.only in (None, 3):

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from signalprop import mlp, predict, simulate
 from signalprop.cli.commands_sweep import add_sweep, run_sweep
 from signalprop.sweeps import Cases, Grid, case_hash, case_seed, load, parse_spec, sweep
+from signalprop.sweeps.cases import canonical
 from signalprop.sweeps.evaluate import TIMING_FIELDS
 from signalprop.sweeps import store as store_module
 from signalprop.sweeps.store import LogWriter, atomic_write, encode_line
@@ -114,6 +116,48 @@ def test_case_hash_and_seed_are_sha256_of_the_canonical_json():
     assert case_seed(dict(reversed(list(case.items()))), 7) == case_seed(case, 7)
     assert case_seed(case, 8) != case_seed(case, 7)
     assert case_hash({"depth": 1}) != case_hash({"depth": 1.0})
+
+
+_PLAIN_VALUES = st.one_of(st.text(max_size=8), st.integers(-10**20, 10**20), st.booleans(),
+                          st.none(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _PLAIN_VALUES, max_size=6))
+def test_canonical_is_the_sorted_json_text(case):
+    """The direct writer of flat cases gives exactly json.dumps's text (the independent route),
+    so hashes and seeds of stored cases do not change."""
+    assert canonical(case) == json.dumps(case, sort_keys=True, separators=(",", ":"),
+                                         ensure_ascii=True, allow_nan=False)
+
+
+def test_canonical_of_other_dicts_is_json_dumps_too():
+    for case in ({"a": [1, 2.5], "b": {"c": None}}, {1: "x", 2: "y"}, {"a": np.float64(0.5)}):
+        assert canonical(case) == json.dumps(case, sort_keys=True, separators=(",", ":"),
+                                             ensure_ascii=True, allow_nan=False)
+    for bad, exc in (({"a": float("nan")}, ValueError), ({"a": 1, 2: "b"}, TypeError)):
+        with pytest.raises(exc):
+            canonical(bad)
+
+
+
+def test_results_go_to_the_records_as_their_to_dict():
+    """The sweep's shortcut for Result objects gives exactly ``to_dict()`` (field order,
+    None fields left out), and a class with its own ``to_dict`` keeps it."""
+    from signalprop.results import FixedPoint, _Result
+    from signalprop.sweeps.evaluate import _result_dict
+    from signalprop import fixed_point
+    net = mlp(depth=5, sigma_w2=1.5)
+    for res in (predict(net), predict(net, c0=0.5), simulate(net, 4, 1),
+                fixed_point("tanh", 1.5, 0.1)):
+        got, want = _result_dict(res), res.to_dict()
+        assert list(got) == list(want) and all(got[k] is want[k] for k in want)
+
+    class Own(FixedPoint):
+        def to_dict(self) -> dict:
+            return {"own": 1}
+    own = Own(**fixed_point("tanh", 1.5, 0.1).to_dict())
+    assert isinstance(own, _Result) and _result_dict(own) == {"own": 1}
 
 
 def test_grid_is_the_product_with_the_last_axis_fastest():
@@ -574,6 +618,54 @@ def test_spec_with_explicit_cases_and_resnet(tmp_path):
     res = spec.run()
     assert [r["case"]["depth"] for r in res.records] == [2, 3]
     assert res.path == str(tmp_path / "r")
+
+
+KILL_SPEC = """
+[sweep]
+what = ["simulate"]
+store = "s"
+seed = 9
+[grid]
+sigma_w2 = [%s]
+depth = [20]
+width = [32]
+[simulate]
+samples = 16
+""" % ", ".join(f"{1.0 + 0.05 * i:.2f}" for i in range(30))
+
+
+def test_cli_sweep_killed_mid_way_resumes_with_the_same_numbers(tmp_path):
+    """``signalprop sweep SPEC.toml`` in its own process, SIGKILLed once a few cases are
+    stored; rerunning the command computes only the rest, and the records (stored before and
+    after the kill) equal those of an uninterrupted sweep."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(KILL_SPEC)
+    store = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from signalprop.cli import "
+                             "main; sys.exit(main())", "sweep", str(spec)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and \
+            sum(f.read_bytes().count(b"\n") for f in store.glob("records-*.jsonl")) < 3:
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    proc.stderr.close()
+    before = {r["case_hash"] for r in load(store).records}
+    assert 3 <= len(before) < 30
+    out = cli(str(spec))
+    assert (out["cases"], out["skipped"], out["computed"]) == (30, len(before), 30 - len(before))
+    res = load(store)
+    assert len(res) == 30 and sorted(r["case"]["sigma_w2"] for r in res.records) == \
+        [float(f"{1.0 + 0.05 * i:.2f}") for i in range(30)]
+    first, last = res.records[0], res.records[-1]       # stored before and after the kill
+    assert first["case_hash"] in before and last["case_hash"] not in before
+    again = sweep([first["case"], last["case"]], "simulate", seed=9,
+                  options={"simulate": {"samples": 16}})
+    strip = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in again.records]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING_FIELDS}
+                     for r in (first, last)]
 
 
 # --- dask.distributed ------------------------------------------------------------------------

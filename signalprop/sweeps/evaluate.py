@@ -4,6 +4,7 @@ dataclass), so a case runs the same in this process, a spawned worker or a dask 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import inspect
@@ -54,17 +55,24 @@ def _builder_keys(fn) -> tuple:
     return tuple(inspect.signature(fn).parameters)
 
 
-def _builder_kwargs(fn, name: str, case: dict) -> dict:
-    """The case's keys for the builder ``fn``; ValueError for a key it lacks or no depth."""
+@functools.lru_cache(maxsize=256)
+def _builder_case_keys(fn, name: str, keys: tuple) -> tuple:
+    """The keys (of a case with ``keys``) that go to the builder ``fn``; ValueError for a key
+    it lacks or no depth (checked once per set of keys)."""
     allowed = _builder_keys(fn)
-    kwargs = {k: v for k, v in case.items() if k not in CASE_OPTION_KEYS + REPEAT_KEYS}
-    unknown = [k for k in kwargs if k not in allowed]
+    passed = tuple(k for k in keys if k not in CASE_OPTION_KEYS + REPEAT_KEYS)
+    unknown = [k for k in passed if k not in allowed]
     if unknown:
         raise ValueError(f"case key {unknown[0]!r} is not a parameter of {name}; allowed keys: "
                          f"{', '.join(allowed + CASE_OPTION_KEYS + REPEAT_KEYS)} (or pass build=)")
-    if "depth" not in kwargs:
-        raise ValueError(f"each case needs a 'depth' for {name} (case {json.dumps(case)})")
-    return kwargs
+    if "depth" not in passed:
+        raise ValueError(f"each case needs a 'depth' for {name} (case keys {', '.join(keys)})")
+    return passed
+
+
+def _builder_kwargs(fn, name: str, case: dict) -> dict:
+    """The case's keys for the builder ``fn``; ValueError for a key it lacks or no depth."""
+    return {k: case[k] for k in _builder_case_keys(fn, name, tuple(case))}
 
 
 def _build_with(fn, name: str, case: dict) -> Network:
@@ -210,12 +218,34 @@ def _evaluator_args(task: Task, case: dict, name: str) -> dict:
     return opts
 
 
+_LEAVES = frozenset((str, int, bool, type(None)))
+_FIELD_NAMES: dict = {}
+
+
+def _result_dict(value: _Result) -> dict:
+    """``value.to_dict()``; for the classes that keep :class:`~signalprop.results._Result`'s
+    own ``to_dict`` (fields that are not None, in order), the same dict without the per-call
+    cost of :func:`dataclasses.fields`."""
+    cls = type(value)
+    if cls.to_dict is not _Result.to_dict:
+        return value.to_dict()
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return {n: x for n in names if (x := getattr(value, n)) is not None}
+
+
 def _jsonable(value):
     """Results in the wire form (:mod:`.codec`): Result objects by their ``to_dict``, numeric
     numpy arrays kept (the store packs them, :func:`~.codec.plain` makes them lists), other
     values as plain JSON values (inf and nan as strings: :func:`signalprop.results.to_jsonable`)."""
+    t = type(value)
+    if t in _LEAVES:                # what to_jsonable returns unchanged (the common leaves)
+        return value
+    if t is float:
+        return value if math.isfinite(value) else to_jsonable(value)
     if isinstance(value, _Result):
-        value = value.to_dict()
+        value = _result_dict(value)
     if isinstance(value, dict):
         return {str(k): v if type(v) is np.ndarray and v.dtype.kind in "fiub" else _jsonable(v)
                 for k, v in value.items()}

@@ -33,7 +33,6 @@ import re
 import secrets
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -185,9 +184,11 @@ class LogWriter:
                 raise OSError(f"the sweep log {self.path} is closed (or failed earlier); no "
                               "line is appended")
             try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(self._fd, view):]
+                n = os.write(self._fd, line)
+                if n < len(line):                   # a short write (rare): finish the line
+                    view = memoryview(line)[n:]
+                    while view:
+                        view = view[os.write(self._fd, view):]
             except BaseException:
                 self._failed = True        # the descriptor is closed by close(), after the
                 raise                      # sync thread has stopped
