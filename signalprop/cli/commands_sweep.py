@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from .args import add_quiet_option, progress_from
 from .output import print_table
 
 #: most worker processes ``--workers`` may ask for.
@@ -30,12 +31,13 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the tidy table (one row per case and layer) to FILE "
                         "(needs pandas)")
+    add_quiet_option(p)
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
     from ..sweeps import read_spec
     spec = read_spec(args.spec)
-    over: dict = {"replace": args.replace}
+    over: dict = {"replace": args.replace, "progress": progress_from(args)}
     if args.store is not None:
         over["store"] = args.store
     if args.address is not None:
