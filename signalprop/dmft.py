@@ -116,6 +116,7 @@ class UnitFields:
         self.paths = paths * len(rngs)      # rows of every path array: replicas x paths
         self.rngs = rngs                    # one generator per replica: chunking is invisible
         self.step = 0                       # the step being solved (0: the first reads h_0)
+        self.inputs: dict = {}              # step -> E[x^2] of the vector its weights first met
         self.uses: dict = {}      # key -> input 0's vectors at each use (for weight gradients)
         self._fields: dict = {}
         self._biases: dict = {}
@@ -130,7 +131,10 @@ class UnitFields:
 
     def field(self, key: str, sigma2: float, y: np.ndarray) -> np.ndarray:
         """``Z^{W y}`` for the matrix named ``key`` with ``Var W_ij = sigma2 / N``."""
-        self.uses.setdefault(key, []).append(np.asarray(y, float)[:, 0])
+        y0 = np.asarray(y, float)[:, 0]
+        self.uses.setdefault(key, []).append(y0)
+        if not key.endswith("^T") and self.step not in self.inputs:     # forward: G = g E[x^2]
+            self.inputs[self.step] = np.mean(y0.reshape(self.replicas, -1) ** 2, axis=1)
         f = self._fields.get(key)
         if f is None:
             f = self._fields[key] = _Field(self.replicas, self.per_replica,
@@ -208,6 +212,9 @@ def _solve(net: Network, G0: np.ndarray, paths: int, rngs: list, bar) -> tuple:
         h = state[0].reshape(R, M, k)
         K[:, t] = np.einsum("rmi,rmj->rij", h, h) / M
         bar.update(R)
+    x2 = np.empty((R, T))                          # E[x^{t-1}^2]: what step t's weights read
+    for t in range(T):
+        x2[:, t] = F.inputs.get(t, K[:, t - 1, 0, 0] if t else np.full(R, G0[0, 0]))
     v = F.normal((M,))
     v /= np.sqrt(np.mean(v * v, axis=1, keepdims=True))   # E[v^2] = 1 per replica: g^T = 1
     grad = (v.reshape(R * M, 1),) + tuple(np.zeros((R * M, 1)) for _ in state[1:])
@@ -218,7 +225,7 @@ def _solve(net: Network, G0: np.ndarray, paths: int, rngs: list, bar) -> tuple:
         if t:
             g[:, t - 1] = np.mean(grad[0].reshape(R, M) ** 2, axis=1)
         bar.update(R)
-    return K, g, _weight_gradients(F, net)
+    return K, g, x2, _weight_gradients(F, net)
 
 
 def _weight_gradients(F: UnitFields, net: Network) -> dict:
@@ -302,11 +309,10 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
         rngs = [np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(replicas)]
         parts = [_solve(network, G0, paths, rngs[i:i + chunk], bar)
                  for i in range(0, replicas, chunk)]
-    K = np.concatenate([p[0] for p in parts])
-    g = np.concatenate([p[1] for p in parts])
-    wg = {key: tuple(np.concatenate([p[2][key][j] for p in parts])
-                     for j in range(len(parts[0][2][key]))) for key in parts[0][2]}
-    est = _estimates(K, g)
+    K, g, x2 = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    wg = {key: tuple(np.concatenate([p[3][key][j] for p in parts])
+                     for j in range(len(parts[0][3][key]))) for key in parts[0][3]}
+    est = _estimates(K, g, x2)
     weight_gradients = {}
     for key, row in wg.items():
         names = ("log_norm_sq",) if key == "total" else ("log_G", "log_G_same_step", "log_G_U",
@@ -337,11 +343,12 @@ def _log_mean_se(x: np.ndarray) -> tuple:
     return lm, np.divide(se, m, out=np.zeros_like(m), where=m > 0)
 
 
-def _estimates(Ks: np.ndarray, gs: np.ndarray) -> dict:
-    """``{field: (value, se)}`` over the replicas: ``log_q`` (T,), ``log_g`` (T,), ``kq`` (T, k:
-    log second moments), ``corr`` (T, k, k)."""
+def _estimates(Ks: np.ndarray, gs: np.ndarray, x2: np.ndarray) -> dict:
+    """``{field: (value, se)}`` over the replicas: ``log_q`` (T,), ``log_g`` (T,), ``log_x2`` (T,:
+    the log second moment of what each step's weights read), ``kq`` (T, k: log second moments),
+    ``corr`` (T, k, k)."""
     diag = np.einsum("rtii->rti", Ks)
-    out = {"log_g": _log_mean_se(gs), "kq": _log_mean_se(diag)}
+    out = {"log_g": _log_mean_se(gs), "kq": _log_mean_se(diag), "log_x2": _log_mean_se(x2)}
     out["log_q"] = (out["kq"][0][:, 0], out["kq"][1][:, 0])
     d = np.sqrt(diag)
     out["corr"] = _mean_se(Ks / (d[..., :, None] * d[..., None, :]))
@@ -353,10 +360,9 @@ def _profile(est: dict, G0: np.ndarray, meta: dict) -> Profile:
     log_g, lg_se = est["log_g"]
     T, k = est["kq"][0].shape
     q = np.exp(log_q)
-    lq_prev = np.concatenate([[math.log(G0[0, 0])], log_q[:-1]])
-    lqp_se = np.concatenate([[0.0], lq_se[:-1]])
-    out = dict(layers=np.arange(1, T + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_g + lq_prev,
-               q_se=q * lq_se, log_q_se=lq_se, log_g_se=lg_se, log_G_se=np.hypot(lg_se, lqp_se))
+    lx2, lx2_se = est["log_x2"]          # G^t = g^t E[x^{t-1}^2] (CONVENTIONS.md)
+    out = dict(layers=np.arange(1, T + 1), q=q, log_q=log_q, log_g=log_g, log_G=log_g + lx2,
+               q_se=q * lq_se, log_q_se=lq_se, log_g_se=lg_se, log_G_se=np.hypot(lg_se, lx2_se))
     if k >= 2:
         corr, corr_se = est["corr"]
         out.update(c=corr[:, 0, 1], c_se=corr_se[:, 0, 1])

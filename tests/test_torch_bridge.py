@@ -470,7 +470,7 @@ def test_rnn_refusals_name_the_module():
     for m, match in ((nn.RNN(6, 8, num_layers=2), r"model \(RNN\) has num_layers=2"),
                      (nn.RNN(6, 8, bidirectional=True), r"model \(RNN\) is bidirectional"),
                      (nn.LSTM(6, 8, num_layers=2), r"model \(LSTM\) has num_layers=2"),
-                     (nn.GRU(6, 8), r"model \(GRU\) is not supported yet: .*reset gate"),
+                     (nn.GRU(6, 8, num_layers=2), r"model \(GRU\) has num_layers=2"),
                      (nn.MultiheadAttention(8, 2), r"one sequence of T tokens"),
                      (nn.TransformerEncoderLayer(8, 2), r"one sequence of T tokens")):
         with pytest.raises(ValueError, match=match):
@@ -581,7 +581,8 @@ def test_measure_lstm_forward_agrees_with_predict_and_backward_with_tied_simulat
     that grows with the backward lag (measured at H = 128, 512, 2048: log g of step 1 is 0.9,
     1.2, 1.25 nats above theory; docs/torch.md), so log g is checked against simulate on the
     tied network (gaussian weights, the same variances): two-sample |z| <= 4 per step, and
-    against the theory only where the lag is <= 1."""
+    against the theory only where the lag is <= 1. The tied theory, predict_tied, agrees at
+    every step (test_recurrent_modules_agree_with_the_tied_theory)."""
     nx, H, T = 64, 128, 8
     m = nn.LSTM(nx, H).double()
     x = _fresh_sequences(nx, T)
@@ -600,7 +601,7 @@ def test_measure_lstm_forward_agrees_with_predict_and_backward_with_tied_simulat
 
 
 # ---------------------------------------------------------------------------------------------
-# uniform recurrent weights; nn.GRU (refused: a different cell; nearest_gru, measure)
+# uniform recurrent weights; nn.GRU (PyTorch's cell: GRUStep with reset_after)
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
@@ -608,26 +609,27 @@ def test_recurrent_default_init_is_uniform_of_variance_one_third_h(cls):
     """PyTorch's reset_parameters draws every recurrent-module weight from U(-1/sqrt(H),
     1/sqrt(H)) (input weights too, with H, not n_x): sampled 30 times, the mean squares are
     1/(3H) within 5 standard errors, the kurtosis is a uniform law's 9/5, and the variances the
-    bridge reads are H * 1/(3H) = 1/3 (recurrent) and n_x * 1/(3H) (input)."""
+    bridge reads are H * 1/(3H) = 1/3 (recurrent) and n_x * 1/(3H) (input); the biases
+    b_ih, b_hh have mean square 1/(3H) too."""
     nx, H = 24, 40
     m = cls(nx, H)
-    W, U = [], []
+    W, U, B = [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
         for _ in range(30):
             m.reset_parameters()
             W.append(m.weight_hh_l0.detach().double().numpy().ravel())
             U.append(m.weight_ih_l0.detach().double().numpy().ravel())
+            B += [getattr(m, b).detach().double().numpy() for b in ("bias_ih_l0", "bias_hh_l0")]
     for vals in (np.concatenate(W), np.concatenate(U)):
         a2 = vals * vals
         assert abs(a2.mean() - 1 / (3 * H)) <= 5 * a2.std(ddof=1) / math.sqrt(a2.size)
         assert np.max(np.abs(vals)) <= (1 + 1e-6) / math.sqrt(H)
         assert abs(np.mean(a2 * a2) / np.mean(a2) ** 2 - 1.8) < 0.03
+    b2 = np.concatenate(B) ** 2
+    assert abs(b2.mean() - 1 / (3 * H)) <= 5 * b2.std(ddof=1) / math.sqrt(b2.size)
     x = _sequences(nx, 3)
-    if cls is nn.GRU:
-        gates = sp.torch.nearest_gru(m, x).layers[0].gates()
-        pairs = [(g.sigma_w2, g.sigma_u2) for g in gates.values()]
-    elif cls is nn.LSTM:
+    if cls in (nn.GRU, nn.LSTM):
         pairs = [(g.sigma_w2, g.sigma_u2) for g in from_module(m, x).layers[0].gates().values()]
     else:
         layer = from_module(m, x).layers[0]
@@ -636,22 +638,32 @@ def test_recurrent_default_init_is_uniform_of_variance_one_third_h(cls):
         assert (sw2, su2) == pytest.approx((1 / 3, nx / (3 * H)), rel=1e-15)
 
 
-def test_gru_is_refused_naming_the_difference_and_nearest_gru_reads_the_gates():
-    """from_module refuses nn.GRU (reset gate after W_hn: not signalprop's GRUStep), alone and
-    inside a model; nearest_gru reads the packed rows (r, z, n) in that order (distinct fills,
-    variances='empirical'), the candidate's bias variance as b_in^2 + b_hn^2."""
+def test_gru_maps_to_an_independently_written_rnn():
+    """nn.GRU is rnn("gru", ..., reset_after=True) (PyTorch's cell: r after W_hn h + b_hn).
+    PyTorch's default init (every parameter of variance 1/(3H)): reset and update Gate(1/3,
+    n_x/(3H), 0, 2/(3H)) (b_ih + b_hh), candidate Gate(1/3, n_x/(3H), 0, 1/(3H)) (b_in alone),
+    hidden_bias2 = var(b_hn) = 1/(3H); batch_first either way; without bias all biases 0. The row
+    order (r, z, n) read from distinct fills with variances='empirical'. Refused inside a model
+    and as a cell; predict (untied, reset-before) refuses the mapped network."""
     from signalprop.layers.gated import Gate
-    from signalprop.torch import nearest_gru
-    nx, H, T = 6, 10, 3
+    nx, H, T = 12, 20, 4
     x = _sequences(nx, T)
-    for m, where in ((nn.GRU(nx, H), "model"), (nn.Sequential(nn.GRU(nx, H)), r"model\.0")):
-        with pytest.raises(ValueError, match=where + r" \(GRU\) .*r \* \(W_hn h \+ b_hn\).*"
-                           r"W_n \(r \* h\)"):
-            from_module(m, x if where == "model" else x[:, 0])
-    net = nearest_gru(nn.GRU(nx, H), x)
-    init = Gate(1 / 3, nx / (3 * H), 0.0, 2 / (3 * H))
-    assert net.layers[0].update == init and net.layers[0].reset == init
-    assert net.layers[0].candidate == init and net.depth == T
+    q_x = [float(torch.sum(x[t, 0] ** 2)) / nx for t in range(T)]
+    c_x = [float(torch.dot(x[t, 0], x[t, 1]) / torch.norm(x[t, 0]) / torch.norm(x[t, 1]))
+           for t in range(T)]
+    v = 1 / (3 * H)
+    gates = {"reset": Gate(1 / 3, nx * v, 0.0, 2 * v), "update": Gate(1 / 3, nx * v, 0.0, 2 * v),
+             "candidate": Gate(1 / 3, nx * v, 0.0, v)}
+    expected = sp.rnn("gru", T, H, gates=gates, reset_after=True, hidden_bias2=v, q_x=q_x,
+                      c_x=c_x, input_width=nx)
+    net = from_module(nn.GRU(nx, H), x)
+    assert net == expected and net.layers[0].reset_after and net.depth == T
+    assert from_module(nn.GRU(nx, H, batch_first=True), _sequences(nx, T, batch_first=True)) \
+        == expected
+    nob = from_module(nn.GRU(nx, H, bias=False), x)
+    zero = Gate(1 / 3, nx * v, 0.0, 0.0)
+    assert nob == sp.rnn("gru", T, H, gates={n: zero for n in gates}, reset_after=True,
+                         q_x=q_x, c_x=c_x, input_width=nx)
     m = nn.GRU(nx, H).double()
     with torch.no_grad():
         for j, (w, u, b) in enumerate(((0.1, 0.5, 0.2), (0.2, 0.6, 1.0), (0.3, 0.7, 0.4))):
@@ -659,15 +671,19 @@ def test_gru_is_refused_naming_the_difference_and_nearest_gru_reads_the_gates():
             m.weight_ih_l0[j * H:(j + 1) * H].fill_(u)
             m.bias_ih_l0[j * H:(j + 1) * H].fill_(b)
             m.bias_hh_l0[j * H:(j + 1) * H].fill_(0.1)
-    emp = nearest_gru(m, x, variances="empirical").layers[0]
+    emp = from_module(m, x, variances="empirical").layers[0]
     for g, (w, u, mu) in ((emp.reset, (0.1, 0.5, 0.3)), (emp.update, (0.2, 0.6, 1.1))):
         assert (g.sigma_w2, g.sigma_u2, g.mu, g.sigma_b2) == pytest.approx(
             (H * w * w, nx * u * u, mu, 0.0), abs=1e-12)
     c = emp.candidate
-    assert (c.sigma_w2, c.sigma_u2, c.mu, c.sigma_b2) == pytest.approx(
-        (H * 0.09, nx * 0.49, 0.0, 0.16 + 0.01), abs=1e-12)
-    with pytest.raises(TypeError, match="nn.GRU"):
-        nearest_gru(nn.LSTM(nx, H), x)
+    assert (c.sigma_w2, c.sigma_u2, c.mu, c.sigma_b2, emp.hidden_bias2) == pytest.approx(
+        (H * 0.09, nx * 0.49, 0.0, 0.16, 0.01), abs=1e-12)
+    with pytest.raises(ValueError, match=r"model\.0 \(GRU\) is mapped only as the whole"):
+        from_module(nn.Sequential(nn.GRU(nx, H)), x[:, 0])
+    with pytest.raises(ValueError, match=r"model \(GRUCell\) is not supported yet"):
+        from_module(nn.GRUCell(nx, H), x[:, 0])
+    with pytest.raises(ValueError, match="reset_after"):
+        sp.predict(net)
 
 
 def _gh(n=48):
@@ -675,13 +691,14 @@ def _gh(n=48):
     return t, w / w.sum()
 
 
-def test_measure_gru_follows_pytorchs_cell_not_grustep():
+def test_measure_gru_step_one_agrees_with_predict_tied_and_pytorchs_cell():
     """Step 1 of nn.GRU (no bias, W_hh ~ U of variance 3/H: sigma_w2 = 3 in every gate, W_ih at
-    PyTorch's default, H = 512, 160 samples): measure's q_1 agrees with PyTorch's cell at infinite
-    width, q_1 = E(1-z)^2 E tanh(u + r g)^2 + E z^2 q_h0 (u, g, a^r, a^z independent Gaussians,
-    Gauss-Hermite, written here), within 4 se; signalprop's GRUStep with the same variances
-    (Gaussian candidate of the same variance, via predict(nearest_gru)) is 5.6% higher (0.472
-    against the measured 0.448 +- 0.001), > 4 se away: the two cells differ (the first step has no
+    PyTorch's default, H = 512, 160 samples): PyTorch's cell at infinite width, q_1 = E(1-z)^2
+    E tanh(u + r g)^2 + E z^2 q_h0 (u, g, a^r, a^z independent Gaussians, Gauss-Hermite, written
+    here), equals predict_tied on from_module's network within 4 of its se, and measure's q_1
+    agrees with both (4 se plus compare's 2/H); the reset-before cell (Gaussian candidate of the
+    same variance, predict of rnn("gru") without reset_after) is 5.6% higher (0.472 against the
+    measured 0.448 +- 0.001), > 4 se away: the mapping must keep PyTorch's cell (step 1 has no
     tied-weight effect)."""
     from scipy.special import expit
     nx, H, S = 64, 512, 160
@@ -709,12 +726,40 @@ def test_measure_gru_follows_pytorchs_cell_not_grustep():
     with torch.no_grad():
         m2.weight_hh_l0.fill_(3 / math.sqrt(3 * H))            # empirical sigma_w2 = 3
         m2.weight_ih_l0.fill_(1 / math.sqrt(3 * H))
-    th = sp.predict(sp.torch.nearest_gru(m2, (x, h0), variances="empirical"), q0=1.0)
-    assert th.q[0] == pytest.approx(q_gauss, rel=1e-6)
-    se = prof.q_se[0]
-    assert abs(prof.q[0] - q_torch) <= 4 * se + 2 * q_torch / H, (prof.q[0], q_torch, se)
-    assert abs(prof.q[0] - q_gauss) > 4 * se, (prof.q[0], q_gauss, se)
+    net = from_module(m2, (x, h0), variances="empirical")
+    tied = sp.predict_tied(net, q0=1.0)
+    assert abs(tied.q[0] - q_torch) <= 4 * tied.q_se[0], (tied.q[0], q_torch, tied.q_se[0])
+    before = sp.rnn("gru", 1, H, gates=net.layers[0].gates(), q_x=net.layers[0].q_x,
+                    input_width=nx)
+    assert sp.predict(before, q0=1.0).q[0] == pytest.approx(q_gauss, rel=1e-6)
+    se = math.hypot(prof.q_se[0], tied.q_se[0])
+    assert abs(prof.q[0] - tied.q[0]) <= 4 * se + 2 * q_torch / H, (prof.q[0], tied.q[0], se)
+    assert abs(prof.q[0] - q_torch) <= 4 * prof.q_se[0] + 2 * q_torch / H
+    assert abs(prof.q[0] - q_gauss) > 4 * prof.q_se[0], (prof.q[0], q_gauss, prof.q_se[0])
     assert prof.meta["module"] == "GRU"
+
+
+def test_recurrent_modules_agree_with_the_tied_theory():
+    """The bridge's workflow for recurrent modules at H = 256 (PyTorch's default init, T = 8,
+    two sequences with fresh inputs per step, h0 of q0 = 1, c0 = 0.2, 48 samples):
+    compare(predict_tied(from_module(m, x)), measure(m, x)) agrees for nn.LSTM and nn.GRU (q, c,
+    log g, log G), and for nn.RNN (whose untied mean field ``predict`` is also exact for tied
+    weights at infinite width). Power check: the untied theory (predict) of the LSTM disagrees
+    (its log g misses the tied-weight effect beyond lag 1)."""
+    nx, H, T = 64, 256, 8
+    x = _fresh_sequences(nx, T)
+    h0 = example_inputs(H, c0=0.2, dtype=torch.float64)[None]
+    for cls in (nn.RNN, nn.LSTM, nn.GRU):
+        m = cls(nx, H).double()
+        inp = (x, (h0, torch.zeros_like(h0))) if cls is nn.LSTM else (x, h0)
+        prof = measure(m, inp, 48, seed=2)
+        net = from_module(m, inp)
+        th = sp.predict_tied(net, q0=1.0, c0=0.2)
+        cmp = sp.compare(th, prof)
+        assert cmp.verdict == "agree" and set(cmp.fields) >= {"q", "c", "log_g", "log_G"}, \
+            (cls.__name__, cmp)
+        if cls is nn.LSTM:
+            assert sp.compare(sp.predict(net, q0=1.0, c0=0.2), prof).verdict == "disagree"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ Section "transformer" (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Tra
 the same two checks, the mapping against the blocks of ``transformer(...)`` written out here
 with PyTorch's defaults (attention q, k, v 1/2, o 1/3; feed-forward Linear 1/3 with biases
 1/(3 fan_in), uniform), one sequence of T tokens of q0 = 1 and correlation 0, the token kernels
-compared too. Section "gru": nn.GRU is refused by ``from_module`` (a different cell); its gap
-to the nearest signalprop model (``nearest_gru``) is measured and decomposed (module
-docstring of :func:`gru_gaps`). ``--only transformer,gru`` regenerates those sections and keeps
-the others of the existing report verbatim (each section states its own time).
+compared too. Section "recurrent": nn.LSTM and nn.GRU (weights tied across steps, PyTorch's
+default init) against the untied theory ``predict`` (the LSTM; it refuses the GRU's reset-after
+cell) and the tied theory ``predict_tied``, side by side (:func:`run_recurrent`). ``--only
+transformer,recurrent`` regenerates those sections and keeps the others of the existing report
+verbatim (each section states its own time).
 
 Models are float64 (relu/gelu at sigma_w2 = 1/3 lose a factor 6 per layer in g: 6^-50 is
 below float32's normal range). Cases: MLPs (tanh, relu, gelu) x (default, He, Xavier) x widths
@@ -46,7 +47,7 @@ import torch.nn as nn
 import signalprop as sp
 from signalprop.layers import Dense, LayerNorm, Residual
 from signalprop.layers.attention import Attention
-from signalprop.torch import example_inputs, from_module, initialise, measure, nearest_gru
+from signalprop.torch import example_inputs, from_module, initialise, measure
 
 OUT = os.path.join(os.path.dirname(__file__), "torch_report.md")
 ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -263,84 +264,49 @@ def report_transformer(rows, total, quick) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# nn.GRU: the gap to the nearest signalprop model
+# nn.LSTM, nn.GRU: the untied theory (predict) and the tied one (predict_tied) side by side
 
 
 def fresh_sequences(nx: int, T: int, c_x: float = 0.5, seed: int = 0) -> torch.Tensor:
     """Two sequences (T, 2, nx) of q_x = 1, correlation c_x per step, inputs of different steps
-    orthogonal (the untied theory's fresh inputs)."""
+    orthogonal (both theories' fresh inputs)."""
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(nx, 2 * T, generator=g, dtype=torch.float64))
     a, b = Q[:, 0::2].T, Q[:, 1::2].T
     return math.sqrt(nx) * torch.stack([a, c_x * a + math.sqrt(1 - c_x * c_x) * b], dim=1)
 
 
-def untied_pytorch_gru(nx, H, x, h0, samples, seed) -> tuple:
-    """PyTorch's GRU cell (r after W_hn) with *fresh* weights at every step (every weight and bias
-    U(-1/sqrt(H), 1/sqrt(H)), as nn.GRU.reset_parameters draws them): the untied model of the
-    mean-field theory, for PyTorch's cell. Returns per step the sample means of q_hat (sequence 0),
-    c_hat and log of the mean g_hat = ||d<v, h_T^0>/d h_t^0||^2 / H, with their standard errors."""
-    from signalprop.simulate import log_mean_se
-    T = x.shape[0]
-    a = 1 / math.sqrt(H)
-    gen = torch.Generator().manual_seed(seed)
-    q, c, lg = (np.empty((samples, T)) for _ in range(3))
-    for s in range(samples):
-        h, hs = h0.clone().requires_grad_(True), []
-        for t in range(T):
-            Wih = (torch.rand(3 * H, nx, generator=gen, dtype=torch.float64) * 2 - 1) * a
-            Whh = (torch.rand(3 * H, H, generator=gen, dtype=torch.float64) * 2 - 1) * a
-            bi = (torch.rand(3 * H, generator=gen, dtype=torch.float64) * 2 - 1) * a
-            bh = (torch.rand(3 * H, generator=gen, dtype=torch.float64) * 2 - 1) * a
-            ir, iz, i_n = (x[t] @ Wih.T + bi).chunk(3, -1)
-            hr, hz, h_n = (h @ Whh.T + bh).chunk(3, -1)
-            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-            h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
-            h.retain_grad()
-            hs.append(h)
-        v = torch.randn(H, generator=gen, dtype=torch.float64)
-        torch.sum(v * hs[-1][0]).backward()
-        for t, ht in enumerate(hs):
-            d = ht.detach()
-            q[s, t] = float(d[0] @ d[0]) / H
-            c[s, t] = float(d[0] @ d[1]) / float(torch.norm(d[0]) * torch.norm(d[1]))
-            lg[s, t] = math.log(float(ht.grad[0] @ ht.grad[0]) / H)
-    S = samples
-    lgm, lgse = log_mean_se(lg)
-    return (q.mean(0), q.std(0, ddof=1) / math.sqrt(S), c.mean(0), c.std(0, ddof=1) / math.sqrt(S),
-            lgm, lgse)
-
-
-def run_gru(quick: bool) -> tuple:
-    """Per H: the theory of the nearest GRUStep (``predict(nearest_gru(...))``), measure of the
-    nn.GRU (tied weights, PyTorch's cell), PyTorch's cell with untied weights
-    (:func:`untied_pytorch_gru`: isolates the cell), and signalprop's own GRUStep sampled tied
-    and untied (``simulate``; isolates tying within signalprop's cell). T = 8, n_x = 64, fresh
-    inputs (c_x = 0.5), h0 of q0 = 1, c0 = 0.2, PyTorch's default init."""
+def run_recurrent(quick: bool) -> tuple:
+    """Per cell (nn.LSTM, nn.GRU) and H: ``measure`` of the module (tied weights, PyTorch's
+    default init, 48 samples), ``predict`` (untied mean field; the LSTM only: it refuses the GRU's
+    reset-after cell) and ``predict_tied`` (dynamical mean field of tied weights; defaults
+    paths=4096, replicas=8, seed=0) on ``from_module``'s network, each compared by ``compare``.
+    T = 8, n_x = 64, fresh inputs (c_x = 0.5), h0 of q0 = 1, c0 = 0.2, float64."""
     nx, T = 64, 8
     Hs = (128,) if quick else (128, 512, 2048)
     S = 16 if quick else 48
     rows, t_all = [], time.perf_counter()
     x = fresh_sequences(nx, T)
-    for H in Hs:
-        m = nn.GRU(nx, H).double()
-        h0 = example_inputs(H, c0=0.2, dtype=torch.float64)[None]
-        net = nearest_gru(m, (x, h0))
-        th = sp.predict(net, q0=1.0, c0=0.2)
-        t = time.perf_counter()
-        prof = measure(m, (x, h0), S, seed=2)
-        dt = time.perf_counter() - t
-        row = {"H": H, "th": th, "tied_torch": prof, "dt": dt,
-               "cmp": sp.compare(th, prof)}
-        if H <= 512:
-            row["untied_torch"] = untied_pytorch_gru(nx, H, x, h0[0], S, seed=5)
-            untied = sp.rnn("gru", T, H, gates=net.layers[0].gates(), q_x=[la.q_x for la in
-                            net.layers], c_x=[la.c_x for la in net.layers], input_width=nx,
-                            tied=False)
-            row["untied_sp"] = sp.simulate(untied, S, 6, q0=1.0, c0=0.2)
-            row["tied_sp"] = sp.simulate(net, S, 7, q0=1.0, c0=0.2)
-        rows.append(row)
-        print(f"GRU H={H} {row['cmp'].verdict} {dt:.1f}s", flush=True)
+    for cls in (nn.LSTM, nn.GRU):
+        for H in Hs:
+            m = cls(nx, H).double()
+            h0 = example_inputs(H, c0=0.2, dtype=torch.float64)[None]
+            inp = (x, (h0, torch.zeros_like(h0))) if cls is nn.LSTM else (x, h0)
+            net = from_module(m, inp)
+            t = time.perf_counter()
+            tied = sp.predict_tied(net, q0=1.0, c0=0.2)
+            dt_th = time.perf_counter() - t
+            untied = sp.predict(net, q0=1.0, c0=0.2) if cls is nn.LSTM else None
+            t = time.perf_counter()
+            prof = measure(m, inp, S, seed=2)
+            dt = time.perf_counter() - t
+            row = {"cell": cls.__name__, "H": H, "S": S, "tied": tied, "untied": untied,
+                   "mc": prof, "dt": dt, "dt_th": dt_th, "cmp_tied": sp.compare(tied, prof),
+                   "cmp_untied": sp.compare(untied, prof) if untied is not None else None}
+            rows.append(row)
+            print(f"{cls.__name__} H={H} tied {row['cmp_tied'].verdict} untied "
+                  f"{row['cmp_untied'].verdict if untied is not None else '-'} {dt:.1f}s",
+                  flush=True)
     return rows, time.perf_counter() - t_all
 
 
@@ -348,46 +314,47 @@ def _pm(v, se, f="{:.4f}"):
     return f"{f.format(v)} +- {f.format(se)}"
 
 
-def report_gru(rows, total, quick) -> str:
-    lines = ["## nn.GRU: refused by from_module; the gap to signalprop's GRUStep", "",
-             f"Generated by `python -m validation.torch_check --only gru{' --quick' if quick else ''}` "
-             f"(torch {torch.__version__}). Total {total:.0f} s.", "",
-             "PyTorch's GRU applies the reset gate after the recurrent product, `n = tanh(W_in x + "
-             "b_in + r * (W_hn h + b_hn))`; signalprop's GRUStep before it, `tanh(W_n (r h) + U_n "
-             "x + b_n)`. `from_module(nn.GRU)` is a ValueError naming this; `nearest_gru` builds "
-             "the GRUStep network with PyTorch's gate variances (same candidate covariance, "
-             "Gaussian instead of a Gaussian scale mixture). Setting: T = 8, n_x = 64, two "
-             "sequences with fresh inputs per step (c_x = 0.5), h0 of q0 = 1 and c0 = 0.2, "
-             "PyTorch's default init, float64. Columns: theory = `predict(nearest_gru(m, x))`; "
-             "torch tied = `measure(nn.GRU)`; torch untied = PyTorch's cell with fresh weights "
-             "every step (this script, U(-1/sqrt(H), 1/sqrt(H))); sp untied / sp tied = "
-             "`simulate` of signalprop's GRUStep untied / tied (Gaussian weights).", ""]
-    lines += ["| H | verdict (theory vs torch tied) | worst | q_T theory | q_T torch tied | "
-              "q_T torch untied | q_T sp untied | q_T sp tied | c_T theory | c_T torch tied | "
-              "measure (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _verdict(cmp) -> str:
+    if cmp is None:
+        return "refused (reset_after)"
+    w = cmp.worst()
+    return cmp.verdict + ("" if cmp.verdict == "agree" else f" ({w[0]} at step {w[1]}, z = "
+                          f"{w[2]:.1f})")
+
+
+def report_recurrent(rows, total, quick) -> str:
+    lines = ["## nn.LSTM, nn.GRU: untied theory (predict) and tied theory (predict_tied)", "",
+             f"Generated by `python -m validation.torch_check --only recurrent"
+             f"{' --quick' if quick else ''}` (torch {torch.__version__}). Total {total:.0f} s.",
+             "",
+             "Rule (stated before running): `compare(theory, measure(m, x, S))` (4 SE of both "
+             "plus 2 sum 1/N) gives `agree` for the tied theory `predict_tied(from_module(m, x), "
+             "q0=1, c0=0.2)` (paths 4096, replicas 8). nn.GRU maps to `rnn(\"gru\", ..., "
+             "reset_after=True, hidden_bias2=1/(3H))` (PyTorch's cell), which `predict` refuses. "
+             "Setting: T = 8, n_x = 64, two sequences with fresh (orthogonal) inputs per step "
+             "(c_x = 0.5), h0 of q0 = 1 and c0 = 0.2, PyTorch's default init, float64.", "",
+             "| cell | H | S | predict (untied) | predict_tied | q_T predict | q_T predict_tied | "
+             "q_T measured | c_T predict_tied | c_T measured | predict_tied (s) | measure (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f5 = "{:.5f}"
     for r in rows:
-        th, pr, w = r["th"], r["tied_torch"], r["cmp"].worst()
-        ut, us, ts = r.get("untied_torch"), r.get("untied_sp"), r.get("tied_sp")
-        lines.append(f"| {r['H']} | {r['cmp'].verdict} | {w[0]} at step {w[1]}, z = {w[2]:.1f} | "
-                     f"{th.q[-1]:.5f} | {_pm(pr.q[-1], pr.q_se[-1], f5)} | "
-                     f"{_pm(ut[0][-1], ut[1][-1], f5) if ut else '-'} | "
-                     f"{_pm(us.q[-1], us.q_se[-1], f5) if us else '-'} | "
-                     f"{_pm(ts.q[-1], ts.q_se[-1], f5) if ts else '-'} | {th.c[-1]:.4f} | "
-                     f"{_pm(pr.c[-1], pr.c_se[-1])} | {r['dt']:.1f} |")
-    lines += ["", "log g per step (lag T - t): theory; torch tied (measure); torch untied; "
-              "sp untied; sp tied (+- se).", ""]
+        th, un, mc = r["tied"], r["untied"], r["mc"]
+        lines.append(f"| {r['cell']} | {r['H']} | {r['S']} | {_verdict(r['cmp_untied'])} | "
+                     f"{_verdict(r['cmp_tied'])} | "
+                     f"{f5.format(un.q[-1]) if un is not None else '-'} | "
+                     f"{_pm(th.q[-1], th.q_se[-1], f5)} | {_pm(mc.q[-1], mc.q_se[-1], f5)} | "
+                     f"{_pm(th.c[-1], th.c_se[-1])} | {_pm(mc.c[-1], mc.c_se[-1])} | "
+                     f"{r['dt_th']:.1f} | {r['dt']:.1f} |")
+    lines += ["", "log g per step (lag T - t): predict (untied; LSTM only), predict_tied and "
+              "measure (+- se).", ""]
     for r in rows:
-        th, pr = r["th"], r["tied_torch"]
-        lines += [f"H = {r['H']}:", "", "| step | theory | torch tied | torch untied | "
-                  "sp untied | sp tied |", "|---|---|---|---|---|---|"]
-        ut, us, ts = r.get("untied_torch"), r.get("untied_sp"), r.get("tied_sp")
+        th, un, mc = r["tied"], r["untied"], r["mc"]
+        lines += [f"{r['cell']}, H = {r['H']}:", "",
+                  "| step | predict | predict_tied | measured |", "|---|---|---|---|"]
         for t in range(len(th.log_g)):
-            lines.append(
-                f"| {t + 1} | {th.log_g[t]:.3f} | {_pm(pr.log_g[t], pr.log_g_se[t], '{:.3f}')} | "
-                + (f"{_pm(ut[4][t], ut[5][t], '{:.3f}')} | " if ut else "- | ")
-                + (f"{_pm(us.log_g[t], us.log_g_se[t], '{:.3f}')} | " if us else "- | ")
-                + (f"{_pm(ts.log_g[t], ts.log_g_se[t], '{:.3f}')} |" if ts else "- |"))
+            lines.append(f"| {t + 1} | {f'{un.log_g[t]:.3f}' if un is not None else '-'} | "
+                         f"{_pm(th.log_g[t], th.log_g_se[t], '{:.3f}')} | "
+                         f"{_pm(mc.log_g[t], mc.log_g_se[t], '{:.3f}')} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -395,7 +362,7 @@ def report_gru(rows, total, quick) -> str:
 # ---------------------------------------------------------------------------------------------
 # the report: sections, each regenerated on its own
 
-SECTIONS = ("mlp", "transformer", "gru")
+SECTIONS = ("mlp", "transformer", "recurrent")
 TITLE = "# signalprop.torch on the issue's must-hold sizes (issue 14)"
 
 
@@ -420,7 +387,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(SECTIONS),
-                    help="comma-separated sections to regenerate (mlp, transformer, gru); the "
+                    help="comma-separated sections to regenerate (mlp, transformer, recurrent); the "
                          "others are kept from the existing report")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -435,9 +402,9 @@ def main(argv=None) -> None:
     if "transformer" in only:
         rows, total = run_transformer(args.quick)
         sections["transformer"] = report_transformer(rows, total, args.quick)
-    if "gru" in only:
-        rows, total = run_gru(args.quick)
-        sections["gru"] = report_gru(rows, total, args.quick)
+    if "recurrent" in only:
+        rows, total = run_recurrent(args.quick)
+        sections["recurrent"] = report_recurrent(rows, total, args.quick)
     text = TITLE + "\n\n" + "".join(f"<!-- section: {name} -->\n{sections[name].rstrip()}\n\n"
                                       for name in SECTIONS if name in sections)
     with open(OUT, "w") as fh:

@@ -62,11 +62,11 @@ training mode (in eval mode it is an affine map with running statistics) and is 
 the pattern ``Linear -> BatchNorm1d -> [activation]`` (signalprop's ``BatchNormDense``); the
 batch size B is ``example_input.shape[0]``.
 
-Anything else (``Conv2d``, decoders, ``nn.GRU``, recurrent modules inside a model, a custom
-module with data-dependent
-control flow, a subtraction, a scaling outside a residual sum) is a ValueError naming the
-module, its type and its path in the model (``model.blocks.3.attn (MultiheadAttention) is not
-supported yet``): never a silent approximation.
+Anything else (``Conv2d``, decoders, recurrent modules inside a model or their cells, a
+custom module with data-dependent control flow, a subtraction, a scaling outside a residual
+sum) is a ValueError naming the module, its type and its path in the model
+(``model.blocks.3.attn (MultiheadAttention) is not supported yet``): never a silent
+approximation.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ from ..layers.recurrent import RECURRENT_WEIGHTS
 from ..network import WEIGHTS, Network
 from .attention import (check_encoder, is_sequence_module, mha_attention, sublayer_count,
                         token_layout)
-from .recurrent import GRU_DIFFERENCE, is_rnn, map_rnn
+from .recurrent import is_rnn, map_rnn
 
 __all__ = ["from_module", "Mapped", "TrackedLayer", "LinearSite", "map_module", "VARIANCES",
            "MAX_EPS"]
@@ -286,13 +286,14 @@ def _check_norm_module(mod: nn.Module, path: str, variances) -> None:
                                "signalprop's normalisation layers have gain 1 and bias 0")
 
 
-#: why the recurrent and attention modules other than a bare nn.RNN / nn.LSTM are refused
+#: why recurrent and attention modules other than a bare nn.RNN / LSTM / GRU are refused
 _WHY_LATER = {
     "RNN": "is mapped only as the whole model (from_module(nn.RNN(...), x)), not inside another "
            "module",
-    "GRU": GRU_DIFFERENCE,
+    "GRU": "is mapped only as the whole model (from_module(nn.GRU(...), x)), not inside another "
+           "module",
     "RNNCell": "is not supported yet: the bridge maps a whole one-layer nn.RNN, not its cell",
-    "GRUCell": "is not supported yet: the bridge maps neither nn.GRU nor its cell",
+    "GRUCell": "is not supported yet: the bridge maps a whole one-layer nn.GRU, not its cell",
     "LSTM": "is mapped only as the whole model (from_module(nn.LSTM(...), x)), not inside "
             "another module",
     "LSTMCell": "is not supported yet: the bridge maps a whole one-layer nn.LSTM, not its cell",

@@ -57,7 +57,7 @@ from ..simulate import log_mean_se, network_inputs
 from .attention import is_sequence_module, rows, sequence_forward, token_layout
 from .mapping import map_module, trace
 from .recurrent import (gru_forward, is_gru, is_lstm, is_rnn, lstm_forward, map_rnn,
-                        nearest_gru, rnn_forward, rnn_inputs)
+                        rnn_forward, rnn_inputs)
 
 __all__ = ["measure", "example_inputs"]
 
@@ -189,21 +189,23 @@ def measure(module: nn.Module, inputs, samples: int, reinit: Union[None, str, Ca
     :func:`signalprop.simulate.simulate` on the network :func:`~signalprop.torch.from_module`
     maps it to, so ``compare(predict(from_module(m, x)), measure(m, x, 64))`` works as is
     (with ``predict``'s ``q0`` equal to ``||x_0||^2 / N_0``; :func:`example_inputs` gives 1).
+    For ``nn.LSTM`` and ``nn.GRU`` (weights tied across steps) the theory is
+    ``signalprop.predict_tied(from_module(m, x), q0, c0)`` (``q0``, ``c0`` of ``h0``).
 
     ``inputs``: a tensor ``(N_0,)`` or ``(k, N_0)`` (k inputs; a batch of B with
-    ``BatchNorm1d``). ``samples``: an int >= 2. ``reinit``: None or ``"default"`` (every
-    submodule's ``reset_parameters()``), or a callable ``reinit(module)`` run under the sample's
-    seed. ``seed``: an int >= 0. ``return_samples``: keep the per-sample values
-    (``profile.samples``: ``q``, ``log_g``, ``log_G``, ``c``; arrays (samples, L)).
+    ``BatchNorm1d``); for ``nn.RNN``/``nn.LSTM``/``nn.GRU`` what the module takes (``x``,
+    ``(x, h0)``, ``(x, (h0, c0))``: :func:`~signalprop.torch.recurrent.rnn_inputs`).
+    ``samples``: an int >= 2. ``reinit``: None or ``"default"`` (every submodule's
+    ``reset_parameters()``), or a callable ``reinit(module)`` run under the sample's seed.
+    ``seed``: an int >= 0. ``return_samples``: keep the per-sample values (``profile.samples``:
+    ``q``, ``log_g``, ``log_G``, ``c``; arrays (samples, L)).
     ``threads``: torch's intra-op threads while measuring (restored afterwards; default 1: one
     sample's k input rows are too little work to share, and on 2 loaded cores a second thread
     made a BatchNorm1d call 300 times slower, 7 ms against 25 us); None leaves torch's setting.
     """
     rnn_mod = is_rnn(module)
     if rnn_mod:
-        # checks the module and the inputs (an nn.GRU: its nearest GRUStep network, only for the
-        # structure: the measurement is of the nn.GRU itself)
-        net = nearest_gru(module, inputs) if is_gru(module) else map_rnn(module, inputs)
+        net = map_rnn(module, inputs)      # checks the module and the inputs
         x, h0 = rnn_inputs(module, inputs)
     else:
         x = _check_inputs(inputs, isinstance(module, nn.Module)
@@ -375,7 +377,8 @@ def _measure_rnn(module, x, h0, samples, fn, seed, net, return_samples, reinit) 
     the module's own forward in the first sample. ``nn.LSTM``: the tracked variable is the state
     ``h_t`` (:func:`lstm_forward`; loss ``<v, h_T^0>``, ``G_hat = g_hat ||h_{t-1}^0||^2 / H``), the
     profile of :class:`~signalprop.layers.gated.LSTMStep`; ``nn.GRU`` likewise with
-    :func:`gru_forward` (PyTorch's own GRU, not signalprop's GRUStep: docs/torch.md)."""
+    :func:`gru_forward` (the profile of :class:`~signalprop.layers.gated.GRUStep` with
+    ``reset_after``)."""
     lstm = is_lstm(module) or is_gru(module)
     forward = gru_forward if is_gru(module) else lstm_forward if lstm else rnn_forward
     var = "h" if lstm else "e"

@@ -50,31 +50,41 @@ mean(b^2)``, as the vanilla cell reads its bias). Inputs: ``x`` or ``(x, (h0, c0
 ``nn.LSTM`` takes them, with ``c0 = 0`` (signalprop's LSTM starts from ``c_0 = 0``). The tracked
 variable of step t is ``h_t`` (docs/notation.md, "Recurrent networks").
 
-``nn.GRU`` is **not** signalprop's GRU. PyTorch (torch.nn.GRU docs; packed rows r, z, n):
+``nn.GRU`` (one layer, unidirectional; torch.nn.GRU docs; packed rows r, z, n):
 
     r = sigma(W_ir x_t + b_ir + W_hr h + b_hr),   z = sigma(W_iz x_t + b_iz + W_hz h + b_hz),
     n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn)),   h_t = (1 - z) n + z h,
 
-applies the reset gate *after* the recurrent product, per unit; signalprop's
-:class:`~signalprop.layers.gated.GRUStep` (Cho et al. 2014, eq. 8; Gilboa et al. 2019 sec. 3)
-applies it *before*: ``n = tanh(W_n (r h) + U_n x_t + b_n)``. The update gate and the state update
-are the same. In the untied mean field (gate pre-activations Gaussian and independent of each
-other and of the state) the two candidate pre-activations have the same covariance
-``sigma_wn^2 E[r_a r_b] K_h + sigma_un^2 K_x`` (plus the biases: PyTorch's ``b_hn`` is multiplied
-by ``r``, variance ``E[r_a r_b] sigma_bhn^2``), but PyTorch's ``r_i (W_hn h)_i`` is a Gaussian
-scale mixture, not a Gaussian, so ``E[tanh(a^n) tanh(a^n')]``, ``E[tanh'(a^n)^2]`` and the
-reset gate's gradient path differ: a different model at infinite width. :func:`map_rnn` therefore
-refuses ``nn.GRU``, naming this; :func:`nearest_gru` builds, on request, the GRUStep network
-whose gates have PyTorch's variances (the candidate's bias variance ``sigma_bin^2 +
-sigma_bhn^2``, an upper bound on PyTorch's ``sigma_bin^2 + E[r^2] sigma_bhn^2``), an
-approximation stated as one, and :func:`measure` measures the ``nn.GRU`` itself
-(:func:`gru_forward`), so the gap can be measured (validation/torch_report.md).
+is signalprop's ``rnn("gru", T, H, gates=..., reset_after=True, hidden_bias2=...)``
+(:class:`~signalprop.layers.gated.GRUStep` with ``reset_after``: the reset gate applied after
+the recurrent product, as PyTorch and cuDNN do; Cho et al. 2014 eq. 8 apply it before), gates
+``reset`` (rows r), ``update`` (z), ``candidate`` (n). ``variances="init"``
+(``nn.GRU.reset_parameters``: every weight and bias ~ ``U(-1/sqrt(H), 1/sqrt(H))``, variance
+``1/(3H)``): every gate ``sigma_w2 = 1/3``, ``sigma_u2 = n_x/(3H)``, ``mu = 0``; the reset and
+update gates' bias ``b_ih + b_hh`` of variance ``2/(3H)``; the candidate's outer bias ``b_in``
+of variance ``1/(3H)`` (``candidate.sigma_b2``) and ``hidden_bias2 = var(b_hn) = 1/(3H)`` (the
+bias inside the reset product). ``"empirical"``: per row block ``H mean(W_hh^2)``, ``n_x
+mean(W_ih^2)``; the reset and update gates' ``b = b_ih + b_hh`` as its mean ``mu`` and variance;
+the candidate's ``sigma_b2 = mean(b_in^2)`` and ``hidden_bias2 = mean(b_hn^2)`` (second moments
+about zero, as the vanilla cell reads its bias). Inputs: ``x`` or ``(x, h0)`` as ``nn.GRU`` takes
+them. The tracked variable of step t is ``h_t``. Its theory is
+:func:`signalprop.predict_tied` (``predict`` refuses the reset-after cell: its untied mean field
+is for the reset-before cell).
+
+Theory for tied weights. PyTorch's recurrent modules use one ``W_hh`` at every step.
+``predict`` is the untied mean field: exact at infinite width for ``nn.RNN`` (only equal-time
+moments enter the vanilla cell; docs/theory/recurrent.md, "Tied weights"), not for the gated
+cells, whose gate values persist in time with tied weights (an LSTM's ``log g`` from lag 3 on:
++1.25 nats at lag 7, validation/torch_report.md);
+:func:`signalprop.predict_tied` (the dynamical mean field of tied weights) is their theory
+(docs/torch.md, validation/torch_report.md). It treats the inputs ``x_t`` of different steps as
+independent directions (``<x_s, x_t> = 0`` for ``s != t``), as the untied theory does.
 
 Weight law. PyTorch's recurrent modules draw every weight from ``U(-1/sqrt(H), 1/sqrt(H))``
 (variance ``1/(3H)``). The mean-field theory sees the weights only through the variance of
 the pre-activations (each entry of ``W h`` is a sum over ``H`` independent terms: Gaussian at
 infinite width whatever the weights' law, given finite fourth moments), so reading the variance
-is exact for ``predict``; ``simulate`` on the mapped network draws Gaussian (or orthogonal)
+is exact for ``predict`` and ``predict_tied``; ``simulate`` on the mapped network draws Gaussian (or orthogonal)
 recurrent weights, not uniform ones (signalprop's recurrent steps have no uniform law): a
 finite-width difference of order 1/H through the weights' fourth cumulant (docs/torch.md).
 """
@@ -93,30 +103,20 @@ from ..layers.gated import Gate
 from ..layers.recurrent import RECURRENT_WEIGHTS
 
 __all__ = ["map_rnn", "rnn_inputs", "rnn_forward", "lstm_forward", "gru_forward", "is_rnn",
-           "is_lstm", "is_gru", "nearest_gru", "GRU_DIFFERENCE"]
+           "is_lstm", "is_gru"]
 
 ROOT = "model"
 
 
 def is_rnn(module) -> bool:
     """Whether the bridge reads ``module`` as a recurrent network (exactly ``nn.RNN``,
-    ``nn.LSTM`` or ``nn.GRU``; :func:`map_rnn` refuses the last, :func:`measure` measures it)."""
+    ``nn.LSTM`` or ``nn.GRU``)."""
     return type(module) in (nn.RNN, nn.LSTM, nn.GRU)
 
 
 def is_gru(module) -> bool:
     """Whether ``module`` is exactly ``nn.GRU``."""
     return type(module) is nn.GRU
-
-
-#: why ``nn.GRU`` is not mapped (module docstring)
-GRU_DIFFERENCE = ("is not supported yet: PyTorch's GRU applies the reset gate after the recurrent "
-                  "product, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), while signalprop's "
-                  "GRUStep applies it before, n = tanh(W_n (r * h) + U_n x + b_n) (Cho et al. "
-                  "2014): the candidate pre-activation r * (W_hn h) is a Gaussian scale mixture, "
-                  "not a Gaussian, so the mean-field maps differ. "
-                  "signalprop.torch.nearest_gru(module, x) builds the GRUStep network with "
-                  "PyTorch's gate variances as a stated approximation")
 
 
 def is_lstm(module) -> bool:
@@ -129,8 +129,8 @@ def _refuse(why: str, what: str = "RNN") -> ValueError:
 
 
 def check_rnn(module: nn.RNN) -> str:
-    """The activation name of a mappable ``nn.RNN`` (``"lstm"`` for a mappable ``nn.LSTM``); a
-    ValueError naming what is not."""
+    """The activation name of a mappable ``nn.RNN`` (``"lstm"``, ``"gru"`` for a mappable
+    ``nn.LSTM``, ``nn.GRU``); a ValueError naming what is not."""
     if is_lstm(module) or is_gru(module):
         return check_lstm(module)
     if module.num_layers != 1:
@@ -146,7 +146,7 @@ def check_rnn(module: nn.RNN) -> str:
 
 
 def check_lstm(module) -> str:
-    """``"lstm"`` for a readable ``nn.LSTM`` (``"gru"`` for an ``nn.GRU``); a ValueError naming
+    """``"lstm"`` for a mappable ``nn.LSTM`` (``"gru"`` for an ``nn.GRU``); a ValueError naming
     what is not."""
     what = type(module).__name__
     if module.num_layers != 1:
@@ -293,20 +293,24 @@ def lstm_gates(module: nn.LSTM, variances: str) -> dict:
 GRU_GATES = ("reset", "update", "candidate")
 
 
-def gru_gates(module: nn.GRU, variances: str) -> dict:
-    """Gate name -> :class:`~signalprop.layers.gated.Gate` of the GRUStep nearest to an ``nn.GRU``
-    (module docstring): ``"init"``: every weight and bias ~ ``U(-1/sqrt(H), 1/sqrt(H))``
-    (``nn.GRU.reset_parameters``): ``Gate(1/3, n_x/(3H), 0, 2/(3H))`` for each gate;
-    ``"empirical"``: per row block ``H mean(W_hh^2)``, ``n_x mean(W_ih^2)``; the reset and update
-    gates' bias ``b = b_ih + b_hh`` as its mean ``mu`` and variance; the candidate's
-    ``sigma_b2 = mean(b_in^2) + mean(b_hn^2)`` (``mu = 0``)."""
+def gru_gates(module: nn.GRU, variances: str) -> tuple:
+    """``(gates, hidden_bias2)`` of an ``nn.GRU`` (module docstring): gate name ->
+    :class:`~signalprop.layers.gated.Gate` (rows r, z, n read as ``reset``, ``update``,
+    ``candidate``) and the variance of ``b_hn``, the bias inside the reset product.
+    ``"init"`` (``nn.GRU.reset_parameters``, every parameter of variance ``1/(3H)``): reset and
+    update ``Gate(1/3, n_x/(3H), 0, 2/(3H))``, candidate ``Gate(1/3, n_x/(3H), 0, 1/(3H))``,
+    ``hidden_bias2 = 1/(3H)``; ``"empirical"``: per row block ``H mean(W_hh^2)``, ``n_x
+    mean(W_ih^2)``, the reset and update gates' ``b = b_ih + b_hh`` as mean ``mu`` and variance,
+    the candidate's ``sigma_b2 = mean(b_in^2)``, ``hidden_bias2 = mean(b_hn^2)``."""
     n_x, H = int(module.input_size), int(module.hidden_size)
     if variances == "init":
-        sb2 = 2.0 / (3.0 * H) if module.bias else 0.0
-        return {n: Gate(1.0 / 3.0, n_x / (3.0 * H), 0.0, sb2) for n in GRU_GATES}
+        one = 1.0 / (3.0 * H) if module.bias else 0.0
+        gates = {n: Gate(1.0 / 3.0, n_x / (3.0 * H), 0.0, 2.0 * one) for n in GRU_GATES[:2]}
+        gates["candidate"] = Gate(1.0 / 3.0, n_x / (3.0 * H), 0.0, one)
+        return gates, one
     Whh = module.weight_hh_l0.detach().double()
     Wih = module.weight_ih_l0.detach().double()
-    out = {}
+    out, hb2 = {}, 0.0
     for j, name in enumerate(GRU_GATES):
         rows = slice(j * H, (j + 1) * H)
         sw2 = H * float(torch.mean(Whh[rows] ** 2))
@@ -316,49 +320,25 @@ def gru_gates(module: nn.GRU, variances: str) -> dict:
             bi = module.bias_ih_l0.detach().double()[rows]
             bh = module.bias_hh_l0.detach().double()[rows]
             if name == "candidate":
-                sb2 = float(torch.mean(bi * bi)) + float(torch.mean(bh * bh))
+                sb2 = float(torch.mean(bi * bi))
+                hb2 = float(torch.mean(bh * bh))
             else:
                 b = bi + bh
                 mu = float(torch.mean(b))
                 sb2 = float(torch.mean((b - mu) ** 2))
-        if not all(math.isfinite(v) for v in (sw2, su2, mu, sb2)):
+        if not all(math.isfinite(v) for v in (sw2, su2, mu, sb2, hb2)):
             raise _refuse(f"has non-finite weights or biases in its {name} gate", "GRU")
         out[name] = Gate(sw2, su2, mu, sb2)
-    return out
-
-
-def nearest_gru(module: nn.GRU, example_input, variances: str = "init",
-                weights: str = "gaussian") -> Network:
-    """The network of signalprop's GRUStep (reset gate before the recurrent product) with the
-    gate variances of the ``nn.GRU`` ``module`` (:func:`gru_gates`) on ``example_input`` (``x``
-    or ``(x, h0)`` as ``nn.GRU`` takes them): ``rnn("gru", T, H, gates=...)``. An
-    approximation, not a mapping: PyTorch's GRU applies the reset gate after the product
-    (module docstring, :data:`GRU_DIFFERENCE`); validation/torch_report.md measures the gap."""
-    if not is_gru(module):
-        raise TypeError(f"module must be an nn.GRU, got {short_repr(module)}")
-    check_lstm(module)
-    if not isinstance(variances, str) or variances not in ("init", "empirical"):
-        raise ValueError(f"variances of a GRU must be 'init' or 'empirical', got "
-                         f"{short_repr(variances)}")
-    if weights not in RECURRENT_WEIGHTS:
-        raise ValueError(f"weights of a GRU must be one of {', '.join(RECURRENT_WEIGHTS)}, got "
-                         f"{short_repr(weights)}")
-    if example_input is None:
-        raise ValueError(f"{ROOT} (GRU): example_input (the input sequence x, or (x, h0)) is "
-                         "needed: the step inputs' statistics q_x, c_x enter the network")
-    x, _ = rnn_inputs(module, example_input)
-    qx, cx = _stats(x)
-    return rnn("gru", x.shape[0], int(module.hidden_size), gates=gru_gates(module, variances),
-               weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
+    return out, hb2
 
 
 def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gaussian") -> Network:
     """The network of ``nn.RNN`` ``module`` on ``example_input`` (module docstring):
     ``rnn("rnn", T, H, phi, sigma_w2=..., sigma_u2=..., sigma_b2=..., q_x=[...], c_x=[...],
-    input_width=n_x)``; for ``nn.LSTM``, ``rnn("lstm", T, H, gates=lstm_gates(...), ...)``."""
+    input_width=n_x)``; for ``nn.LSTM``, ``rnn("lstm", T, H, gates=lstm_gates(...), ...)``;
+    for ``nn.GRU``, ``rnn("gru", T, H, gates=..., reset_after=True, hidden_bias2=...)``
+    (:func:`gru_gates`)."""
     act = check_rnn(module)
-    if act == "gru":
-        raise _refuse(GRU_DIFFERENCE, "GRU")
     if example_input is None:
         state = "(x, (h0, c0))" if act == "lstm" else "(x, h0)"
         raise ValueError(f"{ROOT} ({type(module).__name__}): example_input (the input sequence x, "
@@ -375,6 +355,11 @@ def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gau
     if act == "lstm":
         return rnn("lstm", x.shape[0], int(module.hidden_size), gates=lstm_gates(module, variances),
                    weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
+    if act == "gru":
+        gates, hb2 = gru_gates(module, variances)
+        return rnn("gru", x.shape[0], int(module.hidden_size), gates=gates, reset_after=True,
+                   hidden_bias2=hb2, weights=weights, q_x=qx, c_x=cx,
+                   input_width=int(module.input_size))
     sw2, su2, sb2 = rnn_variances(module, variances)
     return rnn("rnn", x.shape[0], int(module.hidden_size), act, sigma_w2=sw2, sigma_u2=su2,
                sigma_b2=sb2, weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
