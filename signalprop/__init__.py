@@ -42,6 +42,9 @@ _EXPORTS = {
     "dead_probability": "finite", "DeadNetwork": "finite",
     "hanin_nica_beta": "finite", "clipping": "clipping", "ClipResult": "clipping",
     "total_gradient_law": "clipping", "clipping_sweep": "clipping",
+    "transformer_clipping": "clipping", "TransformerClipResult": "clipping",
+    "weight_gradient_norms": "layers.attention", "weight_gradient_norms_mc": "layers.attention",
+    "WeightGradientNorms": "layers.attention", "WeightGradientSamples": "layers.attention",
     "spectrum": "spectrum", "Spectrum": "spectrum", "isometry": "spectrum", "Isometry": "spectrum",
 }
 

@@ -27,6 +27,11 @@ Checked against the Monte Carlo engine in tests/test_finite.py and validation/fi
 A ReLU network without biases is dead at the input with probability ``p_dead``
 (:func:`~signalprop.finite.dead_probability`); then every weight gradient is 0 and only the last
 bias gradient ``||v||^2 ~ s chi^2_{N_L}`` is left (exactly): that atom is mixed in.
+
+Transformer stacks (:func:`transformer_clipping`): the mean ``E||g||^2`` over every weight matrix
+from the kernel path (:func:`~signalprop.layers.attention.weight_gradient_norms`); P(clip) is the
+concentration limit, or log-normal with a caller-supplied (e.g. measured) variance of
+``log ||g||^2`` (docs/theory/attention.md, "Weight gradients of every matrix").
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from scipy import stats
@@ -43,10 +48,13 @@ from ._validate import check_finite, check_int, positive_scalar, short_repr
 from .finite.laws import _check_network, _finite_width
 from .finite.lognormal import LogNormalLaw
 from .finite.model import _MAX_SKEW, _innovation_draws, _log_covariance
+from .layers.attention import weight_gradient_norms
+from .meanfield import predict
 from .network import Network
-from .results import _Result
+from .results import Profile, _Result
 
-__all__ = ["ClipResult", "clipping", "total_gradient_law", "clipping_sweep", "MAX_DEPTH"]
+__all__ = ["ClipResult", "clipping", "total_gradient_law", "clipping_sweep", "MAX_DEPTH",
+           "TransformerClipResult", "transformer_clipping"]
 
 #: deepest network for :func:`total_gradient_law` (its L x 2L coefficient matrices).
 MAX_DEPTH = 3000
@@ -312,3 +320,76 @@ def clipping_sweep(make_network: Callable[[int], Network], depths: Iterable[int]
         rows["mean_field_norm"].append(r.mean_field_norm)
         rows["log_norm_var"].append(r.log_norm_var)
     return {k: np.array(v) for k, v in rows.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer stacks (kernel path): the mean of ||g||^2 from the weight-gradient record
+
+
+@dataclass(frozen=True, eq=False)
+class TransformerClipResult(_Result):
+    """Clipping at initialisation for a stack of composed layers (a :func:`signalprop.transformer`),
+    from :func:`transformer_clipping`.
+
+    ``norms``: the per-matrix mean-field ``log E||dL/dW||_F^2``
+    (:class:`~signalprop.layers.attention.WeightGradientNorms`); ``log_mean_norm2``:
+    ``log E||g||^2`` over all weight matrices; ``mean_field_norm``: ``sqrt(E||g||^2)``;
+    ``log_norm2_var``: the variance of ``log ||g||^2`` used for ``p_clip`` (given by the caller,
+    e.g. measured by :func:`~signalprop.layers.attention.weight_gradient_norms_mc`), or None;
+    ``p_clip``: ``P(||g|| > c)`` per clip value: with a variance, the log-normal law of ``||g||^2``
+    of that log-variance and the predicted mean; without, the concentration limit
+    ``1[E||g||^2 > c^2]`` (0 or 1); ``rule``: which of the two."""
+
+    clip_value: np.ndarray
+    p_clip: np.ndarray
+    log_mean_norm2: float
+    mean_field_norm: float
+    log_norm2_var: Optional[float]
+    rule: str
+    output_grad_var: float
+    norms: object = field(repr=False, default=None)
+
+
+def transformer_clipping(network: Network, clip_value=1.0, *, profile=None,
+                         output_grad_var: float = 1.0,
+                         log_norm2_var: Optional[float] = None) -> TransformerClipResult:
+    """``P(||g|| > c)`` at initialisation for a stack of composed layers with coupled inputs (a
+    transformer), ``g`` all its weight gradients (no biases) for the loss ``<v, t^L_0>`` on token
+    0, ``v ~ N(0, output_grad_var I)``.
+
+    Theory gives the mean: ``E||g||^2 = sum_W E||dL/dW||_F^2`` (mean field,
+    :func:`~signalprop.layers.attention.weight_gradient_norms`, from ``profile`` or
+    ``predict(network)``), exactly proportional to ``output_grad_var`` (every gradient is linear in
+    ``v``). To model a readout ``z = W_U h^L_0`` with loss gradient ``e = dL/dz``, set
+    ``output_grad_var`` to the per-unit variance of ``W_U^T e``, ``sigma_U^2 E||e||^2`` for
+    entries of ``W_U`` of variance ``sigma_U^2`` independent of ``e`` (e.g. cross-entropy over a
+    large vocabulary at init: ``E||e||^2 = E||p - e_y||^2 ~ 1``; GPT-2's ``sigma_U = 0.02``: 4e-4).
+    The fluctuation of ``||g||^2`` is not predicted: with
+    ``log_norm2_var`` (e.g. measured) the law of ``||g||^2`` is taken log-normal with that
+    log-variance and the predicted mean, ``P = Phi((mu - 2 log c) / sqrt(var))``,
+    ``mu = log E||g||^2 - var/2``; without it ``P`` is the concentration limit (step function)."""
+    c = _check_clip(clip_value)
+    s = positive_scalar("output_grad_var", output_grad_var)
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network, got {short_repr(network)}")
+    if network.coupled_inputs is None:
+        raise ValueError("network: transformer_clipping needs a stack with coupled inputs "
+                         "(tokens); use clipping() for MLPs")
+    if profile is None:
+        profile = predict(network)
+    elif not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile of predict(network) or None, got "
+                        f"{short_repr(profile)}")
+    norms = weight_gradient_norms(profile, network, s)
+    m = norms.total_log_norm2
+    if log_norm2_var is None:
+        p = (m > 2.0 * np.log(c)).astype(float)
+        rule = "concentration limit: P = 1[E||g||^2 > c^2] (theory predicts the mean only)"
+        var = None
+    else:
+        var = positive_scalar("log_norm2_var", log_norm2_var)
+        mu = m - 0.5 * var
+        p = stats.norm.sf((2.0 * np.log(c) - mu) / math.sqrt(var))
+        rule = (f"log-normal ||g||^2 with the predicted mean and the given log-variance {var:.4g}")
+    return TransformerClipResult(c, np.asarray(p, float), m, math.exp(0.5 * m) if m < 1400 else
+                                 math.inf, var, rule, s, norms)

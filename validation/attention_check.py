@@ -13,10 +13,15 @@ Case families:
 4. (``--xiong-weights``, run alone, about 1 min; writes validation/attention_weights_report.md)
    Xiong et al. 2020 with their initialisation: E||dL/dW_2||^2 of the first and last feed-forward
    sublayers, depths 6..48, pre- and post-LN, theory (``ffn_weight_gradients``) and Monte Carlo.
+5. (``--gradnorm``, run alone, a few minutes; writes validation/transformer_gradnorm_report.md)
+   every weight matrix (W_Q, W_K, W_V, W_O, W_1, W_2): theory (``weight_gradient_norms``) against
+   Monte Carlo (``weight_gradient_norms_mc``) at depths 6 and 24; Xiong et al.'s last/first ratio
+   per matrix at depths 6..48; the total norm and P(clip) for GPT-2 small's shape.
 """
 
 from __future__ import annotations
 
+import math
 import pathlib
 import sys
 import time
@@ -24,7 +29,9 @@ import time
 import numpy as np
 
 import signalprop as sp
-from signalprop.layers.attention import ffn_weight_gradients
+from signalprop.clipping import transformer_clipping
+from signalprop.layers.attention import (ffn_weight_gradients, weight_gradient_norms,
+                                         weight_gradient_norms_mc)
 from signalprop.layers.compose import Add, draws_weights
 from signalprop.layers.dense import Dense
 from signalprop.sampling import Streams, sampler
@@ -223,8 +230,166 @@ def main_xiong_weights() -> None:
                    f"{r[6]:.3f} +- {r[7]:.3f} | {r[8]:.3f} | {r[9]:.3f} +- {r[10]:.3f} | "
                    f"{r[11]:.2f} | {r[12]:.1f} |")
     out += ["", "Ratios are of E||dL/dW_2||_F^2 (the norm's ratio is about the square root at "
-            "this width, where ||.||^2 concentrates)."]
+            "this width, where ||.||^2 concentrates). Every other matrix (W_Q, W_K, W_V, W_O, "
+            "W_1) and the total norm: validation/transformer_gradnorm_report.md "
+            "(`--gradnorm`)."]
     path = pathlib.Path(__file__).with_name("attention_weights_report.md")
+    path.write_text("\n".join(out) + "\n")
+    print(f"wrote {path} in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. every weight matrix and the total norm against a clip value (--gradnorm)
+
+
+def _mc_table(th, mc, name: str) -> tuple:
+    """theory, Monte Carlo log mean and its standard error per block, and the largest |z|."""
+    t = th.of(name)
+    lm, se = mc.log_mean(name)
+    idx = [i for i, m in enumerate(th.matrix) if m == name]
+    err = np.hypot(se, th.rel_se[idx])
+    with np.errstate(invalid="ignore"):
+        z = np.where(np.isfinite(t), (lm - t) / np.where(err > 0, err, 1.0), 0.0)
+    return t, lm, se, float(np.max(np.abs(z)))
+
+
+def gradnorm_agreement(samples: int = SAMPLES) -> list:
+    rows = []
+    for ln in ("pre", "post"):
+        for L in (6, 24):
+            net = _net(L, 8, ln, "sqrt")
+            t = time.time()
+            th = weight_gradient_norms(sp.predict(net), net)
+            t_th = time.time() - t
+            t = time.time()
+            mc = weight_gradient_norms_mc(net, samples, seed=15)
+            t_mc = time.time() - t
+            for name in ("W_Q", "W_K", "W_V", "W_O", "W_1", "W_2"):
+                tt, lm, se, zmax = _mc_table(th, mc, name)
+                rows.append((ln, L, name, tt[0], lm[0], se[0], tt[-1], lm[-1], se[-1], zmax))
+            lt, lt_se = mc.total_log_mean()
+            rows.append((ln, L, "total", th.total_log_norm2, lt, lt_se, math.nan, math.nan,
+                         math.nan, abs(lt - th.total_log_norm2) / lt_se))
+            print("gradnorm", ln, L, f"{t_th:.2f}s {t_mc:.1f}s", file=sys.stderr, flush=True)
+    return rows
+
+
+def gradnorm_xiong(samples: int = SAMPLES) -> list:
+    rows = []
+    for init in ("xiong", "xiong+qk"):
+        for ln in ("pre", "post"):
+            for L in (6, 12, 24, 48):
+                net = xiong_net(L, ln) if init == "xiong" else sp.transformer(
+                    L, WIDTH, 1, 8, ln=ln, ffn_ratio=1.0, activation="relu", sigma_ffn2=1.0,
+                    sigma_ffn_out2=1.0)
+                th = weight_gradient_norms(sp.predict(net), net)
+                mc = weight_gradient_norms_mc(net, samples, seed=16)
+                for name in ("W_Q", "W_K", "W_V", "W_O", "W_1", "W_2"):
+                    if not np.isfinite(th.of(name)[0]):
+                        continue
+                    r, se = mc.log_ratio(name)
+                    rows.append((init, ln, L, name, th.log_ratio(name), r, se))
+                print("gradnorm-xiong", init, ln, L, file=sys.stderr, flush=True)
+    return rows
+
+
+def gpt2_small(tokens: int = 16) -> sp.Network:
+    """GPT-2 small's shape (d = 768, 12 heads, 12 blocks, pre-LN with final LN, GELU, ratio 4) at
+    its initialisation: every weight N(0, 0.02^2) (variance times fan-in 0.02^2 * 768, and
+    0.02^2 * 3072 for W_2), the residual output projections W_O and W_2 times 1/sqrt(2L)
+    (Radford et al. 2019, sec. 2.3), no biases."""
+    s2 = 0.02 ** 2 * 768
+    return sp.transformer(12, 768, 12, tokens, ln="pre", sigma_q2=s2, sigma_k2=s2, sigma_v2=s2,
+                          sigma_o2=s2, sigma_ffn2=s2, sigma_ffn_out2=0.02 ** 2 * 3072,
+                          scaling="gpt2")
+
+
+def gradnorm_clip(samples: int = SAMPLES) -> dict:
+    net = gpt2_small()
+    t = time.time()
+    prof = sp.predict(net)
+    th = weight_gradient_norms(prof, net)
+    t_th = time.time() - t
+    t = time.time()
+    mc = weight_gradient_norms_mc(net, samples, seed=17, batch=1)
+    t_mc = time.time() - t
+    logs = np.log(mc.total)
+    var = float(np.var(logs, ddof=1))
+    out = {"theory": th, "mc": mc, "t_th": t_th, "t_mc": t_mc, "log_var": var, "rows": []}
+    for s in (1.0, 4e-4):
+        ths, mcs = th.rescaled(s), mc.rescaled(s)
+        med = math.sqrt(float(np.median(mcs.total)))
+        q90 = math.sqrt(float(np.quantile(mcs.total, 0.9)))
+        for c in (1.0, med, q90):
+            p, pse = mcs.p_clip(c)
+            r = transformer_clipping(net, c, profile=prof, output_grad_var=s, log_norm2_var=var)
+            r0 = transformer_clipping(net, c, profile=prof, output_grad_var=s)
+            out["rows"].append((s, c, ths.total_log_norm2, mcs.total_log_mean(), p, pse,
+                                float(r.p_clip), float(r0.p_clip)))
+    print("gradnorm-clip", f"{t_th:.1f}s {t_mc:.1f}s", file=sys.stderr, flush=True)
+    return out
+
+
+def main_gradnorm() -> None:
+    t0 = time.time()
+    ag = gradnorm_agreement()
+    xi = gradnorm_xiong()
+    cl = gradnorm_clip()
+    out = ["# Transformer stacks: the gradient of every weight matrix and the clip value", "",
+           f"Generated by `python -m validation.attention_check --gradnorm` "
+           f"({time.time() - t0:.0f} s). Loss <v, t^L_0> on token 0, v ~ N(0, s I) (s = 1 unless "
+           "stated; every squared norm is proportional to s). Theory: "
+           "`weight_gradient_norms(predict(net), net)` (mean field, docs/theory/attention.md, "
+           "'Weight gradients of every matrix'); Monte Carlo: `weight_gradient_norms_mc` "
+           f"({SAMPLES} sample networks, dense samplers, hand-written backward pass; the log of "
+           "the mean of ||dL/dW||_F^2, delta-method standard errors). Inputs: T orthogonal "
+           "tokens of q0 = 1, mean zero over units (`default_tokens`).", "",
+           "## 1. Theory against Monte Carlo, every matrix", "",
+           f"Width {WIDTH}, {HEADS} heads, T = 8, 1/sqrt(d) logits, all attention variances 1, "
+           "GELU feed-forward of ratio 4 (sigma^2 = 2 then 1). log E||dL/dW||_F^2 of the first "
+           "and last block; max |z| over all blocks (z with the Monte Carlo and the theory's "
+           "numerical errors combined).", "",
+           "| LN | blocks | matrix | first: theory | first: MC | last: theory | last: MC | "
+           "max abs z |", "|---|---|---|---|---|---|---|---|"]
+    for r in ag:
+        last = "" if not np.isfinite(r[6]) else f"{r[6]:.3f}"
+        last_mc = "" if not np.isfinite(r[7]) else f"{r[7]:.3f} +- {r[8]:.3f}"
+        out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} +- {r[5]:.3f} | "
+                   f"{last} | {last_mc} | {r[9]:.1f} |")
+    out += ["", "('total': log E||g||^2 over all matrices in the first two columns.)", "",
+            "## 2. Xiong et al. 2020: last over first block, every matrix", "",
+            "log(E||dL/dW_last||^2 / E||dL/dW_first||^2) per matrix. 'xiong': their sec. 3 "
+            "initialisation (W_Q = W_K = 0: then dW_K = 0 and dW_Q = 0 exactly, both left out; "
+            "Xavier W_V, W_O, W_1, W_2, ReLU ratio 1, one head); 'xiong+qk': the same with "
+            "sigma_q^2 = sigma_k^2 = 1. Width 256, T = 8.", "",
+            "| init | LN | blocks | matrix | theory | MC |", "|---|---|---|---|---|---|"]
+    for r in xi:
+        out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} +- "
+                   f"{r[6]:.3f} |")
+    th, mc = cl["theory"], cl["mc"]
+    lt, lt_se = mc.total_log_mean()
+    out += ["", "## 3. Does clip 1.0 fire at step 0? GPT-2 small's shape", "",
+            "d = 768, 12 heads, 12 pre-LN blocks (final LN), GELU ratio 4, T = 16 tokens, every "
+            "weight N(0, 0.02^2), W_O and W_2 times 1/sqrt(2L) (`gpt2_small()`), no biases. "
+            f"Theory {cl['t_th']:.1f} s; Monte Carlo {SAMPLES} samples {cl['t_mc']:.0f} s. "
+            f"log E||g||^2 (s = 1): theory {th.total_log_norm2:.3f}, MC {lt:.3f} +- {lt_se:.3f}; "
+            f"Var log ||g||^2 (MC) = {cl['log_var']:.4f}. s = 4e-4 is a cross-entropy readout "
+            "through GPT-2's unembedding (sigma_U = 0.02, E||p - e_y||^2 ~ 1) for a loss on one "
+            "token. P(clip): Monte Carlo fraction with its binomial standard error; 'log-normal': "
+            "`transformer_clipping(..., log_norm2_var=<MC variance>)` (theory mean, measured "
+            "variance); 'limit': the concentration limit 1[E||g||^2 > c^2].", "",
+            "| s | clip c | log E norm^2 theory | MC | P(clip) MC | log-normal | limit |",
+            "|---|---|---|---|---|---|---|"]
+    for s, c, lth, (lmc, lse), p, pse, pln, plim in cl["rows"]:
+        out.append(f"| {s:g} | {c:.4g} | {lth:.3f} | {lmc:.3f} +- {lse:.3f} | {p:.3f} +- "
+                   f"{pse:.3f} | {pln:.3f} | {plim:.0f} |")
+    out += ["", "Per matrix at GPT-2 small (log E||dL/dW||^2, s = 1, blocks 1 and 12, "
+            "theory / MC):", ""]
+    for name in ("W_Q", "W_K", "W_V", "W_O", "W_1", "W_2"):
+        t, lm, se, z = _mc_table(th, mc, name)
+        out.append(f"- {name}: block 1 {t[0]:.3f} / {lm[0]:.3f} +- {se[0]:.3f}; block 12 "
+                   f"{t[-1]:.3f} / {lm[-1]:.3f} +- {se[-1]:.3f}; max |z| {z:.1f}")
+    path = pathlib.Path(__file__).with_name("transformer_gradnorm_report.md")
     path.write_text("\n".join(out) + "\n")
     print(f"wrote {path} in {time.time() - t0:.0f} s", file=sys.stderr)
 
@@ -272,5 +437,7 @@ def main() -> None:
 if __name__ == "__main__":
     if "--xiong-weights" in sys.argv[1:]:
         main_xiong_weights()
+    elif "--gradnorm" in sys.argv[1:]:
+        main_gradnorm()
     else:
         main()

@@ -46,6 +46,12 @@ Monte Carlo (dense engine): weights drawn in full, the backward pass written by 
 (``validation/attention_check.py`` and ``tests/test_attention.py`` check it against finite
 differences); ``couples_inputs = True`` (gradients of all T tokens, shape (S, T, N)). The
 matrix-free engine refuses the layer.
+
+Weight gradients of every matrix of a stack (W_Q, W_K, W_V, W_O, the feed-forward W_1, W_2):
+:func:`weight_gradient_norms` (mean field, from a kernel-path profile) and
+:func:`weight_gradient_norms_mc` (Monte Carlo, dense samplers, backward by hand); they live here,
+below both the theory and the simulation layers, since they need the layer's own expectations
+and samplers (docs/theory/attention.md, "Weight gradients of every matrix").
 """
 
 from __future__ import annotations
@@ -55,16 +61,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 import numpy as np
 
-from .._validate import check_choice, check_int, nonnegative_scalar, positive_scalar, short_repr
+from .._validate import (check_choice, check_int, check_memory, nonnegative_scalar,
+                         positive_scalar, short_repr)
 from ..activations import activation as _activation
 from ..kernel import Kernel
-from ..network import MAX_WIDTH, KernelStep
-from ..sampling import Streams, register
-from .dense import Dense
+from ..network import MAX_WIDTH, KernelStep, Network
+from ..results import Profile, _Result
+from ..sampling import RealScale, Streams, register, sampler
+from .compose import AddRule
+from .dense import Dense, DenseRule
 
 __all__ = ["Attention", "AttentionRule", "LOGIT_SCALES", "feed_forward", "deepnet_constants",
            "attention_weights", "FFNWeightGradients", "ffn_weight_gradients",
-           "dense_weight_gradient"]
+           "dense_weight_gradient", "attention_weight_norms", "weight_sites",
+           "WeightGradientNorms", "weight_gradient_norms", "WeightGradientSamples",
+           "weight_gradient_norms_mc", "default_tokens", "ATTENTION_MATRICES"]
 
 #: logit scalings: 1/sqrt(d_head) (standard) and 1/d_head (mu-P style)
 LOGIT_SCALES = ("sqrt", "linear")
@@ -607,3 +618,531 @@ def ffn_weight_gradients(profile) -> FFNWeightGradients:
         raise ValueError("profile: its network has no feed-forward sublayer (two Dense layers "
                          "inside a composed layer)")
     return FFNWeightGradients(np.array(rows), np.array(vals))
+
+
+# ---------------------------------------------------------------------------------------------
+# every weight matrix of a transformer stack: theory (docs/theory/attention.md, "Weight gradients
+# of every matrix") and Monte Carlo
+
+#: the most sample networks :func:`weight_gradient_norms_mc` runs (each holds its weights in full)
+MAX_SAMPLES = 1_000_000
+#: the names of the matrices, in the order they are listed within one sublayer
+ATTENTION_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
+
+
+def _attention_sums(layer: Attention, K: np.ndarray, P: np.ndarray) -> tuple:
+    """``(sums, standard errors)`` of the four per-matrix sums of :func:`attention_weight_norms`:
+    ``s_O = sum (E[A K A^T] o P)``, ``s_V = sum (K o E[A^T P A])``,
+    ``s_Q = sum (K o E[dS K dS^T])``, ``s_K = sum (K o E[dS^T K dS])`` (``dS`` built from
+    ``Ghat ~ N(0, P (x) K)``, module docstring); errors 0 where exact."""
+    rule = _AttentionExpectations(layer, K)
+    if not rule.random:
+        return _deterministic_sums(rule.A, K, P), np.zeros(4)
+    if rule.exch is not None:
+        return rule._exchangeable(_exchangeable_sums, rule, P)
+    return _sampled_sums(rule, P)
+
+
+def _deterministic_sums(A: np.ndarray, K: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """The sums for a deterministic ``A``: averaging over ``Ghat`` exactly,
+    ``E[dS_ab dS_a'b'] = P_aa' (J_a K J_a')_bb'``, so ``s_Q = sum_aa' K_aa' P_aa' tr(K J_a K J_a')``
+    and ``s_K = sum_bb' K_bb' sum_aa' K_aa' P_aa' (J_a K J_a')_bb'`` (equal by the symmetry of K
+    and J; computed by the two routes separately), ``J_a = diag(A_a) - A_a A_a^T``."""
+    T = A.shape[0]
+    _check_tokens_memory(T)
+    J = np.einsum("ab,bc->abc", A, np.eye(T)) - np.einsum("ab,ac->abc", A, A)
+    KJ = K[None] @ J                                              # (T, T, T): K J_a
+    tr = np.einsum("aij,bji->ab", KJ, KJ)                         # tr(K J_a K J_a')
+    s_q = float(np.sum(K * P * tr))
+    JKJ = np.einsum("aij,jk,bkl->abil", J, K, J, optimize=True)   # (J_a K J_a')_il
+    s_k = float(np.einsum("ab,abil,il->", K * P, JKJ, K, optimize=True))
+    return np.array([float(np.sum((A @ K @ A.T) * P)), float(np.sum(K * (A.T @ P @ A))),
+                     s_q, s_k])
+
+
+def _check_tokens_memory(T: int) -> None:
+    """The deterministic route holds T^4 numbers (J_a K J_a' for all pairs)."""
+    need = 8.0 * T ** 4
+    if need > 2e9:
+        raise ValueError(f"the query/key weight-gradient sums for deterministic attention hold T^4 "
+                         f"numbers: T = {T} would need {need / 1e9:.1f} GB (allowed up to T = 125)")
+
+
+def _exchangeable_sums(rule: "_AttentionExpectations", P: np.ndarray,
+                       theta: np.ndarray) -> np.ndarray:
+    """The sums on the exchangeable route (affine in ``theta``): the forward kernel, the value
+    path, and the query and key paths of :meth:`_AttentionExpectations._exchangeable_backward`
+    with ``gamma`` divided out, each contracted as in :func:`_attention_sums`."""
+    v, c = rule.exch
+    T, K = rule.T, rule.K
+    r1, r2, w1, w2 = theta
+    t1, t3, u1, u3 = r1 / T, r2 / T, w1 / T, w2 / T
+    trP, sP = float(np.trace(P)), float(np.sum(P))
+    fwd = rule._exchangeable_forward(theta)
+    value = (trP * _two_level(T, t1, (1.0 / T - t1) / (T - 1))
+             + (sP - trP) * _two_level(T, t3, (1.0 / T - t3) / (T - 1)))
+    query = (v * (1.0 - c)) ** 2 * P * _two_level(T, w1, w2)
+    M = P * K
+    trM, sM = float(np.trace(M)), float(np.sum(M))
+    key = v * (1.0 - c) * (trM * _two_level(T, u1, -u1 / (T - 1))
+                           + (sM - trM) * _two_level(T, u3, -u3 / (T - 1)))
+    return np.array([np.sum(fwd * P), np.sum(K * value), np.sum(K * query), np.sum(K * key)])
+
+
+def _sampled_sums(rule: "_AttentionExpectations", P: np.ndarray) -> tuple:
+    """The sums by Monte Carlo over the logits (the general route's draws of ``A``, with one
+    ``Ghat`` per draw from its own seed)."""
+    K, T = rule.K, rule.T
+    Lp = _psd_root(P)
+    rng = np.random.default_rng(np.random.SeedSequence([rule.layer.seed, T, 0x6E4]))
+    out = []
+    for A in rule._weights():
+        At = np.swapaxes(A, 1, 2)
+        G = Lp @ rng.standard_normal(A.shape) @ rule.L.T           # Cov = P (x) K
+        dS = A * (G - np.sum(A * G, axis=-1, keepdims=True))
+        dSt = np.swapaxes(dS, 1, 2)
+        out.append(np.stack([np.einsum("sab,ab->s", A @ K @ At, P),
+                             np.einsum("ab,sab->s", K, At @ P @ A),
+                             np.einsum("ab,sab->s", K, dS @ K @ dSt),
+                             np.einsum("ab,sab->s", K, dSt @ K @ dS)], axis=-1))
+    return _mean_se(np.concatenate(out))
+
+
+def attention_weight_norms(layer: Attention, K: np.ndarray, Pi: np.ndarray,
+                           log_pi: float = 0.0) -> tuple:
+    """``(log E||dL/dW||_F^2 for W_Q, W_K, W_V, W_O, their relative standard errors)`` of one
+    :class:`Attention` layer with per-unit input token kernel ``K`` (T x T) and per-unit gradient
+    covariance ``exp(log_pi) Pi`` at its output ``Y``, at infinite width (gradient independence;
+    docs/theory/attention.md, "Weight gradients of every matrix"):
+
+        E||dW_O||^2 = N^2 sigma_v^2 sum (E[A K A^T] o Pi)
+        E||dW_V||^2 = N^2 sigma_o^2 sum (K o E[A^T Pi A])
+        E||dW_Q||^2 = N^2 f sigma_o^2 sigma_v^2 sigma_k^2 / tau^2  sum (K o E[dS K dS^T])
+        E||dW_K||^2 = N^2 f sigma_o^2 sigma_v^2 sigma_q^2 / tau^2  sum (K o E[dS^T K dS])
+
+    with ``f = 1`` for 1/sqrt(d) logits and ``f = 1/d`` for 1/d logits (then the query/key
+    gradients are a 1/d share: exact leading order), ``dS`` of the module docstring. The last two
+    sums are equal in expectation (both ``sum_aa' K_aa' Pi_aa' E tr(K J_a K J_a')``). Tied query
+    and key weights are not covered (ValueError)."""
+    if layer.tie_qk:
+        raise ValueError("layer: weight-gradient norms of tied query/key weights (tie_qk=True) are "
+                         "not derived")
+    K, Pi = np.asarray(K, float), np.asarray(Pi, float)
+    T = layer.tokens
+    if K.shape != (T, T) or Pi.shape != (T, T):
+        raise ValueError(f"K and Pi must be {T} x {T} (the layer's tokens), got {K.shape} and "
+                         f"{Pi.shape}")
+    sums, se = _attention_sums(layer, K, Pi)
+    N = layer.width
+    f = 1.0 if layer.logit_scale == "sqrt" else 1.0 / layer.head_width
+    qk = f * layer.sigma_o2 * layer.sigma_v2 / layer.temperature ** 2
+    pref = np.array([qk * layer.sigma_k2, qk * layer.sigma_q2, layer.sigma_o2, layer.sigma_v2])
+    vals = pref * sums[[2, 3, 1, 0]]
+    errs = pref * np.asarray(se)[[2, 3, 1, 0]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(vals > 0, np.log(np.where(vals > 0, vals, 1.0)), -np.inf)
+        rel = np.where(vals > 0, errs / np.where(vals > 0, vals, 1.0), 0.0)
+    return 2.0 * math.log(N) + log_pi + logs, rel
+
+
+def _dense_names(path: tuple) -> dict:
+    """``{sublayer index: name}`` of the Dense layers of one path: ``W_1`` and ``W_2`` for the first
+    and last of two or more (a feed-forward sublayer), ``W_mid`` between them, ``W`` alone."""
+    dense = [j for j, la in enumerate(path) if isinstance(la, Dense)]
+    if len(dense) == 1:
+        return {dense[0]: "W"}
+    names = {j: "W_mid" for j in dense}
+    if dense:
+        names[dense[0]], names[dense[-1]] = "W_1", "W_2"
+    return names
+
+
+def weight_sites(network) -> list:
+    """The weight matrices of a stack of composed layers, in network order: one
+    ``(row, path, j, sublayer, name)`` per matrix (``row`` 1-based; an :class:`Attention`
+    sublayer gives four, W_Q, W_K, W_V, W_O). Covered: Dense and Attention sublayers directly in
+    the paths of top-level composed layers (Add, Residual, Serial: the layers of
+    :func:`signalprop.transformer`); a top-level Dense/Attention or a deeper nesting raises
+    ValueError (not recorded this way)."""
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network, got {short_repr(network)}")
+    sites = []
+    for row, la in enumerate(network.layers, start=1):
+        if isinstance(la, (Dense, Attention)):
+            raise ValueError(f"network: layer {row} ({type(la).__name__}) is a top-level weight "
+                             "layer; weight-gradient norms cover the sublayers of composed layers "
+                             "(Residual, Add, Serial) only")
+        for p, path in enumerate(getattr(la, "stacks", ())):
+            names = _dense_names(path)
+            for j, sub in enumerate(path):
+                if isinstance(sub, Attention):
+                    sites += [(row, p, j, sub, n) for n in ATTENTION_MATRICES]
+                elif isinstance(sub, Dense):
+                    sites.append((row, p, j, sub, names[j]))
+                elif hasattr(sub, "stacks") or getattr(sub, "draws_weights", False):
+                    raise ValueError(f"network: layer {row} path {p} sublayer {j} "
+                                     f"({type(sub).__name__}) is nested or draws weights of a "
+                                     "kind not covered by weight_gradient_norms")
+    if not sites:
+        raise ValueError("network: no weight matrix inside a composed layer (Dense or Attention "
+                         "in a Residual/Add/Serial)")
+    return sites
+
+
+def _block_index(sites: list) -> np.ndarray:
+    """1-based ordinal of each site among the sites of the same name (the block number of a
+    transformer stack)."""
+    seen: dict = {}
+    out = []
+    for s in sites:
+        seen[s[4]] = seen.get(s[4], 0) + 1
+        out.append(seen[s[4]])
+    return np.array(out)
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    x = np.asarray(x, float)
+    top = float(np.max(x))
+    if not math.isfinite(top):
+        return top
+    return top + math.log(float(np.sum(np.exp(x - top))))
+
+
+@dataclass(frozen=True, eq=False)
+class WeightGradientNorms(_Result):
+    """Mean-field ``log E||dL/dW||_F^2`` of every weight matrix (:func:`weight_sites` order).
+
+    ``layer``: the 1-based profile row of each matrix; ``where``: ``(path, sublayer)`` in it;
+    ``matrix``: its name (``W_Q, W_K, W_V, W_O``, ``W_1, W_2``, ``W``); ``block``: its ordinal
+    among the matrices of that name; ``log_norm2``; ``rel_se``: the relative standard error of
+    the numerical expectation over the logits (0 where exact); ``output_grad_var``: ``s`` of the
+    loss ``<v, t^L_0>``, ``v ~ N(0, s I)`` (every squared norm is proportional to ``s``)."""
+
+    layer: np.ndarray
+    where: tuple
+    matrix: tuple
+    block: np.ndarray
+    log_norm2: np.ndarray
+    rel_se: np.ndarray
+    output_grad_var: float = 1.0
+
+    def of(self, name: str) -> np.ndarray:
+        """``log_norm2`` of the matrices called ``name``, in block order."""
+        idx = [i for i, m in enumerate(self.matrix) if m == name]
+        if not idx:
+            raise ValueError(f"name: no matrix {name!r}; present: {sorted(set(self.matrix))}")
+        return self.log_norm2[idx]
+
+    def log_ratio(self, name: str) -> float:
+        """``log(E||dL/dW_last||^2 / E||dL/dW_first||^2)`` over the matrices called ``name``
+        (Xiong et al. 2020, Fig. 3 and Thm. 1)."""
+        v = self.of(name)
+        return float(v[-1] - v[0])
+
+    @property
+    def total_log_norm2(self) -> float:
+        """``log E||g||^2``, ``g`` all the weight gradients together (the sum of the terms)."""
+        return _logsumexp(self.log_norm2)
+
+    def rescaled(self, output_grad_var: float) -> "WeightGradientNorms":
+        """The same for a loss whose output gradient has per-unit variance ``output_grad_var``
+        (``E||dL/dW||^2`` is linear in it: ``dL/dW`` is linear in ``v``)."""
+        s = positive_scalar("output_grad_var", output_grad_var)
+        shift = math.log(s) - math.log(self.output_grad_var)
+        return WeightGradientNorms(self.layer, self.where, self.matrix, self.block,
+                                   self.log_norm2 + shift, self.rel_se, s)
+
+
+def _first_row_records(profile, network) -> list:
+    """The records of row 1's sublayers with their gradient covariances: ``predict`` never runs
+    row 1's backward map, so its kernel step is run again here on the recorded input kernel and
+    its backward map applied to ``grad_share[0]`` (the trace-1 covariance at scale ``g^1``)."""
+    inner = [r for r in profile.meta["inner"] if r["layer"] == 1]
+    if not inner:
+        return []
+    r0 = inner[0]
+    k = len(r0["input_log_q"])
+    kernel = Kernel(np.asarray(r0["input_log_q"], float), np.asarray(r0["input_corr"], float),
+                    np.zeros(k) if network.needs_mean else None)
+    cache: dict = {"means": network.needs_mean, "layer": 1}
+    step = network.layers[0].kernel_step(kernel, int(network.widths[0]), cache)
+    P = np.asarray(profile.grad_share[0], float)
+    f1, P = step.to_tracked(P)
+    if f1 != 0.0:
+        raise ValueError("network: layer 1 has a non-identity map to its tracked variable")
+    step.back(P)
+    return cache["inner"]
+
+
+def weight_gradient_norms(profile, network, output_grad_var: float = 1.0) -> WeightGradientNorms:
+    """Mean-field ``E||dL/dW||_F^2`` of every weight matrix of ``network`` (:func:`weight_sites`:
+    a :func:`signalprop.transformer` stack) from its kernel-path ``profile`` (``predict``), for
+    the loss ``<v, t^L_0>`` on token 0 with ``v ~ N(0, output_grad_var I)`` (CONVENTIONS.md: 1).
+    Dense: :func:`dense_weight_gradient`; Attention: :func:`attention_weight_norms` on the
+    recorded input kernel and output gradient covariance (the same logit draws as ``predict``)."""
+    s = positive_scalar("output_grad_var", output_grad_var)
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile of predict, got {short_repr(profile)}")
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network, got {short_repr(network)}")
+    inner = profile.meta.get("inner") if isinstance(profile.meta, dict) else None
+    if not inner:
+        raise ValueError("profile: no record of composed layers (meta['inner']); use a theory "
+                         "profile of predict on the kernel path (a network with coupled inputs)")
+    if len(profile.log_g) != network.depth:
+        raise ValueError(f"profile has {len(profile.log_g)} rows, network {network.depth} layers: "
+                         "give the profile of this network")
+    sites = weight_sites(network)
+    recs = {(r["layer"], tuple(r["where"])): r for r in inner if r["layer"] != 1}
+    recs.update({(r["layer"], tuple(r["where"])): r for r in _first_row_records(profile, network)})
+    logs, rels, done = [], [], {}
+    for row, p, j, sub, name in sites:
+        rec = recs.get((row, (p, j)))
+        if rec is None or "pi" not in rec:
+            raise ValueError(f"profile: no gradient record of layer {row} path {p} sublayer {j}")
+        if isinstance(sub, Dense):
+            logs.append(dense_weight_gradient(profile, rec))
+            rels.append(0.0)
+            continue
+        if (row, p, j) not in done:
+            lq = np.asarray(rec["input_log_q"], float)
+            sx = np.exp(0.5 * lq)
+            K = np.asarray(rec["input_corr"], float) * np.outer(sx, sx)
+            log_pi = float(profile.log_g[row - 1]) + float(rec["log_pi"])
+            done[(row, p, j)] = attention_weight_norms(sub, K, np.asarray(rec["pi"], float),
+                                                       log_pi)
+        lg, rel = done[(row, p, j)]
+        i = ATTENTION_MATRICES.index(name)
+        logs.append(float(lg[i]))
+        rels.append(float(rel[i]))
+    return WeightGradientNorms(np.array([x[0] for x in sites]),
+                               tuple((x[1], x[2]) for x in sites), tuple(x[4] for x in sites),
+                               _block_index(sites), np.array(logs) + math.log(s),
+                               np.array(rels), s)
+
+
+def _gram(X: np.ndarray) -> np.ndarray:
+    """``<x_a, x_b>`` per sample: (S, T, n) -> (S, T, T)."""
+    return X @ np.swapaxes(X, 1, 2)
+
+
+def _attention_grads(rule: AttentionRule, x: np.ndarray, gt: np.ndarray, ctx,
+                     matrices: bool = False) -> dict:
+    """Per sample, ``||dL/dW||_F^2`` of ``W_Q, W_K, W_V, W_O`` of one sampled Attention layer from
+    its input ``x`` (S, T, N), the gradient ``gt`` at its output and its context (the backward
+    pass of :class:`AttentionRule`): ``dW_O = O^T dY``, ``dW_V = X^T dV``, ``dW_Q = X^T dQ``,
+    ``dW_K = X^T dK`` (heads side by side), ``||X^T D||_F^2 = sum_ab <x_a, x_b> <D_a, D_b>``.
+    ``matrices``: also the gradients and the weights themselves (for checks)."""
+    Wq, Wk, Wv, Wo, Q, K, V, A = ctx
+    O = rule._merge(A @ V)
+    dO = rule._heads(gt @ np.swapaxes(Wo, 1, 2))
+    dA = dO @ np.swapaxes(V, 2, 3)
+    dV = rule._merge(np.swapaxes(A, 2, 3) @ dO)
+    dS = A * (dA - np.sum(A * dA, axis=-1, keepdims=True)) * gt.dtype.type(rule.scale)
+    dQ = rule._merge(dS @ K)
+    dK = rule._merge(np.swapaxes(dS, 2, 3) @ Q)
+    Gx = _gram(x)
+    out = {"W_Q": np.einsum("sab,sab->s", Gx, _gram(dQ)),
+           "W_K": np.einsum("sab,sab->s", Gx, _gram(dK)),
+           "W_V": np.einsum("sab,sab->s", Gx, _gram(dV)),
+           "W_O": np.einsum("sab,sab->s", _gram(O), _gram(gt))}
+    if matrices:
+        T = np.swapaxes
+        out["matrices"] = {"W_Q": (T(x, 1, 2) @ dQ, Wq), "W_K": (T(x, 1, 2) @ dK, Wk),
+                           "W_V": (T(x, 1, 2) @ dV, Wv), "W_O": (T(O, 1, 2) @ gt, Wo)}
+    return out
+
+
+def _dense_weights(ctx) -> np.ndarray:
+    """The weight matrix ``W = c M`` (S, N_out, N_in) of a dense-engine Dense context."""
+    M, c = ctx[0]
+    return np.asarray(M) * c
+
+
+def default_tokens(width: int, tokens: int) -> np.ndarray:
+    """T orthogonal tokens of second moment 1 and mean zero over their units (rows of
+    ``sqrt(N) U``, ``U`` orthonormal and orthogonal to ``1``; width >= T + 1), the Monte Carlo
+    counterpart of ``predict``'s default inputs (``q0 = 1``, ``c0 = 0``): seeded QR of a
+    Gaussian, fixed."""
+    width, T = check_int("width", width, 2), check_int("tokens", tokens, 1)
+    if width < T + 1:
+        raise ValueError(f"width must be >= tokens + 1 = {T + 1} for orthogonal mean-zero tokens, "
+                         f"got {width}")
+    rng = np.random.default_rng(np.random.SeedSequence([0x70C, width, T]))
+    B = np.concatenate([np.ones((width, 1)), rng.standard_normal((width, T))], axis=1)
+    U = np.linalg.qr(B)[0][:, 1:]
+    return math.sqrt(width) * U.T
+
+
+def _sample_stack(network, x0: np.ndarray, fwd: Streams, bwd: Streams, output_grad_var: float,
+                  sites: list, matrices: bool = False):
+    """One batch of sample networks (dense engine): forward through every layer (the sublayers of
+    composed layers one by one, drawing from ``fwd`` in the order of their samplers), the loss
+    ``L = <v, t^L_0>`` with ``v ~ N(0, s I)`` from ``bwd``, and back, recording ``||dL/dW||_F^2``
+    of every site. Returns ``(norm2 (S, sites), loss (S,), matrices or None)``."""
+    col = {(r, p, j, n): c for c, (r, p, j, _, n) in enumerate(sites)}
+    widths = [int(w) for w in network.widths]
+    S = len(fwd)
+    x = np.repeat(x0[None], S, axis=0)
+    rows = []
+    for i, la in enumerate(network.layers):
+        rule = sampler(la, widths[i], "dense")
+        if isinstance(rule, AddRule):
+            paths = []
+            outs = []
+            for rules in rule.paths:
+                st, pc = x, []
+                for r in rules:
+                    t, y, ctx = r.forward(st, fwd)
+                    pc.append((st, ctx))
+                    st = y
+                paths.append(pc)
+                outs.append(st)
+            live = [p for p, s in enumerate(rule.scales) if s != 0.0 or rule.paths[p]]
+            x = sum(rule.scales[p] * outs[p] for p in live[::-1])
+            rows.append((rule, paths, x))
+        else:
+            t, y, ctx = rule.forward(x, fwd)
+            rows.append((rule, ctx, t))
+            x = y
+    v = bwd.normal((widths[-1],)) * math.sqrt(output_grad_var)
+    t_last = rows[-1][2]
+    loss = np.einsum("sn,sn->s", v, t_last[:, 0])
+    gt = np.zeros_like(t_last)
+    gt[:, 0] = v
+    norm2 = np.zeros((S, len(sites)))
+    mats = {} if matrices else None
+    gx = gt
+    for i in range(len(rows) - 1, -1, -1):
+        rule, ctx, _ = rows[i]
+        if i < len(rows) - 1:
+            gt = rule.to_tracked(gx, ctx) if not isinstance(rule, AddRule) else gx
+        if not isinstance(rule, AddRule):
+            gx = rule.backward(gt, ctx, bwd)
+            continue
+        gx = None
+        live = [p for p, s in enumerate(rule.scales) if s != 0.0 or rule.paths[p]]
+        for p in live[::-1]:
+            g = gt * rule.scales[p]
+            for j in range(len(rule.paths[p]) - 1, -1, -1):
+                r, (xin, c) = rule.paths[p][j], ctx[p][j]
+                g = r.to_tracked(g, c)
+                inner = r.rule if isinstance(r, RealScale) else r
+                if isinstance(inner, AttentionRule):
+                    got = _attention_grads(inner, xin, g, c, matrices)
+                    for n in ATTENTION_MATRICES:
+                        norm2[:, col[(i + 1, p, j, n)]] = got[n]
+                    if matrices:
+                        for n, m in got["matrices"].items():
+                            mats[(i + 1, p, j, n)] = m
+                elif isinstance(inner, DenseRule):
+                    key = next(k for k in col if k[:3] == (i + 1, p, j))
+                    norm2[:, col[key]] = np.einsum("sab,sab->s", _gram(g), _gram(xin))
+                    if matrices:
+                        mats[key] = (np.swapaxes(g, 1, 2) @ xin, _dense_weights(c))
+                g = r.backward(g, c, bwd)
+            gx = g if gx is None else gx + g
+    return norm2, loss, mats
+
+
+@dataclass(frozen=True, eq=False)
+class WeightGradientSamples(_Result):
+    """Monte Carlo ``||dL/dW||_F^2`` per sample network (rows) and weight matrix (columns, the
+    :func:`weight_sites` order; ``layer``, ``where``, ``matrix``, ``block`` as in
+    :class:`WeightGradientNorms`), for the loss ``<v, t^L_0>``, ``v ~ N(0, output_grad_var I)``.
+    Biases are not included (the stacks of :func:`signalprop.transformer` have none)."""
+
+    layer: np.ndarray
+    where: tuple
+    matrix: tuple
+    block: np.ndarray
+    norm2: np.ndarray
+    output_grad_var: float = 1.0
+
+    def _cols(self, name: str) -> list:
+        idx = [i for i, m in enumerate(self.matrix) if m == name]
+        if not idx:
+            raise ValueError(f"name: no matrix {name!r}; present: {sorted(set(self.matrix))}")
+        return idx
+
+    def log_mean(self, name: str) -> tuple:
+        """``(log of the sample mean of ||dL/dW||^2, its delta-method standard error)`` per
+        matrix called ``name``, in block order."""
+        w = self.norm2[:, self._cols(name)]
+        m = w.mean(axis=0)
+        pos = m > 0                      # a matrix with zero gradient (W_K when W_Q = 0): -inf, 0
+        safe = np.where(pos, m, 1.0)
+        return (np.where(pos, np.log(safe), -np.inf),
+                np.where(pos, w.std(axis=0, ddof=1) / math.sqrt(len(w)) / safe, 0.0))
+
+    def log_ratio(self, name: str) -> tuple:
+        """``(log(mean last / mean first), delta-method standard error)`` over ``name``."""
+        c = self._cols(name)
+        a, b = self.norm2[:, c[0]], self.norm2[:, c[-1]]
+        za, zb = a / a.mean(), b / b.mean()
+        return (float(np.log(b.mean() / a.mean())),
+                float(np.std(zb - za, ddof=1) / math.sqrt(len(a))))
+
+    @property
+    def total(self) -> np.ndarray:
+        """``||g||^2`` per sample, ``g`` all the weight gradients together."""
+        return self.norm2.sum(axis=1)
+
+    def total_log_mean(self) -> tuple:
+        """``(log mean ||g||^2, its standard error)``."""
+        t = self.total
+        return float(np.log(t.mean())), float(t.std(ddof=1) / math.sqrt(len(t)) / t.mean())
+
+    def p_clip(self, clip_value: float = 1.0) -> tuple:
+        """``(P(||g|| > c), its binomial standard error sqrt(p (1 - p) / n))``."""
+        c = positive_scalar("clip_value", clip_value)
+        p = float(np.mean(self.total > c * c))
+        return p, math.sqrt(p * (1.0 - p) / len(self.total))
+
+    def rescaled(self, output_grad_var: float) -> "WeightGradientSamples":
+        """The same samples for a loss of output-gradient variance ``output_grad_var`` (exact:
+        every gradient is linear in ``v``)."""
+        s = positive_scalar("output_grad_var", output_grad_var)
+        return WeightGradientSamples(self.layer, self.where, self.matrix, self.block,
+                                     self.norm2 * (s / self.output_grad_var), s)
+
+
+def weight_gradient_norms_mc(network, samples: int, seed: int = 0, inputs=None,
+                             output_grad_var: float = 1.0, batch: int = 4) -> WeightGradientSamples:
+    """Monte Carlo of :func:`weight_gradient_norms`: ``samples`` sample networks (dense engine,
+    weights drawn in full, sample ``i`` from ``SeedSequence([seed, i, 0])`` forward and
+    ``[seed, i, 1]`` for the loss vector), the T tokens ``inputs`` (T x N; default
+    :func:`default_tokens`), the backward pass by hand through every sublayer
+    (:func:`_attention_grads` for attention, ``sum_ab <delta_a, delta_b> <x_a, x_b>`` for Dense).
+    ``batch`` samples are held at once; the memory they need is checked first."""
+    samples = check_int("samples", samples, 2, MAX_SAMPLES)
+    seed = check_int("seed", seed, 0)
+    batch = check_int("batch", batch, 1, MAX_SAMPLES)
+    s = positive_scalar("output_grad_var", output_grad_var)
+    sites = weight_sites(network)
+    T, N0 = network.coupled_inputs or 1, int(network.widths[0])
+    if inputs is None:
+        x0 = default_tokens(N0, T)
+    else:
+        try:
+            x0 = np.asarray(inputs, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"inputs must be an array of shape (tokens, width) = ({T}, {N0}), "
+                            f"got {short_repr(inputs)}") from None
+    if x0.shape != (T, N0) or not np.all(np.isfinite(x0)):
+        raise ValueError(f"inputs must be a finite array of shape (tokens, width) = ({T}, {N0}), "
+                         f"got shape {x0.shape}")
+    widths = [int(w) for w in network.widths]
+    need = sum(sampler(la, n, "dense").ctx_nbytes(T, 8) + 8 * T * n
+               for la, n in zip(network.layers, widths))
+    check_memory(f"weight_gradient_norms_mc ({min(batch, samples)} samples at once)",
+                 float(min(batch, samples)) * need)
+    out = np.empty((samples, len(sites)))
+    for start in range(0, samples, batch):
+        idx = range(start, min(samples, start + batch))
+        fwd = Streams([np.random.default_rng(np.random.SeedSequence([seed, i, 0])) for i in idx])
+        bwd = Streams([np.random.default_rng(np.random.SeedSequence([seed, i, 1])) for i in idx])
+        out[start:start + len(idx)] = _sample_stack(network, x0, fwd, bwd, s, sites)[0]
+    return WeightGradientSamples(np.array([x[0] for x in sites]),
+                                 tuple((x[1], x[2]) for x in sites), tuple(x[4] for x in sites),
+                                 _block_index(sites), out, s)
