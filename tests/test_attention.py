@@ -349,3 +349,18 @@ def test_xiong_theorem_1_in_theory():
     scaled = pre + np.log([6, 12, 24, 48])
     assert np.ptp(scaled) < math.log(1.3)
     assert all(got["pre", L].log_ratio() < 0 for L in (6, 12, 24, 48))
+
+
+def test_rare_near_ties_are_flagged():
+    """At a large logit spread the query/key statistics rest on near ties of a row's top two
+    logits (papers/dong2021): with too few among the draws, predict says so (a RuntimeWarning and
+    ``backward_reliable`` False in meta["numerical"]); at q = 1 it is reliable and silent."""
+    import warnings as w
+    net = sp.Network(64, (Attention(64, 4, 8),))
+    with w.catch_warnings():
+        w.simplefilter("error")
+        ok = sp.predict(net, 1.0)
+    assert [n["backward_reliable"] for n in ok.meta["numerical"]] == [True]
+    with pytest.warns(RuntimeWarning, match="near tie"):
+        bad = sp.predict(net, 1e5)
+    assert [n["backward_reliable"] for n in bad.meta["numerical"]] == [False]

@@ -57,6 +57,7 @@ and samplers (docs/theory/attention.md, "Weight gradients of every matrix").
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 import numpy as np
@@ -207,6 +208,19 @@ class Attention:
             note = {"layer": cache.get("layer"), "kind": "Attention", "rule": rule.rule_text(),
                     "forward_rel_se": float(np.max(se * self.sigma_o2 * self.sigma_v2 /
                                                    np.sqrt(np.outer(d, d))))}
+            if rule.exch is not None:
+                # query/key statistics trusted only with enough near-tie draws (NEAR_TIE_MIN)
+                note["logit_spread"] = rule.logit_spread
+                note["near_tie_draws"] = rule.near_tie_draws
+                note["backward_reliable"] = rule.near_tie_draws >= NEAR_TIE_MIN
+                if not note["backward_reliable"]:
+                    warnings.warn(
+                        f"attention layer {cache.get('layer')}: the logits' spread is "
+                        f"{rule.logit_spread:.3g}, and only {rule.near_tie_draws} of the drawn rows "
+                        f"have a near tie (< {NEAR_TIE_MIN}): the query/key part of the gradient "
+                        "is carried by these rare events, so log g below this layer is "
+                        "unreliable (biased low; papers/dong2021/README.md)", RuntimeWarning,
+                        stacklevel=2)
             cache.setdefault("numerical", []).append(note)
         log_scale = math.log(self.sigma_o2) + math.log(self.sigma_v2)
 
@@ -260,6 +274,11 @@ def _mean_se(draws: np.ndarray):
     n = pairs.shape[0]
     return pairs.mean(axis=0), pairs.std(axis=0, ddof=1) / math.sqrt(n)
 
+
+#: the fewest rows (of the 2 logit_samples drawn) whose top-two logit gap is below 1 for which the
+#: exchangeable route's query/key statistics and their standard errors are trusted: a row-level
+#: rare event when the logit spread sqrt(gamma (1 - c)) v is large (papers/dong2021, issue 12)
+NEAR_TIE_MIN = 32
 
 #: relative spread below which a token kernel counts as exchangeable (all variances equal, all
 #: covariances equal): far below the Monte Carlo errors (~1e-3) the exchangeable route carries
@@ -360,6 +379,12 @@ class _AttentionExpectations:
         n = pairs.shape[0]
         self.theta = pairs.mean(axis=0)
         self.theta_cov = np.atleast_2d(np.cov(pairs, rowvar=False)) / n
+        # w1, w2 (query/key path) are carried by near-ties of a row's two largest logits, of
+        # probability ~ k_T / s per unit gap (k_T = T (T-1) int phi^2 Phi^(T-2), 1.42 at T = 8):
+        # with few of them in the draws the estimate is biased low and theta_cov does not show it
+        top = np.sort(np.concatenate([S, -S]), axis=-1)[..., -2:]
+        self.logit_spread = float(s)
+        self.near_tie_draws = int(np.sum(top[..., 1] - top[..., 0] < 1.0))
 
     def _exchangeable_forward(self, theta: np.ndarray) -> np.ndarray:
         """``E[A K A^T] = v ((1 - c) E[A A^T] + c 1 1^T)`` (rows of A sum to 1), ``E[A A^T]``
