@@ -33,6 +33,7 @@ _EXPORTS = {
     "length_map": "meanfield", "correlation_map": "meanfield", "chi_1": "maps", "chi_c": "maps",
     "fixed_points": "meanfield", "FixedPoints": "meanfield",
     "nlo_correction": "nlo", "NLOCorrection": "nlo", "predict_tied": "dmft",
+    "cell_timescales": "timescales", "CellTimescales": "timescales",
     "sweep": "sweeps", "load_sweep": "sweeps", "Grid": "sweeps", "Cases": "sweeps",
     "SweepResult": "sweeps",
     "Profile": "results", "FixedPoint": "results", "PhaseDiagram": "results",
