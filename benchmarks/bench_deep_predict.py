@@ -23,8 +23,11 @@ Operating points per activation (``points``):
   "critical" point: q grows geometrically) and gelu at sigma_w^2 = 2, sigma_b^2 = 0.3 (q grows
   linearly: relu-like, chi_1 -> 1 as q -> inf). The last is not an edge of chaos of
   ``critical_sigma_w2`` (q* = inf) and not part of the must-hold: with two inputs its q walks
-  through (31, 3e4), past the Mehler tables, and the bivariate rule runs at every layer
-  (~90 s at depth 1e5, measured); it is printed, marked "extra", and does not fail the run.
+  through (31, 3e4), past the Mehler tables, where the bivariate rule ran at every layer
+  (~90 s at depth 1e5, load ~1); since issue 17 ``tables.rho_2d`` reads gelu's (log q, scaled
+  angle) table there (node values from the closed-form route ``tables.gelu_rho``): 7.6 s at
+  depth 1e5 with load average ~8 (39.7 s -> 6.7 s at depth 1e4, same load, c^L changed by
+  7e-13 after 1e4 marginal layers). It is printed, marked "extra", and does not fail the run.
 
 Measured (this file, depth 1e5, load average ~1 on the shared 2-core machine): every must-hold
 case under 3.1 s (slowest: elu and gelu_tanh chaotic with c0, ~3.0 s; elu and selu at

@@ -149,10 +149,12 @@ def correlation_map(act, q, c, sigma_w2, sigma_b2):
 
     E[phi(u1) phi(u2)] = rho(q, c) E[phi^2]: rho from Mehler's series read off the activation's
     table (:func:`tables.mehler_array`: analytic activations, q in [1e-6, q_max], q_max ~6.9 for
-    tanh, ~24 sigmoid, ~31 gelu) or the (log q, theta) table of kinked activations with a
-    closed-form smoothing (:func:`tables.rho_2d_array`: elu, selu, hard_tanh, q <= ~1.13e6),
-    E[phi^2] as in :func:`length_map`; everything else (closed forms, custom activations
-    without a series, q outside the tables) by the direct Gaussian engine, as before
+    tanh, ~24 sigmoid, ~31 gelu); past q_max from the (log q, scaled angle) table of odd
+    analytic activations and gelu (:func:`tables.rho_scaled_array`: tanh to q ~8e3, gelu to
+    ~1e6); or the (log q, theta) table of kinked activations with a closed-form smoothing
+    (:func:`tables.rho_2d_array`: elu, selu, hard_tanh, q <= ~1.13e6), E[phi^2] as in
+    :func:`length_map`; everything else (closed forms, custom activations without a series,
+    q outside the tables, rejected panels) by the direct Gaussian engine, as before
     (docs/theory/quadrature.md, "Routes of the public maps")."""
     act = _activation(act)
     _check_map_args(q, sigma_w2, sigma_b2, c)
@@ -183,8 +185,10 @@ def chi_c(act, q, c, sigma_w2):
     Mehler's series where the table answers (:func:`tables.mehler_array`: q E[phi' phi'] =
     sum_k k b_k c^(k-1)), kept only where that sum is >= 1e-3 E[phi^2] (the b_k carry absolute
     errors ~1e-16 E[phi^2]: for phi with a large mean at small q, e.g. sigmoid at q = 1e-5, the
-    sum is ~1e-6 E[phi^2] and would lose 6 digits); else the direct engine. An activation that
-    jumps raises ValueError (phi' has a Dirac delta)."""
+    sum is ~1e-6 E[phi^2] and would lose 6 digits); past the Mehler table, for odd analytic
+    activations, E[phi'^2] times the ratio E[phi' phi'] / E[phi'^2] from its (log q, scaled
+    angle) table (:func:`tables.slope_scaled_array`: tanh to q ~3e3); else the direct engine.
+    An activation that jumps raises ValueError (phi' has a Dirac delta)."""
     act = _activation(act)
     check_positive("q", q)
     check_positive("sigma_w2", sigma_w2)
@@ -203,6 +207,12 @@ def chi_c(act, q, c, sigma_w2):
             good = ds[ok] >= _SLOPE_MIN * V
             ok[np.flatnonzero(ok)[~good]] = False
             out[ok] = ds[ok] / q[ok]
+        far = ~ok & (q >= 1.0)          # past the Mehler table's q_max: the scaled table
+        if np.any(far) and tables._has_series(act):
+            ratio, fok = tables.slope_scaled_array(act, q[far], c[far], slope_ratio_fn(act))
+            idx = np.flatnonzero(far)[fok]
+            out[idx] = ratio[fok] * _dphi_second_moment(act, q[idx])
+            ok[idx] = True
     if not np.all(ok):
         m = ~ok
         out[m] = act.dphi_cross_moment(q[m], q[m], c[m])
@@ -216,6 +226,9 @@ def _table_rho(act: Activation, q: np.ndarray, c: np.ndarray):
     """rho(q, c) = E[phi(u1) phi(u2)] / E[phi^2] from a table, and where it answered (flat)."""
     if tables._has_series(act):
         r, _, ok = tables.mehler_array(act, q, c)
+        far = ~ok & (q >= 1.0)          # past the Mehler table's q_max (tanh ~6.9)
+        if np.any(far):
+            r[far], ok[far] = tables.rho_scaled_array(act, q[far], c[far], rho_fn(act))
         return r, ok
     if getattr(act, "smooth", None) is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -277,6 +290,11 @@ def theta_interpolant(act: Activation, qe: float, cache: dict):
     coef = tables.rho_theta(act, qr, rho_fn(act))
     cache["theta"] = (act, qr, coef)
     return coef
+
+
+def slope_ratio_fn(act: Activation):
+    """The direct rule of E[phi'(u1) phi'(u2)] / E[phi'^2] (vectorised), for the slope's table."""
+    return lambda q, c: act.dphi_cross_moment(q, q, c) / act.dphi_second_moment(q)
 
 
 def rho_fn(act: Activation):

@@ -48,7 +48,12 @@ here: use the direct route"):
   q = 1e-2), for kinked activations with a closed-form smoothing (elu, selu, hard_tanh) whose
   q moves slowly (q* -> 0 at the edge of chaos);
 * ``small_moments(act, lq)`` -> the log moments for q <= 1e-6 (phi(0) = 0), from a Chebyshev
-  panel in sqrt(q).
+  panel in sqrt(q);
+* ``rho_scaled_array(act, q, c, rho)`` / ``slope_scaled_array`` -> rho(q, c) and
+  E[phi' phi'] / E[phi'^2] past the Mehler table (q in [1, 1e13]) from a table in
+  (log q, x), theta = arccos c = (1/sqrt(q)) sinh(V(q)(1 + x)/2) (:class:`_ScaledTable`), for
+  odd analytic activations (tanh) and, rho only, gelu (whose node values come from the
+  closed-form route ``gelu_rho``; ``rho_2d`` serves it to predict).
 
 These three are built from the direct rules and accepted only where they reproduce them (to
 2e-14 - 1e-13, stated at each); their purpose is issue 10's depth-1e5 profiles, where the direct
@@ -66,13 +71,15 @@ from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
+from scipy import special
 
 from . import gaussian
 from .activations import Activation
 
 __all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
            "rho_theta", "theta_at", "rho_2d", "small_moments", "moments_array",
-           "small_moments_array", "mehler_array", "rho_2d_array", "LQ_LO", "LQ_HI"]
+           "small_moments_array", "mehler_array", "rho_2d_array", "rho_scaled_array",
+           "slope_scaled_array", "gelu_rho", "LQ_LO", "LQ_HI"]
 
 # -- the scalar tables -----------------------------------------------------------------------
 LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
@@ -308,6 +315,9 @@ class _Tables:
         self.act = act
         self._mom = self._meh = self._pd = self._mu = None
         self._small_mom = self._rho2 = None
+        #: the (log q, scaled angle) tables of rho and of the slope, by what (_SC_WHAT): built
+        #: panel by panel, each a fixed function of (activation, panel, side)
+        self._scaled: dict = {}
         #: rho_theta's interpolants by q (at most _THETA_CACHE, oldest dropped): each a fixed
         #: function of (activation, q), so a cached one is the one a cold call builds
         self._theta: dict = {}
@@ -940,16 +950,312 @@ def small_moments(act, lq: float):
 
 
 def rho_2d(act, lq: float, c: float, rho: Callable) -> Optional[float]:
-    """rho(q, c) from the activation's :class:`_RhoTable` (q = exp(lq) <= ~1.13e6), or ``None``
-    (no table for this activation: it has no closed-form smoothing; q outside; panel rejected).
-    Accuracy: 5e-14 of the direct rule ``rho`` (tests/test_tables.py; measured ~1e-14)."""
+    """rho(q, c) from the activation's :class:`_RhoTable` (q = exp(lq) <= ~1.13e6), or, for
+    gelu, from its (log q, scaled angle) table (:class:`_ScaledTable`, q in [1, 1e13]:
+    predict reaches it past gelu's Mehler table, q > ~31, where q still moves), or ``None``
+    (no table for this activation; q outside; panel rejected). Accuracy: 5e-14 of the direct
+    rule ``rho`` (tests/test_tables.py; measured ~1e-14)."""
     if getattr(act, "smooth", None) is None:
+        if _is_gelu(act):           # gelu past its Mehler table: the scaled table, q in [1, 1e13]
+            tab = _scaled_table(act, rho, "rho")
+            return tab.at(lq, c)
         return None
     t = tables_of(act)
     tab = t._rho2
     if tab is None:
         tab = t._rho2 = _RhoTable(act, rho)
     return tab(lq, c)
+
+
+# -- rho(q, c) at large q for analytic activations, in (log q, an angle scaled with q) ---------
+
+_SC_A = 1.0                     #: theta = (a / sqrt(q)) sinh(v): the scale of sqrt(q) theta
+_SC_U0 = 0.0                    #: panels in u = log q from u = 0 (q = 1) ...
+_SC_W = 1.0                     #: ... of width 1 ...
+_SC_N = 30                      #: ... up to u = 30 (q ~ 1.07e13), read up to q = 1e13 only:
+_SC_LQ_MAX = math.log(1e13)     #: maps.RHO_Q_MAX, past which maps.rho no longer depends on q
+_SC_DEG_U = 12                  #: Chebyshev degree in u per panel (13 Lobatto nodes)
+_SC_DEGS = (40, 80)             #: degrees in the angle tried in turn (nested Lobatto nodes)
+_SC_CHECK_N = 6                 #: off-grid points checked against fn per panel
+_SC_WHAT = ("rho", "slope")     #: the two quantities tabulated (see _ScaledTable)
+
+
+def _scaled_theta(q, x):
+    """theta(q, x) = (a / sqrt(q)) sinh(V(q) (1 + x) / 2), V(q) = asinh(sqrt(q) (pi/2) / a):
+    x in [-1, 1] -> theta in [0, pi/2], nodes clustered at theta ~ q^(-1/2)."""
+    sq = np.sqrt(q)
+    V = np.arcsinh(sq * (0.5 * math.pi / _SC_A))
+    return (_SC_A / sq) * np.sinh(0.5 * V * (1.0 + x))
+
+
+def _scaled_x(q, theta):
+    """The inverse of :func:`_scaled_theta`: x = 2 asinh(sqrt(q) theta / a) / V(q) - 1."""
+    sq = np.sqrt(q)
+    V = np.arcsinh(sq * (0.5 * math.pi / _SC_A))
+    return 2.0 * np.arcsinh(sq * theta / _SC_A) / V - 1.0
+
+
+class _ScaledTable:
+    """rho(q, c) = E[phi(u1) phi(u2)] / E[phi^2] ("rho") or log(E[phi'(u1) phi'(u2)] /
+    E[phi'^2]) ("slope") of an analytic activation at large q, u ~ N(0, q [[1, c], [c, 1]]),
+    where Mehler's series would need thousands of terms (tanh past q ~ 6.9).
+
+    Why this variable: as q grows, phi(sqrt(q) z) approaches a step (tanh -> sign) or a kink
+    (gelu -> relu) and c -> rho(q, c) develops a feature at theta = arccos c ~ q^(-1/2) (at
+    q -> inf the arcsine law (2/pi) arcsin c, with its |theta| corner at c = 1): in theta the
+    interpolant needs a degree ~ sqrt(q). Near c = 1, rho depends on theta through sqrt(q) theta
+    (and on q through powers of q^(-1/2)); with sqrt(q) theta = a sinh(v) a function of
+    sqrt(q) theta analytic in a strip of fixed width about the real axis stays analytic in a
+    strip of fixed width in v (asinh maps the disc |w| < a into |Im v| < pi/2), and away from
+    c = 1, theta = (a/sqrt(q)) sinh v ~ theta_max exp(v - V) is entire in v. The interval
+    v in [0, V(q)], V = asinh(sqrt(q) (pi/2) / a), grows like log sqrt(q) only, so a fixed
+    degree covers a panel: measured for tanh, the theta coefficients reach 8e-15 by degree 25
+    (q = 7) to 33 (q = 1e4) with a = 1. In u = log q each theta coefficient is analytic (the
+    strip argument of the module docstring) and smooth enough for panels of width 1 with
+    degree 12 (last two coefficients <= 1.6e-15 for tanh, the next ones ~1e-13: ~100-fold per
+    two degrees). theta is taken on [0, pi/2] (c >= 0); c < 0 is the
+    side c -> -c: for odd phi rho(q, -c) = -rho(q, c) and E[phi' phi'] is even in c, so one
+    side serves both; otherwise a second table of the side c < 0 (phi(u) phi(-u) has the same
+    q^(-1/2) feature at c = -1).
+
+    Node values from ``fn(q, c)`` (vectorised: for tanh the direct rule, maps.rho or the slope
+    ratio; for gelu :func:`gelu_rho`); a panel (k, side) is kept when the theta coefficients at
+    its largest q fall to 8e-15 (last three, degree 40, else 80: a panel whose top column fails
+    is rejected after those ~81 evaluations), every other column does too at that degree, the
+    last two u coefficients of every theta coefficient are below 1e-14, and 6 off-grid points
+    agree with ``fn`` within 5e-14 (absolute, as :class:`_RhoTable`); else its points go to the
+    direct rule. Read for q in [1, 1e13] (maps.RHO_Q_MAX: past it maps.rho is constant in q,
+    and so must the route be). For tanh
+    the direct rule's own scatter (~1e-13 past q ~ 2e4) rejects the panels beyond u = 10.
+    Panels are built lazily: 13 x 41 (or 81) evaluations of ``fn``: for tanh ~1-8 ms each,
+    0.1-1 s of CPU a panel (benchmarks/bench_maps.py prints the cold call); for gelu ~35 us
+    each, ~20-40 ms a panel."""
+
+    def __init__(self, act, fn: Callable, what: str):
+        self.act, self.fn, self.what = act, fn, what     # fn: node values and off-grid check
+        self.odd = bool(getattr(act, "odd", False))
+        self.panels: dict = {}
+
+    def _values(self, q: np.ndarray, x: np.ndarray, side: int) -> np.ndarray:
+        """fn at (q, c(theta(q, x))) for the side's c = +-cos(theta), (len(q), len(x)), with the
+        slope's log taken; non-finite values mark failure."""
+        Q = np.repeat(q, x.size)
+        th = _scaled_theta(Q, np.tile(x, q.size))
+        v = np.asarray(self.fn(Q, side * np.cos(th)), float)
+        if self.what == "slope":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.log(v)
+        return v.reshape(q.size, x.size)
+
+    def _build(self, k: int, side: int):
+        """Panel k of ``side``: the coefficient array B (u rows, theta columns), or False."""
+        u = _SC_U0 + (k + 0.5 * (1.0 - _lobatto(_SC_DEG_U))) * _SC_W      # ascending
+        q = np.exp(u)
+        deg, top = None, None
+        for d in _SC_DEGS:                   # the largest q of the panel sets the degree
+            x = _lobatto(d)
+            if top is None:
+                top = self._values(q[-1:], x, side)[0]
+            else:                            # degree 2d: the old nodes are the even ones
+                new = np.empty(d + 1)
+                new[::2] = top
+                new[1::2] = self._values(q[-1:], x[1::2], side)[0]
+                top = new
+            if not np.all(np.isfinite(top)):
+                return False
+            if np.max(np.abs((_dct_matrix(d) @ top)[-3:])) <= _RHO2_TAIL:
+                deg = d
+                break
+        if deg is None:
+            return False
+        x = _lobatto(deg)
+        vals = np.vstack([self._values(q[:-1], x, side), top[None, :]])
+        if not np.all(np.isfinite(vals)):
+            return False
+        A = vals @ _dct_matrix(deg).T                    # theta coefficients per q
+        if np.max(np.abs(A[:, -3:])) > _RHO2_TAIL:
+            return False
+        B = _dct_matrix(_SC_DEG_U) @ A[::-1]             # u coefficients (rows) of each
+        if np.max(np.abs(B[-2:])) > _RHO2_UTAIL:
+            return False
+        rng = np.random.default_rng(1000 * k + 17 + (side < 0))
+        lq = _SC_U0 + (k + rng.uniform(0.0, 1.0, _SC_CHECK_N)) * _SC_W
+        c = side * np.cos(_scaled_theta(np.exp(lq), rng.uniform(-1.0, 1.0, _SC_CHECK_N)))
+        ref = np.asarray(self.fn(np.exp(lq), c), float)
+        if self.what == "slope":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ref = np.log(ref)
+        got = self._eval(B, k, lq, side * c)
+        return B if np.all(np.abs(got - ref) <= _RHO2_CHECK) else False
+
+    @staticmethod
+    def _eval(B: np.ndarray, k: int, lq: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The panel's interpolant at log q ``lq`` and c >= 0 (flat arrays): the theta
+        coefficients by the u-Chebyshev sum (a fixed order per point), then Clenshaw in x."""
+        t = np.clip(2.0 * ((lq - _SC_U0) / _SC_W - k) - 1.0, -1.0, 1.0)
+        Tu = np.cos(np.arange(B.shape[0]) * np.arccos(t)[:, None])
+        coef = _rowdot(Tu, B)
+        x = np.clip(_scaled_x(np.exp(lq), np.arccos(np.minimum(c, 1.0))), -1.0, 1.0)
+        x2 = 2.0 * x
+        b1 = np.zeros(x.size)
+        b2 = np.zeros(x.size)
+        for m in range(coef.shape[1] - 1, 0, -1):
+            b1, b2 = coef[:, m] + x2 * b1 - b2, b1
+        return coef[:, 0] + x * b1 - b2
+
+    def at(self, lq: float, c: float) -> Optional[float]:
+        """One point (plain floats; the scalar twin of ``__call__``, the same operations in the
+        same order, so the same number bit for bit), or None (outside, panel rejected)."""
+        s = (lq - _SC_U0) / _SC_W
+        if not 0.0 <= s or not lq <= _SC_LQ_MAX or not -1.0 <= c <= 1.0:    # also nan
+            return None
+        k = min(int(s), _SC_N - 1)
+        neg = c < 0.0
+        B = self.panel(k, -1 if neg and not self.odd else 1)
+        if B is False:
+            return None
+        t = np.clip(2.0 * ((np.array([lq]) - _SC_U0) / _SC_W - k) - 1.0, -1.0, 1.0)
+        Tu = np.cos(np.arange(B.shape[0]) * np.arccos(t)[:, None])
+        coef = _rowdot(Tu, B)[0].tolist()
+        x = float(np.clip(_scaled_x(np.exp(np.array([lq])), np.arccos(np.minimum(
+            np.array([abs(c)]), 1.0))), -1.0, 1.0)[0])
+        x2 = 2.0 * x
+        b1 = b2 = 0.0
+        for m in range(len(coef) - 1, 0, -1):
+            b1, b2 = coef[m] + x2 * b1 - b2, b1
+        v = coef[0] + x * b1 - b2
+        if self.odd and self.what == "rho":
+            return -v if neg else (0.0 if c == 0.0 else v)
+        return v
+
+    def panel(self, k: int, side: int):
+        key = (k, side)
+        p = self.panels.get(key)
+        if p is None:
+            p = self.panels[key] = self._build(k, side)
+        return p
+
+    def __call__(self, q: np.ndarray, c: np.ndarray):
+        """(values, ok) at flat arrays q, c; nan where not ok (outside [1, 1e13], rejected)."""
+        out, ok = np.full(q.size, np.nan), np.zeros(q.size, bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lq = np.log(q)
+            s = (lq - _SC_U0) / _SC_W
+        inside = (s >= 0.0) & (lq <= _SC_LQ_MAX) & np.isfinite(c)
+        k = np.minimum(np.where(inside, s, 0.0).astype(int), _SC_N - 1)
+        neg = c < 0.0
+        # odd: the side c >= 0 for both signs (rho odd, the slope even); else a side per sign
+        side = np.where(neg & ~self.odd, -1, 1)
+        for kv in np.unique(k[inside]):
+            for sv in (1, -1):
+                rows = np.flatnonzero(inside & (k == kv) & (side == sv))
+                if rows.size == 0:
+                    continue
+                B = self.panel(int(kv), sv)
+                if B is False:
+                    continue
+                for r0 in range(0, rows.size, 1 << 14):
+                    r = rows[r0:r0 + (1 << 14)]
+                    out[r] = self._eval(B, int(kv), lq[r], np.abs(c[r]))
+                    ok[r] = True
+        if self.odd and self.what == "rho":
+            # odd in c, and 0 exactly at c = 0 (E[phi(u1) phi(u2)] = E[phi]^2 = 0 there)
+            out = np.where(neg, -out, np.where(c == 0.0, 0.0, out))
+        return out, ok
+
+
+_GELU_KEY = ("builtin", "gelu", ())
+
+
+def _is_gelu(act) -> bool:
+    return getattr(act, "key", None) == _GELU_KEY
+
+
+def _scaled_table(act, fn: Callable, what: str) -> Optional[_ScaledTable]:
+    """The activation's :class:`_ScaledTable` of ``what`` (cached on its :class:`_Tables`), or
+    None where there is none. Odd activations with Mehler's series (whose table ends at q_max;
+    tanh among the built-ins): both quantities, from the direct rule ``fn``. gelu: rho only,
+    node values and off-grid check from :func:`gelu_rho` (a 1-D rule on a closed form, ~35 us a
+    point against the direct rule's 5-20 ms; held against the direct rule and mpmath in
+    tests/test_tables.py): so that a panel costs about one direct evaluation and predict can
+    afford it for a q that crosses a panel in a layer or two (gelu chaotic: log q grows ~0.7 a
+    layer). Others are left to the direct rule: panels built from it would cost 5-30 s each
+    (gelu_tanh ~20 ms a direct evaluation at q = 1e4)."""
+    gelu = _is_gelu(act) and what == "rho"
+    if not (gelu or (_has_series(act) and getattr(act, "odd", False))):
+        return None
+    t = tables_of(act)
+    tab = t._scaled.get(what)
+    if tab is None:
+        tab = t._scaled[what] = _ScaledTable(act, gelu_rho if gelu else fn, what)
+    return tab
+
+
+_GELU_Z = 10.0                  #: the outer rule of gelu_rho on z in [-10, 10] (phi(10) ~ 8e-23)
+
+
+def gelu_rho(q, c) -> np.ndarray:
+    """rho(q, c) = E[gelu(u1) gelu(u2)] / E[gelu(u1)^2], u ~ N(0, q [[1, c], [c, 1]]), gelu(x) =
+    x Phi(x), by one Gaussian integral per point (flat arrays q > 0, c in [-1, 1]).
+
+    With u1 = sqrt(q) z, u2 = sqrt(q) (c z + s w), s = sqrt(1 - c^2), the inner expectation over
+    w is in closed form: for X = a + b w, E[X Phi(X)] = a E[Phi(X)] + b E[w Phi(a + b w)]
+    = a Phi(a / r) + (b^2 / r) phi(a / r), r = sqrt(1 + b^2), from E[Phi(a + b W)] =
+    Phi(a / sqrt(1 + b^2)) (the difference of two independent normals) and Stein's lemma
+    E[W g(W)] = E[g'(W)] with E[phi(a + b W)] = phi(a / r) / r; here a = sqrt(q) c z,
+    b = sqrt(q) s. The outer integral over z is a composite 12-point Gauss-Legendre rule on
+    [-10, 10] split at the unit grid, at +-2^k / sqrt(q) (gelu(sqrt(q) z)'s own scale,
+    k = -3..7) and at +-2^k r / (sqrt(q) |c|) (the inner term's, k = -3..4), so every panel sees
+    an integrand smooth on its own width; the denominator E[gelu^2] is the same rule with the
+    inner term replaced by gelu(sqrt(q) z) itself. Independent of the bivariate engine, which checks
+    it (tests/test_tables.py)."""
+    q = np.asarray(q, float).ravel()
+    c = np.clip(np.asarray(c, float).ravel(), -1.0, 1.0)
+    sq = np.sqrt(q)
+    s = np.sqrt((1.0 - c) * (1.0 + c))
+    b = sq * s
+    r = np.sqrt(1.0 + b * b)
+    k1 = 2.0 ** np.arange(-3, 8)
+    k2 = 2.0 ** np.arange(-3, 5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f2 = (r / (sq * np.abs(c)))[:, None] * k2
+    parts = [np.arange(-10.0, 10.5, 1.0)[None, :], (1.0 / sq)[:, None] * k1,
+             -(1.0 / sq)[:, None] * k1, np.where(np.isfinite(f2), f2, 0.0),
+             -np.where(np.isfinite(f2), f2, 0.0)]
+    z, w = gaussian._panel_rule(gaussian._sorted_breakpoints(parts, q.shape))
+    x = sq[:, None] * z
+    g1 = x * special.ndtr(x)
+    a = (sq * c)[:, None] * z
+    t = a / r[:, None]
+    G = a * special.ndtr(t) + (b * b / r)[:, None] * np.exp(-0.5 * t * t) * (
+        1.0 / math.sqrt(2.0 * math.pi))
+    num = (g1 * G * w).sum(axis=1)
+    den = (g1 * g1 * w).sum(axis=1)
+    return num / den
+
+
+def rho_scaled_array(act, q, c, rho: Callable):
+    """rho(q, c) for flat arrays (q, c) with q in [1, 1e13] from the activation's
+    (log q, scaled angle) table (:class:`_ScaledTable`), built from the direct rule ``rho``
+    (maps.rho_fn(act)) and certified to 5e-14 of it: (rho, ok), nan where not ``ok`` (no table
+    for ``act``, q outside, panel rejected). rho is not clipped; c = 1 is left to the caller."""
+    q, c = np.asarray(q, float).ravel(), np.asarray(c, float).ravel()
+    tab = _scaled_table(act, rho, "rho")
+    if tab is None:
+        return np.full(q.size, np.nan), np.zeros(q.size, bool)
+    return tab(q, c)
+
+
+def slope_scaled_array(act, q, c, ratio: Callable):
+    """E[phi'(u1) phi'(u2)] / E[phi'^2] for flat arrays (q, c), q in [1, 1e13], from the
+    table of its log (:class:`_ScaledTable`, "slope"), built from the direct rule ``ratio`` and
+    certified to 5e-14 of its log (relative): (ratio, ok), nan where not ``ok``."""
+    q, c = np.asarray(q, float).ravel(), np.asarray(c, float).ravel()
+    tab = _scaled_table(act, ratio, "slope")
+    if tab is None:
+        return np.full(q.size, np.nan), np.zeros(q.size, bool)
+    lr, ok = tab(q, c)
+    return np.exp(lr), ok
 
 
 def series_at(series: tuple, c: float) -> float:

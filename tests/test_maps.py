@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import signalprop as sp
-from signalprop import maps
+from signalprop import maps, tables
 from signalprop.maps import chi_1, chi_c, correlation_map, length_map
 
 REF = json.loads((Path(__file__).parent / "reference" / "gaussian_reference.json").read_text())
@@ -92,6 +92,45 @@ def test_chi_c_of_a_mean_dominated_series_falls_back_at_small_q():
     q, c = 7.903928849050933e-06, 0.8705516139884195
     ref = 0.0624997530038134955913857191313
     assert abs(float(chi_c("sigmoid", q, c, 1.0)) - ref) <= TOL * ref
+
+
+# tanh past its Mehler table (q > ~6.9): the (log q, scaled angle) tables of rho and of the slope
+# ratio (tables.rho_scaled_array / slope_scaled_array). Reference: mpmath, the nested
+# Gauss-Legendre rule of tests/reference/make_reference.py at dps 20 (ref_cross,
+# ref_second_moment, ref_dphi_second_moment), computed once for this test:
+# (q, c, E[phi phi], E[phi' phi'], E[phi^2], E[phi'^2]). Measured: correlation_map <= 4.3e-15,
+# chi_c <= 5.3e-15 relative; at q = 3000 chi_c is the direct engine's (the slope's panel there
+# is rejected).
+TANH_FAR = [
+    (10.0, 0.3, "0.1791205061090537787678", "0.06133958172422870531661"),
+    (10.0, -0.7, "-0.4488644548086284261992", "0.07749000518786503901787"),
+    (10.0, 0.99999, "0.7572497203254239728306", "0.1655594977460230709263"),
+    (57.3, 0.3, "0.1911543371765361380807", "0.01146683622959736222407"),
+    (57.3, 0.999, "0.8914117222139244737711", "0.0671129471146294925755"),
+    (400.0, -0.5, "-0.3325799049854435438681", "0.001832744234534831968455"),
+    (400.0, 0.99995, "0.9596191617164109410715", "0.02617205486320268352782"),
+    (3000.0, 0.2, "0.1281528202491924938126", "0.0002165206167300221295208"),
+    (3000.0, 0.9999, "0.9827989182535894542119", "0.008037691888580058406759"),
+    (3000.0, -0.99999, "-0.985146753055845274389", "0.009487438871294574848891")]
+TANH_FAR_V = {10.0: ("0.7572662769213183682618", "0.1655724207697086595673"),
+              57.3: ("0.8953399552797547271092", "0.07007351207133305881611"),
+              400.0: ("0.9601466983062406969507", "0.02658543930623778446411"),
+              3000.0: ("0.9854346838732364345994", "0.009711019713659774122065")}
+
+
+@pytest.mark.parametrize("sb2", [0.0, 0.1])
+def test_tanh_past_its_mehler_table_against_mpmath(sb2):
+    act = sp.activation("tanh")
+    q, c = (np.array([r[i] for r in TANH_FAR]) for i in (0, 1))
+    X, DD = (np.array([_f(r[i]) for r in TANH_FAR]) for i in (2, 3))
+    V = np.array([_f(TANH_FAR_V[v][0]) for v in q])
+    _, ok = tables.rho_scaled_array(act, q, c, maps.rho_fn(act))
+    assert ok.all()                      # the route under test: the table answers every point
+    ref = (SW2 * X + sb2) / (SW2 * V + sb2)
+    got = correlation_map(act, q, c, SW2, sb2)
+    assert np.all(np.abs(got - ref) <= TOL * np.maximum(np.abs(ref), 1e-2))
+    got = chi_c(act, q, c, SW2)
+    assert np.max(np.abs(got - SW2 * DD) / (SW2 * DD)) <= TOL
 
 
 # -- the tables against the direct engine on random grids ---------------------------------------
