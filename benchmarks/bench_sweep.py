@@ -11,7 +11,9 @@ Prints, in one run:
    1c: where the store's time goes (key hashing, encoding, base64, SHA-256, write, the
    per-sweep open/sync costs, a resume);
 2. a 16-case Monte Carlo sweep (``simulate``, 64 samples, width 128, depth 20): the process pool
-   (2 workers, start-up included) against in-process; target: >= 1.6 x faster on 2 cores;
+   (2 workers, start-up included) against in-process; target: >= 1.6 x faster on 2 cores; and
+   what a spawned worker's imports cost (``import signalprop.sweeps`` as a whole process, less
+   ``python -c pass``), with the heavy modules its first ``simulate`` has loaded;
 3. ``signalprop --help`` as a whole process (interpreter start-up included), next to
    ``python -c pass``; target: under 1 s.
 
@@ -37,6 +39,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+#: the subprocesses import the package this script imports (this checkout's, not another install)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(Path(__file__).resolve().parents[1])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+).rstrip(os.pathsep)}
 
 from signalprop.architectures import mlp  # noqa: E402
 from signalprop.meanfield import predict  # noqa: E402
@@ -200,8 +206,29 @@ def monte_carlo(repeats: int) -> None:
           f"depth 20), no store; {os.cpu_count()} CPUs seen; min of {repeats} repeats")
     print(f"   in process                         {t_in:8.2f} s")
     print(f"   process pool, 2 workers (spawned)  {t_proc:8.2f} s")
+    t_imp, t_python, heavy = worker_import(max(3, 3 * repeats))
+    print(f"   a worker's imports (signalprop.sweeps, whole process less python -c pass) "
+          f"{t_imp - t_python:6.3f} s; imported: {heavy}")
     verdict = "meets" if t_in >= 1.6 * t_proc else "MISSES"
     print(f"   -> speed-up {t_in / t_proc:.2f} x ({verdict} the >= 1.6 x target on 2 cores)")
+
+
+def worker_import(repeats: int) -> tuple:
+    """(time of ``python -c "import signalprop.sweeps"``, of ``python -c pass``, the heavy
+    modules that import leaves in sys.modules): what each spawned worker pays before its first
+    case (the modules its first ``simulate`` of a built-in activation adds are listed too)."""
+    code = ("import signalprop.sweeps, signalprop, sys; "
+            "signalprop.simulate(signalprop.mlp(2, 4), samples=2, seed=0); "
+            "print(','.join(m for m in ('sympy', 'matplotlib', 'scipy.special', 'scipy.stats') "
+            "if m in sys.modules) or 'none of sympy, matplotlib, scipy.special, scipy.stats')")
+    heavy = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True, env=ENV).stdout.strip()
+
+    def run(argv):
+        return lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=ENV)
+    t_imp, t_python = race([run([sys.executable, "-c", "import signalprop.sweeps"]),
+                            run([sys.executable, "-c", "pass"])], repeats)
+    return t_imp, t_python, heavy
 
 
 def startup(repeats: int) -> None:

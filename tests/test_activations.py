@@ -675,3 +675,49 @@ def test_expectations_that_do_not_converge_in_range_are_refused():
     assert float(ex.second_moment(0.5)) == pytest.approx(math.e, rel=1e-12)
     with pytest.raises(ValueError, match="not negligible"):
         ex.second_moment(10.0)
+
+
+# --------------------------------------------------------------------------------------------
+# built-in expressions built on first read (issue 15: no sympy import for numerical work)
+
+
+def test_deferred_expr_is_built_once_on_first_read():
+    """``Activation.expr`` given as a ``Deferred`` recipe: the recipe runs once, on the first read,
+    and readers only ever see its value; the default stays None and the field stays frozen."""
+    from dataclasses import FrozenInstanceError, fields
+
+    from signalprop.activations.core import Deferred
+    calls = []
+
+    def build():
+        calls.append(1)
+        return sp.tanh(X)
+    a = Activation("mine", np.tanh, np.tanh, np.tanh, expr=Deferred(build))
+    assert calls == []
+    assert a.expr == sp.tanh(X) and a.expr is a.expr and calls == [1]
+    assert Activation("mine", np.tanh, np.tanh, np.tanh).expr is None
+    assert [f.default for f in fields(Activation) if f.name == "expr"] == [None]
+    with pytest.raises(FrozenInstanceError):
+        a.expr = X
+
+
+@pytest.mark.parametrize("name", activations())
+def test_builtin_expr_is_in_the_symbol_x_of_expr(name):
+    """A built-in's expression (built on first read) is in signalprop.expr.X (real), the symbol
+    that parsed strings use, and reading it changes neither the value nor the key."""
+    from signalprop.expr import X as package_x
+    a = activation(name)
+    key, h = a.key, hash(a)
+    assert a.expr.free_symbols == {package_x} and package_x == X
+    assert a.key == key and hash(a) == h and activation(name) is a
+
+
+def test_sympy_valued_private_names_still_resolve():
+    """The private constants that held sympy objects at import (re-exported for other modules)
+    resolve on access."""
+    A = _package()
+    assert A._X == X
+    assert sp.Max in A._PIECEWISE_ATOMS and sp.Heaviside in A._PIECEWISE_ATOMS
+    assert sp.tanh in A._ONE_ARGUMENT and sp.sqrt in A._ONE_ARGUMENT
+    with pytest.raises(AttributeError, match="no attribute '_nonexistent'"):
+        A._nonexistent

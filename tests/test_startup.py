@@ -45,6 +45,33 @@ def test_top_level_help_imports_nothing_heavy():
     assert not any(loaded.values()), loaded
 
 
+def test_numerical_work_with_builtins_imports_no_sympy():
+    """What a sweep's worker process does (``predict``, ``simulate``, a sweep of them, built-in
+    and callable activations, pickling) never imports sympy (issue 15); reading a built-in's
+    ``expr`` then does, and gives the expression in the symbol of :mod:`signalprop.expr`."""
+    code = ("import pickle, numpy as np, signalprop\n"
+            "from signalprop.sweeps import Grid, sweep\n"
+            "net = signalprop.mlp(3, 16)\n"
+            "signalprop.predict(net)\n"
+            "signalprop.simulate(net, samples=4, seed=0)\n"
+            "for name in signalprop.activations():\n"
+            "    a = signalprop.activation(name)\n"
+            "    assert pickle.loads(pickle.dumps(a)) is a and hash(a) == hash(a.key)\n"
+            "    a.second_moment(1.0), a.dphi_second_moment(1.0), repr(a)\n"
+            "signalprop.activation(np.sin, kinks=(0.0,)).second_moment(1.0)\n"
+            "sweep(Grid(activation=['tanh', 'relu'], depth=[2], width=[8]), 'simulate',\n"
+            "      options={'simulate': {'samples': 4}}, progress=False)\n"
+            "import sys\n"
+            "before = 'sympy' in sys.modules or 'signalprop.expr' in sys.modules\n"
+            "e = signalprop.activation('tanh').expr\n"
+            "from signalprop.expr import X\n"
+            "import sympy\n"
+            "print(before, e == sympy.tanh(X), type(e).__module__.split('.')[0])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True", "sympy"], res.stdout
+
+
 @pytest.mark.parametrize("argv", [["predict", "--help"], ["simulate", "--help"], ["rnn", "--help"],
                                   ["fixed-point", "--activation", "tanh", "--sigma-w2", "1.5",
                                    "--sigma-b2", "0.05"]])

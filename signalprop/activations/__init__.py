@@ -35,13 +35,13 @@ integrand is not finite or not integrable, never a nan.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Optional
 
 import numpy as np
-import sympy as sp
 
+from .._lazy import lazy_module
 from .._validate import positive_scalar, short_repr
-from ..expr import X as _X, check_expression, parse_expression
 from .builtins import (  # noqa: F401 - re-exported: the module's names before the split
     _BUILTINS, _BUILTINS_MAX, _ERF_TAU, _GELU_K, _NAMES, _PARAMS, _SELU_ALPHA, _SELU_SCALE,
     _SQRT2, _SQRT_2_PI, _Erf, _LeakyReLU, _builtin, _gelu_tanh_funcs, _make, _npdf, _ratio,
@@ -50,15 +50,31 @@ from .callables import _PROBE, _from_callable, _probe_callable  # noqa: F401
 from .core import (  # noqa: F401
     Activation, Array, _check_bivariate, _deferred_warnings, _set_key)
 from .custom import (  # noqa: F401
-    BUILD_SECONDS, _EXPAND_BUDGET, _MAX_D1_NODES, _MAX_D2_NODES, _ONE_ARGUMENT, _Jumping,
+    BUILD_SECONDS, _EXPAND_BUDGET, _MAX_D1_NODES, _MAX_D2_NODES, _Jumping,
     _OutOfTime, _build_from_expr, _deadline, _diff_branches, _expanded_size, _from_expr,
-    _from_sympy_function, _is_odd, _sized)
+    _from_sympy_function, _is_odd, _one_argument, _sized)
 from .kinks import (  # noqa: F401
-    _KINK_RANGE, _MAX_KINKS, _PIECEWISE_ATOMS, _branch_at, _check_kinks, _expr_jumps,
-    _expr_kinks, _kink_candidates, _one_sided, _periodic_radius, _piecewise_form, _real_zeros,
-    _symbolic_zeros_ok)
+    _KINK_RANGE, _MAX_KINKS, _branch_at, _check_kinks, _expr_jumps, _expr_kinks,
+    _kink_candidates, _one_sided, _periodic_radius, _piecewise_atoms, _piecewise_form,
+    _real_zeros, _symbolic_zeros_ok)
 
 __all__ = ["Activation", "activation", "activations", "normalising_constants"]
+
+# sympy and signalprop.expr (which imports sympy) on first use: a built-in name, a callable and
+# every number computed from them never import sympy (a sweep's worker process starts faster)
+sp = lazy_module("sympy")
+_ex = lazy_module("signalprop.expr")
+
+_SYMPY_NAMES = {"_X": lambda: _ex.X, "_ONE_ARGUMENT": _one_argument,
+                "_PIECEWISE_ATOMS": _piecewise_atoms}
+
+
+def __getattr__(name: str):
+    """The sympy-valued private names of before the lazy import (``_X``, ``_ONE_ARGUMENT``,
+    ``_PIECEWISE_ATOMS``), built on first access."""
+    if name in _SYMPY_NAMES:
+        return _SYMPY_NAMES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _unknown(spec: str, reason: str) -> ValueError:
@@ -134,18 +150,25 @@ def _rebuild(key: tuple) -> Activation:
     return activation(key[1], dphi=key[2], d2phi=key[3], kinks=key[4] or None)
 
 
+def _is_sympy(spec) -> bool:
+    """Whether ``spec`` may be a sympy object: never before sympy is imported (so a callable
+    does not import it just to be told apart from a sympy function)."""
+    return "sympy" in sys.modules
+
+
 def _custom(spec, dphi, d2phi, kinks, params) -> Activation:
     """activation() for everything but a built-in name."""
-    if isinstance(spec, (sp.FunctionClass, sp.Lambda)) or spec is sp.sqrt or spec is sp.cbrt:
+    if _is_sympy(spec) and (isinstance(spec, (sp.FunctionClass, sp.Lambda))
+                            or spec is sp.sqrt or spec is sp.cbrt):
         spec = _from_sympy_function(spec)
-    if isinstance(spec, sp.Basic):
+    if _is_sympy(spec) and isinstance(spec, sp.Basic):
         if not isinstance(spec, sp.Expr):
             raise TypeError(f"activation must be a name, sympy expression, string or callable, "
                             f"got the sympy {type(spec).__name__} {short_repr(str(spec))}")
         if params:
             raise TypeError("parameters are only accepted with a built-in activation name")
         try:
-            check_expression(spec)
+            _ex.check_expression(spec)
         except ValueError as exc:
             raise ValueError(f"activation expression {short_repr(str(spec))}: {exc}") from None
         return _from_expr(spec, kinks=kinks)
@@ -153,10 +176,10 @@ def _custom(spec, dphi, d2phi, kinks, params) -> Activation:
         if params:
             raise TypeError("parameters are only accepted with a built-in activation name")
         try:
-            expr = parse_expression(spec)
+            expr = _ex.parse_expression(spec)
         except ValueError as exc:
             raise _unknown(spec, str(exc)) from None
-        if _X not in expr.free_symbols:
+        if _ex.X not in expr.free_symbols:
             raise _unknown(spec, "a custom expression must depend on x")
         return _from_expr(expr, kinks=kinks)
     if callable(spec):

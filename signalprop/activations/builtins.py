@@ -8,6 +8,9 @@ Closed forms override the numerical engine of :mod:`signalprop.gaussian` where t
   written as ``phi(x) = (1+a)/2 x + (1-a)/2 |x|``;
 * ``erf``: the arcsine kernel (Williams 1997, eq. 11);
 * ``hard_tanh``, ``elu``, ``selu``: the Gaussian smoothing E[phi^(k)(m + s Z)] in closed form.
+
+Their sympy expressions are recipes (:class:`.core.Deferred`) built on the first read of
+``act.expr``: building a built-in, and every number computed from it, imports no sympy.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import math
 from typing import Optional
 
 import numpy as np
-import sympy as sp
 from scipy import special
 
+from .._lazy import lazy_module
 from .._validate import finite_scalar
-from ..expr import X as _X
-from .core import Activation, _set_key
+from .core import Activation, Deferred, _set_key
+
+sp = lazy_module("sympy")                 # only for the expressions, built on first read
+_ex = lazy_module("signalprop.expr")       # its symbol x (signalprop.expr imports sympy)
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
@@ -226,12 +231,17 @@ def _gelu_tanh_funcs():
     return f0, f1, f2
 
 
+def _sym(build) -> Deferred:
+    """The sympy expression ``build(x)`` (x the symbol of :mod:`signalprop.expr`), built on the
+    first read of ``act.expr``."""
+    return Deferred(lambda: build(_ex.X))
+
+
 def _make(name: str, **params) -> Activation:
-    x = _X
     if name == "linear":
         return _LeakyReLU(name, lambda v: np.asarray(v, float) * 1.0,
                           lambda v: np.ones(np.shape(v)), lambda v: np.zeros(np.shape(v)),
-                          expr=x, tau=math.inf, odd=True)
+                          expr=_sym(lambda x: x), tau=math.inf, odd=True)
     if name in ("relu", "leaky_relu"):
         a = finite_scalar("slope", params.get("slope", 0.01)) if name == "leaky_relu" else 0.0
         if name == "leaky_relu":
@@ -241,24 +251,27 @@ def _make(name: str, **params) -> Activation:
         return _LeakyReLU(name, lambda v: np.where(v > 0, v, a * np.asarray(v, float)),
                           lambda v: np.where(np.asarray(v) > 0, 1.0, a),
                           lambda v: np.zeros(np.shape(v)),
-                          expr=sp.Piecewise((x, x > 0), (a * x, True)), params=p, kinks=(0.0,))
+                          expr=_sym(lambda x: sp.Piecewise((x, x > 0), (a * x, True))),
+                          params=p, kinks=(0.0,))
     if name == "erf":
         return _Erf(name, special.erf, lambda v: 2.0 / math.sqrt(math.pi) * np.exp(-np.square(v)),
                     lambda v: -4.0 / math.sqrt(math.pi) * v * np.exp(-np.square(v)),
-                    expr=sp.erf(x), tau=_ERF_TAU, odd=True)
+                    expr=_sym(lambda x: sp.erf(x)), tau=_ERF_TAU, odd=True)
     if name == "tanh":
         return Activation(name, np.tanh, _sech2, lambda v: -2.0 * np.tanh(v) * _sech2(v),
-                          expr=sp.tanh(x), tau=math.pi / 2, odd=True)
+                          expr=_sym(lambda x: sp.tanh(x)), tau=math.pi / 2, odd=True)
     if name == "sigmoid":
         def d1(v):
             s = _sig(v)
             return s * _sig(-v)
         # 1 - 2 sigmoid(v) = -tanh(v / 2), without the cancellation near v = 0
         return Activation(name, _sig, d1, lambda v: -d1(v) * np.tanh(0.5 * np.asarray(v, float)),
-                          expr=1 / (1 + sp.exp(-x)), tau=math.pi)
+                          expr=_sym(lambda x: 1 / (1 + sp.exp(-x))), tau=math.pi)
     if name == "softplus":
         return Activation(name, lambda v: np.logaddexp(0.0, v), _sig,
-                          lambda v: _sig(v) * _sig(-v), expr=sp.log(1 + sp.exp(x)), tau=math.pi)
+                          lambda v: _sig(v) * _sig(-v),
+                          expr=_sym(lambda x: sp.log(1 + sp.exp(x))),
+                          tau=math.pi)
     if name in ("silu", "swish"):
         def d1(v):
             s = _sig(v)
@@ -267,16 +280,19 @@ def _make(name: str, **params) -> Activation:
         def d2(v):
             s, t = _sig(v), _sig(-v)
             return s * t * (2.0 + v * (t - s))
-        return Activation("silu", lambda v: v * _sig(v), d1, d2, expr=x / (1 + sp.exp(-x)),
+        return Activation("silu", lambda v: v * _sig(v), d1, d2,
+                          expr=_sym(lambda x: x / (1 + sp.exp(-x))),
                           tau=math.pi)
     if name == "gelu":
         return Activation(name, lambda v: v * special.ndtr(v),
                           lambda v: special.ndtr(v) + v * _npdf(v),
                           lambda v: _npdf(v) * (2.0 - np.square(v)),
-                          expr=x * (1 + sp.erf(x / sp.sqrt(2))) / 2, tau=2.0)
+                          expr=_sym(lambda x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2), tau=2.0)
     if name == "gelu_tanh":
-        e = x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))) / 2
-        return Activation(name, *_gelu_tanh_funcs(), expr=e, tau=2.5)
+        def e(x):
+            return x * (1 + sp.tanh(sp.sqrt(2 / sp.pi)
+                                    * (x + sp.Rational(44715, 1000000) * x**3))) / 2
+        return Activation(name, *_gelu_tanh_funcs(), expr=_sym(e), tau=2.5)
     if name in ("elu", "selu"):
         if name == "elu":
             alpha, scale = finite_scalar("alpha", params.get("alpha", 1.0)), 1.0
@@ -290,13 +306,15 @@ def _make(name: str, **params) -> Activation:
             lambda v: scale * np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))),
             lambda v: scale * np.where(np.asarray(v) > 0, 1.0, alpha * np.exp(np.minimum(v, 0.0))),
             lambda v: scale * np.where(np.asarray(v) > 0, 0.0, alpha * np.exp(np.minimum(v, 0.0))),
-            expr=scale * sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)), params=p,
+            expr=_sym(lambda x: scale * sp.Piecewise((x, x > 0),
+                                                     (alpha * (sp.exp(x) - 1), True))),
+            params=p,
             kinks=(0.0,), smooth=_smooth_elu(alpha, scale))
     if name == "hard_tanh":
         return Activation(name, lambda v: np.clip(v, -1.0, 1.0),
                           lambda v: np.where(np.abs(v) < 1.0, 1.0, 0.0),
                           lambda v: np.zeros(np.shape(v)),
-                          expr=sp.Piecewise((-1, x < -1), (x, x < 1), (1, True)),
+                          expr=_sym(lambda x: sp.Piecewise((-1, x < -1), (x, x < 1), (1, True))),
                           kinks=(-1.0, 1.0), smooth=_smooth_hard_tanh, odd=True)
     raise KeyError(name)
 

@@ -5,6 +5,10 @@ expectations mean-field theory needs (``second_moment``, ``cross_moment``, ...) 
 :mod:`signalprop.gaussian` (subclasses in :mod:`.builtins` override them with closed forms).
 Value semantics: compared, hashed and pickled by ``key`` (set by :func:`signalprop.activation`),
 rebuilt on unpickling by the ``rebuild`` function of the module that made it.
+
+This module does not import sympy: a built-in's ``expr`` is a :class:`Deferred` recipe, built (and
+sympy imported) on the first read of ``act.expr``, so that the numerical work (``predict``,
+``simulate``, a sweep's worker process) never pays sympy's import (issue 15).
 """
 
 from __future__ import annotations
@@ -13,14 +17,51 @@ import pickle
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
-import sympy as sp
 
 from .. import gaussian
 
+if TYPE_CHECKING:  # annotations only: sympy is imported where an expression is built
+    import sympy as sp
+
 Array = np.ndarray
+
+
+class Deferred:
+    """A recipe for a value built on first use: ``build()`` is called once, by
+    :class:`_DeferredField`, when the field is first read (a built-in's sympy expression)."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], object]):
+        self.build = build
+
+    def __repr__(self) -> str:
+        return "<deferred>"
+
+
+class _DeferredField:
+    """Data descriptor behind a dataclass field (``Activation.expr``) that may be given a
+    :class:`Deferred`: the recipe is stored as given and replaced by its value on the first read
+    (so a reader always sees the value, never the recipe). The dataclass's default is None; a
+    frozen dataclass still refuses assignment after ``__init__``."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self._slot = f"_{name}_value"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None                            # the field's default, for the dataclass
+        value = obj.__dict__.get(self._slot)
+        if isinstance(value, Deferred):
+            value = value.build()
+            obj.__dict__[self._slot] = value       # once: later reads are a dict look-up
+        return value
+
+    def __set__(self, obj, value) -> None:         # the dataclass __init__ (object.__setattr__)
+        obj.__dict__[self._slot] = value
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,7 +70,8 @@ class Activation:
 
     Attributes
     ----------
-    name: registry name (or ``"custom"``); params: its parameters; expr: sympy expression in ``x``.
+    name: registry name (or ``"custom"``); params: its parameters; expr: sympy expression in ``x``
+        (may be given as a :class:`Deferred` recipe, built on its first read: the built-ins).
     phi, dphi, d2phi: vectorised numpy callables for phi, phi', phi''.
     kinks: points where phi, phi' or phi'' is not analytic (quadrature panels are split there).
         Built-ins: a plain tuple (phi is analytic up to each kink from either side). Custom
@@ -53,7 +95,7 @@ class Activation:
     phi: Callable[[Array], Array]
     dphi: Callable[[Array], Array]
     d2phi: Callable[[Array], Array]
-    expr: Optional[sp.Expr] = None
+    expr: Optional[sp.Expr] = _DeferredField()   # type: ignore[assignment]  # None by default
     params: dict = field(default_factory=dict)
     kinks: tuple = ()
     tau: Optional[float] = None

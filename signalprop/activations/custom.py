@@ -8,6 +8,8 @@ unbounded at 0. Their expectations use the engine's checked rule
 (:class:`signalprop.gaussian.Kinks`): graded towards the kinks, the innermost piece
 extrapolated, and a ValueError naming the activation and the x wherever an integrand is not
 finite or not integrable, never a nan.
+
+sympy and :mod:`signalprop.expr` are imported on first use: only an expression needs them.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import math
 import signal
 import threading
 from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
-import sympy as sp
 
 from .. import gaussian
+from .._lazy import lazy_module
 from .._validate import short_repr
-from ..expr import FUNCTIONS, X as _X
 from .core import Activation
 from .kinks import _check_kinks, _expr_jumps, _expr_kinks, _piecewise_form
+
+sp = lazy_module("sympy")
+_ex = lazy_module("signalprop.expr")       # its symbol x (_ex.X) and FUNCTIONS
 
 class _Jumping(Activation):
     """A custom expression whose phi jumps (``jumps``), e.g. ``Heaviside(x)``: phi' has a Dirac
@@ -67,7 +72,7 @@ def _is_odd(expr) -> bool:
     """phi(-x) = -phi(x) structurally: phi(-x) + phi(x) is 0 as sympy writes it, or after
     ``sp.expand`` where the expansion stays within _EXPAND_BUDGET terms (beyond, a few big
     polynomial powers of sums, the test is skipped: the mean is then integrated, not set to 0)."""
-    s = expr.subs(_X, -_X) + expr
+    s = expr.subs(_ex.X, -_ex.X) + expr
     if s == 0:
         return True
     t, w = _expanded_size(s)
@@ -118,11 +123,11 @@ def _from_expr(expr: sp.Expr, name: str = "custom", kinks=None) -> Activation:
     (``_expr_kinks``) plus any declared in ``kinks``; jumps of phi found (``_expr_jumps``).
     ``expr`` has passed :func:`signalprop.expr.check_expression` (whitelisted nodes, bounded
     numbers and exponents); a failure of sympy on it is a ValueError naming it."""
-    # a user's sp.Symbol("x") carries no assumptions and so is not _X: identify them by name
-    expr = expr.subs({s: _X for s in expr.free_symbols if s.name == "x" and s != _X})
+    # a user's sp.Symbol("x") carries no assumptions and so is not _ex.X: identify them by name
+    expr = expr.subs({s: _ex.X for s in expr.free_symbols if s.name == "x" and s != _ex.X})
     free = expr.free_symbols
-    if not free <= {_X}:
-        extra = ", ".join(sorted(str(s) for s in free - {_X}))
+    if not free <= {_ex.X}:
+        extra = ", ".join(sorted(str(s) for s in free - {_ex.X}))
         raise ValueError(f"activation expression must depend on x only; it also uses {extra}")
     label = f"activation({short_repr(str(expr))})"
     try:
@@ -159,8 +164,8 @@ def _diff_branches(pw) -> sp.Expr:
     ``sp.diff(pw, x)`` gives, without sympy's re-simplification of the conditions (which costs
     seconds to minutes for a few Heaviside or Max terms)."""
     if not isinstance(pw, sp.Piecewise):
-        return sp.diff(pw, _X)
-    return sp.Piecewise(*((sp.diff(e, _X), c) for e, c in pw.args), evaluate=False)
+        return sp.diff(pw, _ex.X)
+    return sp.Piecewise(*((sp.diff(e, _ex.X), c) for e, c in pw.args), evaluate=False)
 
 
 def _build_from_expr(expr, name, kinks, label) -> Activation:
@@ -175,7 +180,7 @@ def _build_from_expr(expr, name, kinks, label) -> Activation:
         bad = e.atoms(sp.zoo, sp.nan, sp.oo, -sp.oo)
         if bad:
             raise ValueError(f"{label}: phi or a derivative contains {sorted(map(str, bad))[0]}")
-    fs = [sp.lambdify(_X, e, modules=["numpy", "scipy"]) for e in exprs]
+    fs = [sp.lambdify(_ex.X, e, modules=["numpy", "scipy"]) for e in exprs]
 
     def vec(f):
         # quiet: branches are evaluated everywhere and selected (x**-0.3 at x < 0 is fine), and
@@ -193,7 +198,16 @@ def _build_from_expr(expr, name, kinks, label) -> Activation:
                jumps=jumps)
 
 
-_ONE_ARGUMENT = {f.sympy for f in FUNCTIONS.values() if f.min_args == f.max_args == 1}
+@cache
+def _one_argument() -> frozenset:
+    """The sympy functions of one argument accepted as f(x) (``sympy.tanh``, ``sympy.sqrt``)."""
+    return frozenset(f.sympy for f in _ex.FUNCTIONS.values() if f.min_args == f.max_args == 1)
+
+
+def __getattr__(name: str):
+    if name == "_ONE_ARGUMENT":             # the constant of before sympy was imported lazily
+        return _one_argument()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _from_sympy_function(spec) -> sp.Expr:
@@ -202,10 +216,10 @@ def _from_sympy_function(spec) -> sp.Expr:
         if len(spec.variables) != 1:
             raise TypeError(f"activation: a sympy Lambda must take one variable, {spec} takes "
                             f"{len(spec.variables)}")
-        return spec(_X)
-    if spec in _ONE_ARGUMENT:       # sympy.tanh, and the functions sympy.sqrt, sympy.cbrt
-        return spec(_X)
-    known = ", ".join(sorted({getattr(f, "__name__", str(f)) for f in _ONE_ARGUMENT}))
+        return spec(_ex.X)
+    if spec in _one_argument():       # sympy.tanh, and the functions sympy.sqrt, sympy.cbrt
+        return spec(_ex.X)
+    known = ", ".join(sorted({getattr(f, "__name__", str(f)) for f in _one_argument()}))
     raise TypeError(f"activation: the sympy function {getattr(spec, '__name__', spec)} is not "
                     f"one of the one-argument functions accepted as f(x) ({known}); pass an "
                     "expression in x instead, e.g. sympy.Max(x, 0)")

@@ -5,6 +5,9 @@ The kinks are found from the Max, Min, Abs, sign, Heaviside and Piecewise parts 
 (and the zeros of fractional-power bases and log arguments); the expression is folded into one
 Piecewise (``_piecewise_form``) so that its derivatives can be taken branch by branch, and the
 jumps of phi between finite one-sided limits are recorded (``_expr_jumps``).
+
+sympy and :mod:`signalprop.expr` are imported on first use (``_check_kinks``, which callables and
+built-ins reach, needs neither).
 """
 
 from __future__ import annotations
@@ -14,11 +17,24 @@ import warnings
 from typing import Optional
 
 import numpy as np
-import sympy as sp
 
-from ..expr import X as _X
+from .._lazy import lazy_module
 
-_PIECEWISE_ATOMS = (sp.Max, sp.Min, sp.Abs, sp.sign, sp.Heaviside)
+sp = lazy_module("sympy")
+_ex = lazy_module("signalprop.expr")       # its symbol x: _ex.X
+
+
+def _piecewise_atoms() -> tuple:
+    """The sympy classes that ``_piecewise_form`` rewrites as Piecewise."""
+    return (sp.Max, sp.Min, sp.Abs, sp.sign, sp.Heaviside)
+
+
+def __getattr__(name: str):
+    if name == "_PIECEWISE_ATOMS":          # the constant of before sympy was imported lazily
+        return _piecewise_atoms()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _KINK_RANGE = 100      # kinks of periodic expressions (Abs(sin(x))) are looked for in |x| <= this
 _MAX_KINKS = 32        # at most this many kinks, those nearest 0 (each costs ~1200 nodes)
 
@@ -37,10 +53,11 @@ def _piecewise_form(expr):
     the jumps of phi, where its distributional derivative does have a delta, are found
     separately (``_expr_jumps``).
     """
-    if not (expr.atoms(*_PIECEWISE_ATOMS) or expr.atoms(sp.Piecewise)):
+    atoms = _piecewise_atoms()
+    if not (expr.atoms(*atoms) or expr.atoms(sp.Piecewise)):
         return None
     try:
-        flat = expr.replace(lambda e: isinstance(e, _PIECEWISE_ATOMS),
+        flat = expr.replace(lambda e: isinstance(e, atoms),
                             lambda e: e.rewrite(sp.Piecewise))
         return sp.piecewise_fold(flat)
     except Exception:  # noqa: BLE001 - sympy failed to fold: keep the expression as written
@@ -65,14 +82,14 @@ def _kink_candidates(exprs) -> tuple[set, set]:
         for a in e.atoms(sp.Max, sp.Min):
             switch.update(u - v for i, u in enumerate(a.args) for v in a.args[i + 1:])
         for a in e.atoms(sp.Pow):
-            if a.base.has(_X) and not a.exp.has(_X) and not (a.exp.is_integer and
+            if a.base.has(_ex.X) and not a.exp.has(_ex.X) and not (a.exp.is_integer and
                                                            a.exp.is_nonnegative):
                 singular.add(a.base)
         for a in e.atoms(sp.log):
             singular.add(a.args[0])
 
     def keep(gs):
-        return {g for g in gs if isinstance(g, sp.Expr) and g.has(_X)}
+        return {g for g in gs if isinstance(g, sp.Expr) and g.has(_ex.X)}
     return keep(switch), keep(singular)
 
 
@@ -83,10 +100,10 @@ def _symbolic_zeros_ok(g) -> bool:
     the numerical search is used."""
     if sp.count_ops(g) > 40:
         return False
-    if any(p.exp.is_Integer and abs(p.exp) > 8 and p.base.has(_X) for p in g.atoms(sp.Pow)):
+    if any(p.exp.is_Integer and abs(p.exp) > 8 and p.base.has(_ex.X) for p in g.atoms(sp.Pow)):
         return False
-    parts = [f for f in g.atoms(sp.Function) if f.has(_X)]
-    parts += [p for p in g.atoms(sp.Pow) if p.exp.has(_X)]
+    parts = [f for f in g.atoms(sp.Function) if f.has(_ex.X)]
+    parts += [p for p in g.atoms(sp.Pow) if p.exp.has(_ex.X)]
     return len(parts) <= 1
 
 
@@ -118,12 +135,12 @@ def _symbolic_zeros(g) -> Optional[list]:
     if not _symbolic_zeros_ok(g):
         return None
     try:
-        sol = sp.solveset(g, _X, domain=sp.S.Reals)
+        sol = sp.solveset(g, _ex.X, domain=sp.S.Reals)
         if not isinstance(sol, sp.FiniteSet) and not sol.is_empty:
             r = _periodic_radius(sol)
             if r is None:                      # not a union of arithmetic progressions
                 return None
-            sol = sp.solveset(g, _X, domain=sp.Interval(-r, r))
+            sol = sp.solveset(g, _ex.X, domain=sp.Interval(-r, r))
         if isinstance(sol, sp.FiniteSet):
             pts = []
             for v in sol:       # real by construction; evaluation may leave a 1e-20 i residue
@@ -149,7 +166,7 @@ def _real_zeros(g) -> list:
     if pts is not None:
         return pts
     try:  # numerically: sign changes on a grid, refined by brentq
-        fg = sp.lambdify(_X, g, modules=["numpy", "scipy"])
+        fg = sp.lambdify(_ex.X, g, modules=["numpy", "scipy"])
         t = np.linspace(-_KINK_RANGE, _KINK_RANGE, 200_001)
         with np.errstate(all="ignore"):
             v = np.broadcast_to(np.asarray(fg(t), float), t.shape)
@@ -189,7 +206,7 @@ def _branch_at(pw, x0):
     """The expression of the first branch of Piecewise ``pw`` whose condition holds at x0, or
     None if a condition cannot be decided there."""
     for e, cond in pw.args:
-        c = cond.subs(_X, x0) if isinstance(cond, sp.Basic) else cond
+        c = cond.subs(_ex.X, x0) if isinstance(cond, sp.Basic) else cond
         if c is sp.true or c is True:
             return e
         if not (c is sp.false or c is False):
@@ -201,9 +218,9 @@ def _one_sided(e, k, direction):
     """lim e(x) as x -> k from ``direction`` ('+', '-') as a float (inf/nan where unbounded or
     undecided)."""
     try:
-        v = complex(sp.N(e.subs(_X, k), 20))
+        v = complex(sp.N(e.subs(_ex.X, k), 20))
         if not (v.imag == 0 and math.isfinite(v.real)):
-            v = complex(sp.N(sp.limit(e, _X, k, direction), 20))
+            v = complex(sp.N(sp.limit(e, _ex.X, k, direction), 20))
         return v.real if v.imag == 0 else math.nan
     except Exception:  # noqa: BLE001
         return math.nan
