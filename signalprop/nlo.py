@@ -165,14 +165,44 @@ def _check_act(act: Activation, where: str) -> None:
                          "moments are infinite: no 1/N correction")
 
 
+class _Nodes:
+    """phi(x), phi'(x), x^2 at the nodes x of one :func:`gaussian.expect` pass, evaluated once and
+    shared by every integrand of a tuple (expect calls them in turn on the same node array; a
+    different array, compared by identity and held, so never reused, is evaluated afresh)."""
+
+    def __init__(self, act: Activation):
+        self._p, self._d = act.phi, act.dphi
+        self._x = None
+        self._v: tuple = ()
+
+    def __call__(self, x: np.ndarray) -> tuple:
+        if x is not self._x:
+            p, d = self._p(x), self._d(x)
+            x2 = x * x
+            self._v = (p, d, x2, p * p, d * d, x2 * x2)
+            self._x = x
+        return self._v
+
+
+def _unique_rows(fn, K: np.ndarray) -> dict:
+    """``fn(K)`` (a dict of arrays over K) evaluated once per distinct value of K (a converged run
+    repeats its K exactly) and spread back; the rows of :func:`gaussian.expect` are independent
+    given the rule, whose size follows max K (unchanged), so every number is as for fn(K)."""
+    u, inv = np.unique(K, return_inverse=True)
+    if u.size == K.size:
+        return fn(K)
+    return {k: v[inv] for k, v in fn(u).items()}
+
+
 def _raw_moments(act: Activation, K: np.ndarray) -> dict:
-    """E[f(h)], h ~ N(0, K), for the integrands the correction needs (one quadrature pass)."""
-    p, d = act.phi, act.dphi
+    """E[f(h)], h ~ N(0, K), for the integrands the correction needs (one quadrature pass, phi
+    and phi' evaluated once per node: :class:`_Nodes`)."""
+    b = _Nodes(act)
     names = ("p2", "p2h2", "p2h4", "p4", "d2", "d2h2", "d2h4", "d4", "p2d2")
-    fs = (lambda x: p(x) ** 2, lambda x: p(x) ** 2 * x ** 2, lambda x: p(x) ** 2 * x ** 4,
-          lambda x: p(x) ** 4, lambda x: d(x) ** 2, lambda x: d(x) ** 2 * x ** 2,
-          lambda x: d(x) ** 2 * x ** 4, lambda x: d(x) ** 4,
-          lambda x: p(x) ** 2 * d(x) ** 2)
+    fs = (lambda x: b(x)[3], lambda x: b(x)[3] * b(x)[2], lambda x: b(x)[3] * b(x)[5],
+          lambda x: b(x)[3] ** 2, lambda x: b(x)[4], lambda x: b(x)[4] * b(x)[2],
+          lambda x: b(x)[4] * b(x)[5], lambda x: b(x)[4] ** 2,
+          lambda x: b(x)[3] * b(x)[4])
     out = gaussian.expect(fs, K, kinks=act.kinks, tau=act.tau)
     return dict(zip(names, out))
 
@@ -207,7 +237,7 @@ def _per_layer(chain: _Chain, K: np.ndarray) -> dict:
     for a, idx in groups.items():
         _check_act(a, f"layer {idx[0] + 1}")
         with np.errstate(all="ignore"):
-            mom = _moments(a, K[idx])
+            mom = _unique_rows(lambda k: _moments(a, k), K[idx])
         for k, v in mom.items():
             out.setdefault(k, np.empty(L))[idx] = v
     return out
@@ -221,14 +251,17 @@ def _forward(chain: _Chain, K: np.ndarray, mo: dict):
     """m_l = E[G^l] - K^l, v_l = Var G^l, the slopes a_l = dK^{l+1}/dK^l and x_l = Cov(nu_l,
     G^{l+1}) (nu: the sampling noise of S1^l/N_l), one input (module docstring)."""
     L = K.size
-    m, v, a, x = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
+    s = chain.sw2[1:]
+    a = np.append(s * mo["V1"][:-1], 0.0)
+    x = np.append(s * mo["cov_pd"][:-1] / chain.n[:-1], 0.0)
+    hv = (0.5 * s * mo["V2"][:-1]).tolist()              # the recursion's coefficients, as floats
+    nv = (s * s * mo["var_p2"][:-1] / chain.n[:-1]).tolist()
+    al = a.tolist()
+    m, v = [0.0] * L, [0.0] * L
     for i in range(L - 1):
-        s = chain.sw2[i + 1]
-        a[i] = s * mo["V1"][i]
-        m[i + 1] = a[i] * m[i] + 0.5 * s * mo["V2"][i] * v[i]
-        v[i + 1] = a[i] * a[i] * v[i] + s * s * mo["var_p2"][i] / chain.n[i]
-        x[i] = s * mo["cov_pd"][i] / chain.n[i]
-    return m, v, a, x
+        m[i + 1] = al[i] * m[i] + hv[i] * v[i]
+        v[i + 1] = al[i] * al[i] * v[i] + nv[i]
+    return np.array(m), np.array(v), a, x
 
 
 def _backward(chain: _Chain, K: np.ndarray, mo: dict, m, v, a, x):
@@ -238,13 +271,16 @@ def _backward(chain: _Chain, K: np.ndarray, mo: dict, m, v, a, x):
     n = chain.n
     D, D1, D2 = mo["D"], mo["D1"], mo["D2"]
     e_mean = (D1 * m + 0.5 * D2 * v) / D             # E[e_k]
-    theta = np.zeros(L)
-    P = np.zeros(L)                                  # P_k = sum_{j>k} (D1_j/D_j) prod a_{k+1..j-1}
+    theta = [0.0] * L
+    P = [0.0] * L                                    # P_k = sum_{j>k} (D1_j/D_j) prod a_{k+1..j-1}
+    tb = mo["two_b"].tolist()
+    tc = (chain.sw2[1:] * K[:-1] * mo["V1"][:-1] ** 2 / (K[1:] * D[:-1])).tolist()
+    dd, al = (D1 / D).tolist(), a.tolist()
     for k in range(L - 2, -1, -1):
-        s = chain.sw2[k + 1]
-        theta[k] = mo["two_b"][k] + s * K[k] * mo["V1"][k] ** 2 / (K[k + 1] * D[k]) * theta[k + 1]
+        theta[k] = tb[k] + tc[k] * theta[k + 1]
         if k <= L - 3:
-            P[k] = D1[k + 1] / D[k + 1] + a[k + 1] * P[k + 1]
+            P[k] = dd[k + 1] + al[k + 1] * P[k + 1]
+    theta, P = np.array(theta), np.array(P)
     rho = np.zeros(L)
     rho[:-1] = chain.sw2[1:] * mo["p2d2"][:-1] / (n[:-1] * D[:-1] * K[1:])
     cross = (D1 * v * a * P + x * P) / D              # sum_{j>k} E[e_k e_j]
@@ -353,10 +389,16 @@ def _pair(chain: _Chain, K: np.ndarray, c: np.ndarray, mo: dict, m1, v1) -> np.n
             groups.setdefault(a, []).append(i)
     for a, idx in groups.items():
         idx = np.asarray(idx)
+        # a converged run repeats (K, c) exactly: evaluate each distinct pair once (the rules act
+        # row by row, so every number is as for the full arrays)
+        _, first, inv = np.unique(np.stack([K[idx], c[idx], dist[idx]], axis=1), axis=0,
+                                  return_index=True, return_inverse=True)
+        u, inv = idx[first], inv.ravel()
         with np.errstate(all="ignore"):
-            g, H = _derivatives(a, K[idx], dist[idx])
-            grad[:, idx], hess[:, :, idx] = g, H
-            e31[idx], e22[idx], C[idx] = _pair_moments(a, K[idx], c[idx])
+            g, H = _derivatives(a, K[u], dist[u])
+            grad[:, idx], hess[:, :, idx] = g[:, inv], H[:, :, inv]
+            m31, m22, mC = _pair_moments(a, K[u], c[u])
+            e31[idx], e22[idx], C[idx] = m31[inv], m22[inv], mC[inv]
     m = np.zeros(3)
     v = np.zeros((3, 3))
     dc = np.zeros(L)
@@ -492,13 +534,13 @@ def _res_moments(act: Activation, K: np.ndarray) -> dict:
     V2; D, D1, D2; var1 = Var phi, cov12 = Cov(phi, phi^2), var_p2 = Var phi^2; cwp =
     Cov(w, phi), cov_pd = Cov(w, phi^2), ewpp = E[(w - D)(phi - mu)^2]; Eu = E u, Vu = Var u,
     cpu = Cov(phi, u); d2b = E[u^2]/K - D (= D 2B); kappa = E w^2/D^2."""
-    p, d = act.phi, act.dphi
-    fs = (p, lambda x: p(x) ** 2, lambda x: p(x) ** 3, lambda x: p(x) ** 4,
-          lambda x: p(x) * x ** 2, lambda x: p(x) * x ** 4,
-          lambda x: p(x) ** 2 * x ** 2, lambda x: p(x) ** 2 * x ** 4,
-          lambda x: d(x) ** 2, lambda x: d(x) ** 2 * x ** 2, lambda x: d(x) ** 2 * x ** 4,
-          lambda x: d(x) ** 4, lambda x: x * d(x), lambda x: p(x) * x * d(x),
-          lambda x: d(x) ** 2 * p(x), lambda x: d(x) ** 2 * p(x) ** 2)
+    b = _Nodes(act)       # b(x) = (phi, phi', x^2, phi^2, phi'^2, x^4) at the nodes
+    fs = (lambda x: b(x)[0], lambda x: b(x)[3], lambda x: b(x)[3] * b(x)[0],
+          lambda x: b(x)[3] ** 2, lambda x: b(x)[0] * b(x)[2], lambda x: b(x)[0] * b(x)[5],
+          lambda x: b(x)[3] * b(x)[2], lambda x: b(x)[3] * b(x)[5],
+          lambda x: b(x)[4], lambda x: b(x)[4] * b(x)[2], lambda x: b(x)[4] * b(x)[5],
+          lambda x: b(x)[4] ** 2, lambda x: x * b(x)[1], lambda x: b(x)[0] * x * b(x)[1],
+          lambda x: b(x)[4] * b(x)[0], lambda x: b(x)[4] * b(x)[3])
     (m1, p2, p3, p4, ph2, ph4, p2h2, p2h4, d2, d2h2, d2h4, d4, u, pu, d2p,
      p2d2) = gaussian.expect(fs, K, kinks=act.kinks, tau=act.tau)
     K2 = K * K
@@ -531,7 +573,7 @@ def _res_mean_field(rc: _ResChain, q0: float, Q: np.ndarray) -> tuple:
         groups.setdefault(a, []).append(i)
     for a, idx in groups.items():
         with np.errstate(all="ignore"):
-            for k, v in _res_moments(a, K[idx]).items():
+            for k, v in _unique_rows(lambda kk: _res_moments(a, kk), K[idx]).items():
                 mo.setdefault(k, np.empty(L))[idx] = v
     M = np.zeros(L + 1)
     for k in range(L):
@@ -585,8 +627,7 @@ def _res_basis(rc: _ResChain, q0: float, M, mo):
         a0[2 * l] = rc.alpha[l - 1] * a0[2 * l - 2]
     cross = np.zeros((n, n))                   # Cov(u^m, phi(h^m)) gam[:, m] on the u^m rows
     cross[1::2] = (gam * mo["cpu"]).T
-    gram = (np.outer(mean, mean) + q0 * np.outer(a0, a0) + np.einsum("pm,m,qm->pq", gam,
-                                                                       mo["var1"], gam)
+    gram = (np.outer(mean, mean) + q0 * np.outer(a0, a0) + (gam * mo["var1"]) @ gam.T
             + cross + cross.T)
     gram[1::2, 1::2] += np.diag(mo["Vu"])
     return gram, mean, gam
@@ -614,27 +655,28 @@ def _res_backward(rc: _ResChain, q0: float, Q, K, M, mo, m, v, J, cnu):
            + (4 * a * a * b * b * s * D + 2 * b ** 4 * s * s * D * D) / fbar ** 2) / N
     # rank-two part, normalised by the mean-field c_l (r_l = R_l N / c_l)
     gram, mean, gam = _res_basis(rc, q0, M, mo)
-    r = np.zeros((2 * L, 2 * L))
+    # r = sc * rs (a scalar times the stored matrix: the a^2/fbar scaling costs nothing), and
+    # rg = (r : gram) over the window carried along (the update adds only to the window's first
+    # row and column), so each block costs one pass over r (r @ [E, gk])
+    rs = np.zeros((2 * L, 2 * L))
+    sc, rg = 1.0, 0.0
     tr_R = np.zeros(L)                     # (r_l : gram)/N at level l = 1..L (index l - 1)
     t_W = np.zeros(L)                      # b^2 s (r_k : E[w_k z z])/(N fbar_k), block k
     for k in range(L - 1, -1, -1):         # block k + 1: level k + 1 -> level k
         w0 = 2 * k                         # R lives on x^k, u^{k+1}, x^{k+1}, ...
-        rw, gw = r[w0:, w0:], gram[w0:, w0:]
-        rg = np.sum(rw * gw)
+        rw, gw = rs[w0:, w0:], gram[w0:, w0:]
         tr_R[k] = rg / N
         gk, mk = gam[w0:, k], mean[w0:]
-        tw = D[k] * rg + 2 * mo["cwp"][k] * mk @ rw @ gk + mo["ewpp"][k] * gk @ rw @ gk
-        t_W[k] = b[k] ** 2 * s[k] * tw / (N * fbar[k])
         E = gw[:, 1]                       # E[z u^{k+1}] over the window
-        y = rw @ E
+        Z = sc * (rw @ np.column_stack([E, gk]))      # r E, r gk
+        tw = D[k] * rg + 2 * mo["cwp"][k] * (mk @ Z[:, 1]) + mo["ewpp"][k] * (gk @ Z[:, 1])
+        t_W[k] = b[k] ** 2 * s[k] * tw / (N * fbar[k])
+        y = Z[:, 0].copy()
+        kx = b[k] ** 2 * s[k] ** 2 / K[k] * (mo["d2b"][k] + E @ y / K[k])
         y[1] += 1.0                        # Sigma u / c = u + R u / c
-        kx = b[k] ** 2 * s[k] ** 2 / K[k] * (mo["d2b"][k] + E @ rw @ E / K[k])
         kc = a[k] * b[k] * s[k] / K[k]
-        rw *= a[k] ** 2
-        rw[:, 0] += kc * y                 # x^k: the block's input, first in the window
-        rw[0, :] += kc * y
-        rw[0, 0] += kx
-        rw /= fbar[k]
+        sc, rg = _res_update(rw, sc, a[k] ** 2 / fbar[k], 1.0 / fbar[k], kc * y, kx, rg,
+                                  gw[0])
     term = e_mean + cross + t_W
     var_term = var_e + 2 * cross + chi
     dlog_g = np.append(np.cumsum(term[::-1])[::-1][1:], 0.0) + tr_R
@@ -644,6 +686,27 @@ def _res_backward(rc: _ResChain, q0: float, Q, K, M, mo, m, v, J, cnu):
     cov_gq = np.array([(P[j] @ J[j] @ v[j])[0] for j in range(L)])
     dlog_G = dlog_g + (m[:-1, 0] + cov_gq) / Q[:-1]
     return dlog_g, var_log_g, dlog_G
+
+
+def _res_update(rw: np.ndarray, sc: float, f: float, inv_fbar: float, ky: np.ndarray, kx: float,
+                rg: float, g0: np.ndarray) -> tuple:
+    """One block of the rank-two recursion on the window ``rw`` (the true matrix is ``sc rw``):
+    ``r <- (a^2 r + e0 ky^T + ky e0^T + kx e0 e0^T)/fbar`` with ``f = a^2/fbar``; the scale
+    absorbs ``f`` (folded into ``rw`` when it would leave [1e-150, 1e150], or f = 0). Also
+    ``rg <- (r : G)`` after the update (``g0``: the window's first row of G). Returns the new
+    (sc, rg)."""
+    new = sc * f
+    if 1e-150 < abs(new) < 1e150:
+        sc = new
+    else:
+        rw *= new
+        sc = 1.0
+    inc = inv_fbar / sc
+    rw[:, 0] += inc * ky
+    rw[0, :] += inc * ky
+    rw[0, 0] += inc * kx
+    rg = f * rg + inv_fbar * (2.0 * (ky @ g0) + kx * g0[0])
+    return sc, rg
 
 
 def _res2_forward(rc: _ResChain, Q, mo, K2):
@@ -696,28 +759,25 @@ def _res2_backward(rc: _ResChain, q0: float, Q, K, K2, mo, m, v, J, cnu):
     coef[2 * np.arange(L) + 1, np.arange(L)] = 1.0
     gram = q0 * np.outer(a0, a0) + (coef * K2) @ coef.T
     ehpp = K * mo["V1"]                       # E[h phi phi'] = K dE[phi^2]/dK (Stein)
-    r = np.zeros((n, n))
+    rs = np.zeros((n, n))                      # r = sc * rs, as in _res_backward
+    sc, rg = 1.0, 0.0
     tr_R, t_W = np.zeros(L), np.zeros(L)
     for k in range(L - 1, -1, -1):
         w0 = 2 * k                             # window: x^k, o^{k+1}, ...
-        rw, gw = r[w0:, w0:], gram[w0:, w0:]
+        rw, gw = rs[w0:, w0:], gram[w0:, w0:]
         E = gw[:, 1]                           # E[z o^{k+1}] over the window
-        rg = np.sum(rw * gw)
-        ere = E @ rw @ E
+        y = sc * (rw @ E)
+        ere = E @ y
         tr_R[k] = rg / N
         t_W[k] = (b[k] ** 2 * sa[k] * sv[k] * D[k] * rg / N
                   + b[k] ** 2 * sa[k] * sv[k] ** 2 * mo["p2d2"][k] * ere
                   / (n1[k] * K2[k] ** 2)) / fbar[k]
-        y = rw @ E
         y[1] += 1.0
         kc = a[k] * b[k] * sa[k] * sv[k] * ehpp[k] / (K[k] * K2[k])
         kx = b[k] ** 2 * sa[k] ** 2 / K[k] * (sv[k] ** 2 * ehpp[k] ** 2 * ere / (K[k] * K2[k] ** 2)
                                              + sv[k] * mo["two_b"][k] * D[k])
-        rw *= a[k] ** 2
-        rw[:, 0] += kc * y
-        rw[0, :] += kc * y
-        rw[0, 0] += kx
-        rw /= fbar[k]
+        sc, rg = _res_update(rw, sc, a[k] ** 2 / fbar[k], 1.0 / fbar[k], kc * y, kx, rg,
+                                  gw[0])
     term = e_mean + cross + t_W
     var_term = var_e + 2 * cross + chi
     dlog_g = np.append(np.cumsum(term[::-1])[::-1][1:], 0.0) + tr_R
@@ -739,7 +799,7 @@ def _res2_correction(network: Network, rc: _ResChain, q0: float) -> tuple:
         groups.setdefault(act, []).append(i)
     for act, idx in groups.items():
         with np.errstate(all="ignore"):
-            for key, val in _moments(act, K[idx]).items():
+            for key, val in _unique_rows(lambda kk: _moments(act, kk), K[idx]).items():
                 mo.setdefault(key, np.empty(L))[idx] = val
     K2 = rc.sw2v * mo["V"] + rc.sb2v
     m, v, J, cnu = _res2_forward(rc, Q, mo, K2)
@@ -851,11 +911,11 @@ def _norm_moments(act: Activation, K: np.ndarray, center: bool) -> dict:
     LayerNorm, x for RMSNorm; s2 = E dx^2): zeta, the relative first-order excess of
     E[tr(W(I - P))/s_hat^2] (the note, sec. 7), eta_extra = (Ru/(D K) - 1)/K (times sigma_w^2/N
     in the norm row's factor), var_ratio = N Var log(A/s_hat^2), kappa = E w^2/D^2."""
-    p, d = act.phi, act.dphi
-    fs = (p, lambda x: p(x) ** 2, lambda x: p(x) ** 3, lambda x: p(x) ** 4,
-          lambda x: d(x) ** 2, lambda x: d(x) ** 4, lambda x: d(x) ** 2 * p(x),
-          lambda x: d(x) ** 2 * p(x) ** 2, lambda x: x * d(x), lambda x: x * x * d(x) ** 2,
-          lambda x: x * d(x) * p(x))
+    b = _Nodes(act)       # b(x) = (phi, phi', x^2, phi^2, phi'^2, x^4) at the nodes
+    fs = (lambda x: b(x)[0], lambda x: b(x)[3], lambda x: b(x)[3] * b(x)[0],
+          lambda x: b(x)[3] ** 2, lambda x: b(x)[4], lambda x: b(x)[4] ** 2,
+          lambda x: b(x)[4] * b(x)[0], lambda x: b(x)[4] * b(x)[3], lambda x: x * b(x)[1],
+          lambda x: b(x)[2] * b(x)[4], lambda x: x * b(x)[1] * b(x)[0])
     (m1, m2, m3, m4, D, w2, wp, wp2, u, u2, up) = gaussian.expect(fs, K, kinks=act.kinks,
                                                                   tau=act.tau)
     if center:
@@ -892,7 +952,7 @@ def _norm_correction(network: Network, nc: _NormChain, q0: float, c0) -> NLOCorr
         groups.setdefault((a, bool(c)), []).append(i)
     for (a, c), idx in groups.items():
         with np.errstate(all="ignore"):
-            for k, v in _norm_moments(a, K[idx], c).items():
+            for k, v in _unique_rows(lambda kk: _norm_moments(a, kk, c), K[idx]).items():
                 mo.setdefault(k, np.empty(L))[idx] = v
     zeta = mo["zeta"] / N                                    # N: per pair, N_k
     tail = np.cumsum(zeta[::-1])[::-1]                       # sum_{j >= k} zeta_j
@@ -992,14 +1052,21 @@ def _mean_field(network: Network, q0: float, c0) -> tuple:
             raise ValueError(f"c0 must be a correlation in [-1, 1], got {c0!r}")
     cache = {"means": network.needs_mean}
     state = (math.log(q0), c0, 0.0 if cache["means"] else None)
-    log_q, c = np.empty(network.depth), np.empty(network.depth)
+    log_q, c = [0.0] * network.depth, [0.0] * network.depth
     n_in = network.input_width
+    prev = (None, None, None)
+    step = None
     for i, layer in enumerate(network.layers):
-        step = layer.mean_field(state, n_in, cache)
+        # a layer equal to the last one, fed the same state and fan-in, repeats its step exactly
+        # (a converged run): reuse it instead of recomputing the same numbers
+        if not (state == prev[1] and n_in == prev[2]
+                and (layer is prev[0] or layer == prev[0])):
+            prev = (layer, state, n_in)
+            step = layer.mean_field(state, n_in, cache)
         log_q[i] = step.log_q
         c[i] = math.nan if step.c is None else step.c
         state, n_in = step.out, layer.width
-    return log_q, (None if c0 is None else c)
+    return np.array(log_q), (None if c0 is None else np.array(c))
 
 
 def _note(chain: _Chain, dlog_g, var_log_g, theta) -> str:

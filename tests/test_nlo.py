@@ -357,3 +357,81 @@ def test_corrected_keeps_fields_and_checks_shapes():
         corrected(sp.predict(sp.mlp(4, 32, "softplus")), corr)
     with pytest.raises(ValueError, match="c0"):
         corrected(sp.predict(net, c0=0.3), corr)
+
+
+# --- cost: the shortcuts change no number (issue 16, speed) ------------------------------------
+
+from signalprop import gaussian as _gaussian  # noqa: E402
+from signalprop import nlo as _nlo  # noqa: E402
+
+
+def test_converged_run_evaluates_each_distinct_kernel_once(monkeypatch):
+    # tanh at sigma_b^2 = 0.05 settles on q* within ~60 layers: at depth 400 the moments'
+    # quadrature sees each distinct K once, and the result equals evaluating every layer
+    net = sp.mlp(400, 64, "tanh", sigma_w2=1.5, sigma_b2=0.05)
+    rows = []
+    real = _gaussian.expect
+
+    def spy(f, q, **kw):
+        rows.append(np.size(q))
+        return real(f, q, **kw)
+
+    monkeypatch.setattr(_gaussian, "expect", spy)
+    fast = nlo_correction(net)
+    assert max(rows) < 100, rows
+    monkeypatch.setattr(_nlo, "_unique_rows", lambda fn, K: fn(K))
+    full = nlo_correction(net)
+    for f in ("dlog_q", "var_log_q", "dlog_g", "var_log_g", "dlog_G", "theta"):
+        np.testing.assert_allclose(getattr(fast, f), getattr(full, f), rtol=1e-14, atol=1e-300)
+
+
+def test_mean_field_reuse_is_exact():
+    # the reuse of a repeated step (same layer, state and fan-in) returns exactly the values of
+    # stepping every layer (here iterated directly through the layers' own rules)
+    net = sp.mlp(150, [64, 32] + [64] * 148, "gelu", sigma_w2=1.5, sigma_b2=0.05)
+    for c0 in (None, 0.4):
+        log_q, c = _nlo._mean_field(net, 1.0, c0)
+        cache = {"means": net.needs_mean}
+        state, n_in = (0.0, c0, 0.0 if cache["means"] else None), net.input_width
+        ref_q, ref_c = [], []
+        for la in net.layers:
+            step = la.mean_field(state, n_in, cache)
+            ref_q.append(step.log_q)
+            ref_c.append(math.nan if step.c is None else step.c)
+            state, n_in = step.out, la.width
+        np.testing.assert_array_equal(log_q, ref_q)
+        if c0 is not None:
+            np.testing.assert_array_equal(c, ref_c)
+
+
+def test_shared_nodes_follow_the_array():
+    # phi, phi' at the nodes are reused only for the same array object, never for a new one
+    act = sp.activation("tanh")
+    b = _nlo._Nodes(act)
+    x1 = np.linspace(-2.0, 2.0, 7)
+    x2 = x1.copy()
+    x2[3] = 1.5
+    assert b(x1) is b(x1)
+    np.testing.assert_array_equal(b(x2)[0], np.tanh(x2))
+    np.testing.assert_array_equal(b(x2)[5], x2 ** 2 * x2 ** 2)
+
+
+@pytest.mark.parametrize("f", [0.7, 0.0, 1e-160])
+def test_scaled_rank_two_update_equals_the_explicit_one(f):
+    # r' = (a^2 r + e0 ky^T + ky e0^T + kx e0 e0^T)/fbar with r = sc rs, and rg = (r' : G), against
+    # the explicit matrix update (f = a^2/fbar; 0 and 1e-160 take the renormalising branch)
+    rng = np.random.default_rng(3)
+    n = 6
+    A = rng.standard_normal((n, n))
+    G = A @ A.T
+    r0 = rng.standard_normal((n, n))
+    r0 = r0 + r0.T
+    r0[:2] = r0[:, :2] = 0.0               # the window's first rows are new at this block
+    sc = 0.37
+    rs = r0 / sc
+    ky, kx, inv_fbar = rng.standard_normal(n), 0.8, 1.0 / 1.3
+    e0 = np.eye(n)[0]
+    want = (f * sc * rs + inv_fbar * (np.outer(e0, ky) + np.outer(ky, e0) + kx * np.outer(e0, e0)))
+    sc2, rg = _nlo._res_update(rs, sc, f, inv_fbar, ky, kx, float(np.sum(r0 * G)), G[0])
+    np.testing.assert_allclose(sc2 * rs, want, rtol=1e-13, atol=1e-13 * np.max(np.abs(want)))
+    assert abs(rg - np.sum(want * G)) <= 1e-12 * np.sum(np.abs(want * G))
