@@ -142,7 +142,10 @@ def predict(network: Network, q0: float = 1.0, c0=None, *, inputs=None, order: i
         return _predict_kernel(network, kernel)
     if order:
         mean_field = predict(network, q0, c0)
-        return nlo.corrected(mean_field, nlo.nlo_correction(network, q0, c0))
+        corr = nlo.nlo_correction(network, q0, c0)
+        if "not small" in corr.note:
+            warnings.warn(f"predict(order=1): {corr.note}", RuntimeWarning, stacklevel=2)
+        return nlo.corrected(mean_field, corr)
     layers = network.layers
     L = network.depth
     widths = [int(w) for w in network.widths]
