@@ -29,6 +29,15 @@ Operating points per activation (``points``):
   depth 1e5 with load average ~8 (39.7 s -> 6.7 s at depth 1e4, same load, c^L changed by
   7e-13 after 1e4 marginal layers). It is printed, marked "extra", and does not fail the run.
 
+The second extra is tanh at its edge of chaos at sigma_b^2 = 20 (sigma_w^2 = 10.12, q* = 28.6):
+past tanh's Mehler table (q > ~6.9), where ``tables.rho_theta`` is rejected (tanh at
+q ~ 18-46 and past ~480), so with c moving like 1/l the bivariate rule ran at every layer (depth
+1e4: 6.4 s, 96.5% of it in the direct rule, load ~4); since issue 17 ``tables.rho_2d`` reads
+tanh's scaled table after 256 direct layers when 2000 or more are left: depth 1e4, A/B against
+the previous HEAD in the same run (load ~3), 6.9 s -> 0.22 s warm, 7.4 s -> 1.9 s cold (the
+panel build), c^L changed by 8.1e-13 (2.1e-12 at sigma_b^2 = 50), q and g unchanged; depth 1e5
+with c0: 1.37 s (load ~1.7).
+
 Measured (this file, depth 1e5, load average ~1 on the shared 2-core machine): every must-hold
 case under 3.1 s (slowest: elu and gelu_tanh chaotic with c0, ~3.0 s; elu and selu at
 sigma_b^2 = 0, ~2.5 s); without c0 all under 0.8 s.
@@ -53,7 +62,7 @@ import warnings
 import numpy as np
 
 LIMIT_S = 10.0
-EXTRA = ("linear-growth",)     #: printed, not part of the must-hold (module docstring)
+EXTRA = ("linear-growth", "edge-sb2=20")   #: printed, not part of the must-hold (docstring)
 
 
 def points(act: str) -> list[tuple[str, float, float]]:
@@ -86,6 +95,10 @@ def points(act: str) -> list[tuple[str, float, float]]:
     out += [("ordered", 0.5 * crit, sb2), ("chaotic", 2.0 * crit, sb2)]
     if act == "gelu":
         out += [("old-critical", 2.3025195116928447, 0.05), ("linear-growth", 2.0, 0.3)]
+    if act == "tanh":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(("edge-sb2=20", float(sp.critical_sigma_w2(act, 20.0)), 20.0))
     return out
 
 

@@ -12,6 +12,10 @@ Run from the repository root (prints everything; nothing is written unless ``--j
 (e) the table evaluators of ``signalprop.tables`` (log moments, Mehler coefficients, the
     post-activation correlation) per call, against the direct routes they replace, and the time
     to build the tables a depth-100 tanh profile touches.
+(f) depth-10^4 ``predict`` of tanh past its Mehler table (q > ~6.9) with c0 = 0.5: cold and warm
+    time and the share of a warm call spent in the direct bivariate rule, which HEAD ran at
+    every layer of an edge of chaos at large sigma_b^2 (sigma_b^2 = 20: 96.5% of 6.4 s, load
+    ~4); since issue 17 the scaled table serves it after 256 direct layers (tables.rho_2d).
 (d) depth-100 per-layer q^l and c^l of erf and tanh (sigma_w^2 = 1.5, sigma_b^2 = 0.1, c^0 = 0.5)
     against neural-tangents' analytic kernels (the anchor script ``nt_meanfield.py``, run in a
     subprocess of the anchors' own virtualenv in this same run; its timings are measured inside
@@ -391,6 +395,47 @@ def part_e(repeats: int) -> dict:
     return out
 
 
+def part_f(repeats: int) -> dict:
+    """tanh past its Mehler table (q > ~6.9): where predict's two-input step leaves the tables."""
+    import signalprop.maps as maps_mod
+    print("(f) predict, tanh past its Mehler table (depth 10^4, c0 = 0.5): median time and the "
+          "share of it in the direct bivariate rule (maps.rho)")
+    crit = float(sp.critical_sigma_w2("tanh", 20.0))
+    cases = [("tanh", crit, 20.0, "edge of chaos, q* = 28.6: c moves like 1/l"),
+             ("tanh", 20.0, 0.05, "chaotic, q* = 16.2: c converges in ~120 layers"),
+             ("tanh", 4.0, 0.05, "chaotic, q* = 2.2: inside the Mehler table")]
+    out = []
+    for act, sw2, sb2, label in cases:
+        net = sp.mlp(10_000, 1000, act, sigma_w2=sw2, sigma_b2=sb2)
+        t0 = time.perf_counter()
+        sp.predict(net, c0=C0)                     # cold: builds the panels it reads
+        cold = time.perf_counter() - t0
+        t = bench(lambda: sp.predict(net, c0=C0), repeats=repeats, budget_s=20.0)
+        real, spent = maps_mod.rho, [0.0, 0]
+
+        def timed(*a, **k):
+            s0 = time.perf_counter()
+            r = real(*a, **k)
+            spent[0] += time.perf_counter() - s0
+            spent[1] += 1
+            return r
+
+        maps_mod.rho = timed
+        try:
+            t0 = time.perf_counter()
+            sp.predict(net, c0=C0)
+            total = time.perf_counter() - t0
+        finally:
+            maps_mod.rho = real
+        share = spent[0] / total if total > 0 else 0.0
+        out.append({"activation": act, "sigma_w2": sw2, "sigma_b2": sb2, "c0": C0,
+                    "cold_s": cold, "direct_share": share, "direct_calls": spent[1], **t})
+        print(f"    {act} sigma_w2={sw2:<7.4g} sigma_b2={sb2:<5} ({label}): cold "
+              f"{fmt_s(cold):>9}, median {fmt_s(t['median_s']):>9}; direct rule "
+              f"{share:5.1%} of a warm call ({spent[1]} evaluations)")
+    return {"cases": out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timed repeats after warm-up (default 7)")
@@ -399,7 +444,7 @@ def main(argv=None) -> int:
                    help="the anchors' virtualenv (setup.sh); default $SIGNALPROP_ANCHORS_VENV or "
                         "~/.cache/signalprop-anchors-venv")
     p.add_argument("--no-anchors", action="store_true", help="do not run neural-tangents")
-    p.add_argument("--only", default="abcde", help="which parts to run (default: abcde)")
+    p.add_argument("--only", default="abcdef", help="which parts to run (default: abcdef)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     import numpy, scipy
@@ -411,7 +456,7 @@ def main(argv=None) -> int:
              "c": lambda: part_c(args.repeats),
              "d": lambda: part_d(args.repeats, args.anchors_venv, args.anchors_dir,
                                  not args.no_anchors),
-             "e": lambda: part_e(args.repeats)}
+             "e": lambda: part_e(args.repeats), "f": lambda: part_f(args.repeats)}
     for key in args.only:
         results[key] = parts[key]()
     print(f"load average at end: {loadavg()}")

@@ -53,7 +53,8 @@ here: use the direct route"):
   E[phi' phi'] / E[phi'^2] past the Mehler table (q in [1, 1e13]) from a table in
   (log q, x), theta = arccos c = (1/sqrt(q)) sinh(V(q)(1 + x)/2) (:class:`_ScaledTable`), for
   odd analytic activations (tanh) and, rho only, gelu (whose node values come from the
-  closed-form route ``gelu_rho``; ``rho_2d`` serves it to predict).
+  closed-form route ``gelu_rho``; ``rho_2d`` serves it to predict, and tanh past its Mehler
+  table for a run long enough to pay for a panel; ``rho_2d_at_q`` the same at a fixed q).
 
 These three are built from the direct rules and accepted only where they reproduce them (to
 2e-14 - 1e-13, stated at each); their purpose is issue 10's depth-1e5 profiles, where the direct
@@ -79,7 +80,7 @@ from .activations import Activation
 __all__ = ["moments", "mean_ratio", "mehler_sq", "mehler_series", "mehler_rho", "series_at",
            "rho_theta", "theta_at", "rho_2d", "small_moments", "moments_array",
            "small_moments_array", "mehler_array", "rho_2d_array", "rho_scaled_array",
-           "slope_scaled_array", "gelu_rho", "LQ_LO", "LQ_HI"]
+           "slope_scaled_array", "rho_2d_at_q", "gelu_rho", "LQ_LO", "LQ_HI"]
 
 # -- the scalar tables -----------------------------------------------------------------------
 LQ_LO = math.log(1e-6)          #: lower end of the tables in u = log q
@@ -949,22 +950,43 @@ def small_moments(act, lq: float):
     return float(fv) + lq, float(fd)
 
 
-def rho_2d(act, lq: float, c: float, rho: Callable) -> Optional[float]:
+def rho_2d(act, lq: float, c: float, rho: Callable, long_run: bool = True) -> Optional[float]:
     """rho(q, c) from the activation's :class:`_RhoTable` (q = exp(lq) <= ~1.13e6), or, for
-    gelu, from its (log q, scaled angle) table (:class:`_ScaledTable`, q in [1, 1e13]:
-    predict reaches it past gelu's Mehler table, q > ~31, where q still moves), or ``None``
-    (no table for this activation; q outside; panel rejected). Accuracy: 5e-14 of the direct
-    rule ``rho`` (tests/test_tables.py; measured ~1e-14)."""
+    gelu and odd activations with Mehler's series (tanh), from their (log q, scaled angle)
+    table (:class:`_ScaledTable`, q in [1, 1e13], panels certified for tanh up to q ~8e3:
+    predict reaches it past the Mehler table, q > ~31 gelu, ~6.9 tanh, where q still moves or
+    the theta interpolant :func:`rho_theta` is rejected), or ``None`` (no table for this
+    activation; q outside; panel rejected; tanh where its Mehler table answers).
+    ``long_run=False``: tanh's scaled table is not read (``None``): a panel costs ~0.1-1 s, a
+    few thousand direct evaluations, so the caller says whether its run stays long enough at
+    this q to pay for it (gelu's panels, ~20-40 ms, are always read). The answer never
+    depends on which panels an earlier call built.
+    Accuracy: 5e-14 of the direct rule ``rho`` (tests/test_tables.py; measured ~1e-14)."""
     if getattr(act, "smooth", None) is None:
-        if _is_gelu(act):           # gelu past its Mehler table: the scaled table, q in [1, 1e13]
-            tab = _scaled_table(act, rho, "rho")
-            return tab.at(lq, c)
-        return None
+        if not _is_gelu(act):       # tanh: only past its Mehler table, for a long run
+            if not long_run or not 0.0 <= lq <= _SC_LQ_MAX or mehler_series(
+                    act, math.exp(lq)) is not None:
+                return None
+        tab = _scaled_table(act, rho, "rho")
+        return None if tab is None else tab.at(lq, c)
     t = tables_of(act)
     tab = t._rho2
     if tab is None:
         tab = t._rho2 = _RhoTable(act, rho)
     return tab(lq, c)
+
+
+def rho_2d_at_q(act, lq: float, rho: Callable) -> Optional[Callable[[float], float]]:
+    """c -> :func:`rho_2d` at a fixed log q for odd activations read from the scaled table
+    (tanh past its Mehler table), with the table's theta coefficients at this q formed once
+    (:meth:`_ScaledTable.at_q`: ~3 us a call instead of ~30 us; the same value to the last bits
+    of acos/asinh), for predict's fill of c alone where q has stopped moving; None for other
+    activations (the caller keeps :func:`rho_2d`) and where rho_2d would not read the table."""
+    if (getattr(act, "smooth", None) is not None or _is_gelu(act) or not 0.0 <= lq <= _SC_LQ_MAX
+            or mehler_series(act, math.exp(lq)) is not None):
+        return None
+    tab = _scaled_table(act, rho, "rho")
+    return None if tab is None else tab.at_q(lq)
 
 
 # -- rho(q, c) at large q for analytic activations, in (log q, an angle scaled with q) ---------
@@ -1127,6 +1149,42 @@ class _ScaledTable:
         if self.odd and self.what == "rho":
             return -v if neg else (0.0 if c == 0.0 else v)
         return v
+
+    def at_q(self, lq: float) -> Optional[Callable[[float], float]]:
+        """c -> the value at a fixed log q ``lq`` of an odd activation's table (predict's fill
+        of c alone, where q has stopped moving): the theta coefficients of the point are formed
+        once (as in :meth:`at`), then each c costs Clenshaw's recurrence in plain floats; equal
+        to :meth:`at` up to the last bits of acos/asinh (math instead of numpy). None where
+        :meth:`at` would answer None for c >= 0 (outside, panel rejected) or not odd."""
+        s = (lq - _SC_U0) / _SC_W
+        if not self.odd or not 0.0 <= s or not lq <= _SC_LQ_MAX:
+            return None
+        k = min(int(s), _SC_N - 1)
+        B = self.panel(k, 1)
+        if B is False:
+            return None
+        t = np.clip(2.0 * ((np.array([lq]) - _SC_U0) / _SC_W - k) - 1.0, -1.0, 1.0)
+        Tu = np.cos(np.arange(B.shape[0]) * np.arccos(t)[:, None])
+        coef = tuple(_rowdot(Tu, B)[0].tolist()[::-1])        # highest first
+        sq = float(np.sqrt(np.exp(np.array([lq])))[0])
+        inv_v = 1.0 / math.asinh(sq * (0.5 * math.pi / _SC_A))
+        gain = sq / _SC_A
+        rho = self.what == "rho"
+
+        def f(c: float) -> float:
+            a = -c if c < 0.0 else c
+            x = 2.0 * math.asinh(gain * math.acos(a if a < 1.0 else 1.0)) * inv_v - 1.0
+            x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
+            x2 = 2.0 * x
+            b1 = b2 = 0.0
+            for m in coef[:-1]:
+                b1, b2 = m + x2 * b1 - b2, b1
+            v = coef[-1] + x * b1 - b2
+            if rho:
+                return -v if c < 0.0 else (0.0 if c == 0.0 else v)
+            return v
+
+        return f
 
     def panel(self, k: int, side: int):
         key = (k, side)

@@ -133,6 +133,73 @@ def test_tanh_past_its_mehler_table_against_mpmath(sb2):
     assert np.max(np.abs(got - SW2 * DD) / (SW2 * DD)) <= TOL
 
 
+def test_predicts_tanh_route_past_its_mehler_table_against_mpmath():
+    """predict's per-layer two-input route for tanh past its Mehler table (tables.rho_2d, the
+    scaled table's scalar twin) at the mpmath points above with q <= 8e3: the correlation map
+    within TOL of the reference, the same numbers bit for bit as rho_scaled_array (the public
+    maps'), and not read where the Mehler table answers or where the caller's run is short."""
+    act = sp.activation("tanh")
+    rows = [r for r in TANH_FAR if r[0] <= 8e3]
+    q, c = (np.array([r[i] for r in rows]) for i in (0, 1))
+    X = np.array([_f(r[2]) for r in rows])
+    V = np.array([_f(TANH_FAR_V[v][0]) for v in q])
+    rho = maps.rho_fn(act)
+    one = np.array([tables.rho_2d(act, math.log(a), b, rho) for a, b in zip(q, c)])
+    arr, ok = tables.rho_scaled_array(act, q, c, rho)
+    assert ok.all() and np.array_equal(one, arr)
+    for sb2 in (0.0, 0.1):
+        ref = (SW2 * X + sb2) / (SW2 * V + sb2)
+        got = (SW2 * V * one + sb2) / (SW2 * V + sb2)
+        assert np.all(np.abs(got - ref) <= TOL * np.maximum(np.abs(ref), 1e-2))
+    assert tables.rho_2d(act, math.log(10.0), 0.3, rho, long_run=False) is None
+    assert tables.rho_2d(act, math.log(5.0), 0.3, rho) is None       # the Mehler table's q
+
+
+def test_predict_tanh_past_its_mehler_table_reads_the_scaled_table(monkeypatch):
+    """A tanh edge of chaos at sigma_b^2 = 20 (q* = 28.6, past the Mehler table, where the theta
+    interpolant is rejected and c moves like 1/l): after 256 layers of the direct rule, with more
+    than 2000 layers left, predict reads rho from the scaled table (tables.rho_2d, and
+    tables.rho_2d_at_q in the fill of c alone). Against
+    the recursion iterated independently with the direct Gaussian engine (E[phi(u1) phi(u2)],
+    E[phi^2] by act.cross_moment / second_moment on predict's q): each step's rho is certified
+    to 5e-14 of the direct rule and the map's slope in c is <= 1 here, so |c^l - c_ref^l| <=
+    5e-14 l (measured 1.2e-12 at l = 2400, <= 5.4e-16 l)."""
+    act = sp.activation("tanh")
+    sw2, sb2, L = 10.121, 20.0, 2400
+    read = []                  # per call of the table routes: did the table answer?
+    real, real_at_q = tables.rho_2d, tables.rho_2d_at_q
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        read.append(out is not None)
+        return out
+
+    def spy_at_q(*args, **kw):       # the fill of c alone at the settled q
+        f = real_at_q(*args, **kw)
+        if f is None:
+            return None
+
+        def g(cc):
+            read.append(True)
+            return f(cc)
+        return g
+
+    monkeypatch.setattr(tables, "rho_2d", spy)
+    monkeypatch.setattr(tables, "rho_2d_at_q", spy_at_q)
+    p = sp.predict(sp.mlp(L, 100, act, sigma_w2=sw2, sigma_b2=sb2), q0=1.0, c0=0.5)
+    assert sum(read) >= 2000                    # the table answered (layers and the c-only fill)
+    assert len(read) - sum(read) >= 256         # after 256 layers of the direct rule
+    q = p.q
+    qx = (q - sb2) / sw2                        # E[x^2] entering each layer: q^l = sw2 qx + sb2
+    cref = np.empty(L)
+    cx = 0.5
+    for i in range(L):
+        cref[i] = (sw2 * qx[i] * cx + sb2) / q[i]
+        cx = float(act.cross_moment(q[i], q[i], cref[i]) / act.second_moment(q[i]))
+    lay = np.arange(1, L + 1)
+    assert np.all(np.abs(p.c - cref) <= 5e-14 * lay + 1e-15)
+
+
 # -- the tables against the direct engine on random grids ---------------------------------------
 
 GRID = ["tanh", "sigmoid", "gelu", "softplus", "elu", "selu", "hard_tanh", "x*tanh(x)"]

@@ -477,6 +477,35 @@ def test_rho_scaled_is_a_fixed_function_of_the_panel():
     assert np.array_equal(np.array(one), warm)
 
 
+def test_tanh_rho_2d_reads_the_scaled_table_past_its_mehler_table():
+    """tanh: rho_2d (predict's per-layer route) past the Mehler table is the scaled table's value
+    bit for bit (its scalar twin) and within 5e-14 of the direct rule; None where the Mehler
+    table answers (q = 5), below q = 1, and for a short run (long_run=False); rho_2d_at_q (the
+    fill of c alone at a settled q) agrees with rho_2d to the last bits of acos/asinh (4e-15;
+    measured 7.5e-16), is odd in c and 0 at c = 0, and is None for gelu and inside the Mehler
+    table."""
+    act = sp.activation("tanh")
+    rho = _direct_rho(act)
+    q = np.array([8.0, 19.0, 28.63, 45.0])
+    c = np.array([0.3, -0.9999, 0.99993, 0.0])
+    arr, ok = tables.rho_scaled_array(act, q, c, rho)
+    one = [tables.rho_2d(act, math.log(a), b, rho) for a, b in zip(q, c)]
+    assert ok.all() and np.array_equal(np.array(one), arr)
+    assert np.max(np.abs(arr - rho(q, c))) <= 5e-14
+    assert tables.rho_2d(act, math.log(5.0), 0.3, rho) is None
+    assert tables.rho_2d(act, math.log(0.5), 0.3, rho) is None
+    assert tables.rho_2d(act, math.log(19.0), 0.3, rho, long_run=False) is None
+    cs = np.r_[np.linspace(-1.0, 1.0, 41), np.cos(np.geomspace(1e-7, 1.0, 20))]
+    for qv in q:
+        f = tables.rho_2d_at_q(act, math.log(qv), rho)
+        got = np.array([f(float(v)) for v in cs])
+        ref = np.array([tables.rho_2d(act, math.log(qv), float(v), rho) for v in cs])
+        assert np.max(np.abs(got - ref)) <= 4e-15
+        assert f(0.0) == 0.0 and f(-0.7) == -f(0.7)
+    assert tables.rho_2d_at_q(act, math.log(5.0), rho) is None
+    assert tables.rho_2d_at_q(sp.activation("gelu"), math.log(100.0), rho) is None
+
+
 def test_gelu_inner_expectation_closed_form():
     """E_w[(a + b w) Phi(a + b w)] = a Phi(a / r) + (b^2 / r) phi(a / r), r = sqrt(1 + b^2) (the
     inner integral of tables.gelu_rho), against mpmath quadrature at 30 digits: within 1e-25."""

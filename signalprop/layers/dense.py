@@ -239,7 +239,8 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
                 rho = 1.0
             else:
                 theta = theta_interpolant(act, qe, cache)
-                r2 = None if theta is not None else tables.rho_2d(act, lq, c, rho_fn(act))
+                r2 = None if theta is not None else tables.rho_2d(
+                    act, lq, c, rho_fn(act), _long_at(act, lq, cache))
                 if theta is not None:
                     rho = min(1.0, max(-1.0, tables.theta_at(theta, c)))
                     cache["c_fast"] = (act, min(qe, RHO_Q_MAX), "theta", theta)
@@ -266,6 +267,37 @@ def dense_step(layer: Dense, state: tuple, n_in: int, cache: dict) -> Step:
             mu_out = m / math.sqrt(float(act.second_moment(qm))) if m != 0 else 0.0
     log_back = lsw2 + math.log(layer.width / n_in)
     return Step(lq, c, (lv, rho, mu_out), ld, log_back)
+
+
+_LONG_LAYERS = 2000     #: layers left in a run for predict to build a costly rho table panel
+_LONG_DIRECT = 256      #: ... after this many direct evaluations on that route in the call
+_SETTLED_DLQ = 1e-3     #: |change of log q| per layer below which q counts as settled
+
+
+def _long_at(act: Activation, lq: float, cache: dict) -> bool:
+    """Whether :func:`tables.rho_2d` may read a costly table here (tanh past its Mehler table:
+    ~0.1-1 s a panel of width 1 in log q, some thousand direct evaluations at 0.2-2 ms each).
+    A rent-or-buy rule: only after 256 layers of this ``predict`` call have reached the direct
+    rule on this route (a transient, a chaotic c that converges or a q settling onto a point where
+    the theta interpolant takes over never get there), with at least 2000 layers of the run left
+    and log q moved by at most 1e-3 since the last such layer (a q settling geometrically stays
+    in the panel). Once true it stays true in the call while log q stays in the same unit
+    interval (the table's panels: width 1 from log q = 0), so the route does not change near the
+    end of a run; the decision depends on the run alone, never on which panels an earlier call
+    built, so the numbers do not depend on the process's history."""
+    last = cache.get("rho2d_last")
+    cache["rho2d_last"] = (act, lq)
+    on = cache.get("rho2d_long")
+    if on is not None and on[0] is act and on[1] == math.floor(lq):
+        return True
+    seen = cache.get("rho2d_direct")
+    n = seen[1] + 1 if seen is not None and seen[0] is act else 1
+    cache["rho2d_direct"] = (act, n)
+    if (n > _LONG_DIRECT and cache.get("run_left", 0) >= _LONG_LAYERS and last is not None
+            and last[0] is act and abs(lq - last[1]) <= _SETTLED_DLQ):
+        cache["rho2d_long"] = (act, math.floor(lq))
+        return True
+    return False
 
 
 def _log_moments(act: Activation, lq: float, cache: dict) -> tuple:
@@ -373,7 +405,8 @@ def c_only_rho(layer, cache: dict, lq: float, dq: float):
         return lambda c: tables.series_at(data, c)
     if kind == "rho2d":
         act = layer.activation
-        return lambda c: tables.rho_2d(act, data, c, rho_fn(act))
+        at_q = tables.rho_2d_at_q(act, data, rho_fn(act))      # tanh: coefficients formed once
+        return at_q if at_q is not None else (lambda c: tables.rho_2d(act, data, c, rho_fn(act)))
     return lambda c: tables.theta_at(data, c)
 
 
