@@ -231,3 +231,18 @@ def test_vanilla_rnn_tied_theory_equals_predict(tied):
     if tied:
         w = p.meta["weight_gradients"]["rnn:W"]
         assert abs(w["log_G"] - w["log_G_same_step"]) <= Z_MAX * w["log_G_se"]
+
+
+def test_three_sequences_kernel_fields_match_predict_untied():
+    """k = 3 sequences given as a Gram matrix: kernel_log_q (T, 3) and kernel_corr (T, 3, 3) of
+    the untied solution agree with predict's kernel path (exact for the GRU)."""
+    G = np.array([[1.0, 0.5, 0.2], [0.5, 1.5, -0.3], [0.2, -0.3, 0.8]])
+    net = sp.rnn("gru", steps=6, width=32, tied=False)
+    th = sp.predict(net, inputs=G)
+    p = predict_tied(net, inputs=G, paths=4096, replicas=12, seed=17)
+    assert p.kernel_log_q.shape == (6, 3) and p.kernel_corr.shape == (6, 3, 3)
+    z = (p.kernel_log_q - th.kernel_log_q) / p.kernel_log_q_se
+    assert np.all(np.abs(z) <= Z_MAX), z
+    off = ~np.eye(3, dtype=bool)
+    zc = (p.kernel_corr - th.kernel_corr)[:, off] / p.kernel_corr_se[:, off]
+    assert np.all(np.abs(zc) <= Z_MAX), zc
