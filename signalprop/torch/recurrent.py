@@ -365,6 +365,21 @@ def map_rnn(module: nn.RNN, example_input, variances="init", weights: str = "gau
                sigma_b2=sb2, weights=weights, q_x=qx, c_x=cx, input_width=int(module.input_size))
 
 
+def _check_forward(module, x, state, h_last, cell: str, law: str) -> None:
+    """A ValueError naming ``cell`` unless the module's own forward from ``state`` ends at
+    ``h_last`` (relative 1e-4 in float32, 1e-10 in float64): the bridge's per-step forward must be
+    the module's (``law``: the update it assumes)."""
+    with torch.no_grad():
+        xin = x.transpose(0, 1) if module.batch_first else x
+        out = module(xin, state)[1]
+    ref = (out[0] if isinstance(out, tuple) else out)[0]
+    tol = 1e-4 if x.dtype == torch.float32 else 1e-10
+    scale = float(torch.max(torch.abs(ref))) + 1.0
+    if float(torch.max(torch.abs(ref - h_last.detach()))) > tol * scale:
+        raise ValueError(f"{ROOT} ({cell}): its forward differs from {law}; the bridge cannot "
+                         "measure it")
+
+
 def rnn_forward(module: nn.RNN, x: torch.Tensor, h0: torch.Tensor, check: bool = False) -> tuple:
     """``(e, h)``: lists over t = 1..T of the pre-activations ``e_t`` and states ``h_t`` (each
     ``(k, H)``; ``e_t`` with gradients retained) from the module's own parameters
@@ -386,15 +401,8 @@ def rnn_forward(module: nn.RNN, x: torch.Tensor, h0: torch.Tensor, check: bool =
         es.append(e)
         hs.append(h)
     if check:
-        with torch.no_grad():
-            xin = x.transpose(0, 1) if module.batch_first else x
-            _, hT = module(xin, h0[None])
-        ref = hT[0]
-        tol = 1e-4 if x.dtype == torch.float32 else 1e-10
-        scale = float(torch.max(torch.abs(ref))) + 1.0
-        if float(torch.max(torch.abs(ref - hs[-1].detach()))) > tol * scale:
-            raise ValueError(f"{ROOT} (RNN): its forward differs from h_t = phi(W_ih x_t + b_ih + "
-                             "W_hh h_(t-1) + b_hh); the bridge cannot measure it")
+        _check_forward(module, x, h0[None], hs[-1], "RNN",
+                       "h_t = phi(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)")
     return es, hs
 
 
@@ -419,15 +427,8 @@ def lstm_forward(module: nn.LSTM, x: torch.Tensor, h0: torch.Tensor, check: bool
             h.retain_grad()
         hs.append(h)
     if check:
-        with torch.no_grad():
-            xin = x.transpose(0, 1) if module.batch_first else x
-            _, (hT, _) = module(xin, (h0[None], torch.zeros_like(h0)[None]))
-        ref = hT[0]
-        tol = 1e-4 if x.dtype == torch.float32 else 1e-10
-        scale = float(torch.max(torch.abs(ref))) + 1.0
-        if float(torch.max(torch.abs(ref - hs[-1].detach()))) > tol * scale:
-            raise ValueError(f"{ROOT} (LSTM): its forward differs from the LSTM update with gate "
-                             "rows (i, f, g, o); the bridge cannot measure it")
+        _check_forward(module, x, (h0[None], torch.zeros_like(h0)[None]), hs[-1], "LSTM",
+                       "the LSTM update with gate rows (i, f, g, o)")
     return hs, hs
 
 
@@ -455,13 +456,6 @@ def gru_forward(module: nn.GRU, x: torch.Tensor, h0: torch.Tensor, check: bool =
             h.retain_grad()
         hs.append(h)
     if check:
-        with torch.no_grad():
-            xin = x.transpose(0, 1) if module.batch_first else x
-            _, hT = module(xin, h0[None])
-        ref = hT[0]
-        tol = 1e-4 if x.dtype == torch.float32 else 1e-10
-        scale = float(torch.max(torch.abs(ref))) + 1.0
-        if float(torch.max(torch.abs(ref - hs[-1].detach()))) > tol * scale:
-            raise ValueError(f"{ROOT} (GRU): its forward differs from the GRU update with gate "
-                             "rows (r, z, n); the bridge cannot measure it")
+        _check_forward(module, x, h0[None], hs[-1], "GRU",
+                       "the GRU update with gate rows (r, z, n)")
     return hs, hs
