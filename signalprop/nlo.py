@@ -194,6 +194,21 @@ def _unique_rows(fn, K: np.ndarray) -> dict:
     return {k: v[inv] for k, v in fn(u).items()}
 
 
+def _grouped_moments(acts, K: np.ndarray, moments) -> dict:
+    """``{name: (L,) array}``: ``moments(act, K[idx])`` evaluated once per activation over the
+    layers ``idx`` that use it (and once per distinct K, :func:`_unique_rows`)."""
+    L = len(acts)
+    out: dict = {}
+    groups: dict = {}
+    for i, a in enumerate(acts):
+        groups.setdefault(a, []).append(i)
+    for a, idx in groups.items():
+        with np.errstate(all="ignore"):
+            for key, val in _unique_rows(lambda kk, a=a: moments(a, kk), K[idx]).items():
+                out.setdefault(key, np.empty(L))[idx] = val
+    return out
+
+
 def _raw_moments(act: Activation, K: np.ndarray) -> dict:
     """E[f(h)], h ~ N(0, K), for the integrands the correction needs (one quadrature pass, phi
     and phi' evaluated once per node: :class:`_Nodes`)."""
@@ -567,14 +582,7 @@ def _res_mean_field(rc: _ResChain, q0: float, Q: np.ndarray) -> tuple:
     (M^0 = 0: simulate's inputs have mean zero over their units)."""
     L = len(rc.acts)
     K = rc.sw2 * Q[:-1] + rc.sb2
-    mo: dict = {}
-    groups: dict = {}
-    for i, a in enumerate(rc.acts):
-        groups.setdefault(a, []).append(i)
-    for a, idx in groups.items():
-        with np.errstate(all="ignore"):
-            for k, v in _unique_rows(lambda kk: _res_moments(a, kk), K[idx]).items():
-                mo.setdefault(k, np.empty(L))[idx] = v
+    mo = _grouped_moments(rc.acts, K, _res_moments)
     M = np.zeros(L + 1)
     for k in range(L):
         M[k + 1] = rc.alpha[k] * M[k] + rc.beta[k] * mo["mu"][k]
@@ -793,14 +801,7 @@ def _res2_correction(network: Network, rc: _ResChain, q0: float) -> tuple:
     K = rc.sw2 * Q[:-1] + rc.sb2
     _check_range(K, "residual block")
     L = len(rc.acts)
-    mo: dict = {}
-    groups: dict = {}
-    for i, act in enumerate(rc.acts):
-        groups.setdefault(act, []).append(i)
-    for act, idx in groups.items():
-        with np.errstate(all="ignore"):
-            for key, val in _unique_rows(lambda kk: _moments(act, kk), K[idx]).items():
-                mo.setdefault(key, np.empty(L))[idx] = val
+    mo = _grouped_moments(rc.acts, K, _moments)
     K2 = rc.sw2v * mo["V"] + rc.sb2v
     m, v, J, cnu = _res2_forward(rc, Q, mo, K2)
     dlog_g, var_log_g, dlog_G = _res2_backward(rc, q0, Q, K, K2, mo, m, v, J, cnu)
