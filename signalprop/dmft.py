@@ -61,10 +61,10 @@ class _Field:
     E[y y^T] - R^T R`` (the conditional covariance, regularised by a rounding-level jitter). All
     replicas in one batched call."""
 
-    def __init__(self, replicas: int, paths: int, capacity: int = 8):
-        self.R, self.M = replicas, paths
+    def __init__(self, replicas: int, paths: int, capacity: int = 8, sets: int = 1):
+        self.R, self.M, self.sets = replicas, paths, sets
         self.Q = np.empty((replicas, capacity, paths))
-        self.Xi = np.empty((replicas, capacity, paths))
+        self.Xi = np.empty((sets, replicas, capacity, paths))
         self.n = 0
 
     def _grow(self, k: int) -> None:
@@ -72,19 +72,22 @@ class _Field:
         if need <= self.Q.shape[1]:
             return
         cap = max(need, 2 * self.Q.shape[1], 8)
-        for name in ("Q", "Xi"):
-            new = np.empty((self.R, cap, self.M))
-            new[:, :self.n] = getattr(self, name)[:, :self.n]
-            setattr(self, name, new)
+        Q = np.empty((self.R, cap, self.M))
+        Q[:, :self.n] = self.Q[:, :self.n]
+        Xi = np.empty((self.sets, self.R, cap, self.M))
+        Xi[:, :, :self.n] = self.Xi[:, :, :self.n]
+        self.Q, self.Xi = Q, Xi
 
-    def use(self, y: np.ndarray, sigma2: float, normal) -> np.ndarray:
-        """The field's values on ``y`` (R M, k), jointly Gaussian with every earlier use."""
+    def use(self, y: np.ndarray, sigma2s, normal) -> list:
+        """The values on ``y`` (R M, k) of each of ``sets`` independent matrices that have always
+        met the same vectors (variances ``sigma2s``: the LSTM's four gates all read ``h``), each
+        jointly Gaussian with its own earlier uses; they share the basis ``Q``."""
         R, M, k = self.R, self.M, y.shape[1]
-        yt = np.sqrt(sigma2) * np.ascontiguousarray(y.reshape(R, M, k).transpose(0, 2, 1))
+        yt = np.ascontiguousarray(y.reshape(R, M, k).transpose(0, 2, 1))
         D = yt @ yt.transpose(0, 2, 1) / M                           # (R, k, k)
         scale = np.trace(D, axis1=1, axis2=2) / k
         if not np.any(scale > 0):           # a zero vector: the field is exactly 0 there
-            return np.zeros(y.shape)
+            return [np.zeros(y.shape) for _ in sigma2s]
         n = self.n
         B = self.Q[:, :n] @ yt.transpose(0, 2, 1) / M                # (R, n, k)
         Bt = B.transpose(0, 2, 1)
@@ -96,13 +99,14 @@ class _Field:
             raise FloatingPointError(f"dmft: a field's conditional covariance is not positive "
                                      f"(eigenvalue {w.min():.3g})")
         C = np.linalg.cholesky(S + np.maximum(0.0, -w)[:, None, None] * eye)
-        xi = normal((k, M))
-        out = C @ xi + Bt @ self.Xi[:, :n]                          # (R, k, M)
+        xi = normal((self.sets, k, M)).transpose(1, 0, 2, 3)        # (sets, R, k, M)
+        out = [math.sqrt(s2) * (C @ xi[j] + Bt @ self.Xi[j, :, :n]).transpose(0, 2, 1)
+               .reshape(R * M, k) for j, s2 in enumerate(sigma2s)]
         self._grow(k)
         self.Q[:, n:n + k] = np.linalg.solve(C, yt - Bt @ self.Q[:, :n])
-        self.Xi[:, n:n + k] = xi
+        self.Xi[:, :, n:n + k] = xi
         self.n = n + k
-        return out.transpose(0, 2, 1).reshape(R * M, k)
+        return out
 
 
 class UnitFields:
@@ -119,6 +123,7 @@ class UnitFields:
         self.inputs: dict = {}              # step -> E[x^2] of the vector its weights first met
         self.uses: dict = {}      # key -> input 0's vectors at each use (for weight gradients)
         self._fields: dict = {}
+        self._grouped: set = set()
         self._biases: dict = {}
 
     def normal(self, shape: tuple) -> np.ndarray:
@@ -131,15 +136,27 @@ class UnitFields:
 
     def field(self, key: str, sigma2: float, y: np.ndarray) -> np.ndarray:
         """``Z^{W y}`` for the matrix named ``key`` with ``Var W_ij = sigma2 / N``."""
-        y0 = np.asarray(y, float)[:, 0]
-        self.uses.setdefault(key, []).append(y0)
-        if not key.endswith("^T") and self.step not in self.inputs:     # forward: G = g E[x^2]
+        return self.fields((key,), (sigma2,), y)[0]
+
+    def fields(self, keys: tuple, sigma2s: tuple, y: np.ndarray) -> list:
+        """``[Z^{W_j y}]`` for several independent matrices named ``keys`` that meet the same
+        vectors at every use (one shared basis: the cost of one field); a group must always be
+        used together, with the same keys in the same order."""
+        y = np.asarray(y, float)
+        y0 = y[:, 0]
+        for key in keys:
+            self.uses.setdefault(key, []).append(y0)
+        if not keys[0].endswith("^T") and self.step not in self.inputs:  # forward: G = g E[x^2]
             self.inputs[self.step] = np.mean(y0.reshape(self.replicas, -1) ** 2, axis=1)
-        f = self._fields.get(key)
+        group = tuple(keys)
+        f = self._fields.get(group)
         if f is None:
-            f = self._fields[key] = _Field(self.replicas, self.per_replica,
-                                           self.capacity * y.shape[1])
-        return f.use(np.asarray(y, float), float(sigma2), self.normal)
+            if any(key in self._grouped for key in keys):
+                raise ValueError(f"dmft: matrices {keys} must always be used as one group")
+            self._grouped.update(keys)
+            f = self._fields[group] = _Field(self.replicas, self.per_replica,
+                                             self.capacity * y.shape[1], len(keys))
+        return f.use(y, [float(v) for v in sigma2s], self.normal)
 
     def gaussian(self, cov: np.ndarray) -> np.ndarray:
         """Fresh Gaussian values (M, k) with covariance ``cov`` (k x k, positive semidefinite)."""
@@ -287,8 +304,10 @@ def predict_tied(network: Network, q0: float = 1.0, c0=None, *, inputs=None, pat
     norm that gradient clipping meets; :func:`_weight_gradients`). ``q0``, ``c0`` or ``inputs`` (a k x k Gram matrix) describe ``h_0``. Same
     ``seed``: same numbers, whatever the chunking (each replica has its own generator; replicas are
     solved together in chunks of at most 512 MiB). Cost about ``replicas * paths * (T k)^2 *
-    (fields)`` operations: an LSTM with T = 50, N = 256 in about 2 s, 2.8x faster than simulating
-    the networks needed for the same standard error of log g^1 (benchmarks/bench_tied.py).
+    (fields)`` operations (matrices that always meet the same vector share one basis: the
+    LSTM's four gates): an LSTM with T = 50 in about 1.2 s, 4.9x faster than simulating the N = 256
+    networks needed for the same standard error of log g^1 (benchmarks/bench_tied.py); T = 200 in
+    about 7 s.
     """
     _check_network(network)
     G0 = _input_gram(q0, c0, inputs)

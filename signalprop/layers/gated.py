@@ -246,7 +246,16 @@ class _GatedStep:
 
     # -- one unit's process, for the dynamical mean field of tied weights (signalprop.dmft) --
 
-    def _unit_pre(self, F, name: str, y: np.ndarray, recurrent: bool = True) -> np.ndarray:
+    def _unit_fields(self, F, names: tuple, y: np.ndarray) -> dict:
+        """The recurrent fields ``Z^{W_k y}`` of the gates ``names`` that all meet ``y`` at every
+        step, drawn as one group (one shared basis; :meth:`UnitFields.fields`)."""
+        live = [n for n in names if self.gates()[n].sigma_w2]
+        vals = F.fields(tuple(f"{self.share}:{n}:W" for n in live),
+                        tuple(self.gates()[n].sigma_w2 for n in live), y) if live else []
+        return dict(zip(live, vals))
+
+    def _unit_pre(self, F, name: str, y: np.ndarray, recurrent: bool = True,
+                  wy: Optional[dict] = None) -> np.ndarray:
         """Gate ``name``'s pre-activation on the paths of one unit (``y``: (M, k), the vector its
         recurrent matrix meets): ``mu + Z^{W y} + Z^{U x_t} + Z^b`` (docs/theory/recurrent.md,
         "Tied weights"). ``F`` draws the Gaussian fields: ``F.field(key, sigma2, y)`` jointly
@@ -256,7 +265,9 @@ class _GatedStep:
         field and an untied one (its own ``share`` per step) starts afresh."""
         g = self.gates()[name]
         a = np.full(y.shape, g.mu)
-        if g.sigma_w2 and recurrent:
+        if wy is not None:
+            a = a + wy.get(name, 0.0)               # drawn with its group (_unit_fields)
+        elif g.sigma_w2 and recurrent:
             a = a + F.field(f"{self.share}:{name}:W", g.sigma_w2, y)
         if g.sigma_u2 and self.q_x:
             a = a + F.gaussian(g.sigma_u2 * self._input_kernel(y.shape[1]))
@@ -383,13 +394,13 @@ class GRUStep(_GatedStep):
     def unit_forward(self, state: tuple, F) -> tuple:
         """One unit's GRU step on the paths (``state = (h,)``); ``W_n`` meets ``r h``."""
         h = state[0]
-        z = _sig(self._unit_pre(F, "update", h))
-        ar = self._unit_pre(F, "reset", h)
+        names = ("update", "reset", "candidate") if self.reset_after else ("update", "reset")
+        wy = self._unit_fields(F, names, h)         # the reset-after candidate reads h too
+        z = _sig(self._unit_pre(F, "update", h, wy=wy))
+        ar = self._unit_pre(F, "reset", h, wy=wy)
         r = _sig(ar)
         if self.reset_after:                                # n = tanh(U x + b + r (W h + b_hn))
-            wh = np.zeros_like(h)
-            if self.candidate.sigma_w2:
-                wh = wh + F.field(f"{self.share}:candidate:W", self.candidate.sigma_w2, h)
+            wh = np.zeros_like(h) + wy.get("candidate", 0.0)
             if self.hidden_bias2:
                 wh = wh + F.bias(f"{self.share}:candidate:bh", self.hidden_bias2)
             an = self._unit_pre(F, "candidate", h, recurrent=False) + r * wh
@@ -529,12 +540,13 @@ class LSTMStep(_GatedStep):
         (``c_0 = 0``); returns ``((h', c'), ctx)``."""
         h = state[0]
         c = state[1] if len(state) > 1 else np.zeros_like(h)
-        af, ai, ao = (self._unit_pre(F, g, h) for g in ("forget", "input", "output"))
+        wy = self._unit_fields(F, ("forget", "input", "output", "candidate"), h)
+        af, ai, ao = (self._unit_pre(F, g, h, wy=wy) for g in ("forget", "input", "output"))
         if self.chrono is not None:
             b = self._chrono(F)
             af, ai = af + b, ai - b
         f, i, o = _sig(af), _sig(ai), _sig(ao)
-        g = np.tanh(self._unit_pre(F, "candidate", h))
+        g = np.tanh(self._unit_pre(F, "candidate", h, wy=wy))
         c2 = f * c + i * g
         tc = np.tanh(c2)
         return (o * tc, c2), tuple(v[:, :1] for v in (c, f, i, o, g, tc)) + (len(state) > 1,)
