@@ -48,13 +48,14 @@ from ._validate import check_finite, check_int, positive_scalar, short_repr
 from .finite.laws import _check_network, _finite_width
 from .finite.lognormal import LogNormalLaw
 from .finite.model import _MAX_SKEW, _innovation_draws, _log_covariance
+from .dmft import predict_tied
 from .layers.attention import weight_gradient_norms
 from .meanfield import predict
 from .network import Network
 from .results import Profile, _Result
 
 __all__ = ["ClipResult", "clipping", "total_gradient_law", "clipping_sweep", "MAX_DEPTH",
-           "TransformerClipResult", "transformer_clipping"]
+           "StackClipResult", "transformer_clipping", "recurrent_clipping"]
 
 #: deepest network for :func:`total_gradient_law` (its L x 2L coefficient matrices).
 MAX_DEPTH = 3000
@@ -327,12 +328,14 @@ def clipping_sweep(make_network: Callable[[int], Network], depths: Iterable[int]
 
 
 @dataclass(frozen=True, eq=False)
-class TransformerClipResult(_Result):
-    """Clipping at initialisation for a stack of composed layers (a :func:`signalprop.transformer`),
-    from :func:`transformer_clipping`.
+class StackClipResult(_Result):
+    """Clipping at initialisation of a whole stack's weight gradient, from
+    :func:`transformer_clipping` (a :func:`signalprop.transformer`) or :func:`recurrent_clipping`
+    (an :func:`signalprop.rnn`, tied weights).
 
     ``norms``: the per-matrix mean-field ``log E||dL/dW||_F^2``
-    (:class:`~signalprop.layers.attention.WeightGradientNorms`); ``log_mean_norm2``:
+    (:class:`~signalprop.layers.attention.WeightGradientNorms`; for a recurrent network
+    ``predict_tied``'s ``meta["weight_gradients"]``); ``log_mean_norm2``:
     ``log E||g||^2`` over all weight matrices; ``mean_field_norm``: ``sqrt(E||g||^2)``;
     ``log_norm2_var``: the variance of ``log ||g||^2`` used for ``p_clip`` (given by the caller,
     e.g. measured by :func:`~signalprop.layers.attention.weight_gradient_norms_mc`), or None;
@@ -352,7 +355,7 @@ class TransformerClipResult(_Result):
 
 def transformer_clipping(network: Network, clip_value=1.0, *, profile=None,
                          output_grad_var: float = 1.0,
-                         log_norm2_var: Optional[float] = None) -> TransformerClipResult:
+                         log_norm2_var: Optional[float] = None) -> StackClipResult:
     """``P(||g|| > c)`` at initialisation for a stack of composed layers with coupled inputs (a
     transformer), ``g`` all its weight gradients (no biases) for the loss ``<v, t^L_0>`` on token
     0, ``v ~ N(0, output_grad_var I)``.
@@ -381,7 +384,12 @@ def transformer_clipping(network: Network, clip_value=1.0, *, profile=None,
         raise TypeError(f"profile must be a Profile of predict(network) or None, got "
                         f"{short_repr(profile)}")
     norms = weight_gradient_norms(profile, network, s)
-    m = norms.total_log_norm2
+    return _stack_clip(c, norms.total_log_norm2, log_norm2_var, s, norms)
+
+
+def _stack_clip(c: np.ndarray, m: float, log_norm2_var, s: float, norms) -> StackClipResult:
+    """``P(||g|| > c)`` from ``m = log E||g||^2``: the concentration limit, or log-normal with the
+    given log-variance (:func:`transformer_clipping`)."""
     if log_norm2_var is None:
         p = (m > 2.0 * np.log(c)).astype(float)
         rule = "concentration limit: P = 1[E||g||^2 > c^2] (theory predicts the mean only)"
@@ -391,5 +399,31 @@ def transformer_clipping(network: Network, clip_value=1.0, *, profile=None,
         mu = m - 0.5 * var
         p = stats.norm.sf((2.0 * np.log(c) - mu) / math.sqrt(var))
         rule = (f"log-normal ||g||^2 with the predicted mean and the given log-variance {var:.4g}")
-    return TransformerClipResult(c, np.asarray(p, float), m, math.exp(0.5 * m) if m < 1400 else
-                                 math.inf, var, rule, s, norms)
+    return StackClipResult(c, np.asarray(p, float), m, math.exp(0.5 * m) if m < 1400 else
+                           math.inf, var, rule, s, norms)
+
+
+def recurrent_clipping(network: Network, clip_value=1.0, *, profile=None,
+                       output_grad_var: float = 1.0,
+                       log_norm2_var: Optional[float] = None) -> StackClipResult:
+    """``P(||g|| > c)`` at initialisation for a recurrent network with weights tied across steps
+    (:func:`signalprop.rnn`), ``g`` the gradient of all its recurrent, input and bias parameters
+    for the loss ``<v, h_T>``, ``v ~ N(0, output_grad_var I)`` (clipping through time).
+
+    The mean is ``predict_tied``'s ``E||g||^2 = sum_gates N^2 G_W + N n_x G_U + N G_b`` with the
+    cross-step terms of tied weights (docs/theory/recurrent.md, "Weight gradients"; ``profile``: a
+    :func:`~signalprop.dmft.predict_tied` profile of ``network``, else computed with its defaults),
+    exactly proportional to ``output_grad_var``; the law is as in :func:`transformer_clipping`
+    (concentration limit, or log-normal with a given ``log_norm2_var``). The norm concentrates
+    at large N (validation/tied_report.md, section 4: 5-95% range about +-15% at N = 256)."""
+    c = _check_clip(clip_value)
+    s = positive_scalar("output_grad_var", output_grad_var)
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network, got {short_repr(network)}")
+    if profile is None:
+        profile = predict_tied(network)
+    elif not (isinstance(profile, Profile) and "weight_gradients" in profile.meta):
+        raise TypeError(f"profile must be a predict_tied profile of the network or None, got "
+                        f"{short_repr(profile)}")
+    norms = profile.meta["weight_gradients"]
+    return _stack_clip(c, norms["total"]["log_norm_sq"] + math.log(s), log_norm2_var, s, norms)

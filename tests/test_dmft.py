@@ -250,3 +250,26 @@ def test_three_sequences_kernel_fields_match_predict_untied():
     off = np.triu(np.ones((3, 3), dtype=bool), 1)
     zc = (p.kernel_corr - th.kernel_corr)[:, off] / p.kernel_corr_se[:, off]
     assert np.all(np.abs(zc) <= bound), zc
+
+
+def test_recurrent_clipping_against_the_hand_written_lstm():
+    """Clipping through time: recurrent_clipping's mean norm against the independent tied LSTM
+    (validation.tied_check.lstm_gradient_norms), its output-variance scaling exact, and P(clip)
+    the concentration limit (or log-normal with a given variance) around it."""
+    gates = {"forget": sp.Gate(1.0, 1.0, 3.0), "input": sp.Gate(1.0, 1.0, 0.0),
+             "output": sp.Gate(1.0, 1.0, 0.0), "candidate": sp.Gate(1.0, 1.0, 0.0)}
+    net = sp.rnn("lstm", steps=10, width=256, gates=gates)
+    prof = predict_tied(net, 1.0, paths=2048, replicas=8, seed=18)
+    res = sp.recurrent_clipping(net, [1.0, 1e3], profile=prof)
+    mc = lstm_gradient_norms(256, 10, gates, 16, seed=19)[:, -1]
+    se = mc.std(ddof=1) / math.sqrt(len(mc)) / mc.mean()
+    tse = prof.meta["weight_gradients"]["total"]["log_norm_sq_se"]
+    assert abs(res.log_mean_norm2 - math.log(mc.mean())) <= Z_MAX * math.hypot(se, tse)
+    assert list(res.p_clip) == [1.0, 0.0]                 # the norm is ~130: clip 1 fires, 1e3 not
+    small = sp.recurrent_clipping(net, 1.0, profile=prof, output_grad_var=1e-6)
+    assert small.log_mean_norm2 == pytest.approx(res.log_mean_norm2 + math.log(1e-6), abs=1e-12)
+    lognormal = sp.recurrent_clipping(net, res.mean_field_norm, profile=prof, log_norm2_var=0.01)
+    # log-normal: the median of ||g||^2 lies var/2 below log of its mean, so P = Phi(-sqrt(var)/2)
+    assert float(lognormal.p_clip) == pytest.approx(stats.norm.cdf(-0.05), rel=1e-9)
+    with pytest.raises(TypeError, match="predict_tied"):
+        sp.recurrent_clipping(net, profile=sp.predict(net, 1.0))
