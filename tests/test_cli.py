@@ -638,10 +638,18 @@ def test_rnn_linear_closed_form(capsys):
 
 def test_rnn_gated_cells_and_gate_bias(capsys):
     for cell, mu in (("lstm", 1.0), ("gru", 0.0), ("minimal", 0.0)):
-        d = run_json(capsys, "rnn", "--cell", cell, "--steps", "4", "--width", "16")
-        assert d["gate_bias"] == mu and "timescales" not in d
+        d = run_json(capsys, "rnn", "--cell", cell, "--steps", "4", "--width", "16",
+                     "--theory", "untied")
+        assert d["gate_bias"] == mu and "timescales" not in d and d["theory"] == "untied"
         prof = sp.predict(sp.rnn(cell, 4, 16), 1.0)
         np.testing.assert_array_equal(d["q"], prof.q)
+    # gated cells with tied weights default to the tied theory (same seed: same numbers)
+    d = run_json(capsys, "rnn", "--cell", "gru", "--steps", "4", "--width", "16",
+                 "--paths", "256", "--replicas", "3", "--seed", "2")
+    tied = sp.predict_tied(sp.rnn("gru", 4, 16), 1.0, paths=256, replicas=3, seed=2)
+    assert d["theory"] == "tied"
+    np.testing.assert_array_equal(d["log_g"], tied.log_g)
+    np.testing.assert_array_equal(d["log_g_se"], tied.log_g_se)
     d = run_json(capsys, "rnn", "--cell", "lstm", "--steps", "4", "--width", "16",
                  "--gate-bias", "3", "--gate-sigma-b2", "0.2", "--untied")
     net = sp.rnn("lstm", 4, 16, gates={"forget": sp.Gate(1.0, 1.0, 3.0, 0.2)}, tied=False)

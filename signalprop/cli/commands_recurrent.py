@@ -6,15 +6,19 @@ Each row is a time step t (the profile's layer t): ``q`` the second moment of th
 of two sequences (with ``--c0``), ``log g`` the gradient of the loss ``<v, .>`` at the last step
 (docs/notation.md, "Recurrent networks"). For the vanilla cell the fixed point and time scales
 of the recurrence with the stationary input (:func:`signalprop.rnn_timescales`; Chen,
-Pennington & Schoenholz 2018, sec. 3) are printed too. The theory assumes gradient independence
-(untied weights); the simulation (``--samples``) keeps W, U, b tied across steps unless
-``--untied``."""
+Pennington & Schoenholz 2018, sec. 3) are printed too. ``--theory``: ``tied`` is
+:func:`signalprop.predict_tied` (weights tied across steps, exact at infinite width up to its
+sampling error; the default for gated cells with tied weights), ``untied`` is ``predict`` (the
+mean field of fresh weights at every step; the default otherwise, and for the vanilla cell the
+same numbers as the tied theory). The simulation (``--samples``) keeps W, U, b tied across steps
+unless ``--untied``."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..architectures import CELLS
+from ..dmft import predict_tied
 from ..layers.recurrent import RECURRENT_WEIGHTS, rnn_timescales
 from ..meanfield import predict
 from .args import (activation_from, add_activation_options, add_quiet_option, add_save_options,
@@ -65,6 +69,14 @@ def add_rnn(p: argparse.ArgumentParser) -> None:
                         "sequence, no c)")
     p.add_argument("--untied", action="store_true",
                    help="fresh weights at every step (the theory's model) instead of tied ones")
+    p.add_argument("--theory", default="auto", choices=("auto", "tied", "untied"),
+                   help="tied: predict_tied (weights tied across steps, sampled unit paths); "
+                        "untied: predict (fresh weights each step); auto (default): tied for "
+                        "gated cells with tied weights, else untied")
+    p.add_argument("--paths", type=int, default=4096,
+                   help="--theory tied: sampled paths of one unit per replica (default: 4096)")
+    p.add_argument("--replicas", type=int, default=8,
+                   help="--theory tied: independent solutions, for standard errors (default: 8)")
     p.add_argument("--samples", type=int, default=0, metavar="S",
                    help="also simulate S sample networks (dense engine) and compare with the "
                         "theory (default: 0, theory only)")
@@ -128,18 +140,27 @@ def run_rnn(args: argparse.Namespace) -> dict:
     if args.samples < 0:
         raise ValueError(f"samples must be an integer >= 0, got {args.samples}")
     net = network_from(args)
-    theory = predict(net, q0=args.q0, c0=args.c0)
+    kind = args.theory
+    if kind == "auto":
+        kind = "tied" if args.cell != "rnn" and not args.untied else "untied"
+    if kind == "tied":
+        theory = predict_tied(net, q0=args.q0, c0=args.c0, paths=args.paths,
+                              replicas=args.replicas, seed=args.seed,
+                              progress=progress_from(args))
+    else:
+        theory = predict(net, q0=args.q0, c0=args.c0)
     out = {"cell": args.cell, "steps": args.steps, "width": args.width,
            "activation": args.activation if args.cell == "rnn" else None,
            "sigma_w2": network_sigma_w2(args), "sigma_u2": args.sigma_u2,
            "sigma_b2": args.sigma_b2, "weights": args.weights, "q_x": args.q_x, "c_x": args.c_x,
-           "q0": args.q0, "c0": args.c0, "tied": not args.untied}
+           "q0": args.q0, "c0": args.c0, "tied": not args.untied, "theory": kind}
     if args.cell != "rnn":
         out["gate_bias"] = (args.gate_bias if args.gate_bias is not None
                             else (1.0 if args.cell == "lstm" else 0.0))
         out["gate_sigma_b2"] = args.gate_sigma_b2
     d = theory.to_dict()
-    out.update({k: d[k] for k in ("layers", "q", "log_q", "c", "log_g") if k in d})
+    out.update({k: d[k] for k in ("layers", "q", "log_q", "c", "log_g", "q_se", "c_se",
+                                  "log_g_se") if k in d})
     if args.cell == "rnn":
         out["timescales"] = _timescales(args)
     sim = prof = None
@@ -156,6 +177,8 @@ def run_rnn(args: argparse.Namespace) -> dict:
 
 def _print(args, net, theory, out: dict, sim) -> None:
     print(f"recurrent network: {_describe(args, net)}")
+    print("theory: " + ("predict_tied (weights tied across steps; standard errors in --json)"
+                        if out["theory"] == "tied" else "predict (untied weights)"))
     ts = out.get("timescales")
     if ts is not None:
         print("stationary input: fixed point and time scales (Chen et al. 2018)")
