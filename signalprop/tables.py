@@ -762,11 +762,13 @@ def rho_theta(act, q: float, rho: Callable) -> Optional[tuple]:
             break
         coef = _dct_matrix(deg) @ vals
         tail = np.max(np.abs(coef[-3:]))
-        if prev is not None and tail > 1e-3 * prev:
-            break                # not converging geometrically: a higher degree will not do
-        prev = tail
         if tail > _THETA_TAIL:
+            if prev is not None and tail > 1e-3 * prev:
+                break            # not converging geometrically: a higher degree will not do
+            prev = tail
             continue
+        # at the rounding floor: certify (a tail that reached the floor cannot shrink 1000-fold
+        # more, so the geometric rule above applies only while it is above the threshold)
         xm = np.cos(np.pi * (np.arange(8) * (deg // 8) + 0.5 + 0.37 * np.arange(8) / 8) / deg)
         cm = np.cos(0.5 * np.pi * (xm + 1.0))
         ref = np.asarray(rho(np.full(8, key), cm), float)
