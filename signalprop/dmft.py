@@ -19,12 +19,14 @@ solvable (docs/theory/recurrent.md, "Tied weights: the dynamical mean field"):
 
 The covariances are averages over the unit's own law, so the process is solved self-consistently
 step by step: ``paths`` samples of one unit carry the state, each new field value is drawn
-conditionally on the same field's earlier values (Cholesky factor extended by one block per use),
-with the covariances estimated from the paths. ``replicas`` independent solutions give standard
-errors (the spread of the replicas), reported in the profile's ``*_se`` fields, which
-:func:`~signalprop.compare.compare` adds to the simulation's. The layer kinds supply one unit's
-step (``unit_forward`` / ``unit_backward``, :mod:`signalprop.layers.gated`); with untied weights
-(``rnn(..., tied=False)``) the same solver gives the exact untied theory, a check of both routes.
+conditionally on the same field's earlier values (Gram-Schmidt over the paths, one basis per
+matrix, shared by matrices that always meet the same vector), with the covariances estimated
+from the paths. ``replicas`` independent solutions give standard errors (the spread of the
+replicas), reported in the profile's ``*_se`` fields, which :func:`~signalprop.compare.compare`
+adds to the simulation's. The layer kinds supply one unit's step (``unit_forward`` /
+``unit_backward``: :mod:`signalprop.layers.gated`, :mod:`signalprop.layers.recurrent`); with
+untied weights (``rnn(..., tied=False)``) the same solver gives the exact untied theory, a check
+of both routes.
 """
 
 from __future__ import annotations
