@@ -125,12 +125,7 @@ def _chain(network: Network) -> _Chain:
     for i, la in enumerate(network.layers):
         where = f"layer {i + 1} ({type(la).__name__})"
         if type(la) is Dense:
-            if la.weights != "gaussian":
-                raise ValueError(f"{where} has {la.weights} weights: no 1/N correction yet "
-                                 "(derived for gaussian weights)")
-            if la.share is not None:
-                raise ValueError(f"{where} shares its parameters ({la.share!r}): no 1/N "
-                                 "correction yet (derived for independent layers)")
+            _gaussian_dense(la, where)
             n.append(la.width)
             acts.append(la.activation)
             sw2.append(la.sigma_w2)
